@@ -1,0 +1,664 @@
+"""SameSpace data: the Airbnb duplicate-image layout, pair labelling, augmentation and sampling.
+
+A split directory (``Training Data/`` or ``Test Data/``) holds room-type folders of photos named
+``<city>_<room_id>_<n>.jpg``. Two photos are duplicates iff they share folder, city and room_id.
+
+Where things happen:
+- labelling: :func:`parse_name` and :func:`group_ids`
+- preprocessing: :func:`load_image` (decode + resize, once per image) and :func:`to_model_input`
+- augmentation: :func:`apply_variant` (flip / +5 / -5 degree rotations, 8 variants per image)
+- pairs: :func:`positive_pairs`, :func:`sample_negative_pairs`, :func:`build_pairs`
+- the torch dataset: :class:`DuplicateImageDataset`
+
+Run ``python data.py --help`` for the command line (stats, sample, download).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import re
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+from tqdm import tqdm
+
+log = logging.getLogger("samespace.data")
+
+KAGGLE_DATASET = "barelydedicated/airbnb-duplicate-image-detection"
+DATASET_FOLDER = "Airbnb Data"
+SPLITS = ("Training Data", "Test Data")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+IMAGE_SIZE = 256
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# A variant is a 3-bit mask of the published upsampling transforms, applied in this order.
+FLIP, ROTATE_ANTICLOCKWISE, ROTATE_CLOCKWISE = 1, 2, 4
+N_VARIANTS = 8
+ROTATION_DEGREES = 5.0
+# A positive pair's flags: variant of image 1 in the low 3 bits, of image 2 in the high 3 bits.
+N_PAIR_FLAGS = N_VARIANTS * N_VARIANTS  # the x64 upsampling
+
+_NAME_RE = re.compile(r"^(?P<city>.+)_(?P<room_id>[^_]+)_(?P<n>\d+)$")
+
+
+class DataError(ValueError):
+    """A dataset directory that cannot be used, with the reason and the path."""
+
+
+class UnreadableImageError(ValueError):
+    """An image file that cannot be decoded (corrupt, truncated, empty, too large, not an image)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Discover and label
+# --------------------------------------------------------------------------------------------
+
+
+def parse_name(filename: str) -> tuple[str, str, str] | None:
+    """``boston_13693491_2 .jpg`` -> ``("boston", "13693491", "2")``; None when the name does not parse."""
+    stem = Path(filename.strip()).stem.strip()
+    match = _NAME_RE.match(stem)
+    if match is None:
+        return None
+    return match["city"].strip(), match["room_id"].strip(), match["n"]
+
+
+def find_images(root: str | Path, recursive: bool = True) -> list[Path]:
+    """Image files under ``root`` (any case of .jpg/.jpeg/.png), sorted by their POSIX relative path.
+
+    Sorting on the relative path as a string keeps the order (and so every pair index and every
+    sampled negative) identical across platforms and file systems.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory")
+    pattern = "**/*" if recursive else "*"
+    found = [p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def group_ids(paths: Sequence[Path], root: str | Path) -> np.ndarray:
+    """One integer per image; equal integers mean duplicates (same folder, city and room_id).
+
+    A name that does not parse is a group of its own, reported once in a warning.
+    """
+    root = Path(root)
+    keys: dict[tuple[str, ...], int] = {}
+    ids = np.empty(len(paths), dtype=np.int64)
+    unparsed: list[str] = []
+    for k, path in enumerate(paths):
+        rel = path.relative_to(root)
+        parsed = parse_name(path.name)
+        if parsed is None:
+            unparsed.append(rel.as_posix())
+            key: tuple[str, ...] = ("<unparsed>", rel.as_posix())
+        else:
+            city, room_id, _ = parsed
+            key = (rel.parent.as_posix(), city.lower(), room_id)
+        ids[k] = keys.setdefault(key, len(keys))
+    if unparsed:
+        shown = ", ".join(unparsed[:10]) + (" ..." if len(unparsed) > 10 else "")
+        warnings.warn(
+            f"{len(unparsed)} file name(s) in {root} do not match <city>_<room_id>_<n>.<ext>; "
+            f"each is treated as a group of its own: {shown}",
+            stacklevel=2,
+        )
+    return ids
+
+
+# --------------------------------------------------------------------------------------------
+# Images: decode once, keep uint8, normalise when a tensor is produced
+# --------------------------------------------------------------------------------------------
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB. Transparency is composited on white; 16/32-bit greys are rescaled."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if img.mode == "P" and "transparency" in img.info or img.mode in ("PA", "LA", "RGBA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Decode one photo to a ``size x size x 3`` uint8 array: EXIF orientation, RGB, antialiased resize.
+
+    This is the single decoding path of the project (training, evaluation, duplicate finding).
+    Raises :class:`UnreadableImageError` naming the file when it cannot be decoded.
+    """
+    try:
+        with warnings.catch_warnings():
+            # A decompression bomb warning is an error here: we never decode such a file.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                # JPEG can decode at 1/2, 1/4, 1/8 scale for free; keep at least 2x the target.
+                img.draft("RGB", (2 * size, 2 * size))
+                img.load()
+                img = ImageOps.exif_transpose(img)
+                img = _to_rgb(img)
+                img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+                return np.asarray(img, dtype=np.uint8).copy()
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise UnreadableImageError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+
+
+def load_images(paths: Sequence[Path], progress: bool = True) -> tuple[np.ndarray, list[int], list[str]]:
+    """Decode many photos. Returns (uint8 array N x S x S x 3, indices of kept paths, skipped messages).
+
+    An unreadable file is skipped with one warning naming it; it never stops the run.
+    """
+    images: list[np.ndarray] = []
+    kept: list[int] = []
+    skipped: list[str] = []
+    for k, path in enumerate(tqdm(paths, desc="decode images", unit="img", disable=not progress)):
+        try:
+            images.append(load_image(path))
+            kept.append(k)
+        except UnreadableImageError as exc:
+            warnings.warn(f"skipped {exc}", stacklevel=2)
+            skipped.append(str(exc))
+    stacked = np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    return stacked, kept, skipped
+
+
+def apply_variant(images: torch.Tensor, variant: int) -> torch.Tensor:
+    """Apply a variant mask to float images ``(..., 3, H, W)``: flip, then +5 degrees, then -5 degrees.
+
+    Rotation keeps the shape (corners filled with black) and uses bilinear interpolation.
+    """
+    if variant & FLIP:
+        images = TF.hflip(images)
+    if variant & ROTATE_ANTICLOCKWISE:  # torchvision: positive angle = anticlockwise
+        images = TF.rotate(images, ROTATION_DEGREES, interpolation=InterpolationMode.BILINEAR)
+    if variant & ROTATE_CLOCKWISE:
+        images = TF.rotate(images, -ROTATION_DEGREES, interpolation=InterpolationMode.BILINEAR)
+    return images
+
+
+def to_model_input(images: np.ndarray | torch.Tensor, variant: int = 0) -> torch.Tensor:
+    """uint8 ``(..., H, W, 3)`` -> normalised float ``(..., 3, H, W)``, with a variant applied.
+
+    The one preprocessing function: scale to [0, 1] first, transform, then ImageNet mean/std.
+    (The published code normalised before dividing by 255; we do not copy that bug.)
+    """
+    x = torch.as_tensor(images).movedim(-1, -3).float().div_(255.0)
+    x = apply_variant(x, variant)
+    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+
+
+# --------------------------------------------------------------------------------------------
+# Hashes
+# --------------------------------------------------------------------------------------------
+
+
+def whash_codes(images: np.ndarray) -> np.ndarray:
+    """64-bit wHash (imagehash, 8x8) of each 256x256 image, packed into uint64."""
+    codes = np.empty(len(images), dtype=np.uint64)
+    for k, image in enumerate(images):
+        bits = imagehash.whash(Image.fromarray(image)).hash.ravel()
+        codes[k] = np.packbits(bits).view(">u8")[0]
+    return codes
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distance between packed uint64 hash codes (broadcasting, vectorised popcount)."""
+    return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Pairs
+# --------------------------------------------------------------------------------------------
+
+PAIRINGS = ("faithful", "unique")
+
+
+def _check_pairing(pairing: str) -> None:
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+
+
+def positive_pairs(groups: np.ndarray, pairing: str = "faithful") -> np.ndarray:
+    """All duplicate pairs as an (P, 2) int64 array, sorted.
+
+    ``faithful``: ordered pairs (i, j) within a group, including i == j (the published counts).
+    ``unique``: unordered pairs i < j, no self-pairs.
+    """
+    _check_pairing(pairing)
+    groups = np.asarray(groups)
+    order = np.argsort(groups, kind="stable")
+    boundaries = np.flatnonzero(np.diff(groups[order])) + 1
+    out = []
+    for members in np.split(order, boundaries):
+        members = np.sort(members)
+        i, j = np.meshgrid(members, members, indexing="ij")
+        keep = i < j if pairing == "unique" else np.ones_like(i, dtype=bool)
+        out.append(np.stack([i[keep], j[keep]], axis=1))
+    pairs = np.concatenate(out) if out else np.zeros((0, 2), np.int64)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))].astype(np.int64)
+
+
+def count_pairs(groups: np.ndarray, pairing: str = "faithful") -> tuple[int, int]:
+    """(positive, negative) pair counts without building any pair."""
+    _check_pairing(pairing)
+    n = len(groups)
+    sizes = np.unique(groups, return_counts=True)[1].astype(np.int64)
+    if pairing == "faithful":
+        positives = int((sizes**2).sum())
+        return positives, n * n - positives
+    positives = int((sizes * (sizes - 1) // 2).sum())
+    return positives, n * (n - 1) // 2 - positives
+
+
+def _uniform(seed: int, flat_index: np.ndarray) -> np.ndarray:
+    """Counter-based uniforms in (0, 1): splitmix64 of (seed, pair index).
+
+    A pair's random number depends only on the seed and its index, so the sample is the same for any
+    block size, process order or machine.
+    """
+    with np.errstate(over="ignore"):
+        z = flat_index.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return ((z >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
+def sample_negative_pairs(
+    hashes: np.ndarray,
+    groups: np.ndarray,
+    n_samples: int,
+    pairing: str = "faithful",
+    seed: int = 0,
+    block_rows: int = 256,
+) -> np.ndarray:
+    """Weighted sample of non-duplicate pairs without replacement, weight = e^-hamming(wHash).
+
+    Efraimidis-Spirakis exponential keys: each pair gets key ``-log(U) / w``; the ``n_samples``
+    smallest keys are a weighted sample without replacement. In logs the key is
+    ``log(-log U) + hamming``. Rows are streamed in blocks with a running top-k, so memory is
+    O(N * block_rows + n_samples) and never N^2. Returns (n_samples, 2) int64 sorted by (i, j).
+    """
+    _check_pairing(pairing)
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    groups = np.asarray(groups)
+    n = len(hashes)
+    if n_samples <= 0 or n == 0:
+        return np.zeros((0, 2), np.int64)
+    cols = np.arange(n, dtype=np.int64)
+    best_keys = np.zeros(0, np.float64)
+    best_flat = np.zeros(0, np.int64)
+    for start in range(0, n, block_rows):
+        rows = np.arange(start, min(start + block_rows, n), dtype=np.int64)
+        flat = rows[:, None] * n + cols[None, :]
+        keys = np.log(-np.log(_uniform(seed, flat))) + hamming(hashes[rows, None], hashes[None, :])
+        excluded = groups[rows, None] == groups[None, :]
+        if pairing == "unique":
+            excluded |= cols[None, :] <= rows[:, None]
+        keys[excluded] = np.inf
+        keys, flat = keys.ravel(), flat.ravel()
+        keys = np.concatenate([best_keys, keys])
+        flat = np.concatenate([best_flat, flat])
+        if len(keys) > n_samples:
+            top = np.argpartition(keys, n_samples - 1)[:n_samples]
+            keys, flat = keys[top], flat[top]
+        finite = np.isfinite(keys)
+        best_keys, best_flat = keys[finite], flat[finite]
+    best_flat.sort()
+    return np.stack([best_flat // n, best_flat % n], axis=1)
+
+
+@dataclass(frozen=True)
+class PairSet:
+    """Pairs of image indices with their label and augmentation flags (see N_PAIR_FLAGS)."""
+
+    left: np.ndarray
+    right: np.ndarray
+    label: np.ndarray  # uint8, 1 = duplicate
+    flags: np.ndarray  # uint8, variant of left | variant of right << 3
+
+    def __len__(self) -> int:
+        return len(self.left)
+
+
+def build_pairs(
+    groups: np.ndarray,
+    hashes: np.ndarray | None = None,
+    pairing: str = "faithful",
+    balanced: bool = True,
+    seed: int = 0,
+) -> PairSet:
+    """The pairs of a split.
+
+    ``balanced=True`` (training, faithful evaluation): every positive pair x64 (all flag combinations)
+    plus as many hash-weighted negatives, sampled without replacement. Needs ``hashes``.
+    ``balanced=False`` (honest evaluation): every pair once, natural class balance, no augmentation.
+    """
+    groups = np.asarray(groups)
+    positives = positive_pairs(groups, pairing)
+    if not balanced:
+        n = len(groups)
+        if pairing == "unique":
+            left, right = np.triu_indices(n, k=1)
+        else:
+            left, right = np.divmod(np.arange(n * n, dtype=np.int64), n)
+        label = (groups[left] == groups[right]).astype(np.uint8)
+        return PairSet(left.astype(np.int64), right.astype(np.int64), label, np.zeros(len(left), np.uint8))
+    if hashes is None:
+        raise ValueError("balanced pairs need the images' hashes")
+    flags = np.arange(N_PAIR_FLAGS, dtype=np.uint8)
+    pos_left = np.repeat(positives[:, 0], N_PAIR_FLAGS)
+    pos_right = np.repeat(positives[:, 1], N_PAIR_FLAGS)
+    pos_flags = np.tile(flags, len(positives))
+    negatives = sample_negative_pairs(hashes, groups, len(pos_left), pairing=pairing, seed=seed)
+    return PairSet(
+        left=np.concatenate([pos_left, negatives[:, 0]]),
+        right=np.concatenate([pos_right, negatives[:, 1]]),
+        label=np.concatenate([np.ones(len(pos_left), np.uint8), np.zeros(len(negatives), np.uint8)]),
+        flags=np.concatenate([pos_flags, np.zeros(len(negatives), np.uint8)]),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The dataset
+# --------------------------------------------------------------------------------------------
+
+SUMMARY_KEYS = (
+    "images",
+    "groups",
+    "skipped",
+    "positive_pairs",
+    "negative_pairs",
+    "upsampled_positive_pairs",
+    "sampled_negative_pairs",
+    "total_pairs",
+)
+
+
+class DuplicateImageDataset(torch.utils.data.Dataset):
+    """Pairs of one split directory: ``(image1, image2, label)`` with each pair's transforms applied.
+
+    Every photo is decoded once, kept as 256x256 uint8, and normalised when an item is produced.
+    """
+
+    def __init__(
+        self,
+        split_dir: str | Path,
+        pairing: str = "faithful",
+        balanced: bool = True,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> None:
+        self.root = Path(split_dir)
+        paths = find_images(self.root)
+        if not paths:
+            raise DataError(f"{self.root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+        self.images, kept, self.skipped = load_images(paths, progress=progress)
+        self.paths = [paths[k] for k in kept]
+        if not self.paths:
+            raise DataError(f"{self.root}: none of the {len(paths)} image files could be read")
+        self.groups = group_ids(self.paths, self.root)
+        self.pairing = pairing
+        self.positive_count, self.negative_count = count_pairs(self.groups, pairing)
+        if self.positive_count == 0 or (pairing == "faithful" and self.positive_count == len(self.paths)):
+            raise DataError(f"{self.root}: no duplicate pairs (no two images share folder, city and room_id)")
+        self.hashes = whash_codes(self.images) if balanced else None
+        self.pairs = build_pairs(self.groups, self.hashes, pairing=pairing, balanced=balanced, seed=seed)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        flags = int(self.pairs.flags[k])
+        image1 = to_model_input(self.images[self.pairs.left[k]], flags % N_VARIANTS)
+        image2 = to_model_input(self.images[self.pairs.right[k]], flags // N_VARIANTS)
+        return image1, image2, torch.tensor(float(self.pairs.label[k]))
+
+    def summary(self) -> dict[str, int]:
+        """The counts of this split, keys as in SUMMARY_KEYS."""
+        positives = int(self.pairs.label.sum())
+        return {
+            "images": len(self.paths),
+            "groups": len(np.unique(self.groups)),
+            "skipped": len(self.skipped),
+            "positive_pairs": self.positive_count,
+            "negative_pairs": self.negative_count,
+            "upsampled_positive_pairs": positives,
+            "sampled_negative_pairs": len(self.pairs) - positives,
+            "total_pairs": len(self.pairs),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Download (Kaggle)
+# --------------------------------------------------------------------------------------------
+
+
+def dataset_root(path: str | Path) -> Path:
+    """``<path>/Airbnb Data``, the folder holding ``Training Data/`` and ``Test Data/``."""
+    return Path(path) / DATASET_FOLDER
+
+
+def _have_kaggle_credentials(repo_dir: Path) -> bool:
+    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+        return True
+    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    if (config_dir / "kaggle.json").is_file():
+        return True
+    seed_file = repo_dir / "kaggle.json"
+    if seed_file.is_file():
+        # The seed project kept kaggle.json beside the code; the kaggle package reads it from a config dir.
+        os.environ["KAGGLE_CONFIG_DIR"] = str(repo_dir)
+        return True
+    return False
+
+
+def download_data(path: str | Path = "data") -> Path:
+    """Download and unzip the Kaggle dataset to ``<path>/Airbnb Data`` unless it is already there.
+
+    Safe for parallel workers on one node: a file lock lets one download while the others wait.
+    Unzips to a temporary folder and renames, so a failure never leaves a half-written dataset.
+    """
+    from filelock import FileLock
+
+    path = Path(path)
+    root = dataset_root(path)
+    if all((root / split).is_dir() for split in SPLITS):
+        return root
+    path.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path / ".download.lock")):
+        if all((root / split).is_dir() for split in SPLITS):
+            return root  # another worker finished while we waited
+        if not _have_kaggle_credentials(Path(__file__).resolve().parent):
+            raise DataError(
+                "Kaggle credentials not found. Put kaggle.json (from kaggle.com -> Settings -> API) in "
+                "~/.kaggle/ or this repository's folder, or set KAGGLE_USERNAME and KAGGLE_KEY; or download "
+                f"{KAGGLE_DATASET} by hand and unzip it so that {root}/Training Data exists."
+            )
+        staging = path / ".download.partial"
+        if staging.exists():
+            import shutil
+
+            shutil.rmtree(staging)
+        try:
+            import kaggle  # authenticates on import, so only here
+
+            kaggle.api.dataset_download_files(KAGGLE_DATASET, path=str(staging), unzip=True, quiet=False)
+        except Exception as exc:  # the kaggle client raises many types for network and auth failures
+            raise DataError(
+                f"downloading {KAGGLE_DATASET} failed ({type(exc).__name__}: {exc}). Check the network and "
+                f"credentials, or download it by hand and unzip it so that {root}/Training Data exists."
+            ) from exc
+        unzipped = next((p for p in staging.rglob(DATASET_FOLDER) if p.is_dir()), staging)
+        if not all((unzipped / split).is_dir() for split in SPLITS):
+            raise DataError(f"{staging}: the download does not contain {SPLITS}")
+        unzipped.rename(root)
+    return root
+
+
+# --------------------------------------------------------------------------------------------
+# Sample data generated by the project
+# --------------------------------------------------------------------------------------------
+
+ROOM_TYPES = {
+    # room type -> (wall colour, floor colour, furniture palette): same-type rooms look alike
+    "bathroom": ((222, 230, 235), (180, 190, 200), [(250, 250, 250), (120, 160, 190), (200, 200, 210)]),
+    "bedroom": ((236, 224, 206), (150, 110, 80), [(90, 110, 160), (240, 240, 235), (130, 90, 70)]),
+    "kitchen": ((240, 238, 230), (120, 120, 125), [(60, 60, 65), (200, 200, 195), (170, 120, 80)]),
+    "living-room": ((214, 220, 206), (160, 120, 90), [(110, 130, 100), (70, 70, 90), (200, 160, 110)]),
+}
+CITIES = ("boston", "denver", "austin", "seattle")
+SCENE_SIZE = (480, 360)
+PHOTO_SIZE = (320, 240)
+
+
+def _jitter(colour: tuple[int, int, int], rng: np.random.Generator, amount: int) -> tuple[int, int, int]:
+    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)  # type: ignore[return-value]
+
+
+def _draw_room(room_type: str, rng: np.random.Generator) -> Image.Image:
+    """One room: walls, floor, a window and furniture; layout and details differ between rooms."""
+    wall, floor, palette = ROOM_TYPES[room_type]
+    w, h = SCENE_SIZE
+    img = Image.new("RGB", SCENE_SIZE, _jitter(wall, rng, 12))
+    draw = ImageDraw.Draw(img)
+    horizon = int(h * rng.uniform(0.55, 0.7))
+    draw.rectangle([0, horizon, w, h], fill=_jitter(floor, rng, 15))
+    for x in range(0, w, int(rng.integers(30, 70))):  # floorboards / tiles
+        draw.line([x, horizon, x + int(rng.integers(-40, 40)), h], fill=_jitter(floor, rng, 30), width=2)
+    wx, ww = int(rng.integers(20, w - 140)), int(rng.integers(60, 120))
+    draw.rectangle([wx, 30, wx + ww, 30 + int(ww * 0.9)], fill=_jitter((170, 205, 235), rng, 20), outline=(255, 255, 255), width=5)
+    for _ in range(int(rng.integers(4, 8))):  # furniture
+        fw, fh = int(rng.integers(40, 160)), int(rng.integers(30, 130))
+        fx = int(rng.integers(0, w - fw))
+        fy = int(np.clip(horizon - fh * rng.uniform(0.3, 0.9), 10, h - fh))
+        colour = _jitter(palette[int(rng.integers(len(palette)))], rng, 25)
+        if rng.random() < 0.5:
+            draw.rectangle([fx, fy, fx + fw, fy + fh], fill=colour, outline=_jitter(colour, rng, 40), width=2)
+        else:
+            draw.ellipse([fx, fy, fx + fw, fy + fh], fill=colour)
+    for _ in range(int(rng.integers(2, 5))):  # small details: frames, lamps, plants
+        dx, dy, ds = int(rng.integers(0, w - 30)), int(rng.integers(10, horizon)), int(rng.integers(8, 30))
+        draw.rectangle([dx, dy, dx + ds, dy + ds], fill=_jitter((120, 100, 80), rng, 80))
+    return img
+
+
+def _photograph(scene: Image.Image, rng: np.random.Generator) -> tuple[Image.Image, int]:
+    """A new photo of a room: crop / zoom, slight rotation, exposure, contrast; returns JPEG quality too."""
+    w, h = scene.size
+    photo = scene.rotate(float(rng.uniform(-3, 3)), resample=Image.Resampling.BILINEAR, expand=False)
+    scale = rng.uniform(0.72, 0.95)
+    cw, ch = int(w * scale), int(h * scale)
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    photo = photo.crop((x0, y0, x0 + cw, y0 + ch)).resize(PHOTO_SIZE, Image.Resampling.LANCZOS)
+    photo = ImageEnhance.Brightness(photo).enhance(float(rng.uniform(0.75, 1.25)))
+    photo = ImageEnhance.Contrast(photo).enhance(float(rng.uniform(0.85, 1.15)))
+    return photo, int(rng.integers(55, 96))
+
+
+def write_sample_dataset(
+    out_dir: str | Path, seed: int = 0, rooms: dict[str, int] | None = None
+) -> Path:
+    """Write a small Airbnb-layout dataset generated by the project (deterministic for a seed).
+
+    ``<out_dir>/{Training Data,Test Data}/<room type>/<city>_<room_id>_<n>.jpg``; each room is
+    photographed 2-4 times. ``rooms`` maps split -> rooms per room type (default 20 train, 8 test).
+    Files are written to a temporary folder and moved into place, so a failed run leaves nothing.
+    """
+    out_dir = Path(out_dir)
+    rooms = rooms or {"Training Data": 20, "Test Data": 8}
+    rng = np.random.default_rng(seed)
+    room_id = 10_000_000 + int(rng.integers(0, 1_000_000))
+    for split, per_type in rooms.items():
+        target = out_dir / split
+        if target.exists():
+            raise DataError(f"{target}: already exists; choose an empty output folder")
+        staging = out_dir / f".{split}.partial"
+        for room_type in ROOM_TYPES:
+            folder = staging / room_type
+            folder.mkdir(parents=True, exist_ok=True)
+            for _ in range(per_type):
+                room_id += int(rng.integers(1, 5000))
+                city = CITIES[int(rng.integers(len(CITIES)))]
+                scene = _draw_room(room_type, rng)
+                for n in range(1, int(rng.integers(2, 5)) + 1):
+                    photo, quality = _photograph(scene, rng)
+                    buffer = io.BytesIO()
+                    photo.save(buffer, "JPEG", quality=quality)
+                    (folder / f"{city}_{room_id}_{n}.jpg").write_bytes(buffer.getvalue())
+        staging.rename(target)
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _cmd_stats(args: argparse.Namespace) -> None:
+    dataset = DuplicateImageDataset(args.dir, pairing=args.pairing, progress=not args.json)
+    summary = dataset.summary()
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        width = max(map(len, summary))
+        for key, value in summary.items():
+            print(f"{key:<{width}}  {value:>10,}")
+        for message in dataset.skipped:
+            print(f"skipped: {message}")
+
+
+def _cmd_sample(args: argparse.Namespace) -> None:
+    out = write_sample_dataset(args.out_dir, seed=args.seed)
+    print(out)
+
+
+def _cmd_download(args: argparse.Namespace) -> None:
+    print(download_data(args.path))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="data.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    stats = sub.add_parser("stats", help="count images, groups and pairs of one split directory")
+    stats.add_argument("dir", help="a split directory, e.g. 'data/Airbnb Data/Training Data'")
+    stats.add_argument("--pairing", choices=PAIRINGS, default="faithful")
+    stats.add_argument("--json", action="store_true", help="print one JSON object")
+    stats.set_defaults(func=_cmd_stats)
+    sample = sub.add_parser("sample", help="write the generated sample dataset")
+    sample.add_argument("out_dir")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(func=_cmd_sample)
+    download = sub.add_parser("download", help="download the Kaggle dataset")
+    download.add_argument("--path", default="data", help="folder to hold 'Airbnb Data/' (default: data)")
+    download.set_defaults(func=_cmd_download)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        args.func(args)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
