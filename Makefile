@@ -11,7 +11,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 .PHONY: demo test bench
 demo: $(VENV)/.installed
-	$(PY) data.py sample data/sample
+	test -d data/sample || $(PY) data.py sample data/sample
 	$(PY) data.py stats "data/sample/Training Data"
 
 test: $(VENV)/.installed

@@ -1,0 +1,103 @@
+"""Download the best checkpoint of a Determined experiment.
+
+    python model_download.py --experiment 42 [--output checkpoints] [--metric validation_loss] [--larger-is-better]
+
+Uses the master in DET_MASTER (default http://127.0.0.1:8080) and the usual `det user login` token cache.
+The checkpoint is downloaded into a temporary folder beside the target and renamed into place, so an
+interrupted download never leaves a half-written checkpoint. Prints the checkpoint's path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+class DownloadError(RuntimeError):
+    """A download that cannot proceed, with one line saying why and what to do."""
+
+
+def _master_url() -> str:
+    return os.environ.get("DET_MASTER") or os.environ.get("DET_MASTER_ADDR") or "http://127.0.0.1:8080"
+
+
+def connect() -> Any:
+    """A logged-in `determined.experimental.client.Determined`, or a DownloadError saying what is wrong."""
+    from determined.common.api import errors
+    from determined.experimental import client
+
+    master = _master_url()
+    try:
+        return client.Determined(master=master)
+    except errors.MasterNotFoundException as exc:
+        raise DownloadError(f"no Determined master reachable at {master} (set DET_MASTER)") from exc
+    except errors.UnauthenticatedException as exc:
+        raise DownloadError(f"not logged in to {master}: run `det user login` first") from exc
+
+
+def download_best_checkpoint(
+    det_client: Any,
+    experiment_id: int,
+    output: str | Path = "checkpoints",
+    metric: str = "validation_loss",
+    larger_is_better: bool = False,
+) -> Path:
+    """Download the experiment's best checkpoint by `metric` to `<output>/<uuid>` and return that path."""
+    from determined.common.api import errors
+    from determined.experimental import client
+
+    try:
+        experiment = det_client.get_experiment(experiment_id)
+        order = client.OrderBy.DESC if larger_is_better else client.OrderBy.ASC
+        checkpoints = experiment.list_checkpoints(sort_by=metric, order_by=order, max_results=1)
+    except errors.NotFoundException as exc:
+        raise DownloadError(f"experiment {experiment_id} not found on {_master_url()}") from exc
+    except errors.UnauthenticatedException as exc:
+        raise DownloadError(f"not logged in to {_master_url()}: run `det user login` first") from exc
+    except errors.MasterNotFoundException as exc:
+        raise DownloadError(f"no Determined master reachable at {_master_url()} (set DET_MASTER)") from exc
+    if not checkpoints:
+        raise DownloadError(f"experiment {experiment_id} has no completed checkpoint with metric {metric!r} yet")
+    best = checkpoints[0]
+    output = Path(output)
+    target = output / best.uuid
+    if (target / "metadata.json").is_file():
+        return target  # already downloaded
+    output.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{best.uuid}.", dir=output))
+    try:
+        best.download(str(staging / "checkpoint"))
+        if target.exists():
+            shutil.rmtree(target)  # an earlier incomplete copy (no metadata.json) of this checkpoint
+        (staging / "checkpoint").rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--experiment", type=int, required=True, help="experiment ID")
+    parser.add_argument("--output", default="checkpoints", help="folder to download into (default: checkpoints)")
+    parser.add_argument("--metric", default="validation_loss", help="validation metric to rank by")
+    parser.add_argument("--larger-is-better", action="store_true", help="rank by the largest metric value")
+    args = parser.parse_args(argv)
+    try:
+        path = download_best_checkpoint(
+            connect(), args.experiment, args.output, metric=args.metric, larger_is_better=args.larger_is_better
+        )
+    except DownloadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
