@@ -23,6 +23,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -330,6 +331,12 @@ def sample_negative_pairs(
     return np.stack([best_flat // n, best_flat % n], axis=1)
 
 
+def pair_variants(flags: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+    """A pair's flags -> (variant of the first image, variant of the second image)."""
+    flags = np.asarray(flags, dtype=np.int64)
+    return flags % N_VARIANTS, flags // N_VARIANTS
+
+
 @dataclass(frozen=True)
 class PairSet:
     """Pairs of image indices with their label and augmentation flags (see N_PAIR_FLAGS)."""
@@ -431,9 +438,9 @@ class DuplicateImageDataset(torch.utils.data.Dataset):
         return len(self.pairs)
 
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        flags = int(self.pairs.flags[k])
-        image1 = to_model_input(self.images[self.pairs.left[k]], flags % N_VARIANTS)
-        image2 = to_model_input(self.images[self.pairs.right[k]], flags // N_VARIANTS)
+        variant1, variant2 = pair_variants(self.pairs.flags[k])
+        image1 = to_model_input(self.images[self.pairs.left[k]], int(variant1))
+        image2 = to_model_input(self.images[self.pairs.right[k]], int(variant2))
         return image1, image2, torch.tensor(float(self.pairs.label[k]))
 
     def summary(self) -> dict[str, int]:
@@ -449,6 +456,36 @@ class DuplicateImageDataset(torch.utils.data.Dataset):
             "sampled_negative_pairs": len(self.pairs) - positives,
             "total_pairs": len(self.pairs),
         }
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+
+
+def atomic_write(path: str | Path, content: str | bytes) -> None:
+    """Write ``content`` (text as UTF-8) to a temporary file in the same folder, then rename it over ``path``.
+
+    A reader never sees a half-written file, and a failure leaves the old file (or none) in place.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        if path.exists():
+            mode = path.stat().st_mode & 0o777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)  # mkstemp makes 0600; give the output the permissions a plain open() would
+        with os.fdopen(fd, "wb") as f:
+            f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -272,28 +271,6 @@ def groups_text(document: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def atomic_write(path: str | Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to a temporary file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if path.exists():
-            mode = path.stat().st_mode & 0o777
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)  # mkstemp makes 0600; give the output the permissions a plain open() would
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def csv_text(document: dict[str, Any]) -> str:
     """Every duplicate pair as CSV: group (1-based), path1, path2, score."""
     buffer = io.StringIO()
@@ -451,13 +428,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         result.summary["checkpoint"] = str(args.checkpoint)
     document = result.to_dict()
     if args.json:
-        atomic_write(args.json, json.dumps(document, indent=1) + "\n")
+        data.atomic_write(args.json, json.dumps(document, indent=1) + "\n")
     if args.csv:
-        atomic_write(args.csv, csv_text(document))
+        data.atomic_write(args.csv, csv_text(document))
     if args.html:
         import report
 
-        atomic_write(args.html, report.render_html(document))
+        data.atomic_write(args.html, report.render_html(document))
     if not (args.json or args.csv or args.html):
         text = groups_text(document)
         if text:

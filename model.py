@@ -14,11 +14,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import io
 import json
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -290,9 +289,9 @@ def pair_rows(pairs: data.PairSet) -> tuple[np.ndarray, np.ndarray]:
 
     Decodes the pair flags as :class:`data.DuplicateImageDataset` does: variant 1 low bits, variant 2 high.
     """
-    flags = pairs.flags.astype(np.int64)
-    first = pairs.left * data.N_VARIANTS + flags % data.N_VARIANTS
-    second = pairs.right * data.N_VARIANTS + flags // data.N_VARIANTS
+    variant1, variant2 = data.pair_variants(pairs.flags)
+    first = pairs.left * data.N_VARIANTS + variant1
+    second = pairs.right * data.N_VARIANTS + variant2
     return first, second
 
 
@@ -329,16 +328,11 @@ def _read_cache(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
 
 
 def _write_cache(path: Path, features: torch.Tensor) -> None:
-    """Write atomically: a temporary file in the same folder, then os.replace (safe for parallel trials)."""
+    """Write atomically (safe for parallel trials on one node sharing the cache folder)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(features, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    torch.save(features, buffer)
+    data.atomic_write(path, buffer.getvalue())
 
 
 @torch.no_grad()

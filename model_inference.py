@@ -23,6 +23,7 @@ import io
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -54,21 +55,13 @@ def faithful_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]
     return {"loss": float(loss), "accuracy": float(metrics.accuracy_score(labels, logits > 0))}
 
 
-def threshold_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """Precision, recall and F1 of ``score >= threshold``."""
-    predicted = scores >= threshold
-    p, r, f1, _ = metrics.precision_recall_fscore_support(labels, predicted, average="binary", zero_division=0)
-    return {"threshold": float(threshold), "precision": float(p), "recall": float(r), "f1": float(f1)}
-
-
 def ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
     """ROC-AUC, average precision, the operating point at 0.5 and the best-F1 operating point."""
-    best = scoring.best_f1_threshold(scores, labels)
     return {
         "roc_auc": float(metrics.roc_auc_score(labels, scores)),
         "average_precision": float(metrics.average_precision_score(labels, scores)),
-        "at_0.5": threshold_metrics(labels, scores, 0.5),
-        "best_f1": threshold_metrics(labels, scores, best.threshold),
+        "at_0.5": asdict(scoring.f1_at(scores, labels, 0.5)),
+        "best_f1": asdict(scoring.best_f1_threshold(scores, labels)),
     }
 
 
@@ -82,15 +75,14 @@ def faithful_logits(
     model: torch.nn.Module, features: torch.Tensor, pairs: data.PairSet, batch_size: int = 4096, device: str = "cpu"
 ) -> np.ndarray:
     """The model's logit of every pair, each image in its pair's variant (features: N x 8 x D)."""
+    from model import pair_rows
+
     out = np.empty(len(pairs), dtype=np.float64)
-    v1 = torch.as_tensor(pairs.flags % data.N_VARIANTS, dtype=torch.long)
-    v2 = torch.as_tensor(pairs.flags // data.N_VARIANTS, dtype=torch.long)
-    left, right = torch.as_tensor(pairs.left), torch.as_tensor(pairs.right)
+    table = features.flatten(0, 1)
+    rows1, rows2 = (torch.as_tensor(r) for r in pair_rows(pairs))
     for s in range(0, len(pairs), batch_size):
         sl = slice(s, s + batch_size)
-        a = features[left[sl], v1[sl]].to(device)
-        b = features[right[sl], v2[sl]].to(device)
-        out[sl] = model.logits_from_features(a, b).double().cpu().numpy()
+        out[sl] = model.logits_from_features(table[rows1[sl]].to(device), table[rows2[sl]].to(device)).double().cpu()
     return out
 
 

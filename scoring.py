@@ -40,6 +40,7 @@ import torch
 from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
+from sklearn import metrics
 
 import data
 
@@ -459,36 +460,34 @@ class Calibration:
 
 
 def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> Calibration:
-    """The threshold maximising F1 of ``score >= threshold``, placed halfway between the lowest score kept and
-    the next lower score (a margin on both sides), rounded to 4 decimals without crossing either."""
+    """The operating point maximising F1 of ``score >= threshold`` (scikit-learn's precision-recall curve).
+
+    The threshold is placed halfway between the lowest score kept and the next lower score (a margin on both
+    sides), rounded to 4 decimals when that does not cross either.
+    """
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(bool)
-    positives = int(labels.sum())
-    if positives == 0:
+    if not labels.any():
         raise ValueError("no positive pairs to calibrate on")
-    order = np.argsort(-scores, kind="stable")
-    s, y = scores[order], labels[order]
-    tp = np.cumsum(y)
-    predicted = np.arange(1, len(s) + 1)
-    last = np.r_[np.flatnonzero(s[1:] < s[:-1]), len(s) - 1]  # the last index of each distinct score
-    f1 = 2 * tp[last] / (predicted[last] + positives)
-    best = int(last[np.argmax(f1)])
-    below = s[best + 1] if best + 1 < len(s) else s[best] - 1e-3
-    threshold = float(np.round((s[best] + below) / 2, 4))
-    if not below < threshold <= s[best]:
-        threshold = float((s[best] + below) / 2)
-    return Calibration(threshold, float(np.max(f1)), float(tp[best] / (best + 1)), float(tp[best] / positives))
+    precision, recall, thresholds = metrics.precision_recall_curve(labels, scores)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    best = int(np.argmax(f1))
+    lowest_kept = thresholds[best]
+    lower = scores[scores < lowest_kept]
+    below = lower.max() if len(lower) else lowest_kept - 1e-3
+    threshold = float(np.round((lowest_kept + below) / 2, 4))
+    if not below < threshold <= lowest_kept:
+        threshold = float((lowest_kept + below) / 2)
+    return Calibration(threshold, float(f1[best]), float(precision[best]), float(recall[best]))
 
 
 def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Calibration:
-    """Precision, recall and F1 of ``score >= threshold``."""
+    """Precision, recall and F1 of ``score >= threshold`` (scikit-learn)."""
     predicted = np.asarray(scores) >= threshold
-    labels = np.asarray(labels).astype(bool)
-    tp = int((predicted & labels).sum())
-    precision = tp / max(int(predicted.sum()), 1)
-    recall = tp / max(int(labels.sum()), 1)
-    f1 = 2 * precision * recall / max(precision + recall, 1e-12)
-    return Calibration(threshold, f1, precision, recall)
+    p, r, f1, _ = metrics.precision_recall_fscore_support(
+        np.asarray(labels).astype(bool), predicted, average="binary", zero_division=0
+    )
+    return Calibration(float(threshold), float(f1), float(p), float(r))
 
 
 def reference_scorer(

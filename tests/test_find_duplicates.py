@@ -309,7 +309,7 @@ def test_only_unreadable_files_is_an_error(tmp_path: Path, capsys: pytest.Captur
 def test_outputs_are_replaced_atomically(tmp_path: Path) -> None:
     target = tmp_path / "out.json"
     target.write_text("old")
-    fd.atomic_write(target, "new")
+    data.atomic_write(target, "new")
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left behind
 

@@ -20,30 +20,6 @@ TRAINABLE = {
 }
 
 
-def write_calibrated_backbone(path: Path, image_dir: Path, seed: int = 0) -> Path:
-    """A random mobilenet_v3_large state dict whose BatchNorm statistics are estimated on sample photos.
-
-    torchvision's random init with BatchNorm in eval mode shrinks pooled features to ~1e-9, which carry no
-    signal; estimating the running statistics first gives unit-scale random features a head can learn from.
-    """
-    torch.manual_seed(seed)
-    net = torchvision.models.mobilenet_v3_large()
-    for module in net.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = None  # cumulative average over the calibration batch
-            module.reset_running_stats()
-    images = np.stack([data.load_image(p) for p in data.find_images(image_dir)[:16]])
-    with torch.no_grad():
-        net.train()(data.to_model_input(images))
-    torch.save(net.state_dict(), path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def calibrated(tmp_path_factory: pytest.TempPathFactory, train_dir: Path) -> Path:
-    return write_calibrated_backbone(tmp_path_factory.mktemp("backbone") / "calibrated.pt", train_dir)
-
-
 @pytest.fixture(scope="module")
 def test_split(test_dir: Path) -> data.DuplicateImageDataset:
     return data.DuplicateImageDataset(test_dir, progress=False)

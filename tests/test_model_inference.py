@@ -1,0 +1,133 @@
+"""model_inference.py on a checkpoint trained for 100 batches on the sample set."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn import metrics
+
+import data
+import model_def
+import model_inference
+import scoring
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained_checkpoint: Path, test_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One CLI run with every output, on a copy of the checkpoint (the run writes its threshold file)."""
+    out = tmp_path_factory.mktemp("inference")
+    checkpoint = out / "checkpoint"
+    shutil.copytree(trained_checkpoint, checkpoint)
+    args = ["--checkpoint", str(checkpoint), "--data-dir", str(test_dir), "--json", str(out / "report.json"),
+            "--scores", str(out / "scores.csv"), "--plots", str(out / "plots"), "--device", "cpu"]
+    assert model_inference.main(args) == 0
+    with open(out / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {"out": out, "checkpoint": checkpoint, "report": json.loads((out / "report.json").read_text()), "rows": rows}
+
+
+def test_json_keys_and_ranges(evaluated: dict, test_dir: Path) -> None:
+    report = evaluated["report"]
+    n = len(data.find_images(test_dir))
+    assert report["images"] == n and report["skipped"] == []
+    faithful = report["faithful"]
+    summary = data.DuplicateImageDataset(test_dir, progress=False).summary()
+    assert faithful["pairs"] == summary["total_pairs"]
+    assert faithful["positive_pairs"] == summary["upsampled_positive_pairs"]
+    assert 0 < faithful["loss"] < 5 and 0 <= faithful["accuracy"] <= 1
+    unique = report["unique"]
+    assert unique["pairs"] == n * (n - 1) // 2
+    groups = data.group_ids(data.find_images(test_dir), test_dir)
+    assert unique["positive_pairs"] == data.count_pairs(groups, "unique")[0]
+    assert set(unique["methods"]) == {"model", "whash", "phash", "cosine"}
+    for method in unique["methods"].values():
+        assert 0 <= method["roc_auc"] <= 1 and 0 <= method["average_precision"] <= 1
+        for point in (method["at_0.5"], method["best_f1"]):
+            assert set(point) == {"threshold", "f1", "precision", "recall"}
+            assert all(0 <= point[k] <= 1 for k in ("f1", "precision", "recall"))
+    assert sorted(p.name for p in (evaluated["out"] / "plots").iterdir()) == ["precision_recall.png", "roc.png"]
+
+
+def test_metrics_agree_with_scikit_learn_on_the_scores_file(evaluated: dict) -> None:
+    rows = evaluated["rows"]
+    assert len(rows) == evaluated["report"]["unique"]["pairs"]
+    labels = np.array([int(r["label"]) for r in rows])
+    for name, reported in evaluated["report"]["unique"]["methods"].items():
+        scores = np.array([float(r[name]) for r in rows])  # 6 decimals in the file
+        assert reported["roc_auc"] == pytest.approx(metrics.roc_auc_score(labels, scores), abs=1e-4)
+        assert reported["average_precision"] == pytest.approx(metrics.average_precision_score(labels, scores), abs=1e-3)
+        f1 = metrics.f1_score(labels, scores >= reported["best_f1"]["threshold"])
+        assert reported["best_f1"]["f1"] == pytest.approx(f1, abs=1e-3)
+        assert reported["best_f1"]["f1"] >= reported["at_0.5"]["f1"] - 1e-9
+
+
+def test_threshold_file_is_written_for_find_duplicates(evaluated: dict) -> None:
+    threshold, source = scoring.read_model_threshold(evaluated["checkpoint"])
+    assert threshold == evaluated["report"]["unique"]["methods"]["model"]["best_f1"]["threshold"]
+    assert source.endswith(scoring.THRESHOLD_FILE)
+
+
+def test_two_runs_give_identical_numbers(evaluated: dict, trained_checkpoint: Path, test_dir: Path) -> None:
+    network = model_def.load_model(trained_checkpoint)
+    report, _ = model_inference.evaluate(network, test_dir, progress=False)
+    assert report == json.loads(json.dumps(report)) and report["faithful"] == evaluated["report"]["faithful"]
+    assert report["unique"] == evaluated["report"]["unique"]
+
+
+def test_model_score_averages_both_input_orders(trained_checkpoint: Path, test_dir: Path) -> None:
+    network = model_def.load_model(trained_checkpoint)
+    images, _, _ = data.load_images(data.find_images(test_dir)[:6], progress=False)
+    from model import extract_features
+
+    pooled = extract_features(network.features, images, variants=(0,), progress=False)[:, 0]
+    left, right = np.triu_indices(6, k=1)
+    scores = model_inference.unique_scores(network, pooled, images, left, right, ["model"])["model"]
+    with torch.no_grad():
+        ab = network.logits_from_features(pooled[left], pooled[right])
+        ba = network.logits_from_features(pooled[right], pooled[left])
+    assert not torch.allclose(ab, ba)  # the head is not symmetric, so the average matters
+    np.testing.assert_allclose(scores, torch.sigmoid((ab + ba) / 2).numpy(), atol=1e-5)
+
+
+def test_reference_methods_rank_an_exact_duplicate_first(
+    trained_checkpoint: Path, test_dir: Path, tmp_path: Path
+) -> None:
+    split = tmp_path / "split"
+    shutil.copytree(test_dir, split)
+    original = data.find_images(split)[0]
+    shutil.copy(original, original.with_name("zz_copy.jpg"))  # unparsed name: its own group, so label 0
+    network = model_def.load_model(trained_checkpoint)
+    _, unique = model_inference.evaluate(network, split, pairing="unique", progress=False)
+    names = [p.name for p in unique["paths"]]
+    copy_pair = {names.index(original.name), names.index("zz_copy.jpg")}
+    for method in ("whash", "phash", "cosine"):
+        scores = unique["scores"][method]
+        top = int(np.argmax(scores))
+        assert {int(unique["left"][top]), int(unique["right"][top])} == copy_pair, method
+        assert scores[top] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_errors_name_the_path(trained_checkpoint: Path, tmp_path: Path, test_dir: Path, capsys) -> None:
+    not_checkpoint = tmp_path / "empty"
+    not_checkpoint.mkdir()
+    assert model_inference.main(["--checkpoint", str(not_checkpoint), "--data-dir", str(test_dir)]) == 2
+    assert f"{not_checkpoint}: not a SameSpace checkpoint" in capsys.readouterr().err
+
+    no_positives = tmp_path / "singles"
+    (no_positives / "bedroom").mkdir(parents=True)
+    paths = data.find_images(test_dir)
+    _, first_of_each_room = np.unique(data.group_ids(paths, test_dir), return_index=True)
+    for k in first_of_each_room[:3]:
+        shutil.copy(paths[k], no_positives / "bedroom" / paths[k].name)
+    assert model_inference.main(["--checkpoint", str(trained_checkpoint), "--data-dir", str(no_positives)]) == 2
+    assert f"{no_positives}: no duplicate pairs" in capsys.readouterr().err
+
+    missing = tmp_path / "missing"
+    assert model_inference.main(["--checkpoint", str(trained_checkpoint), "--data-dir", str(missing)]) == 2
+    assert f"{missing}: not a directory" in capsys.readouterr().err
