@@ -1,7 +1,12 @@
-# `make demo` trains on the generated sample set; `make test` runs ruff and the test suite.
-# Both create .venv with the pinned requirements on first use.
+# `make demo`: generate the sample set, train on it (EfficientNet-Lite0, ImageNet weights that install offline),
+# evaluate the checkpoint beside the reference methods, and find the duplicates of the test photos.
+# `make test`: ruff and the test suite (what CI runs). Both create .venv with the pinned requirements first.
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
 VENV ?= .venv
 PY := $(VENV)/bin/python
+SAMPLE := data/sample
+DEMO := data/demo
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	python3 -m venv $(VENV)
@@ -11,8 +16,14 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 
 .PHONY: demo test bench
 demo: $(VENV)/.installed
-	test -d data/sample || $(PY) data.py sample data/sample
-	$(PY) data.py stats "data/sample/Training Data"
+	mkdir -p $(DEMO)
+	$(PY) model_def.py --sample-data $(SAMPLE) --epochs 1 --hparam backbone=efficientnet_lite0 \
+		--checkpoint-dir checkpoints | tee $(DEMO)/train.log
+	ckpt=$$(tail -n 1 $(DEMO)/train.log) && \
+	$(PY) model_inference.py --checkpoint "$$ckpt" --data-dir "$(SAMPLE)/Test Data" \
+		--json $(DEMO)/evaluation.json --plots $(DEMO)/plots --scores $(DEMO)/scores.csv && \
+	$(PY) find_duplicates.py "$(SAMPLE)/Test Data" --checkpoint "$$ckpt" \
+		--json $(DEMO)/duplicates.json --html $(DEMO)/duplicates.html
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
@@ -20,3 +31,5 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_pairs.py
+	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_find_duplicates.py

@@ -356,12 +356,17 @@ def build_pairs(
     pairing: str = "faithful",
     balanced: bool = True,
     seed: int = 0,
+    augment_negatives: bool = False,
 ) -> PairSet:
     """The pairs of a split.
 
     ``balanced=True`` (training, faithful evaluation): every positive pair x64 (all flag combinations)
     plus as many hash-weighted negatives, sampled without replacement. Needs ``hashes``.
     ``balanced=False`` (honest evaluation): every pair once, natural class balance, no augmentation.
+
+    ``augment_negatives``: as published (False), only positives are ever flipped or rotated, so "is either
+    image augmented?" predicts the label and a network can learn that shortcut instead of the rooms. True
+    gives each negative pair random flags too (seeded), so augmentation carries no label information.
     """
     groups = np.asarray(groups)
     positives = positive_pairs(groups, pairing)
@@ -380,11 +385,14 @@ def build_pairs(
     pos_right = np.repeat(positives[:, 1], N_PAIR_FLAGS)
     pos_flags = np.tile(flags, len(positives))
     negatives = sample_negative_pairs(hashes, groups, len(pos_left), pairing=pairing, seed=seed)
+    neg_flags = np.zeros(len(negatives), np.uint8)
+    if augment_negatives:
+        neg_flags = np.random.default_rng(seed).integers(0, N_PAIR_FLAGS, len(negatives)).astype(np.uint8)
     return PairSet(
         left=np.concatenate([pos_left, negatives[:, 0]]),
         right=np.concatenate([pos_right, negatives[:, 1]]),
         label=np.concatenate([np.ones(len(pos_left), np.uint8), np.zeros(len(negatives), np.uint8)]),
-        flags=np.concatenate([pos_flags, np.zeros(len(negatives), np.uint8)]),
+        flags=np.concatenate([pos_flags, neg_flags]),
     )
 
 
@@ -417,6 +425,7 @@ class DuplicateImageDataset(torch.utils.data.Dataset):
         balanced: bool = True,
         seed: int = 0,
         progress: bool = True,
+        augment_negatives: bool = False,
     ) -> None:
         self.root = Path(split_dir)
         paths = find_images(self.root)
@@ -432,7 +441,9 @@ class DuplicateImageDataset(torch.utils.data.Dataset):
         if self.positive_count == 0 or (pairing == "faithful" and self.positive_count == len(self.paths)):
             raise DataError(f"{self.root}: no duplicate pairs (no two images share folder, city and room_id)")
         self.hashes = whash_codes(self.images) if balanced else None
-        self.pairs = build_pairs(self.groups, self.hashes, pairing=pairing, balanced=balanced, seed=seed)
+        self.pairs = build_pairs(
+            self.groups, self.hashes, pairing=pairing, balanced=balanced, seed=seed, augment_negatives=augment_negatives
+        )
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -48,6 +48,7 @@ OPTIONAL_HPARAMS: dict[str, Any] = {
     "pairing": "faithful",
     "feature_cache": True,
     "tie_twins": False,
+    "augment_negatives": False,
 }
 
 
@@ -166,7 +167,11 @@ class SiameseTrial(pytorch.PyTorchTrial):
     def _loader(self, split: str, shuffle: bool) -> pytorch.DataLoader:
         chief = self.context.distributed.rank == 0
         dataset: torch.utils.data.Dataset = data.DuplicateImageDataset(
-            self._data_root() / split, pairing=self.hparams["pairing"], progress=chief
+            self._data_root() / split,
+            pairing=self.hparams["pairing"],
+            progress=chief,
+            # Validation keeps the published protocol, so validation_loss stays comparable with 0.3632.
+            augment_negatives=bool(self.hparams["augment_negatives"]) and split == TRAIN_SPLIT,
         )
         if self.feature_cache:
             features = extract_features(

@@ -2,7 +2,7 @@
 
     python model_inference.py --checkpoint DIR --data-dir "data/Airbnb Data/Test Data" \
         [--pairing faithful|unique|both] [--json FILE] [--plots DIR] [--scores FILE] \
-        [--methods model whash phash cosine] [--batch-size N] [--device auto|cpu|cuda]
+        [--methods model whash phash cosine] [--batch-size N] [--device auto|cpu|cuda] [--cache-dir DIR]
 
 - ``faithful`` reproduces the published evaluation: upsampled positives and hash-sampled negatives
   (balanced, self-pairs included), BCE and accuracy of the model.
@@ -118,6 +118,7 @@ def evaluate(
     batch_size: int = 64,
     device: str = "cpu",
     progress: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate ``model`` on a split directory. Returns (report for JSON, unique pairs and their scores)."""
     from model import extract_features
@@ -133,7 +134,7 @@ def evaluate(
         raise EvaluationError(f"{data_dir}: no duplicate pairs (no two images share folder, city and room_id)")
     variants = range(data.N_VARIANTS) if pairing in ("faithful", "both") else (0,)
     features = extract_features(
-        model.features, images, variants, batch_size=batch_size, device=device, progress=progress
+        model.features, images, variants, batch_size=batch_size, device=device, progress=progress, cache_dir=cache_dir
     ).float()
     report: dict[str, Any] = {"data_dir": str(data_dir), "images": len(paths), "skipped": skipped}
 
@@ -272,8 +273,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=METHOD_CHOICES, default=list(METHOD_CHOICES))
     parser.add_argument("--batch-size", type=int, default=64, help="images per backbone batch (default: 64)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--cache-dir", help="feature cache folder shared with model_def.py (default: its default; "
+                        "'none' for no cache file)")
     args = parser.parse_args(argv)
-    from model_def import load_model
+    from model_def import DEFAULT_CACHE_DIR, load_model
+
+    cache_dir = None if (args.cache_dir or "").lower() == "none" else (args.cache_dir or DEFAULT_CACHE_DIR)
 
     try:
         device = _device(args.device)
@@ -283,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise EvaluationError(f"{data_dir}: not a directory")
         model = load_model(checkpoint, device=device)
         methods = args.methods if args.pairing != "faithful" else ["model"]
-        report, unique = evaluate(model, data_dir, args.pairing, methods, args.batch_size, device)
+        report, unique = evaluate(model, data_dir, args.pairing, methods, args.batch_size, device, cache_dir=cache_dir)
     except (EvaluationError, data.DataError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -360,3 +360,23 @@ def test_option_conflicts_are_usage_errors(photos: Path) -> None:
         with pytest.raises(SystemExit) as exit_info:
             fd.main([str(photos), *argv])
         assert exit_info.value.code == 2
+
+
+def test_checkpoint_scores_equal_model_inference_scores(trained_checkpoint: Path, test_dir: Path) -> None:
+    """find_duplicates.py --checkpoint and model_inference.py score every pair with the same function."""
+    import model_def
+    import model_inference
+
+    scorer = scoring.ModelScorer(model_def.load_model(trained_checkpoint))
+    result = _run(test_dir, scorer, threshold=0.0, exhaustive=True)
+    pairs = zip(result.left, result.right, result.scores, strict=True)
+    found = {(result.paths[i], result.paths[j]): s for i, j, s in pairs}
+    _, unique = model_inference.evaluate(
+        model_def.load_model(trained_checkpoint), test_dir, pairing="unique", methods=["model"], progress=False
+    )
+    expected = {
+        (str(unique["paths"][i]), str(unique["paths"][j])): s
+        for i, j, s in zip(unique["left"], unique["right"], unique["scores"]["model"], strict=True)
+    }
+    assert found.keys() == expected.keys()
+    np.testing.assert_allclose([found[k] for k in expected], list(expected.values()), atol=1e-6)

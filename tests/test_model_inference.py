@@ -25,7 +25,8 @@ def evaluated(trained_checkpoint: Path, test_dir: Path, tmp_path_factory: pytest
     checkpoint = out / "checkpoint"
     shutil.copytree(trained_checkpoint, checkpoint)
     args = ["--checkpoint", str(checkpoint), "--data-dir", str(test_dir), "--json", str(out / "report.json"),
-            "--scores", str(out / "scores.csv"), "--plots", str(out / "plots"), "--device", "cpu"]
+            "--scores", str(out / "scores.csv"), "--plots", str(out / "plots"), "--device", "cpu",
+            "--cache-dir", "none"]
     assert model_inference.main(args) == 0
     with open(out / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
