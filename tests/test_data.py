@@ -258,9 +258,28 @@ def test_x64_upsampling_every_flag_once() -> None:
     assert not pairs.flags[neg].any()
     assert np.all(groups[pairs.left[neg]] != groups[pairs.right[neg]])
     # flag decoding: variant of image 1 in the low 3 bits, of image 2 in the high 3 bits
-    assert {(f % data.N_VARIANTS, f // data.N_VARIANTS) for f in range(64)} == {
-        (a, b) for a in range(8) for b in range(8)
-    }
+    first, second = data.pair_variants(np.arange(64))
+    assert set(zip(first.tolist(), second.tolist(), strict=True)) == {(a, b) for a in range(8) for b in range(8)}
+
+
+def test_augment_negatives_gives_negatives_seeded_random_flags() -> None:
+    groups = _groups_from_sizes([3, 2, 2, 1] * 10)
+    hashes = _random_hashes(len(groups))
+    plain = data.build_pairs(groups, hashes, seed=0)
+    augmented = data.build_pairs(groups, hashes, seed=0, augment_negatives=True)
+    again = data.build_pairs(groups, hashes, seed=0, augment_negatives=True)
+    neg = augmented.label == 0
+    # Same pairs and labels, positives untouched; only the negatives' flags change.
+    for name in ("left", "right", "label"):
+        np.testing.assert_array_equal(getattr(plain, name), getattr(augmented, name))
+    np.testing.assert_array_equal(plain.flags[~neg], augmented.flags[~neg])
+    np.testing.assert_array_equal(augmented.flags, again.flags)
+    assert not plain.flags[neg].any()
+    flags = augmented.flags[neg]
+    assert flags.max() < 64 and len(np.unique(flags)) == 64  # every combination occurs
+    # Uniform over the 64 combinations: no flag is much rarer or commoner than average.
+    counts = np.bincount(flags, minlength=64)
+    assert counts.min() > 0.5 * counts.mean() and counts.max() < 1.5 * counts.mean()
 
 
 # --------------------------------------------------------------------------------------------
