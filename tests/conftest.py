@@ -70,14 +70,14 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(sample_root: Path, cache_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     """stdout of `model_def.py` training 100 batches on the sample set with the pretrained efficientnet_lite0
-    (ImageNet weights that install offline) and augmented negatives, so the checkpoint has learnt something real."""
+    (ImageNet weights that install offline), so the checkpoint has learnt something real."""
     import contextlib
     import io
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         code = model_def.main(["--data-dir", str(sample_root), "--batches", "100",
-                               "--hparam", "backbone=efficientnet_lite0", "--hparam", "augment_negatives=true",
+                               "--hparam", "backbone=efficientnet_lite0",
                                "--checkpoint-dir", str(tmp_path_factory.mktemp("ckpt")), "--cache-dir", str(cache_dir)])
     assert code == 0
     return out.getvalue()
