@@ -18,6 +18,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 demo: $(VENV)/.installed
 	mkdir -p $(DEMO)
 	$(PY) model_def.py --sample-data $(SAMPLE) --epochs 1 --hparam backbone=efficientnet_lite0 \
+		--hparam augment_negatives=true \
 		--checkpoint-dir checkpoints | tee $(DEMO)/train.log
 	ckpt=$$(tail -n 1 $(DEMO)/train.log) && \
 	$(PY) model_inference.py --checkpoint "$$ckpt" --data-dir "$(SAMPLE)/Test Data" \
