@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn import metrics
+from tqdm import tqdm
 
 import data
 import scoring
@@ -94,10 +95,11 @@ def unique_scores(
     right: np.ndarray,
     methods: Sequence[str],
     device: str = "cpu",
+    progress: bool = False,
 ) -> dict[str, np.ndarray]:
     """Scores of the pairs (left[k], right[k]) by each method; cosine uses the model's own frozen backbone."""
     out: dict[str, np.ndarray] = {}
-    for method in methods:
+    for method in tqdm(methods, desc=f"score {len(left):,} pairs", unit="method", disable=not progress):
         if method == "model":
             first, second = scoring.model_projections(model, pooled, device)
             out[method] = scoring.model_pair_scores(model, first, second, left, right, device=device)
@@ -151,7 +153,7 @@ def evaluate(
     if pairing in ("unique", "both"):
         left, right = np.triu_indices(len(paths), k=1)
         labels = (groups[left] == groups[right]).astype(np.uint8)
-        scores = unique_scores(model, features[:, 0], images, left, right, methods, device)
+        scores = unique_scores(model, features[:, 0], images, left, right, methods, device, progress)
         report["unique"] = {
             "pairs": len(left),
             "positive_pairs": int(labels.sum()),
