@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,13 +215,20 @@ def to_model_input(images: np.ndarray | torch.Tensor, variant: int = 0) -> torch
 # --------------------------------------------------------------------------------------------
 
 
-def whash_codes(images: np.ndarray) -> np.ndarray:
-    """64-bit wHash (imagehash, 8x8) of each 256x256 image, packed into uint64."""
+def hash_codes(
+    images: np.ndarray, hash_function: Callable[[Image.Image], imagehash.ImageHash] = imagehash.whash
+) -> np.ndarray:
+    """A 64-bit imagehash (8x8: whash, phash, ...) of each 256x256 uint8 image, packed into uint64."""
     codes = np.empty(len(images), dtype=np.uint64)
     for k, image in enumerate(images):
-        bits = imagehash.whash(Image.fromarray(image)).hash.ravel()
+        bits = hash_function(Image.fromarray(image)).hash.ravel()
         codes[k] = np.packbits(bits).view(">u8")[0]
     return codes
+
+
+def whash_codes(images: np.ndarray) -> np.ndarray:
+    """64-bit wHash of each 256x256 image, packed into uint64 (the published negative-sampling hash)."""
+    return hash_codes(images, imagehash.whash)
 
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -288,13 +288,12 @@ def csv_text(document: dict[str, Any]) -> str:
 
 
 def _device(name: str) -> str:
-    import torch
+    from model import resolve_device
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise FindDuplicatesError("--device cuda: no CUDA device available")
-    return name
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise FindDuplicatesError(str(exc)) from exc
 
 
 def build_scorer(args: argparse.Namespace, device: str) -> tuple[scoring.PairScorer, float, str]:

@@ -193,6 +193,15 @@ def build_feature_extractor(backbone: str = "mobilenet_v3_large", weights: str =
     raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
 
 
+def resolve_device(name: str) -> str:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a ValueError."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device available")
+    return name
+
+
 # --------------------------------------------------------------------------------------------
 # The Siamese network
 # --------------------------------------------------------------------------------------------

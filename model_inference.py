@@ -256,14 +256,6 @@ def write_threshold(checkpoint_dir: Path, report: dict[str, Any]) -> Path:
     return path
 
 
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError("--device cuda: no CUDA device available")
-    return name
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a checkpoint folder written by model_def.py")
@@ -278,12 +270,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cache-dir", help="feature cache folder shared with model_def.py (default: its default; "
                         "'none' for no cache file)")
     args = parser.parse_args(argv)
+    from model import resolve_device
     from model_def import DEFAULT_CACHE_DIR, load_model
 
     cache_dir = None if (args.cache_dir or "").lower() == "none" else (args.cache_dir or DEFAULT_CACHE_DIR)
 
     try:
-        device = _device(args.device)
+        device = resolve_device(args.device)
         checkpoint = Path(args.checkpoint)
         data_dir = Path(args.data_dir)
         if not data_dir.is_dir():

@@ -37,7 +37,6 @@ import faiss
 import imagehash
 import numpy as np
 import torch
-from PIL import Image
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn import metrics
@@ -90,11 +89,7 @@ REFERENCE_METHODS = ("whash", "phash", "cosine")
 
 def phash_codes(images: np.ndarray) -> np.ndarray:
     """64-bit pHash (imagehash, 8x8 DCT) of each 256x256 uint8 image, packed into uint64 like data.whash_codes."""
-    codes = np.empty(len(images), dtype=np.uint64)
-    for k, image in enumerate(images):
-        bits = imagehash.phash(Image.fromarray(image)).hash.ravel()
-        codes[k] = np.packbits(bits).view(">u8")[0]
-    return codes
+    return data.hash_codes(images, imagehash.phash)
 
 
 HASH_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"whash": data.whash_codes, "phash": phash_codes}
