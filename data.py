@@ -25,7 +25,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,8 +79,11 @@ def parse_name(filename: str) -> tuple[str, str, str] | None:
     return match["city"].strip(), match["room_id"].strip(), match["n"]
 
 
-def find_images(root: str | Path, recursive: bool = True) -> list[Path]:
-    """Image files under ``root`` (any case of .jpg/.jpeg/.png), sorted by their POSIX relative path.
+def find_images(
+    root: str | Path, recursive: bool = True, extensions: Collection[str] = IMAGE_EXTENSIONS
+) -> list[Path]:
+    """Image files under ``root`` (lower-case ``extensions``, matched in any case), sorted by their POSIX
+    relative path. Symlinked folders are not followed.
 
     Sorting on the relative path as a string keeps the order (and so every pair index and every
     sampled negative) identical across platforms and file systems.
@@ -88,9 +91,12 @@ def find_images(root: str | Path, recursive: bool = True) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
-    pattern = "**/*" if recursive else "*"
-    found = [p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        found += [Path(dirpath) / n for n in filenames if Path(n).suffix.lower() in extensions]
+        if not recursive:
+            dirnames.clear()
+    return sorted((p for p in found if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
 
 
 def group_ids(paths: Sequence[Path], root: str | Path) -> np.ndarray:

@@ -15,7 +15,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
 import time
 import warnings
@@ -74,18 +73,15 @@ def image_files(folders: Sequence[str | Path]) -> list[Path]:
     found: list[Path] = []
     for folder in folders:
         root = Path(folder)
-        if not root.is_dir():
-            raise FindDuplicatesError(f"{root}: not a directory")
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            files.extend(Path(dirpath) / name for name in filenames if Path(name).suffix.lower() in extensions)
-        files.sort(key=lambda p: p.relative_to(root).as_posix())
+        try:
+            files = data.find_images(root, extensions=extensions)
+        except data.DataError as exc:
+            raise FindDuplicatesError(str(exc)) from exc
         if not files:
             warnings.warn(f"{root}: no image files", stacklevel=2)
         for path in files:
             key = path.resolve()
-            if key not in seen and path.is_file():
+            if key not in seen:
                 seen.add(key)
                 found.append(path)
     if not found:
