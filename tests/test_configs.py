@@ -60,3 +60,35 @@ def test_every_config_names_every_trial_hyperparameter(name: str) -> None:
     import model_def
 
     assert set(model_def.OPTIONAL_HPARAMS) | set(PUBLISHED) == set(_load(name)["hyperparameters"])
+
+
+def _header(name: str) -> str:
+    """The comment block a user reads first: every line before the first key."""
+    lines = []
+    for line in (REPO / name).read_text().splitlines():
+        if line and not line.startswith("#"):
+            break
+        lines.append(line.lstrip("# "))
+    return " ".join(" ".join(lines).split())
+
+
+def _epochs(config: dict) -> int:
+    """The training length in epochs: --epochs in the entrypoint, else searcher.max_time in epochs."""
+    words = config["entrypoint"].split()
+    if "--epochs" in words:
+        return int(words[words.index("--epochs") + 1])
+    assert config["searcher"]["time_metric"] == "epochs"
+    return int(config["searcher"]["max_time"])
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_states_what_it_costs(name: str) -> None:
+    config = _load(name)
+    header = _header(name)
+    slots = config["resources"]["slots_per_trial"]
+    assert f"Cost: {slots} slot" in header
+    assert f"{_epochs(config)} epochs" in header
+    assert "199,552 training pairs" in header
+    trials = config["searcher"].get("max_trials", 1)
+    assert (f"up to {trials} trials" if trials > 1 else "1 trial") in header
+    assert config["hyperparameters"]["global_batch_size"] % slots == 0, "the global batch must split over slots"

@@ -1,0 +1,75 @@
+"""startup-hook.sh in a fresh virtualenv shaped like a Determined task image (see image_env.py).
+
+The venv starts with torch, torchvision and the Determined harness's packages, and none of the trial's other
+requirements. The hook must install requirements.txt into it, leave torch, torchvision and numpy exactly as
+they were, and leave a Python in which `import model_def` works. It needs PyPI (or the machine's package
+mirror), as a cluster does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import image_env
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Printed by the venv's python: where torch, torchvision and numpy come from, and which requirements of
+# requirements.txt the venv does not satisfy (name, installed version or None, specifier).
+PROBE = r"""
+import importlib.metadata as md, json, sys
+from packaging.requirements import Requirement
+import numpy, torch, torchvision
+missing = []
+for line in open(sys.argv[1]):
+    line = line.split("#")[0].strip()
+    if not line:
+        continue
+    req = Requirement(line)
+    try:
+        version = md.version(req.name)
+    except md.PackageNotFoundError:
+        version = None
+    if version is None or not req.specifier.contains(version, prereleases=True):
+        missing.append([req.name, version, str(req.specifier)])
+print(json.dumps({"torch": [torch.__version__, torch.__file__],
+                  "torchvision": [torchvision.__version__, torchvision.__file__],
+                  "numpy": [numpy.__version__, numpy.__file__], "unmet": missing}))
+"""
+
+
+def _probe(python: Path) -> dict:
+    result = subprocess.run([str(python), "-c", PROBE, str(REPO / "requirements.txt")], capture_output=True,
+                            text=True, cwd=REPO, check=True)
+    return json.loads(result.stdout)
+
+
+@pytest.mark.slow
+def test_startup_hook_installs_the_trial_requirements_and_keeps_the_images_torch(tmp_path: Path) -> None:
+    python = image_env.build(tmp_path)
+    before = _probe(python)
+    assert before["unmet"], "the image venv should start without the trial's requirements"
+    unmet_names = {name.lower() for name, _, _ in before["unmet"]}
+    assert {"imagehash", "scikit-learn", "faiss-cpu"} <= unmet_names
+
+    env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
+    hook = subprocess.run(["bash", str(REPO / "startup-hook.sh")], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=600)
+    assert hook.returncode == 0, hook.stdout + hook.stderr
+    assert "keeping the image's torch==" in hook.stderr
+
+    after = _probe(python)
+    assert after["unmet"] == []
+    for name in ("torch", "torchvision", "numpy"):  # same version, same files: nothing was replaced or shadowed
+        assert after[name] == before[name], name
+        assert Path(after[name][1]).is_relative_to(tmp_path / "image-site-packages"), after[name]
+
+    imported = subprocess.run([str(python), "-c", "import model_def, find_duplicates, model_inference; print('ok')"],
+                              capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip() == "ok"
