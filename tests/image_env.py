@@ -14,9 +14,11 @@ Used by tests/test_startup_hook.py and tests/lower_bounds.py.
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import os
 import subprocess
 import sys
-import sysconfig
+import urllib.error
+import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -83,6 +85,15 @@ def build(root: Path, provided: Iterable[str] = PROVIDED, exclude: Iterable[str]
     return python
 
 
-def running_site_packages() -> Path:
-    """The running environment's site-packages (where the provided distributions come from)."""
-    return Path(sysconfig.get_paths()["purelib"])
+
+def index_unreachable() -> str | None:
+    """Why pip's package index cannot be reached at all, or None when it answers (a skip reason for tests)."""
+    configured = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                                capture_output=True, text=True)
+    url = (os.environ.get("PIP_INDEX_URL") or configured.stdout.strip() or "https://pypi.org/simple").rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{url}/numpy/", timeout=15) as response:
+            response.read(1)
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        return f"package index unreachable ({url}: {exc})"
+    return None

@@ -10,15 +10,13 @@ test skips only when the index cannot be reached at all, never when resolution f
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import image_env
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -30,7 +28,10 @@ REPO = Path(__file__).resolve().parent.parent
 IMAGES = {"3.10": {"numpy": "1.24.4"}, "3.11": {}, "3.12": {}}
 IMAGE_TORCH = "2.3.0+image"  # no index has it: only the stand-in wheel can satisfy the constraint
 # The default image is Ubuntu 22.04 (glibc 2.35): every manylinux wheel up to manylinux_2_35 installs there.
-PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(17, 36)] + ["manylinux2014_x86_64"]
+# pip matches --platform tags literally, so the legacy aliases (manylinux1 = 2_5, 2010 = 2_12, 2014 = 2_17)
+# are listed too: some wheels carry only those (kiwisolver's, for one).
+PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(5, 36)] + [
+    f"manylinux{alias}_x86_64" for alias in ("1", "2010", "2014")]
 
 
 def _lines(path: Path) -> list[str]:
@@ -41,22 +42,6 @@ def _lines(path: Path) -> list[str]:
 
 def _requirements(path: Path) -> list[Requirement]:
     return [Requirement(line) for line in _lines(path)]
-
-
-def _index_url() -> str:
-    configured = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
-                                capture_output=True, text=True)
-    url = os.environ.get("PIP_INDEX_URL") or configured.stdout.strip() or "https://pypi.org/simple"
-    return url.rstrip("/")
-
-
-def _skip_unless_index_reachable() -> None:
-    url = f"{_index_url()}/numpy/"
-    try:
-        with urllib.request.urlopen(url, timeout=15) as response:
-            response.read(1)
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        pytest.skip(f"package index unreachable ({url}: {exc})")
 
 
 def _stand_in_wheel(folder: Path, name: str, version: str) -> None:
@@ -82,7 +67,8 @@ def _resolve(python: str, fixed: dict[str, str], work: Path) -> subprocess.Compl
 
 @pytest.mark.slow
 def test_requirements_resolve_on_every_supported_python(tmp_path: Path) -> None:
-    _skip_unless_index_reachable()
+    if reason := image_env.index_unreachable():
+        pytest.skip(reason)
     (tmp_path / "wheels").mkdir()
     _stand_in_wheel(tmp_path / "wheels", "torch", IMAGE_TORCH)
     with ThreadPoolExecutor(len(IMAGES)) as pool:  # network-bound: the three resolutions overlap
