@@ -188,18 +188,19 @@ def find_duplicates(
     store: EmbeddingStore | None = None,
     approximate: bool | None = None,
     paths: Sequence[Path] | None = None,
+    keys: Sequence[str] | None = None,
 ) -> Result:
     """Find the duplicate groups among the photos under ``folders`` with a fresh ``scorer``.
 
     Streams the photos: decode a batch, embed it, drop it (see :func:`embed_photos`; with a ``store`` only
     photos it does not hold are decoded). ``top_k`` / ``exhaustive`` / ``approximate`` choose the candidate
-    pairs (see scoring.find_matches). ``paths`` replaces the folder walk (photos listed by a store). The
-    summary holds counts and the time spent in each stage.
+    pairs (see scoring.find_matches). ``paths`` replaces the folder walk and ``keys`` gives their content keys
+    (photos listed by a store: they are not opened). The summary holds counts and the time spent in each stage.
     """
     t0 = time.perf_counter()
     paths = list(paths) if paths is not None else image_files(folders)
     timings = {"find": time.perf_counter() - t0, "decode_wait": 0.0, "embed": 0.0}
-    embedded = embed_photos(paths, scorer, store, batch_size, progress, decode_workers, timings)
+    embedded = embed_photos(paths, scorer, store, batch_size, progress, decode_workers, timings, keys)
     kept, skipped = embedded.kept, embedded.skipped
     _check_some_kept(kept, skipped, paths, folders)
     t = time.perf_counter()
@@ -295,12 +296,14 @@ def embed_photos(
     progress: bool = True,
     decode_workers: int = 2,
     timings: dict[str, float] | None = None,
+    known_keys: Sequence[str] | None = None,
 ) -> Embedded:
     """Add the embedding of every readable photo in ``paths`` to ``scorer``, in path order.
 
     Without a store every photo is decoded and embedded. With one, each photo's content key is looked up
     (embedding_store.EmbeddingStore.key_for: the stat index, else a hash of the bytes); only keys the store
-    lacks are decoded, once per distinct content, embedded and added to the store.
+    lacks are decoded, once per distinct content, embedded and added to the store. ``known_keys`` (one per
+    path) skips the lookup: the photos are opened only if the store lacks their key.
     """
     timings = timings if timings is not None else {}
     if store is None:
@@ -311,9 +314,9 @@ def embed_photos(
         kept = [k for k in range(len(paths)) if k not in failed]
         return Embedded(kept, skipped, len(kept), 0)
     t = time.perf_counter()
-    keys: list[str | None] = []
+    keys: list[str | None] = list(known_keys) if known_keys is not None else []
     reasons: dict[int, str] = {}
-    for k, path in enumerate(paths):
+    for k, path in enumerate(paths if known_keys is None else []):
         try:
             keys.append(store.key_for(path))
         except OSError as exc:
@@ -621,10 +624,12 @@ def run(args: argparse.Namespace, scorer: scoring.PairScorer, threshold: float, 
     if args.against:
         return find_against(args.folders, args.against, scorer, threshold, **options)
     if not args.folders:  # --embeddings alone: the photos the store lists
-        listed = [Path(p) for p in store.listed_paths()] if store is not None else []
+        listed = store.listed_paths() if store is not None else []
         if not listed:
             raise FindDuplicatesError(f"{args.embeddings}: the store lists no photos")
-        return find_duplicates([args.embeddings], scorer, threshold, paths=listed, **options)
+        entries = store.stat_entries()  # type: ignore[union-attr]
+        return find_duplicates([args.embeddings], scorer, threshold, paths=[Path(p) for p in listed],
+                               keys=[entries[p][2] for p in listed], **options)
     return find_duplicates(args.folders, scorer, threshold, **options)
 
 
