@@ -93,10 +93,14 @@ def test_two_processes_of_32_train_as_one_of_64(tiny_root: Path, calibrated: Pat
     assert 0.01 < one_metrics[-1]["validation_loss"] < 2
     assert two_metrics["validation_loss"] == pytest.approx(one_metrics[-1]["validation_loss"], abs=1e-5)
     assert two_metrics["validation_accuracy"] == pytest.approx(one_metrics[-1]["validation_accuracy"], abs=1e-6)
+    torch.manual_seed(0)  # as model_def.main() seeds before building the network
     initial = model.SiameseNetwork(backbone_weights=str(calibrated), dropout1=0, dropout2=0, dropout3=0)
+    # The two-process checkpoint holds DistributedDataParallel's names ("module."); load_model reads either.
+    assert set(two["models_state_dict"][0]) == {f"module.{name}" for name in one["models_state_dict"][0]}
+    two_weights = model_def.load_model(two_path).state_dict()
     changed = 0
     for name, value in one["models_state_dict"][0].items():
-        torch.testing.assert_close(two["models_state_dict"][0][name], value, atol=1e-5, rtol=0, msg=name)
+        torch.testing.assert_close(two_weights[name], value, atol=1e-5, rtol=0, msg=name)
         changed += not torch.equal(value, initial.state_dict()[name])
     assert changed >= 10  # the heads did train
 
