@@ -217,6 +217,12 @@ def _twin_head(in_dim: int, pretrained: dict | None) -> nn.Sequential:
     return nn.Sequential(linear, nn.Hardswish(), nn.Dropout(TWIN_DROPOUT))
 
 
+def _strip_data_parallel_prefix(state_dict: dict, prefix: str, *args: object) -> None:
+    """Load the checkpoints of multi-process runs too: DistributedDataParallel saved "module.<name>"."""
+    if not prefix and state_dict and all(key.startswith("module.") for key in state_dict):
+        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state_dict, "module.")
+
+
 class SiameseNetwork(nn.Module):
     """Two images -> one logit, "same room?".
 
@@ -246,6 +252,7 @@ class SiameseNetwork(nn.Module):
             nn.Linear(512, 64), nn.ReLU(),
             nn.Linear(64, 1),
         )
+        self._register_load_state_dict_pre_hook(_strip_data_parallel_prefix)
 
     @property
     def first_twin(self) -> nn.Module:
