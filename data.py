@@ -242,6 +242,21 @@ def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int64)
 
 
+def _stream_hashes(paths: Sequence[Path], progress: bool = True) -> tuple[np.ndarray, list[int], list[str]]:
+    """wHash codes of photos decoded one at a time (pixels dropped): (codes, indices of kept paths, skipped)."""
+    codes: list[np.ndarray] = []
+    kept: list[int] = []
+    skipped: list[str] = []
+    for k, path in enumerate(tqdm(paths, desc="hash images", unit="img", disable=not progress)):
+        try:
+            codes.append(whash_codes(load_image(path)[None]))
+            kept.append(k)
+        except UnreadableImageError as exc:
+            warnings.warn(f"skipped {exc}", stacklevel=3)
+            skipped.append(str(exc))
+    return (np.concatenate(codes) if codes else np.zeros(0, np.uint64)), kept, skipped
+
+
 # --------------------------------------------------------------------------------------------
 # Pairs
 # --------------------------------------------------------------------------------------------
@@ -428,7 +443,9 @@ SUMMARY_KEYS = (
 class DuplicateImageDataset(torch.utils.data.Dataset):
     """Pairs of one split directory: ``(image1, image2, label)`` with each pair's transforms applied.
 
-    Every photo is decoded once, kept as 256x256 uint8, and normalised when an item is produced.
+    Every photo is decoded once and kept as 256x256 uint8, normalised when an item is produced. With
+    ``keep_images=False`` the photos are decoded in batches, hashed and dropped (memory holds the hashes,
+    never the split's pixels; ``images`` is None) and an item decodes its two photos again on demand.
     """
 
     def __init__(
@@ -439,12 +456,20 @@ class DuplicateImageDataset(torch.utils.data.Dataset):
         seed: int = 0,
         progress: bool = True,
         augment_negatives: bool = False,
+        keep_images: bool = True,
     ) -> None:
         self.root = Path(split_dir)
         paths = find_images(self.root)
         if not paths:
             raise DataError(f"{self.root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
-        self.images, kept, self.skipped = load_images(paths, progress=progress)
+        self.images: np.ndarray | None
+        if keep_images:
+            self.images, kept, self.skipped = load_images(paths, progress=progress)
+            self.hashes = whash_codes(self.images) if balanced else None
+        else:
+            self.images = None
+            self.hashes, kept, self.skipped = _stream_hashes(paths, progress=progress)
+            self.hashes = self.hashes if balanced else None
         self.paths = [paths[k] for k in kept]
         if not self.paths:
             raise DataError(f"{self.root}: none of the {len(paths)} image files could be read")
@@ -453,7 +478,6 @@ class DuplicateImageDataset(torch.utils.data.Dataset):
         self.positive_count, self.negative_count = count_pairs(self.groups, pairing)
         if self.positive_count == 0 or (pairing == "faithful" and self.positive_count == len(self.paths)):
             raise DataError(f"{self.root}: no duplicate pairs (no two images share folder, city and room_id)")
-        self.hashes = whash_codes(self.images) if balanced else None
         self.pairs = build_pairs(
             self.groups, self.hashes, pairing=pairing, balanced=balanced, seed=seed, augment_negatives=augment_negatives
         )
@@ -461,10 +485,14 @@ class DuplicateImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def image(self, index: int) -> np.ndarray:
+        """The decoded uint8 photo ``index``: kept in memory, or decoded again with :func:`load_image`."""
+        return self.images[index] if self.images is not None else load_image(self.paths[index])
+
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         variant1, variant2 = pair_variants(self.pairs.flags[k])
-        image1 = to_model_input(self.images[self.pairs.left[k]], int(variant1))
-        image2 = to_model_input(self.images[self.pairs.right[k]], int(variant2))
+        image1 = to_model_input(self.image(int(self.pairs.left[k])), int(variant1))
+        image2 = to_model_input(self.image(int(self.pairs.right[k])), int(variant2))
         return image1, image2, torch.tensor(float(self.pairs.label[k]))
 
     def summary(self) -> dict[str, int]:

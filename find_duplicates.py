@@ -18,7 +18,7 @@ import json
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +29,10 @@ from PIL import Image, ImageFile
 from tqdm import tqdm
 
 import data
+import embedding_store
+import neighbours
 import scoring
+from embedding_store import EmbeddingStore
 
 EXIT_ERROR = 2
 DEFAULT_BATCH_SIZE = 64
@@ -182,42 +185,27 @@ def find_duplicates(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
     decode_workers: int = 2,
+    store: EmbeddingStore | None = None,
+    approximate: bool | None = None,
+    paths: Sequence[Path] | None = None,
+    keys: Sequence[str] | None = None,
 ) -> Result:
     """Find the duplicate groups among the photos under ``folders`` with a fresh ``scorer``.
 
-    Streams the photos: decode a batch, embed it, drop it. ``top_k`` / ``exhaustive`` choose the candidate
-    pairs (see scoring.find_matches). The summary holds counts and the time spent in each stage.
+    Streams the photos: decode a batch, embed it, drop it (see :func:`embed_photos`; with a ``store`` only
+    photos it does not hold are decoded). ``top_k`` / ``exhaustive`` / ``approximate`` choose the candidate
+    pairs (see scoring.find_matches). ``paths`` replaces the folder walk and ``keys`` gives their content keys
+    (photos listed by a store: they are not opened). The summary holds counts and the time spent in each stage.
     """
     t0 = time.perf_counter()
-    paths = image_files(folders)
+    paths = list(paths) if paths is not None else image_files(folders)
     timings = {"find": time.perf_counter() - t0, "decode_wait": 0.0, "embed": 0.0}
-    kept: list[int] = []
-    skipped: list[dict[str, str]] = []
-    bar = tqdm(total=len(paths), desc=f"embed ({scorer.name})", unit="img", disable=not progress, file=sys.stderr)
-    batches = decoded_batches(paths, batch_size, decode_workers)
-    while True:
-        t = time.perf_counter()
-        batch = next(batches, None)
-        timings["decode_wait"] += time.perf_counter() - t
-        if batch is None:
-            break
-        t = time.perf_counter()
-        scorer.add(batch.images)
-        timings["embed"] += time.perf_counter() - t
-        kept.extend(batch.indices)
-        skipped.extend({"path": str(paths[k]), "reason": reason} for k, reason in batch.skipped)
-        bar.update(len(batch.indices) + len(batch.skipped))
-        del batch
-    bar.close()
-    if not kept:
-        raise FindDuplicatesError(
-            f"none of the {len(paths)} image files in {', '.join(str(f) for f in folders)} could be read: "
-            + "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
-            + (" ..." if len(skipped) > 5 else "")
-        )
+    embedded = embed_photos(paths, scorer, store, batch_size, progress, decode_workers, timings, keys)
+    kept, skipped = embedded.kept, embedded.skipped
+    _check_some_kept(kept, skipped, paths, folders)
     t = time.perf_counter()
     scorer.finish()
-    left, right, scores, n_scored, candidates = scoring.find_matches(scorer, threshold, top_k, exhaustive)
+    left, right, scores, n_scored, candidates = scoring.find_matches(scorer, threshold, top_k, exhaustive, approximate)
     timings["pairs"] = time.perf_counter() - t
     t = time.perf_counter()
     groups = scoring.connected_groups(len(kept), left, right)
@@ -231,6 +219,189 @@ def find_duplicates(
         "files": len(paths),
         "images": len(kept),
         "skipped": len(skipped),
+        "embedded": embedded.embedded,
+        "from_store": embedded.from_store,
+        "pairs_scored": int(n_scored),
+        "duplicate_pairs": len(left),
+        "groups": len(groups),
+        "images_in_groups": int(sum(len(g) for g in groups)),
+        "seconds": round(seconds, 3),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    return Result([str(paths[k]) for k in kept], skipped, left, right, scores, groups, summary)
+
+
+def _check_some_kept(kept: list[int], skipped: list[dict[str, str]], paths: Sequence[Path],
+                     folders: Sequence[str | Path]) -> None:
+    if not kept:
+        raise FindDuplicatesError(
+            f"none of the {len(paths)} image files in {', '.join(str(f) for f in folders)} could be read: "
+            + "; ".join(f"{s['path']}: {s['reason']}" for s in skipped[:5])
+            + (" ..." if len(skipped) > 5 else "")
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Embedding, with or without the embedding store
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Embedded:
+    """What :func:`embed_photos` did: indices of the photos embedded into the scorer (in path order), the
+    skipped files, how many photos were decoded and embedded, and how many came from the store."""
+
+    kept: list[int]
+    skipped: list[dict[str, str]]
+    embedded: int
+    from_store: int
+
+
+def _stream_embed(
+    paths: Sequence[Path],
+    scorer: scoring.PairScorer,
+    sink: Callable[[list[int], dict[str, np.ndarray]], None],
+    batch_size: int,
+    progress: bool,
+    decode_workers: int,
+    timings: dict[str, float],
+) -> list[tuple[int, str]]:
+    """Decode ``paths`` in batches, embed each batch and hand (indices, fields) to ``sink``; pixels are dropped
+    after each batch. Returns the (index, reason) of every file that could not be decoded."""
+    bad: list[tuple[int, str]] = []
+    bar = tqdm(total=len(paths), desc=f"embed ({scorer.name})", unit="img", disable=not progress, file=sys.stderr)
+    batches = decoded_batches(paths, batch_size, decode_workers)
+    while True:
+        t = time.perf_counter()
+        batch = next(batches, None)
+        timings["decode_wait"] = timings.get("decode_wait", 0.0) + time.perf_counter() - t
+        if batch is None:
+            break
+        t = time.perf_counter()
+        if batch.indices:
+            sink(batch.indices, scorer.embed(batch.images))
+        timings["embed"] = timings.get("embed", 0.0) + time.perf_counter() - t
+        bad.extend(batch.skipped)
+        bar.update(len(batch.indices) + len(batch.skipped))
+        del batch
+    bar.close()
+    return bad
+
+
+def embed_photos(
+    paths: Sequence[Path],
+    scorer: scoring.PairScorer,
+    store: EmbeddingStore | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+    decode_workers: int = 2,
+    timings: dict[str, float] | None = None,
+    known_keys: Sequence[str] | None = None,
+) -> Embedded:
+    """Add the embedding of every readable photo in ``paths`` to ``scorer``, in path order.
+
+    Without a store every photo is decoded and embedded. With one, each photo's content key is looked up
+    (embedding_store.EmbeddingStore.key_for: the stat index, else a hash of the bytes); only keys the store
+    lacks are decoded, once per distinct content, embedded and added to the store. ``known_keys`` (one per
+    path) skips the lookup: the photos are opened only if the store lacks their key.
+    """
+    timings = timings if timings is not None else {}
+    if store is None:
+        bad = _stream_embed(paths, scorer, lambda _, fields: scorer.add_embeddings(fields), batch_size, progress,
+                            decode_workers, timings)
+        failed = {k for k, _ in bad}
+        skipped = [{"path": str(paths[k]), "reason": reason} for k, reason in bad]
+        kept = [k for k in range(len(paths)) if k not in failed]
+        return Embedded(kept, skipped, len(kept), 0)
+    t = time.perf_counter()
+    keys: list[str | None] = list(known_keys) if known_keys is not None else []
+    reasons: dict[int, str] = {}
+    for k, path in enumerate(paths if known_keys is None else []):
+        try:
+            keys.append(store.key_for(path))
+        except OSError as exc:
+            keys.append(None)
+            reasons[k] = f"cannot read file ({type(exc).__name__}: {exc.strerror or exc})"
+    timings["content_keys"] = time.perf_counter() - t
+    first_of: dict[str, int] = {}
+    for k, key in enumerate(keys):
+        if key is not None and key not in store:
+            first_of.setdefault(key, k)
+    todo = sorted(first_of.values())
+    todo_paths = [paths[k] for k in todo]
+
+    def add(indices: list[int], fields: dict[str, np.ndarray]) -> None:
+        store.add([keys[todo[i]] for i in indices], fields)  # type: ignore[misc]
+
+    bad = _stream_embed(todo_paths, scorer, add, batch_size, progress, decode_workers, timings)
+    unreadable = {keys[todo[i]]: reason for i, reason in bad}
+    for k, key in enumerate(keys):
+        if key in unreadable:
+            reasons[k] = unreadable[key]  # same bytes, same failure
+    kept = [k for k, key in enumerate(keys) if key is not None and k not in reasons]
+    t = time.perf_counter()
+    if kept:
+        scorer.add_embeddings(store.get([keys[k] for k in kept]))  # type: ignore[misc]
+    timings["from_store"] = time.perf_counter() - t
+    skipped = [{"path": str(paths[k]), "reason": reasons[k]} for k in sorted(reasons)]
+    return Embedded(kept, skipped, len(todo) - len(bad), len(kept) - (len(todo) - len(bad)))
+
+
+# --------------------------------------------------------------------------------------------
+# New photos against a library
+# --------------------------------------------------------------------------------------------
+
+
+def find_against(
+    new_folders: Sequence[str | Path],
+    library_folders: Sequence[str | Path],
+    scorer: scoring.PairScorer,
+    threshold: float,
+    top_k: int | None = None,
+    exhaustive: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+    decode_workers: int = 2,
+    store: EmbeddingStore | None = None,
+    approximate: bool | None = None,
+) -> Result:
+    """Duplicates of new photos in a library: only pairs (new, library) are scored and reported.
+
+    One group per new photo that has a match: the new photo first, then its library matches. A photo under
+    both the new and the library folders counts as new only. With a ``store`` holding the library, only
+    the new photos are decoded and embedded.
+    """
+    t0 = time.perf_counter()
+    new_paths = image_files(new_folders)
+    seen = {p.resolve() for p in new_paths}
+    library_paths = [p for p in image_files(library_folders) if p.resolve() not in seen]
+    paths = new_paths + library_paths
+    timings = {"find": time.perf_counter() - t0, "decode_wait": 0.0, "embed": 0.0}
+    embedded = embed_photos(paths, scorer, store, batch_size, progress, decode_workers, timings)
+    kept, skipped = embedded.kept, embedded.skipped
+    _check_some_kept(kept, skipped, paths, [*new_folders, *library_folders])
+    n_new = sum(1 for k in kept if k < len(new_paths))
+    t = time.perf_counter()
+    scorer.finish()
+    left, right, scores, n_scored, candidates = scoring.cross_matches(
+        scorer, n_new, threshold, top_k, exhaustive, approximate
+    )
+    timings["pairs"] = time.perf_counter() - t
+    groups = [np.concatenate([[i], right[left == i]]) for i in np.unique(left)]
+    seconds = time.perf_counter() - t0
+    summary = {
+        "folders": [str(f) for f in new_folders],
+        "against": [str(f) for f in library_folders],
+        "method": scorer.name,
+        "threshold": threshold,
+        "candidates": candidates,
+        "files": len(paths),
+        "images": len(kept),
+        "new_images": n_new,
+        "library_images": len(kept) - n_new,
+        "skipped": len(skipped),
+        "embedded": embedded.embedded,
+        "from_store": embedded.from_store,
         "pairs_scored": int(n_scored),
         "duplicate_pairs": len(left),
         "groups": len(groups),
@@ -344,7 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"Exit status: 0 on success, {EXIT_ERROR} on an error (no images, bad options)."
         ),
     )
-    parser.add_argument("folders", nargs="+", metavar="PHOTOS_DIR", help="folders searched recursively")
+    parser.add_argument("folders", nargs="*", metavar="PHOTOS_DIR", help="folders searched recursively")
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--checkpoint", metavar="DIR", help="score pairs with this trained model checkpoint")
     how.add_argument(
@@ -382,7 +553,84 @@ def build_parser() -> argparse.ArgumentParser:
         help="weights of the cosine backbone (default: imagenet)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_store_options(parser)
     return parser
+
+
+def add_store_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the embedding store, approximate search and library queries."""
+    parser.add_argument(
+        "--against",
+        nargs="+",
+        metavar="LIBRARY_DIR",
+        help="report only duplicates between the photos in PHOTOS_DIR (new) and these library folders, one "
+        "group per new photo; the library's embeddings come from the store",
+    )
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--no-cache", action="store_true", help="do not read or write an embedding store")
+    cache.add_argument(
+        "--store",
+        metavar="FILE",
+        help="the embedding store file (default: one per scorer in the user cache folder, "
+        f"{embedding_store.default_store_dir()})",
+    )
+    cache.add_argument(
+        "--embeddings",
+        metavar="FILE",
+        help="group from this store (e.g. written by embed.py); without PHOTOS_DIR, every photo it lists, "
+        "without opening them. It must exist and match the scorer",
+    )
+    approximate = parser.add_mutually_exclusive_group()
+    approximate.add_argument(
+        "--approximate",
+        action="store_const",
+        const=True,
+        dest="approximate",
+        help="approximate nearest-neighbour candidate search (faiss HNSW; the default above "
+        f"{neighbours.EXACT_LIMIT:,} images)",
+    )
+    approximate.add_argument(
+        "--exact", action="store_const", const=False, dest="approximate", help="exact candidate search, any size"
+    )
+
+
+def open_store_for(args: argparse.Namespace, scorer: scoring.PairScorer) -> tuple[EmbeddingStore | None, Path | None]:
+    """The embedding store the options ask for (None with --no-cache) and its file."""
+    if args.no_cache:
+        return None, None
+    fingerprint = embedding_store.scorer_fingerprint(scorer)
+    path = Path(args.embeddings or args.store or embedding_store.default_store_path(scorer.name, fingerprint))
+    try:
+        store = embedding_store.open_store(path, fingerprint, scorer.name, scorer.fields, strict=bool(args.embeddings))
+    except embedding_store.StoreError as exc:
+        raise FindDuplicatesError(str(exc)) from exc
+    return store, path
+
+
+def save_store(store: EmbeddingStore | None, path: Path | None) -> None:
+    """Write the store when this run changed it; a store that cannot be written is a warning, not a failure."""
+    if store is None or path is None or not store.changed:
+        return
+    try:
+        store.save(path)
+    except OSError as exc:
+        print(f"warning: {path}: cannot write the embedding store ({exc})", file=sys.stderr)
+
+
+def run(args: argparse.Namespace, scorer: scoring.PairScorer, threshold: float, store: EmbeddingStore | None) -> Result:
+    """The run the options ask for: folders, new photos --against a library, or the photos a store lists."""
+    options = dict(top_k=args.top_k, exhaustive=args.exhaustive, batch_size=args.batch_size,
+                   progress=not args.no_progress, store=store, approximate=args.approximate)
+    if args.against:
+        return find_against(args.folders, args.against, scorer, threshold, **options)
+    if not args.folders:  # --embeddings alone: the photos the store lists
+        listed = store.listed_paths() if store is not None else []
+        if not listed:
+            raise FindDuplicatesError(f"{args.embeddings}: the store lists no photos")
+        entries = store.stat_entries()  # type: ignore[union-attr]
+        return find_duplicates([args.embeddings], scorer, threshold, paths=[Path(p) for p in listed],
+                               keys=[entries[p][2] for p in listed], **options)
+    return find_duplicates(args.folders, scorer, threshold, **options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -398,23 +646,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         target = getattr(args, option)
         if target and not Path(target).resolve().parent.is_dir():
             parser.error(f"--{option} {target}: folder {Path(target).resolve().parent} does not exist")
+    if not args.folders and not args.embeddings:
+        parser.error("give PHOTOS_DIR (or --embeddings FILE)")
+    if args.against and not args.folders:
+        parser.error("--against needs the new photos' folders (PHOTOS_DIR)")
+    if args.approximate and args.exhaustive:
+        parser.error("--approximate and --exhaustive exclude each other")
     try:
-        for folder in args.folders:  # fail fast, before loading a model
+        for folder in [*args.folders, *(args.against or [])]:  # fail fast, before loading a model
             if not Path(folder).is_dir():
                 raise FindDuplicatesError(f"{folder}: not a directory")
         scorer, threshold, source = build_scorer(args, _device(args.device))
-        result = find_duplicates(
-            args.folders,
-            scorer,
-            threshold,
-            top_k=args.top_k,
-            exhaustive=args.exhaustive,
-            batch_size=args.batch_size,
-            progress=not args.no_progress,
-        )
+        store, store_path = open_store_for(args, scorer)
+        result = run(args, scorer, threshold, store)
+        save_store(store, store_path)
     except (FindDuplicatesError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    result.summary["store"] = str(store_path) if store_path else None
     result.summary["threshold_source"] = source
     if scorer.name == "cosine":
         result.summary["backbone"] = args.backbone or scoring.COSINE_BACKBONE

@@ -12,13 +12,14 @@ every pair: its output for the 8 variants of each image can be computed once and
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import io
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 import data
+import sharding
 
 log = logging.getLogger("samespace.model")
 
@@ -215,6 +217,12 @@ def _twin_head(in_dim: int, pretrained: dict | None) -> nn.Sequential:
     return nn.Sequential(linear, nn.Hardswish(), nn.Dropout(TWIN_DROPOUT))
 
 
+def _strip_data_parallel_prefix(state_dict: dict, prefix: str, *args: object) -> None:
+    """Load the checkpoints of multi-process runs too: DistributedDataParallel saved "module.<name>"."""
+    if not prefix and state_dict and all(key.startswith("module.") for key in state_dict):
+        torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state_dict, "module.")
+
+
 class SiameseNetwork(nn.Module):
     """Two images -> one logit, "same room?".
 
@@ -244,6 +252,7 @@ class SiameseNetwork(nn.Module):
             nn.Linear(512, 64), nn.ReLU(),
             nn.Linear(64, 1),
         )
+        self._register_load_state_dict_pre_hook(_strip_data_parallel_prefix)
 
     @property
     def first_twin(self) -> nn.Module:
@@ -304,21 +313,62 @@ def pair_rows(pairs: data.PairSet) -> tuple[np.ndarray, np.ndarray]:
     return first, second
 
 
-def _transform_identity() -> str:
+# A view turns a batch of decoded images into backbone inputs: ``view(images, variant, indices)`` gets uint8
+# images ``(B, H, W, 3)``, one view id and the images' indices in the split ``(B,)`` (for views that differ
+# per image, e.g. seeded random crops), and returns normalised float ``(B, 3, H, W)``.
+ViewFn = Callable[[np.ndarray, int, np.ndarray], torch.Tensor]
+# The images of a split: decoded uint8 ``(N, H, W, 3)``, or image files decoded in batches (never all at once).
+ImageSource = np.ndarray | Sequence[str | Path]
+
+
+def variant_view(images: np.ndarray, variant: int, indices: np.ndarray) -> torch.Tensor:
+    """The published views: variant ``variant`` (a flip / rotation mask) of every image, the same for all."""
+    return data.to_model_input(images, variant)
+
+
+def _transform_identity(view: ViewFn = variant_view) -> str:
     """What the cached features depend on besides images and weights: the preprocessing code and versions."""
     parts = [inspect.getsource(data.to_model_input), inspect.getsource(data.apply_variant),
              repr((data.IMAGENET_MEAN, data.IMAGENET_STD, data.ROTATION_DEGREES)),
              torch.__version__, torchvision.__version__]
+    if view is not variant_view:  # keeps the keys of existing cache files for the published views
+        parts.append(_code_identity(view))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def feature_cache_key(extractor: FrozenFeatureExtractor, images_uint8: np.ndarray, variants: Sequence[int]) -> str:
-    """Hash of image content, backbone and weights identity, variants and transform version."""
+def _code_identity(function: Callable) -> str:
+    """Source (or qualified name) of a function, with the arguments bound by functools.partial."""
+    if isinstance(function, functools.partial):
+        return _code_identity(function.func) + repr((function.args, sorted(function.keywords.items())))
+    try:
+        return inspect.getsource(function)
+    except (OSError, TypeError):
+        return f"{getattr(function, '__module__', '')}.{getattr(function, '__qualname__', repr(function))}"
+
+
+def _content_digest(images: ImageSource) -> tuple[hashlib._Hash, dict]:
+    """Digest of the images' content: the decoded pixels, or the files' bytes plus the decoding code."""
     digest = hashlib.sha256()
-    meta = {"extractor": extractor.fingerprint(), "transform": _transform_identity(),
-            "variants": list(variants), "shape": list(images_uint8.shape), "dtype": str(images_uint8.dtype)}
-    digest.update(json.dumps(meta, sort_keys=True).encode())
-    digest.update(np.ascontiguousarray(images_uint8).data)
+    if isinstance(images, np.ndarray):
+        digest.update(np.ascontiguousarray(images).data)
+        return digest, {"shape": list(images.shape), "dtype": str(images.dtype)}
+    for path in images:
+        content = Path(path).read_bytes()
+        digest.update(len(content).to_bytes(8, "little"))
+        digest.update(content)
+    decoder = hashlib.sha256((inspect.getsource(data.load_image) + repr(data.IMAGE_SIZE)).encode()).hexdigest()
+    return digest, {"files": len(images), "decoder": decoder}
+
+
+def feature_cache_key(
+    extractor: FrozenFeatureExtractor, images: ImageSource, variants: Sequence[int], view: ViewFn = variant_view
+) -> str:
+    """Hash of image content (pixels, or file bytes), backbone and weights identity, views and transform version."""
+    content, described = _content_digest(images)
+    meta = {"extractor": extractor.fingerprint(), "transform": _transform_identity(view),
+            "variants": list(variants), **described}
+    digest = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    digest.update(content.digest())
     return digest.hexdigest()
 
 
@@ -344,43 +394,68 @@ def _write_cache(path: Path, features: torch.Tensor) -> None:
     data.atomic_write(path, buffer.getvalue())
 
 
+def _decoded(images: ImageSource, rows: np.ndarray) -> np.ndarray:
+    """uint8 ``(len(rows), H, W, 3)`` of some images: sliced, or decoded from their files now."""
+    if isinstance(images, np.ndarray):
+        return images[rows[0] : rows[-1] + 1] if len(rows) else images[:0]
+    return np.stack([data.load_image(images[int(k)]) for k in rows])
+
+
 @torch.no_grad()
 def extract_features(
     extractor: FrozenFeatureExtractor,
-    images_uint8: np.ndarray,
+    images: ImageSource,
     variants: Sequence[int] = range(data.N_VARIANTS),
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     progress: bool = True,
     cache_dir: str | Path | None = None,
+    view: ViewFn = variant_view,
+    shard: sharding.Shard | None = None,
 ) -> torch.Tensor:
-    """Pooled features of every (image, variant): float32 CPU tensor ``(N, len(variants), out_dim)``.
+    """Pooled features of every (image, view): float32 CPU tensor ``(N, len(variants), out_dim)``.
 
-    Images are uint8 ``(N, H, W, 3)``, preprocessed by :func:`data.to_model_input`. With ``cache_dir``
-    the result is read from / written to ``<cache_dir>/<backbone>-<key>.pt``, keyed by
-    :func:`feature_cache_key`. Moves ``extractor`` to ``device``.
+    ``images`` are decoded uint8 ``(N, H, W, 3)`` or N image files; files are decoded ``batch_size`` at a
+    time with :func:`data.load_image` and the pixels dropped once their views are extracted, so memory holds
+    the feature table and one batch of pixels, never a whole split. ``view(batch, variant, indices)`` makes
+    the backbone inputs of each view id in ``variants`` (default: the published 8 flip / rotation variants,
+    :func:`variant_view`); plug in other views without touching this loop.
+
+    ``shard``: in a distributed run each rank extracts its contiguous share of the images and the shares
+    are gathered, so every rank returns the whole table (``sharding.gather_rows``). With ``cache_dir`` the
+    table is read from / written to ``<cache_dir>/<backbone>-<key>.pt`` (:func:`feature_cache_key`); all
+    ranks read it only if every rank finds it, only the chief writes it, and the others wait for the write.
+    Moves ``extractor`` to ``device``.
     """
+    shard = shard or sharding.Shard()
     variants = list(variants)
-    shape = (len(images_uint8), len(variants), extractor.out_dim)
+    shape = (len(images), len(variants), extractor.out_dim)
     path = None
     if cache_dir is not None:
-        key = feature_cache_key(extractor, images_uint8, variants)
+        key = feature_cache_key(extractor, images, variants, view)
         path = Path(cache_dir) / f"{extractor.backbone}-{key[:32]}.pt"
         cached = _read_cache(path, shape)
-        if cached is not None:
+        if sharding.all_true(cached is not None, shard):
             log.info("feature cache hit: %s", path)
             return cached
     extractor.to(device)
-    features = torch.empty(shape, dtype=torch.float32)
-    with tqdm(total=shape[0] * shape[1], desc=f"{extractor.backbone} features", unit="img",
-              disable=not progress) as bar:
-        for start in range(0, shape[0], batch_size):
-            batch = images_uint8[start : start + batch_size]
+    mine = shard.indices(shape[0])
+    local = torch.empty((len(mine), *shape[1:]), dtype=torch.float32)
+    with tqdm(total=len(mine) * shape[1], desc=f"{extractor.backbone} features", unit="img",
+              disable=not (progress and shard.is_chief)) as bar:
+        for start in range(0, len(mine), batch_size):
+            rows = mine[start : start + batch_size]
+            batch = _decoded(images, rows)
             for k, variant in enumerate(variants):
-                inputs = data.to_model_input(batch, variant).to(device)
-                features[start : start + len(batch), k] = extractor(inputs).float().cpu()
-                bar.update(len(batch))
+                inputs = view(batch, variant, rows).to(device)
+                local[start : start + len(rows), k] = extractor(inputs).float().cpu()
+                bar.update(len(rows))
+            del batch  # the pixels of this batch are done
+    features = sharding.gather_rows(local, shape[0], shard)
+    del local
     if path is not None:
-        _write_cache(path, features)
-        log.info("feature cache written: %s", path)
+        if shard.is_chief:
+            _write_cache(path, features)
+            log.info("feature cache written: %s", path)
+        sharding.barrier(shard)  # the others continue once the file is complete
     return features

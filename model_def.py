@@ -20,6 +20,7 @@ import os
 import random
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +28,13 @@ import appdirs
 import determined as det
 import numpy as np
 import torch
+import torch.distributed as dist
 import yaml
-from determined import pytorch
+from determined import core, pytorch
 from torch.nn import functional as F
 
 import data
+import sharding
 from model import SiameseNetwork, extract_features, pair_rows
 
 log = logging.getLogger("samespace.trial")
@@ -50,6 +53,10 @@ OPTIONAL_HPARAMS: dict[str, Any] = {
     "tie_twins": False,
     "augment_negatives": False,
 }
+
+
+# What np.random.get_state() pickles as, inside every checkpoint's rng_state.
+NUMPY_RNG_STATE_TYPES = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
 
 
 class CheckpointError(ValueError):
@@ -94,12 +101,59 @@ class RunLog(pytorch.PyTorchCallback):
         self.checkpoint_uuid = uuid
 
 
+class PairMeans(pytorch.MetricReducer):
+    """Validation loss and accuracy as exact means over pairs, summed across batches and slots.
+
+    Averaging per-batch means would weigh a short last batch like a full one, so the metric would depend on
+    how the pairs split into batches and slots; sums and counts do not.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum, self.correct, self.count = 0.0, 0.0, 0
+
+    def update(self, loss_sum: float, correct: float, count: int) -> None:
+        self.loss_sum += loss_sum
+        self.correct += correct
+        self.count += count
+
+    def per_slot_reduce(self) -> tuple[float, float, int]:
+        return self.loss_sum, self.correct, self.count
+
+    def cross_slot_reduce(self, per_slot: Sequence[tuple[float, float, int]]) -> dict[str, float]:
+        loss_sum, correct, count = (sum(column) for column in zip(*per_slot, strict=True))
+        return {"validation_loss": loss_sum / count, "validation_accuracy": correct / count}
+
+
+class ResumableLoader(pytorch.DataLoader):
+    """A Determined DataLoader that can skip the batches a local run already trained.
+
+    On a cluster the Trainer skips them itself (from the trial's ``steps_completed``); locally it always
+    starts at batch 0, so a resumed local run sets ``skip_batches`` from the checkpoint it resumes.
+    """
+
+    skip_batches = 0
+
+    def get_data_loader(self, repeat: bool = False, skip: int = 0, num_replicas: int = 1,
+                        rank: int = 0) -> torch.utils.data.DataLoader:
+        return super().get_data_loader(repeat=repeat, skip=skip or self.skip_batches, num_replicas=num_replicas,
+                                       rank=rank)
+
+
 class SiameseTrial(pytorch.PyTorchTrial):
     """Wires the network, RMSprop and the pair loaders into Determined.
 
     ``data_dir`` holds ``Training Data/`` and ``Test Data/`` (None: download the Kaggle data into
     ``data/``). ``cache_dir`` keeps extracted features across runs (None: no cache file).
     ``load_backbone_weights=False`` skips loading pretrained weights, for when a checkpoint provides them.
+    ``skip_batches``: batches a resumed local run already trained (see :class:`ResumableLoader`).
+
+    Reproducible and resumable: the training order is a seeded shuffle per epoch that depends only on the
+    seed and the epoch (so skipping trained batches after a resume restores it), and the loaders draw from
+    their own generators, never from the global RNG that dropout uses and checkpoints save. With several
+    slots, each extracts its share of the images' features and the tables are gathered.
     """
 
     def __init__(
@@ -108,8 +162,10 @@ class SiameseTrial(pytorch.PyTorchTrial):
         data_dir: str | Path | None = None,
         cache_dir: str | Path | None = None,
         load_backbone_weights: bool = True,
+        skip_batches: int = 0,
     ) -> None:
         self.context = context
+        self.skip_batches = skip_batches
         self.hparams = {**OPTIONAL_HPARAMS, **context.get_hparams()}
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.cache_dir = cache_dir
@@ -128,6 +184,7 @@ class SiameseTrial(pytorch.PyTorchTrial):
             torch.optim.RMSprop(trainable, lr=self.hparams["learning_rate"], alpha=self.hparams["alpha"])
         )
         self.run_log = RunLog()
+        self.pair_means = context.wrap_reducer(PairMeans(), name=None, for_training=False)
         # Feature tables (rows image * 8 + variant) per split; held here, not in the model's state_dict.
         self.tables: dict[str, torch.Tensor] = {}
 
@@ -149,8 +206,11 @@ class SiameseTrial(pytorch.PyTorchTrial):
 
     def evaluate_batch(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         logits, label = self._logits(batch, VALIDATION_SPLIT)
-        loss = F.binary_cross_entropy_with_logits(logits, label)
-        return {"validation_loss": loss, "validation_accuracy": _accuracy(logits, label)}
+        losses = F.binary_cross_entropy_with_logits(logits, label, reduction="none")
+        correct = (logits > 0) == (label > 0.5)
+        # The reported metrics are PairMeans' exact means (they replace these per-batch means).
+        self.pair_means.update(losses.sum().item(), correct.sum().item(), len(label))
+        return {"validation_loss": losses.mean(), "validation_accuracy": correct.float().mean()}
 
     def _logits(self, batch: Any, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         first, second, label = batch
@@ -164,23 +224,44 @@ class SiameseTrial(pytorch.PyTorchTrial):
             self.data_dir = data.download_data(DOWNLOAD_DIR)  # a file lock makes one worker per node download
         return self.data_dir
 
+    def _seed(self) -> int:
+        """The trial seed on a cluster, 0 locally (where pytorch.init() sets none)."""
+        try:
+            return self.context.get_trial_seed()
+        except det.errors.InternalException:
+            return 0
+
     def _loader(self, split: str, shuffle: bool) -> pytorch.DataLoader:
-        chief = self.context.distributed.rank == 0
+        shard = _shard(self.context)
+        # Photos are decoded, hashed and dropped: the dataset keeps hashes and pairs, never a split's pixels.
         dataset: torch.utils.data.Dataset = data.DuplicateImageDataset(
             self._data_root() / split,
             pairing=self.hparams["pairing"],
-            progress=chief,
+            progress=shard.is_chief,
             # Validation keeps the published protocol, so validation_loss stays comparable with 0.3632.
             augment_negatives=bool(self.hparams["augment_negatives"]) and split == TRAIN_SPLIT,
+            keep_images=False,
         )
         if self.feature_cache:
+            # Each slot runs the backbone over its share of the photos (decoded in batches); all get the table.
             features = extract_features(
-                self.network.features, dataset.images, device=self.context.device, progress=chief,
-                cache_dir=self.cache_dir,
+                self.network.features, dataset.paths, device=self.context.device, progress=shard.is_chief,
+                cache_dir=self.cache_dir, shard=shard,
             )
             self.tables[split] = features.flatten(0, 1).to(self.context.device)
             dataset = PairRows(dataset.pairs)
-        return pytorch.DataLoader(dataset, batch_size=self.context.get_per_slot_batch_size(), shuffle=shuffle)
+        sampler: torch.utils.data.Sampler = torch.utils.data.SequentialSampler(dataset)
+        if shuffle:
+            sampler = pytorch.samplers.ReproducibleShuffleSampler(sampler, self._seed())
+        loader = ResumableLoader(dataset, batch_size=self.context.get_per_slot_batch_size(), sampler=sampler,
+                                 generator=torch.Generator().manual_seed(self._seed()))
+        loader.skip_batches = self.skip_batches if shuffle else 0
+        return loader
+
+
+def _shard(context: pytorch.PyTorchTrialContext) -> sharding.Shard:
+    """This process's rank among the trial's slots."""
+    return sharding.Shard(context.distributed.rank, context.distributed.size)
 
 
 def _accuracy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
@@ -244,11 +325,15 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", type=Path, metavar="DIR",
                         help="local: store checkpoints in DIR/<uuid> (default: Determined's local storage, "
                              "$XDG_DATA_HOME/determined, ~/.local/share/determined on Linux)")
+    parser.add_argument("--resume", type=Path, metavar="CHECKPOINT",
+                        help="local: continue the run that wrote this checkpoint folder (what it printed last), "
+                             "as a cluster resumes a paused trial; give the same --config/--hparam and the total "
+                             "--epochs/--batches")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), metavar="DIR",
                         help=f"folder for extracted-feature files, 'none' for no file (default: {DEFAULT_CACHE_DIR})")
     args = parser.parse_args(argv)
     # Resolve now: local training runs from this folder (see _in_folder).
-    for name in ("config", "data_dir", "sample_data", "checkpoint_dir"):
+    for name in ("config", "data_dir", "sample_data", "checkpoint_dir", "resume"):
         if getattr(args, name) is not None:
             setattr(args, name, getattr(args, name).resolve())
     args.cache_dir = None if args.cache_dir.lower() == "none" else Path(args.cache_dir).resolve()
@@ -305,11 +390,103 @@ def _max_length(args: argparse.Namespace, searcher: dict[str, Any] | None) -> py
     raise SystemExit("error: give the training length in the entrypoint: --epochs N or --batches N")
 
 
-def _sample_root(folder: Path) -> Path:
-    """The generated sample set in ``folder``, written first unless both splits are there."""
-    if not all((folder / split).is_dir() for split in data.SPLITS):
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run takes from the cluster (or, locally, from the command line), decided up front.
+
+    ``latest_checkpoint`` is a checkpoint storage id (a UUID) in ``checkpoint_storage`` (None: the
+    default storage: the cluster's, or Determined's local folder); ``skip_batches`` is what a local resume
+    must skip (a cluster's Trainer skips on its own); ``print_uuid``: the final line is the checkpoint's UUID
+    (cluster) rather than its folder (local).
+    """
+
+    on_cluster: bool
+    hparams: dict[str, Any]
+    exp_conf: dict[str, Any] | None
+    max_length: pytorch.TrainUnit
+    latest_checkpoint: str | None = None
+    checkpoint_storage: Path | None = None
+    skip_batches: int = 0
+    seed: int | None = 0  # seeds set before building the trial; None: pytorch.init() seeds from the trial seed
+
+    @property
+    def print_uuid(self) -> bool:
+        return self.on_cluster
+
+
+def is_trial(info: det.ClusterInfo | None) -> bool:
+    """Whether this process runs inside a Determined trial (not locally, not in a notebook or command)."""
+    return info is not None and info.task_type == "TRIAL"
+
+
+def plan_run(args: argparse.Namespace, info: det.ClusterInfo | None) -> RunPlan:
+    """The run to do from the parsed arguments and the cluster info (``det.get_cluster_info()``).
+
+    On a cluster: the trial's hyperparameters and config, its length (``--epochs``/``--batches``, else
+    ``searcher.max_time`` in ``searcher.time_metric``) and the checkpoint to resume a paused trial from.
+    Locally: ``--config``/``--hparam``, 1 epoch by default, and ``--resume``. Raises SystemExit with a
+    one-line message for options that do not fit where it runs.
+    """
+    if is_trial(info):
+        assert info is not None
+        if args.local or args.hparam or args.checkpoint_dir or args.resume:
+            raise SystemExit("error: --local, --hparam, --checkpoint-dir and --resume are for local runs, "
+                             "not inside a trial")
+        config = info.trial._config  # the experiment config as the master expanded it
+        return RunPlan(on_cluster=True, hparams=dict(info.trial.hparams), exp_conf=None,
+                       max_length=_max_length(args, config.get("searcher")),
+                       latest_checkpoint=info.latest_checkpoint, seed=None)
+    exp_conf = yaml.safe_load(args.config.read_text())
+    try:
+        hparams = local_hparams(exp_conf, args.hparam)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    storage, latest, skip = args.checkpoint_dir, None, 0
+    if args.resume is not None:
+        latest, skip = _resume_point(args.resume)
+        if storage is not None and storage != args.resume.parent:
+            raise SystemExit(f"error: --resume {args.resume} is not in --checkpoint-dir {storage}")
+        storage = args.resume.parent
+    return RunPlan(on_cluster=False, hparams=hparams, exp_conf=exp_conf, max_length=_max_length(args, None),
+                   latest_checkpoint=latest, checkpoint_storage=storage, skip_batches=skip)
+
+
+def _resume_point(checkpoint: Path) -> tuple[str, int]:
+    """(storage id, batches trained) of a local checkpoint folder, from the metadata Determined wrote in it."""
+    metadata = checkpoint / "metadata.json"
+    try:
+        steps = int(json.loads(metadata.read_text())["steps_completed"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"error: --resume {checkpoint}: not a checkpoint folder ({metadata}: {exc})") from exc
+    return checkpoint.name, steps
+
+
+def final_line(plan: RunPlan, run_log: RunLog, rank: int) -> str | None:
+    """What the run prints last: the final checkpoint (UUID on a cluster, folder locally); the chief only."""
+    if rank != 0:
+        return None
+    return run_log.checkpoint_uuid if plan.print_uuid else run_log.checkpoint_dir
+
+
+def local_distributed() -> core.DistributedContext | None:
+    """Under ``torchrun`` (several processes, no cluster): a gloo/NCCL process group and its context.
+
+    On a cluster, pytorch.init() does this itself for determined.launch.torch_distributed.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    os.environ["USE_TORCH_DISTRIBUTED"] = "true"  # makes the Trainer wrap the model in DistributedDataParallel
+    return core.DistributedContext.from_torch_distributed()
+
+
+def _sample_root(folder: Path, shard: sharding.Shard) -> Path:
+    """The generated sample set in ``folder``, written first (by the chief) unless both splits are there."""
+    if shard.is_chief and not all((folder / split).is_dir() for split in data.SPLITS):
         log.info("writing the sample dataset to %s", folder)
         data.write_sample_dataset(folder, seed=0)
+    sharding.barrier(shard)  # the other processes read it once it is complete
     return folder
 
 
@@ -358,53 +535,51 @@ def _inside_code(folder: Path) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=det.LOG_FORMAT)
-    info = det.get_cluster_info()
-    on_cluster = info is not None and info.task_type == "TRIAL"
-    if on_cluster and (args.local or args.hparam or args.checkpoint_dir):
-        raise SystemExit("error: --local, --hparam and --checkpoint-dir are for local runs, not inside a trial")
-
+    plan = plan_run(args, det.get_cluster_info())
     if args.checkpoint_dir is not None:
-        created = not args.checkpoint_dir.exists()
-        args.checkpoint_dir.mkdir(parents=True, exist_ok=True)  # .detignore patterns like checkpoints/ need a dir
-        if _inside_code(args.checkpoint_dir):
-            if created:
-                args.checkpoint_dir.rmdir()
-            raise SystemExit(f"error: --checkpoint-dir {args.checkpoint_dir} is inside {REPO}, which every "
-                             "checkpoint copies as its code; use checkpoints/ (in .detignore) or a folder elsewhere")
-    data_dir = _sample_root(args.sample_data) if args.sample_data else args.data_dir
-    if on_cluster:
-        assert info is not None
-        hparams, exp_conf, latest_checkpoint = info.trial.hparams, None, info.latest_checkpoint
-        folder = contextlib.nullcontext()  # Determined runs us in a copy of the model definition
-    else:
-        if data_dir is None:
-            raise SystemExit("error: local runs need --data-dir DIR or --sample-data")
-        exp_conf = yaml.safe_load(args.config.read_text())
-        try:
-            hparams = local_hparams(exp_conf, args.hparam)
-        except ValueError as exc:
-            raise SystemExit(f"error: {exc}") from exc
-        latest_checkpoint = None
-        _seed(0)  # on a cluster pytorch.init() seeds from the trial seed
-        folder = _in_folder(REPO)
-
-    with folder, pytorch.init(hparams=hparams, exp_conf=exp_conf,
-                              enable_tensorboard_logging=on_cluster) as context:  # local: no TensorBoard path
-        if args.checkpoint_dir is not None:
-            _store_checkpoints_in(context, args.checkpoint_dir)
-        trial = SiameseTrial(context, data_dir=data_dir, cache_dir=args.cache_dir)
+        _check_checkpoint_dir(args.checkpoint_dir)
+    if not plan.on_cluster and args.data_dir is None and args.sample_data is None:
+        raise SystemExit("error: local runs need --data-dir DIR or --sample-data")
+    distributed = None if plan.on_cluster else local_distributed()
+    if plan.seed is not None:
+        _seed(plan.seed)  # on a cluster pytorch.init() seeds from the trial seed
+    # Locally, run in this folder: local checkpoints copy the working directory as their code.
+    folder = contextlib.nullcontext() if plan.on_cluster else _in_folder(REPO)
+    with folder, pytorch.init(hparams=plan.hparams, exp_conf=plan.exp_conf, distributed=distributed,
+                              enable_tensorboard_logging=plan.on_cluster) as context:  # local: no TensorBoard path
+        if plan.checkpoint_storage is not None:
+            _store_checkpoints_in(context, plan.checkpoint_storage)
+        data_dir = args.data_dir
+        if args.sample_data is not None:
+            data_dir = _sample_root(args.sample_data, _shard(context))
+        trial = SiameseTrial(context, data_dir=data_dir, cache_dir=args.cache_dir, skip_batches=plan.skip_batches)
         trainer = pytorch.Trainer(trial, context)
-        trainer.fit(
-            max_length=_max_length(args, context.get_experiment_config()["searcher"] if on_cluster else None),
-            validation_period=pytorch.Epoch(1),
-            checkpoint_period=pytorch.Epoch(1),
-            checkpoint_policy="all",
-            latest_checkpoint=latest_checkpoint,
-        )
-    final = trial.run_log.checkpoint_uuid if on_cluster else trial.run_log.checkpoint_dir
-    if final is not None:  # only the chief writes checkpoints
+        # Determined 0.38 restores a checkpoint with torch.load's default weights_only=True (torch >= 2.6),
+        # which refuses the numpy RNG state the checkpoint holds: allow exactly the numpy types it needs.
+        with torch.serialization.safe_globals(NUMPY_RNG_STATE_TYPES):
+            trainer.fit(
+                max_length=plan.max_length,
+                validation_period=pytorch.Epoch(1),
+                checkpoint_period=pytorch.Epoch(1),
+                checkpoint_policy="all",
+                latest_checkpoint=plan.latest_checkpoint,
+            )
+        rank = context.distributed.rank
+    final = final_line(plan, trial.run_log, rank)
+    if final is not None:
         print(final, flush=True)
     return 0
+
+
+def _check_checkpoint_dir(folder: Path) -> None:
+    """Create --checkpoint-dir; refuse one inside this package folder (every checkpoint copies it as code)."""
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)  # .detignore patterns like checkpoints/ need a dir
+    if _inside_code(folder):
+        if created:
+            folder.rmdir()
+        raise SystemExit(f"error: --checkpoint-dir {folder} is inside {REPO}, which every "
+                         "checkpoint copies as its code; use checkpoints/ (in .detignore) or a folder elsewhere")
 
 
 if __name__ == "__main__":

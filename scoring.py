@@ -15,9 +15,9 @@ Methods (:data:`METHODS`), every score in [0, 1] except cosine (in [-1, 1]); lar
 
 Candidate pairs: every pair i < j up to :data:`EXHAUSTIVE_LIMITS` images (500 for the model, 5,000 for the
 reference methods), otherwise each image's
-:data:`DEFAULT_TOP_K` nearest neighbours found with faiss (exact search) and deduplicated to i < j, so the
-number of scored pairs grows as N * K. Groups are the connected components of the pairs scoring at or
-above the threshold, largest first.
+:data:`DEFAULT_TOP_K` nearest neighbours (``neighbours.py``: exact faiss search, approximate HNSW above
+``neighbours.EXACT_LIMIT`` images) deduplicated to i < j, so the number of scored pairs grows as N * K.
+Groups are the connected components of the pairs scoring at or above the threshold, largest first.
 
 ``python scoring.py calibrate`` reproduces :data:`DEFAULT_THRESHOLDS` (see :func:`calibrate`).
 """
@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
 import imagehash
 import numpy as np
 import torch
@@ -42,6 +41,7 @@ from scipy.sparse.csgraph import connected_components
 from sklearn import metrics
 
 import data
+import neighbours
 
 HASH_BITS = 64
 THRESHOLD_FILE = "samespace_threshold.json"  # written into a checkpoint folder by model_inference.py
@@ -181,6 +181,26 @@ class PairScorer:
             self._parts.append(self._embed(images))
             self._n += len(images)
 
+    # Per-image embeddings as named arrays (what embedding_store.py saves): field name -> dtype.
+    fields: dict[str, str] = {}
+
+    def embed(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """The per-image embeddings of a batch as named arrays (one row per image), without keeping them."""
+        return self._as_fields(self._embed(images))
+
+    def add_embeddings(self, fields: dict[str, np.ndarray]) -> None:
+        """Add rows computed by :meth:`embed` (or read from an embedding store), in image order."""
+        n = len(next(iter(fields.values())))
+        if n:
+            self._parts.append(self._from_fields(fields))
+            self._n += n
+
+    def _as_fields(self, part: Any) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _from_fields(self, fields: dict[str, np.ndarray]) -> Any:
+        raise NotImplementedError
+
     def __len__(self) -> int:
         return self._n
 
@@ -213,8 +233,16 @@ class HashScorer(PairScorer):
         self.name = kind
         self.codes = np.zeros(0, np.uint64)
 
+    fields = {"codes": "uint64"}
+
     def _embed(self, images: np.ndarray) -> np.ndarray:
         return HASH_FUNCTIONS[self.name](images)
+
+    def _as_fields(self, part: np.ndarray) -> dict[str, np.ndarray]:
+        return {"codes": part}
+
+    def _from_fields(self, fields: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(fields["codes"], np.uint64)
 
     def finish(self) -> None:
         self.codes = np.concatenate(self._parts) if self._parts else np.zeros(0, np.uint64)
@@ -242,8 +270,16 @@ class CosineScorer(PairScorer):
         self.device = device
         self.vectors = np.zeros((0, 0), np.float32)
 
+    fields = {"vectors": "float32"}
+
     def _embed(self, images: np.ndarray) -> np.ndarray:
         return l2_normalise(pooled_features(self.extractor, images, self.batch_size, self.device))
+
+    def _as_fields(self, part: np.ndarray) -> dict[str, np.ndarray]:
+        return {"vectors": part}
+
+    def _from_fields(self, fields: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(fields["vectors"])
 
     def finish(self) -> None:
         if self._parts:
@@ -281,10 +317,18 @@ class ModelScorer(PairScorer):
         self.first = torch.zeros(0)
         self.second = torch.zeros(0)
 
+    fields = {"vectors": "float32", "first": "float32", "second": "float32"}
+
     def _embed(self, images: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         pooled = pooled_features(self.model.features, images, self.batch_size, self.device)
         first, second = model_projections(self.model, pooled, self.device)
         return l2_normalise(pooled), first, second
+
+    def _as_fields(self, part: tuple[np.ndarray, torch.Tensor, torch.Tensor]) -> dict[str, np.ndarray]:
+        return {"vectors": part[0], "first": part[1].numpy(), "second": part[2].numpy()}
+
+    def _from_fields(self, fields: dict[str, np.ndarray]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        return fields["vectors"], torch.from_numpy(fields["first"]), torch.from_numpy(fields["second"])
 
     def finish(self) -> None:
         if self._parts:
@@ -346,38 +390,14 @@ def exhaustive_matches(
     return left, right, s, n * (n - 1) // 2
 
 
-def knn_pairs(vectors: np.ndarray, k: int) -> np.ndarray:
-    """Each row's k nearest neighbours by exact faiss search, as unique pairs (i, j), i < j, sorted.
-
-    float32 unit rows: inner product (``IndexFlatIP``, = cosine). uint8 rows: Hamming (``IndexBinaryFlat``).
-    """
-    n = len(vectors)
-    if n < 2 or k < 1:
-        return np.zeros((0, 2), np.int64)
-    k_search = min(k + 1, n)  # +1: an image is (usually) its own nearest neighbour
-    if vectors.dtype == np.uint8:
-        index: Any = faiss.IndexBinaryFlat(vectors.shape[1] * 8)
-    else:
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        index = faiss.IndexFlatIP(vectors.shape[1])
-    index.add(vectors)
-    _, neighbours = index.search(vectors, k_search)
-    left = np.repeat(np.arange(n, dtype=np.int64), k_search)
-    right = neighbours.ravel().astype(np.int64)
-    keep = (right >= 0) & (right != left)
-    left, right = left[keep], right[keep]
-    codes = np.unique(np.minimum(left, right) * n + np.maximum(left, right))
-    return np.stack([codes // n, codes % n], axis=1)
-
-
 def candidate_matches(
-    scorer: PairScorer, threshold: float, top_k: int | None
+    scorer: PairScorer, threshold: float, top_k: int | None, approximate: bool | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Score each image's ``top_k`` nearest-neighbour pairs; keep those >= threshold.
+    """Score each image's ``top_k`` nearest-neighbour pairs (neighbours.knn_pairs); keep those >= threshold.
 
     Returns (left, right, scores, pairs scored).
     """
-    pairs = knn_pairs(scorer.search_vectors(), top_k or DEFAULT_TOP_K)
+    pairs = neighbours.knn_pairs(scorer.search_vectors(), top_k or DEFAULT_TOP_K, approximate=approximate)
     scores = scorer.score(pairs[:, 0], pairs[:, 1]) if len(pairs) else np.zeros(0)
     keep = scores >= threshold
     return _sorted_pairs(pairs[keep, 0], pairs[keep, 1], scores[keep]) + (len(pairs),)
@@ -389,17 +409,69 @@ def _sorted_pairs(left: np.ndarray, right: np.ndarray, scores: np.ndarray) -> tu
 
 
 def find_matches(
-    scorer: PairScorer, threshold: float, top_k: int | None = None, exhaustive: bool = False
+    scorer: PairScorer,
+    threshold: float,
+    top_k: int | None = None,
+    exhaustive: bool = False,
+    approximate: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, str]:
     """The duplicate pairs: exhaustive up to the method's EXHAUSTIVE_LIMITS images (or when asked), else top-k.
 
-    ``top_k`` given (and not ``exhaustive``) always means candidate search. Returns (left, right, scores,
-    pairs scored, description of the candidate search).
+    ``top_k`` given (and not ``exhaustive``) always means candidate search; ``approximate`` (True / False /
+    None = above neighbours.EXACT_LIMIT) chooses approximate or exact nearest neighbours, and True implies
+    candidate search. Returns (left, right, scores, pairs scored, description of the candidate search).
     """
-    if exhaustive or (top_k is None and len(scorer) <= EXHAUSTIVE_LIMITS.get(scorer.name, 5000)):
+    limit = EXHAUSTIVE_LIMITS.get(scorer.name, 5000)
+    if exhaustive or (top_k is None and not approximate and len(scorer) <= limit):
         return *exhaustive_matches(scorer, threshold), "exhaustive"
     k = top_k or DEFAULT_TOP_K
-    return *candidate_matches(scorer, threshold, k), f"top-{k}"
+    kind = " approximate" if neighbours.use_approximate(len(scorer), approximate) else ""
+    return *candidate_matches(scorer, threshold, k, approximate), f"top-{k}{kind}"
+
+
+def cross_matches(
+    scorer: PairScorer,
+    n_new: int,
+    threshold: float,
+    top_k: int | None = None,
+    exhaustive: bool = False,
+    approximate: bool | None = None,
+    max_pairs_per_block: int = 1 << 20,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, str]:
+    """Duplicate pairs (new, library) only: images ``0..n_new-1`` are new, the rest the library.
+
+    Every cross pair is scored when there are at most as many as the method's exhaustive search scores
+    (EXHAUSTIVE_LIMITS[method]^2 / 2) or when ``exhaustive``; otherwise each new image's ``top_k`` nearest
+    library images (neighbours.cross_knn_pairs). Returns (left = new index, right = library index in the
+    scorer, scores, pairs scored, description), sorted by (left, right).
+    """
+    n_library = len(scorer) - n_new
+    limit = EXHAUSTIVE_LIMITS.get(scorer.name, 5000)
+    if n_new == 0 or n_library == 0:
+        empty = np.zeros(0, np.int64)
+        return empty, empty, np.zeros(0), 0, "none"
+    if exhaustive or (top_k is None and not approximate and n_new * n_library <= limit * (limit - 1) // 2):
+        lefts, rights, kept_scores = [], [], []
+        rows = max(1, max_pairs_per_block // n_library)
+        library = np.arange(n_new, len(scorer), dtype=np.int64)
+        for start in range(0, n_new, rows):
+            new = np.arange(start, min(start + rows, n_new), dtype=np.int64)
+            left, right = np.repeat(new, n_library), np.tile(library, len(new))
+            s = scorer.score(left, right)
+            keep = s >= threshold
+            lefts.append(left[keep])
+            rights.append(right[keep])
+            kept_scores.append(s[keep])
+        left, right, s = _sorted_pairs(np.concatenate(lefts), np.concatenate(rights), np.concatenate(kept_scores))
+        return left, right, s, n_new * n_library, "exhaustive"
+    k = top_k or DEFAULT_TOP_K
+    vectors = scorer.search_vectors()
+    pairs = neighbours.cross_knn_pairs(vectors[:n_new], vectors[n_new:], k, approximate=approximate)
+    left, right = pairs[:, 0], pairs[:, 1] + n_new
+    scores = scorer.score(left, right) if len(pairs) else np.zeros(0)
+    keep = scores >= threshold
+    kind = " approximate" if neighbours.use_approximate(n_library, approximate) else ""
+    return *_sorted_pairs(left[keep], right[keep], scores[keep]), len(pairs), f"top-{k}{kind}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -87,3 +87,15 @@ def trained_run(sample_root: Path, cache_dir: Path, tmp_path_factory: pytest.Tem
 def trained_checkpoint(trained_run: str) -> Path:
     """The checkpoint folder of that run (the last line it printed)."""
     return Path(trained_run.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def _user_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("user-cache")
+
+
+@pytest.fixture(autouse=True)
+def _private_user_cache(_user_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user cache folder (appdirs: $XDG_CACHE_HOME) points into the test session: tests never write the
+    real ~/.cache (e.g. find_duplicates.py's default embedding store)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(_user_cache))

@@ -75,25 +75,6 @@ def test_connected_groups_are_transitive_components_largest_first() -> None:
     assert scoring.connected_groups(3, np.zeros(0, np.int64), np.zeros(0, np.int64)) == []
 
 
-def test_knn_pairs_are_unique_unordered_without_self_pairs() -> None:
-    rng = np.random.default_rng(0)
-    vectors = scoring.l2_normalise(rng.normal(size=(50, 16)))
-    vectors[10] = vectors[3]  # an exact duplicate: ties with self
-    pairs = scoring.knn_pairs(vectors, 4)
-    assert (pairs[:, 0] < pairs[:, 1]).all()
-    assert len(np.unique(pairs, axis=0)) == len(pairs)
-    assert [3, 10] in pairs.tolist()
-    # every image's true nearest neighbour is among its candidates
-    sims = vectors @ vectors.T
-    np.fill_diagonal(sims, -2)
-    found = {tuple(p) for p in pairs.tolist()}
-    for i, j in enumerate(sims.argmax(1)):
-        assert (min(i, j), max(i, j)) in found
-    codes = rng.integers(0, 2**63, 40, dtype=np.uint64)
-    binary = scoring.knn_pairs(codes.astype(">u8").view(np.uint8).reshape(-1, 8), 3)
-    assert (binary[:, 0] < binary[:, 1]).all() and len(binary) >= 40 * 3 // 2
-
-
 class _PairwiseOnly(scoring.HashScorer):
     def score_rows(self, start: int, stop: int) -> None:
         return None

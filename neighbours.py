@@ -1,0 +1,209 @@
+"""Candidate search: each image's nearest neighbours, exact up to a size, approximate (faiss HNSW) above it.
+
+Vectors are either float rows compared by inner product (unit rows: inner product = cosine) or uint8 rows of
+packed hash bits compared by Hamming distance.
+
+- Exact: ``IndexFlatIP`` / ``IndexBinaryFlat``: N^2 distance computations, the reference.
+- Approximate (:func:`use_approximate`: above :data:`EXACT_LIMIT` vectors, or when asked):
+  float rows are projected onto their top :attr:`SearchParams.pca_dim` principal axes (uncentred PCA, so
+  inner products are kept, fitted on a fixed sample of rows) and L2-normalised, an HNSW graph is built over the
+  projections, each row's :attr:`SearchParams.pool` x k approximate neighbours are fetched and then re-ranked
+  by the exact inner product of the full vectors, keeping the best k. Hash codes go into a binary HNSW graph
+  (Hamming distances are exact, only the graph walk is approximate). Building HNSW costs about N log N and
+  a query about log N, so the whole search grows a little faster than N, never as N^2.
+
+``benchmarks/bench_neighbours.py`` measures the recall of the approximate search against exact search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import faiss
+import numpy as np
+
+# Above this many vectors candidate search is approximate by default. Exact flat search costs N^2 * D
+# multiply-adds: about a minute for 50,000 1280-d vectors on 2 CPU cores, and 4x that at 100,000, when the
+# backbone pass over 50,000 photos takes about 15 minutes; the approximate search at 50,000 takes ~20 s.
+EXACT_LIMIT = 50_000
+SEED = 0
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """Parameters of the approximate search (defaults measured in benchmarks/bench_neighbours.py)."""
+
+    pca_dim: int = 256  # dimensions kept for the graph; full vectors re-rank the candidates
+    pca_sample: int = 50_000  # rows the projection is fitted on
+    hnsw_m: int = 32  # graph degree
+    ef_construction: int = 64
+    ef_search: int = 96
+    pool: int = 2  # fetch pool * k candidates from the graph, keep the k best by exact inner product
+    block: int = 1024  # rows projected / searched / re-ranked at once (memory: block * pool * k * D floats)
+
+
+DEFAULT_PARAMS = SearchParams()
+
+
+def use_approximate(n: int, approximate: bool | None) -> bool:
+    """Whether a search over ``n`` vectors is approximate: ``approximate`` when given, else n > EXACT_LIMIT."""
+    return n > EXACT_LIMIT if approximate is None else bool(approximate)
+
+
+def _is_binary(vectors: np.ndarray) -> bool:
+    return vectors.dtype == np.uint8
+
+
+def exact_knn(base: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact k nearest rows of ``base`` for each query row, (nq, k) int64, best first, -1 where fewer exist."""
+    k = min(k, len(base))
+    if _is_binary(base):
+        index: Any = faiss.IndexBinaryFlat(base.shape[1] * 8)
+        index.add(np.ascontiguousarray(base))
+        _, ids = index.search(np.ascontiguousarray(queries), k)
+    else:
+        index = faiss.IndexFlatIP(base.shape[1])
+        index.add(np.ascontiguousarray(base, dtype=np.float32))
+        _, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return ids.astype(np.int64)
+
+
+def pca_projection(vectors: np.ndarray, dim: int, sample: int = 50_000, seed: int = SEED) -> np.ndarray:
+    """(D, dim) float32: the top ``dim`` eigenvectors of the uncentred second-moment matrix of a row sample.
+
+    Uncentred, so ``(x P) . (y P)`` approximates ``x . y`` (centring would change inner products).
+    """
+    n = len(vectors)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, sample), replace=False))
+    x = np.asarray(vectors[rows], dtype=np.float64)
+    _, eigenvectors = np.linalg.eigh(x.T @ x)  # ascending eigenvalues
+    return np.ascontiguousarray(eigenvectors[:, ::-1][:, :dim], dtype=np.float32)
+
+
+def _project(vectors: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
+    """Rows projected (when a projection is given) and L2-normalised, float32."""
+    x = np.asarray(vectors, dtype=np.float32)
+    y = x if projection is None else x @ projection
+    return y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+
+
+def _rerank(base: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+    """The k candidates with the largest exact inner product per query row (-1 candidates last)."""
+    rows = np.asarray(base[np.maximum(candidates, 0)], dtype=np.float32)  # (b, pool, D)
+    sims = np.einsum("bd,bkd->bk", np.asarray(queries, dtype=np.float32), rows)
+    sims[candidates < 0] = -np.inf
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(candidates, order, axis=1)
+
+
+def approximate_knn(
+    base: np.ndarray, queries: np.ndarray | None, k: int, params: SearchParams = DEFAULT_PARAMS
+) -> np.ndarray:
+    """Approximate k nearest rows of ``base`` for each query row (``None``: the base rows themselves).
+
+    (nq, k) int64, best first, -1 where fewer were found. See the module docstring for the method.
+    """
+    k = min(k, len(base))
+    if _is_binary(base):
+        index: Any = faiss.IndexBinaryHNSW(base.shape[1] * 8, params.hnsw_m)
+        index.hnsw.efConstruction = params.ef_construction
+        index.add(np.ascontiguousarray(base))
+        index.hnsw.efSearch = max(params.ef_search, k)
+        q = base if queries is None else queries
+        _, ids = index.search(np.ascontiguousarray(q), k)
+        return ids.astype(np.int64)
+    projection = None
+    if base.shape[1] > params.pca_dim:
+        projection = pca_projection(base, params.pca_dim, params.pca_sample)
+    dim = base.shape[1] if projection is None else params.pca_dim
+    index = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = params.ef_construction
+    # Projected block by block: the index holds the only full copy of the projections.
+    for start in range(0, len(base), params.block):
+        index.add(_project(base[start : start + params.block], projection))
+    queries = base if queries is None else queries
+    pool = min(len(base), max(k, params.pool * k))
+    index.hnsw.efSearch = max(params.ef_search, pool)
+    out = np.empty((len(queries), k), np.int64)
+    for start in range(0, len(queries), params.block):
+        q = queries[start : start + params.block]
+        _, candidates = index.search(_project(q, projection), pool)
+        out[start : start + len(q)] = _rerank(base, q, candidates.astype(np.int64), k)
+    return out
+
+
+def knn(
+    base: np.ndarray,
+    k: int,
+    queries: np.ndarray | None = None,
+    approximate: bool | None = None,
+    params: SearchParams = DEFAULT_PARAMS,
+) -> np.ndarray:
+    """k nearest rows of ``base`` for each query row (``queries`` None: every base row, itself excluded).
+
+    Returns (nq, k) int64 indices into ``base``, best first, -1 where fewer exist. ``approximate``: see
+    :func:`use_approximate`.
+    """
+    self_search = queries is None
+    k_search = k + 1 if self_search else k  # a row is (usually) its own nearest neighbour
+    if use_approximate(len(base), approximate):
+        ids = approximate_knn(base, queries, k_search, params)
+    else:
+        ids = exact_knn(base, base if self_search else queries, k_search)
+    if not self_search:
+        return ids
+    # Drop the row itself wherever it appears (identical rows may rank it second), else the last neighbour.
+    rows = np.arange(len(ids))[:, None]
+    is_self = ids == rows
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), ids.shape[1] - 1)
+    keep = np.ones(ids.shape, bool)
+    keep[np.arange(len(ids)), drop] = False
+    return ids[keep].reshape(len(ids), ids.shape[1] - 1)
+
+
+def _unique_pairs(left: np.ndarray, right: np.ndarray, n_right: int, ordered: bool) -> np.ndarray:
+    keep = right >= 0
+    left, right = left[keep], right[keep]
+    if not ordered:
+        keep = left != right
+        left, right = np.minimum(left[keep], right[keep]), np.maximum(left[keep], right[keep])
+    codes = np.unique(left * n_right + right)
+    return np.stack([codes // n_right, codes % n_right], axis=1).astype(np.int64)
+
+
+def knn_pairs(
+    vectors: np.ndarray, k: int, approximate: bool | None = None, params: SearchParams = DEFAULT_PARAMS
+) -> np.ndarray:
+    """Each row's k nearest neighbours as unique unordered pairs (i, j), i < j, sorted; (m, 2) int64."""
+    n = len(vectors)
+    if n < 2 or k < 1:
+        return np.zeros((0, 2), np.int64)
+    ids = knn(vectors, min(k, n - 1), approximate=approximate, params=params)
+    left = np.repeat(np.arange(n, dtype=np.int64), ids.shape[1])
+    return _unique_pairs(left, ids.ravel(), n, ordered=False)
+
+
+def cross_knn_pairs(
+    queries: np.ndarray,
+    base: np.ndarray,
+    k: int,
+    approximate: bool | None = None,
+    params: SearchParams = DEFAULT_PARAMS,
+) -> np.ndarray:
+    """Each query row's k nearest base rows as pairs (query index, base index), sorted; (m, 2) int64."""
+    if len(queries) == 0 or len(base) == 0 or k < 1:
+        return np.zeros((0, 2), np.int64)
+    ids = knn(base, min(k, len(base)), queries=queries, approximate=approximate, params=params)
+    left = np.repeat(np.arange(len(queries), dtype=np.int64), ids.shape[1])
+    return _unique_pairs(left, ids.ravel(), len(base), ordered=True)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over rows of |found row & truth row| / |truth row| (-1 entries ignored): recall of the true top-k."""
+    hits, total = 0, 0
+    for f, t in zip(found, truth, strict=True):
+        t = t[t >= 0]
+        hits += len(np.intersect1d(f[f >= 0], t))
+        total += len(t)
+    return hits / max(total, 1)

@@ -1,0 +1,152 @@
+"""The embedding store (embedding_store.py) and what find_duplicates.py does with it: --no-cache, --store,
+--embeddings, --against."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import embedding_store
+import find_duplicates as fd
+import scoring
+
+
+@pytest.fixture()
+def library(tmp_path: Path, test_dir: Path) -> Path:
+    """A private copy of the sample Test Data (its own stat entries and mtimes)."""
+    return Path(shutil.copytree(test_dir, tmp_path / "library"))
+
+
+def _cli(argv: list[str], tmp_path: Path, name: str = "out.json") -> dict:
+    out = tmp_path / name
+    code = fd.main([*argv, "--method", "phash", "--no-progress", "--json", str(out)])
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def _groups(document: dict, root: Path) -> list[list[str]]:
+    """Groups as sorted relative names (independent of where the photos are)."""
+    return sorted(sorted(Path(m).relative_to(root).as_posix() for m in g["members"]) for g in document["groups"])
+
+
+def test_second_run_embeds_only_new_photos_and_gives_the_same_groups(library: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store.npz"
+    reference = _cli([str(library), "--no-cache"], tmp_path, "ref.json")
+    assert reference["summary"]["store"] is None and reference["summary"]["embedded"] == reference["summary"]["images"]
+    first = _cli([str(library), "--store", str(store)], tmp_path)
+    n = first["summary"]["images"]
+    assert first["summary"]["embedded"] == n and store.is_file()
+    second = _cli([str(library), "--store", str(store)], tmp_path)
+    assert second["summary"]["embedded"] == 0 and second["summary"]["from_store"] == n
+    assert _groups(second, library) == _groups(first, library) == _groups(reference, library)
+    assert len(reference["groups"]) >= 3
+    # moved + renamed: recognised by content; an edited photo (new bytes) and a new photo are embedded
+    photos = sorted(library.rglob("*.jpg"))
+    photos[0].rename(library / "renamed.jpg")
+    (library / "moved").mkdir()
+    photos[1].rename(library / "moved" / photos[1].name)
+    photos[2].write_bytes(photos[2].read_bytes() + b"\0")  # still decodes, other content key
+    shutil.copy(photos[3], library / "new-copy.jpg")  # same bytes as a stored photo: nothing to embed
+    third = _cli([str(library), "--store", str(store)], tmp_path)
+    assert third["summary"]["images"] == n + 1
+    assert third["summary"]["embedded"] == 1 and third["summary"]["from_store"] == n
+    assert [str(library / "new-copy.jpg"), str(photos[3])] in [p[:2] for p in third["pairs"]] or \
+        [str(photos[3]), str(library / "new-copy.jpg")] in [p[:2] for p in third["pairs"]]
+
+
+def test_damaged_store_is_ignored_with_one_warning_and_rebuilt(library: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store.npz"
+    reference = _cli([str(library), "--no-cache"], tmp_path, "ref.json")
+    _cli([str(library), "--store", str(store)], tmp_path)
+    content = store.read_bytes()
+    damaged = {
+        "truncated": content[: len(content) // 2],
+        "garbage": b"not a store at all",
+        "flipped": content[:2000] + bytes(b ^ 0xFF for b in content[2000:2600]) + content[2600:],
+    }
+    for kind, payload in damaged.items():
+        store.write_bytes(payload)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            document = _cli([str(library), "--store", str(store)], tmp_path)
+        messages = [str(w.message) for w in caught if "embedding store" in str(w.message)]
+        assert len(messages) == 1 and "ignoring" in messages[0], (kind, messages)
+        assert document["summary"]["embedded"] == document["summary"]["images"], kind  # nothing trusted
+        assert _groups(document, library) == _groups(reference, library), kind
+        again = _cli([str(library), "--store", str(store)], tmp_path)  # rebuilt: valid again
+        assert again["summary"]["embedded"] == 0, kind
+
+
+def test_foreign_store_is_never_used(library: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store.npz"
+    _cli([str(library), "--store", str(store)], tmp_path)  # phash
+    code = fd.main([str(library), "--method", "whash", "--no-progress", "--store", str(store)])
+    assert code == 0  # the whash run ignored the phash store (one warning) and replaced it
+    fingerprint = embedding_store.scorer_fingerprint(scoring.HashScorer("whash"))
+    reread = embedding_store.EmbeddingStore.load(store, fingerprint, "whash", scoring.HashScorer.fields)
+    assert len(reread) == len(list(library.rglob("*.jpg")))
+    with pytest.raises(embedding_store.StoreError, match="another scorer"):
+        embedding_store.EmbeddingStore.load(store, embedding_store.scorer_fingerprint(scoring.HashScorer("phash")),
+                                            "phash", scoring.HashScorer.fields)
+
+
+def test_store_round_trip_validates_and_writes_the_same_bytes(tmp_path: Path) -> None:
+    fields = {"vectors": "float32", "codes": "uint64"}
+    store = embedding_store.EmbeddingStore("f" * 64, "cosine", fields)
+    rng = np.random.default_rng(0)
+    keys = [f"{k:032x}" for k in (3, 1, 2)]
+    vectors = rng.normal(size=(3, 5)).astype(np.float32)
+    store.add(keys, {"vectors": vectors, "codes": np.arange(3, dtype=np.uint64)})
+    store.add(keys[:1], {"vectors": vectors[:1] + 1, "codes": np.zeros(1, np.uint64)})  # known key: ignored
+    path = tmp_path / "s.npz"
+    store.save(path)
+    loaded = embedding_store.EmbeddingStore.load(path, "f" * 64, "cosine", fields)
+    np.testing.assert_array_equal(loaded.get(keys)["vectors"], vectors)
+    assert loaded.to_bytes() == store.to_bytes()
+    with np.load(path, allow_pickle=False) as z:  # readable without pickle
+        assert json.loads(bytes(z["header"]))["rows"] == 3
+    nan = vectors.copy()
+    nan[0, 0] = np.nan
+    bad = embedding_store.EmbeddingStore("f" * 64, "cosine", fields)
+    bad.add(keys, {"vectors": nan, "codes": np.arange(3, dtype=np.uint64)})
+    bad.save(path)
+    with pytest.raises(embedding_store.StoreError, match="non-finite"):
+        embedding_store.EmbeddingStore.load(path, "f" * 64, "cosine", fields)
+
+
+def test_against_reports_only_cross_pairs_and_embeds_only_new_photos(library: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store.npz"
+    _cli([str(library), "--store", str(store)], tmp_path)  # the library run fills the store
+    photos = sorted(library.rglob("*.jpg"))
+    new = tmp_path / "new"
+    new.mkdir()
+    shutil.copy(photos[0], new / "copy-of-first.jpg")  # duplicate of a library photo (and its room mates)
+    (new / "copy-of-first.jpg").write_bytes((new / "copy-of-first.jpg").read_bytes() + b"\0")  # not in the store
+    shutil.copy(photos[5], new / "copy-of-sixth.jpg")  # same bytes as a stored photo
+    document = _cli([str(new), "--against", str(library), "--store", str(store)], tmp_path)
+    summary = document["summary"]
+    assert summary["new_images"] == 2 and summary["library_images"] == len(photos)
+    assert summary["embedded"] == 1  # the library and the byte-identical copy come from the store
+    new_names = {str(new / "copy-of-first.jpg"), str(new / "copy-of-sixth.jpg")}
+    assert document["pairs"]
+    for a, b, _ in document["pairs"]:
+        assert (a in new_names) != (b in new_names)  # only cross pairs
+    assert {g["members"][0] for g in document["groups"]} == new_names  # one group per new photo, new first
+    assert [str(new / "copy-of-first.jpg"), str(photos[0])] in [p[:2] for p in document["pairs"]]
+    # the library alone has pairs among itself; none of them are reported
+    assert not any(a.startswith(str(library)) and b.startswith(str(library)) for a, b, _ in document["pairs"])
+
+
+def test_embeddings_store_alone_groups_without_opening_photos(library: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store.npz"
+    first = _cli([str(library), "--store", str(store)], tmp_path)
+    library.rename(tmp_path / "elsewhere")  # the photos are gone (a store made on a cluster, read here)
+    document = _cli(["--embeddings", str(store)], tmp_path, "e.json")
+    assert document["summary"]["embedded"] == 0 and document["summary"]["skipped"] == 0
+    assert _groups(document, library.resolve()) == _groups(first, library)
+    assert fd.main(["--embeddings", str(tmp_path / "missing.npz"), "--method", "phash"]) == fd.EXIT_ERROR

@@ -1,0 +1,62 @@
+"""Candidate search: exact and approximate nearest neighbours, pairs, cross pairs, recall."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import neighbours
+import scoring
+
+
+@pytest.mark.parametrize("approximate", [False, True])
+def test_knn_pairs_are_unique_unordered_without_self_pairs(approximate: bool) -> None:
+    rng = np.random.default_rng(0)
+    vectors = scoring.l2_normalise(rng.normal(size=(300, 16)))
+    vectors[10] = vectors[3]  # an exact duplicate: ties with self
+    pairs = neighbours.knn_pairs(vectors, 4, approximate=approximate)
+    assert (pairs[:, 0] < pairs[:, 1]).all()
+    assert len(np.unique(pairs, axis=0)) == len(pairs)
+    assert [3, 10] in pairs.tolist()
+    # every image's true nearest neighbour is among its candidates
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -2)
+    found = {tuple(p) for p in pairs.tolist()}
+    for i, j in enumerate(sims.argmax(1)):
+        assert (min(i, j), max(i, j)) in found
+    codes = rng.integers(0, 2**63, 40, dtype=np.uint64)
+    binary = neighbours.knn_pairs(codes.astype(">u8").view(np.uint8).reshape(-1, 8), 3, approximate=approximate)
+    assert (binary[:, 0] < binary[:, 1]).all() and len(binary) >= 40 * 3 // 2
+
+
+def test_approximate_search_recalls_the_exact_top_k_with_pca() -> None:
+    # clustered 64-d rows, projected to 32 dimensions for the graph and re-ranked on all 64
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(40, 64))
+    spectrum = np.arange(1, 65) ** -0.5  # decaying, as CNN features
+    vectors = scoring.l2_normalise(centres[rng.integers(0, 40, 2000)] + rng.normal(size=(2000, 64)) * spectrum)
+    params = neighbours.SearchParams(pca_dim=32, pool=3)
+    exact = neighbours.knn(vectors, 10, approximate=False)
+    approx = neighbours.knn(vectors, 10, approximate=True, params=params)
+    assert approx.shape == exact.shape == (2000, 10)
+    assert (approx != np.arange(2000)[:, None]).all()  # no row is its own neighbour
+    assert neighbours.recall_at_k(approx, exact) >= 0.99
+    assert neighbours.recall_at_k(exact, exact) == 1.0
+    assert neighbours.recall_at_k(np.full_like(exact, -1), exact) == 0.0
+
+
+def test_cross_pairs_only_join_queries_to_the_base() -> None:
+    rng = np.random.default_rng(2)
+    base = scoring.l2_normalise(rng.normal(size=(100, 8)))
+    queries = base[[5, 50]] + 1e-3  # near copies of two base rows
+    for approximate in (False, True):
+        pairs = neighbours.cross_knn_pairs(queries, base, 3, approximate=approximate)
+        assert pairs.shape == (6, 2)
+        assert set(pairs[:, 0].tolist()) == {0, 1} and (pairs[:, 1] < 100).all()
+        assert [0, 5] in pairs.tolist() and [1, 50] in pairs.tolist()
+
+
+def test_default_switches_to_approximate_above_the_exact_limit() -> None:
+    assert not neighbours.use_approximate(neighbours.EXACT_LIMIT, None)
+    assert neighbours.use_approximate(neighbours.EXACT_LIMIT + 1, None)
+    assert neighbours.use_approximate(10, True) and not neighbours.use_approximate(10**7, False)
