@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import image_env
@@ -43,6 +44,31 @@ print(json.dumps({"torch": [torch.__version__, torch.__file__],
 """
 
 
+# What Determined's task entrypoint does with the hook: `set -e`, then source it from the model folder.
+ENTRYPOINT = """set -e
+test -f startup-hook.sh && source startup-hook.sh
+echo "entrypoint continues in $PWD nounset=$(set -o | awk '$1=="nounset"{print $2}') \
+pipefail=$(set -o | awk '$1=="pipefail"{print $2}')"
+"""
+
+
+def test_a_failing_install_stops_the_task_and_leaves_its_shell_alone(tmp_path: Path) -> None:
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    shutil.copy(REPO / "startup-hook.sh", model_dir)
+    (model_dir / "requirements.txt").write_text("numpy\n")
+    bin_dir = tmp_path / "bin"  # a python3 whose `pip install` fails, as with an unreachable index
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/bin/sh\n[ "$3" = install ] && exit 1\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    hook = subprocess.run(["bash", "-c", ENTRYPOINT], capture_output=True, text=True, env=env, cwd=model_dir,
+                          timeout=120)
+    assert hook.returncode != 0
+    assert "entrypoint continues" not in hook.stdout  # set -e stopped the task at the failed hook
+    assert "startup-hook.sh: installing requirements.txt failed" in hook.stderr
+
+
 def _probe(python: Path) -> dict:
     result = subprocess.run([str(python), "-c", PROBE, str(REPO / "requirements.txt")], capture_output=True,
                             text=True, cwd=REPO, check=True)
@@ -61,9 +87,11 @@ def test_startup_hook_installs_the_trial_requirements_and_keeps_the_images_torch
 
     env = {**os.environ, "PATH": f"{python.parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PYTHONPATH", None)
-    hook = subprocess.run(["bash", str(REPO / "startup-hook.sh")], capture_output=True, text=True, env=env,
-                          cwd=tmp_path, timeout=600)
+    hook = subprocess.run(["bash", "-c", ENTRYPOINT], capture_output=True, text=True, env=env, cwd=REPO,
+                          timeout=600)
     assert hook.returncode == 0, hook.stdout + hook.stderr
+    # The task's shell goes on in the model folder with its own options (no nounset / pipefail from the hook).
+    assert hook.stdout.splitlines()[-1] == f"entrypoint continues in {REPO} nounset=off pipefail=off"
     kept = next(line for line in hook.stderr.splitlines() if line.startswith("startup-hook.sh: keeping the image's"))
     for name in ("torch", "torchvision", "numpy"):
         assert f" {name}==" in kept, kept
