@@ -208,6 +208,10 @@ class EmbeddingStore:
         self.changed = True
         return key
 
+    def stat_entry(self, path: str | Path) -> tuple[int, int, str] | None:
+        """(size, mtime ns, content key) recorded for a file, or None."""
+        return self._stats.get(os.path.abspath(path))
+
     def record(self, path: str | Path, size: int, mtime_ns: int, key: str) -> None:
         """Add a stat-index entry (used when merging stores)."""
         self._stats[os.path.abspath(path)] = (int(size), int(mtime_ns), key)
