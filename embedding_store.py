@@ -164,7 +164,12 @@ class EmbeddingStore:
         """Add rows (keys already present are ignored: the same content has the same embedding)."""
         if set(fields) != set(self.dtypes):
             raise ValueError(f"fields {sorted(fields)} != store fields {sorted(self.dtypes)}")
-        new = [k for k, key in enumerate(keys) if key not in self._row and key not in keys[:k]]
+        seen: set[str] = set()
+        new = []
+        for k, key in enumerate(keys):
+            if key not in self._row and key not in seen:
+                seen.add(key)
+                new.append(k)
         if not new:
             return
         for name, array in fields.items():
