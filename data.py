@@ -715,7 +715,8 @@ def write_sample_dataset(
 
 
 def _cmd_stats(args: argparse.Namespace) -> None:
-    dataset = DuplicateImageDataset(args.dir, pairing=args.pairing, progress=not args.json)
+    # Counts need only the hashes: photos are decoded one at a time and their pixels dropped.
+    dataset = DuplicateImageDataset(args.dir, pairing=args.pairing, progress=not args.json, keep_images=False)
     summary = dataset.summary()
     if args.json:
         print(json.dumps(summary))

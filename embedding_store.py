@@ -164,7 +164,12 @@ class EmbeddingStore:
         """Add rows (keys already present are ignored: the same content has the same embedding)."""
         if set(fields) != set(self.dtypes):
             raise ValueError(f"fields {sorted(fields)} != store fields {sorted(self.dtypes)}")
-        new = [k for k, key in enumerate(keys) if key not in self._row and key not in keys[:k]]
+        seen: set[str] = set()
+        new = []
+        for k, key in enumerate(keys):
+            if key not in self._row and key not in seen:
+                seen.add(key)
+                new.append(k)
         if not new:
             return
         for name, array in fields.items():
@@ -207,6 +212,10 @@ class EmbeddingStore:
         self._stats[absolute] = (st.st_size, st.st_mtime_ns, key)
         self.changed = True
         return key
+
+    def stat_entry(self, path: str | Path) -> tuple[int, int, str] | None:
+        """(size, mtime ns, content key) recorded for a file, or None."""
+        return self._stats.get(os.path.abspath(path))
 
     def record(self, path: str | Path, size: int, mtime_ns: int, key: str) -> None:
         """Add a stat-index entry (used when merging stores)."""

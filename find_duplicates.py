@@ -297,13 +297,15 @@ def embed_photos(
     decode_workers: int = 2,
     timings: dict[str, float] | None = None,
     known_keys: Sequence[str] | None = None,
+    fill_scorer: bool = True,
 ) -> Embedded:
     """Add the embedding of every readable photo in ``paths`` to ``scorer``, in path order.
 
     Without a store every photo is decoded and embedded. With one, each photo's content key is looked up
     (embedding_store.EmbeddingStore.key_for: the stat index, else a hash of the bytes); only keys the store
     lacks are decoded, once per distinct content, embedded and added to the store. ``known_keys`` (one per
-    path) skips the lookup: the photos are opened only if the store lacks their key.
+    path) skips the lookup: the photos are opened only if the store lacks their key. ``fill_scorer=False``
+    (with a store) only fills the store (embed.py).
     """
     timings = timings if timings is not None else {}
     if store is None:
@@ -340,7 +342,7 @@ def embed_photos(
             reasons[k] = unreadable[key]  # same bytes, same failure
     kept = [k for k, key in enumerate(keys) if key is not None and k not in reasons]
     t = time.perf_counter()
-    if kept:
+    if kept and fill_scorer:
         scorer.add_embeddings(store.get([keys[k] for k in kept]))  # type: ignore[misc]
     timings["from_store"] = time.perf_counter() - t
     skipped = [{"path": str(paths[k]), "reason": reasons[k]} for k in sorted(reasons)]

@@ -37,9 +37,9 @@ class SearchParams:
     pca_dim: int = 256  # dimensions kept for the graph; full vectors re-rank the candidates
     pca_sample: int = 50_000  # rows the projection is fitted on
     hnsw_m: int = 32  # graph degree
-    ef_construction: int = 64
-    ef_search: int = 96
-    pool: int = 2  # fetch pool * k candidates from the graph, keep the k best by exact inner product
+    ef_construction: int = 80
+    ef_search: int = 128
+    pool: int = 3  # fetch pool * k candidates from the graph, keep the k best by exact inner product
     block: int = 1024  # rows projected / searched / re-ranked at once (memory: block * pool * k * D floats)
 
 

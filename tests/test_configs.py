@@ -92,3 +92,12 @@ def test_every_config_states_what_it_costs(name: str) -> None:
     trials = config["searcher"].get("max_trials", 1)
     assert (f"up to {trials} trials" if trials > 1 else "1 trial") in header
     assert config["hyperparameters"]["global_batch_size"] % slots == 0, "the global batch must split over slots"
+
+@pytest.mark.skipif(not VALIDATOR.is_file(), reason=f"{VALIDATOR} is not present")
+def test_embed_config_passes_the_038_validator_and_runs_embed_py_per_slot() -> None:
+    result = subprocess.run([sys.executable, str(VALIDATOR), str(REPO / "embed.yaml")], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == f"{REPO / 'embed.yaml'}: valid", result.stdout
+    config = _load("embed.yaml")
+    assert config["entrypoint"].startswith("python3 -m determined.launch.torch_distributed python3 embed.py")
+    assert "--output" in config["entrypoint"] and config["resources"]["slots_per_trial"] > 1
+    assert config["searcher"]["metric"] == "photos_embedded"  # what embed.py reports at the end
