@@ -26,7 +26,7 @@ def evaluated(trained_checkpoint: Path, test_dir: Path, tmp_path_factory: pytest
     shutil.copytree(trained_checkpoint, checkpoint)
     args = ["--checkpoint", str(checkpoint), "--data-dir", str(test_dir), "--json", str(out / "report.json"),
             "--scores", str(out / "scores.csv"), "--plots", str(out / "plots"), "--device", "cpu",
-            "--cache-dir", "none"]
+            "--cache-dir", "none", "--write-threshold"]
     assert model_inference.main(args) == 0
     with open(out / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -132,3 +132,58 @@ def test_errors_name_the_path(trained_checkpoint: Path, tmp_path: Path, test_dir
     missing = tmp_path / "missing"
     assert model_inference.main(["--checkpoint", str(trained_checkpoint), "--data-dir", str(missing)]) == 2
     assert f"{missing}: not a directory" in capsys.readouterr().err
+
+
+def _room_split(test_dir: Path, folder: Path, rooms: int) -> Path:
+    """A split of the first ``rooms`` rooms of test_dir that have at least three photos."""
+    paths = data.find_images(test_dir)
+    groups = data.group_ids(paths, test_dir)
+    big = [g for g in dict.fromkeys(groups.tolist()) if (groups == g).sum() >= 3][:rooms]
+    for path, g in zip(paths, groups, strict=True):
+        if g in big:
+            (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, folder / path.parent.name / path.name)
+    return folder
+
+
+def test_the_threshold_is_written_only_when_asked(trained_checkpoint: Path, test_dir: Path, tmp_path: Path) -> None:
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(trained_checkpoint, checkpoint)
+    args = ["--checkpoint", str(checkpoint), "--data-dir", str(test_dir), "--pairing", "unique", "--methods", "model",
+            "--device", "cpu", "--cache-dir", "none"]
+    assert model_inference.main(args) == 0
+    assert not (checkpoint / scoring.THRESHOLD_FILE).exists()
+
+
+def test_one_room_is_refused_and_the_calibrated_threshold_kept(evaluated: dict, test_dir: Path, tmp_path: Path,
+                                                               capsys) -> None:
+    one_room = _room_split(test_dir, tmp_path / "one-room", 1)
+    threshold_file = evaluated["checkpoint"] / scoring.THRESHOLD_FILE
+    before = threshold_file.read_bytes()
+    base = ["--checkpoint", str(evaluated["checkpoint"]), "--device", "cpu", "--cache-dir", "none"]
+    for extra in ([], ["--write-threshold"]):
+        assert model_inference.main([*base, "--data-dir", str(one_room), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{one_room}: " in err and err.count("\n") == 1
+    assert threshold_file.read_bytes() == before
+    assert model_inference.main([*base, "--data-dir", str(one_room)]) == 2
+    assert "no non-duplicate pairs" in capsys.readouterr().err
+
+    two_rooms = _room_split(test_dir, tmp_path / "two-rooms", 2)
+    assert model_inference.main([*base, "--data-dir", str(two_rooms), "--write-threshold"]) == 2
+    minimum = model_inference.MIN_CALIBRATION_PAIRS
+    assert f"--write-threshold needs at least {minimum} of each" in capsys.readouterr().err
+    assert threshold_file.read_bytes() == before
+
+
+def test_replacing_a_threshold_from_another_folder_says_so(evaluated: dict, train_dir: Path, tmp_path: Path,
+                                                           capsys) -> None:
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(evaluated["checkpoint"], checkpoint)
+    previous = json.loads((checkpoint / scoring.THRESHOLD_FILE).read_text())
+    args = ["--checkpoint", str(checkpoint), "--data-dir", str(train_dir), "--pairing", "unique", "--methods", "model",
+            "--device", "cpu", "--cache-dir", "none", "--write-threshold"]
+    assert model_inference.main(args) == 0
+    out = capsys.readouterr().out
+    assert f"replaced threshold {previous['threshold']:.4f} calibrated on {previous['data_dir']}" in out
+    assert json.loads((checkpoint / scoring.THRESHOLD_FILE).read_text())["data_dir"] == str(train_dir)
