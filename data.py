@@ -791,7 +791,7 @@ def _cmd_stats(args: argparse.Namespace) -> None:
         for key, value in summary.items():
             print(f"{key:<{width}}  {value:>10,}")
         for message in dataset.skipped:
-            print(f"skipped: {message}")
+            print(f"skipped: {outputs.printable_name(message, quote=False)}")  # a name with a newline stays one line
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:

@@ -111,7 +111,8 @@ def _load_state_file(module: nn.Module, path: Path, backbone: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for files that are not checkpoints
-        raise BackboneWeightsError(f"{path}: cannot read a state dict ({type(exc).__name__}: {exc})") from exc
+        detail = (str(exc).strip().splitlines() or [""])[0]  # torch explains over many lines: keep one
+        raise BackboneWeightsError(f"{path}: cannot read a state dict ({type(exc).__name__}: {detail})") from exc
     if not isinstance(state, dict):
         raise BackboneWeightsError(f"{path}: holds a {type(state).__name__}, not a state dict")
     try:

@@ -142,13 +142,7 @@ def evaluate(
     skipped += data.skipped_folders(folders)
     paths = [paths[k] for k in kept]
     groups = data.group_ids(paths, data_dir)
-    positives, negatives = data.count_pairs(groups, "unique")
-    if positives == 0:
-        raise EvaluationError(f"{data_dir}: no duplicate pairs (no two images share folder, city and room_id)")
-    if negatives == 0:
-        raise EvaluationError(
-            f"{data_dir}: no non-duplicate pairs (every image is of one room); evaluation needs both classes"
-        )
+    _check_classes(data_dir, *data.count_pairs(groups, "unique"))
     variants = range(data.N_VARIANTS) if pairing in ("faithful", "both") else (0,)
     features = extract_features(
         model.features, images, variants, batch_size=batch_size, device=device, progress=progress, cache_dir=cache_dir
@@ -252,6 +246,31 @@ def save_plots(unique: dict[str, Any], out_dir: Path) -> list[Path]:
     return written
 
 
+def check_split(data_dir: Path, write_threshold: bool = False) -> None:
+    """Before decoding, from the file names: the split has both classes (and, for --write-threshold, enough pairs).
+
+    evaluate() checks again on the images that decode.
+    """
+    with warnings.catch_warnings():  # evaluate() reports unparsed names; counting here stays quiet
+        warnings.simplefilter("ignore")
+        paths = data.find_images(data_dir)
+        if not paths:
+            raise EvaluationError(f"{data_dir}: no images found")
+        positives, negatives = data.count_pairs(data.group_ids(paths, data_dir), "unique")
+    _check_classes(data_dir, positives, negatives)
+    if write_threshold:
+        check_calibration_size(data_dir, positives, negatives)
+
+
+def _check_classes(data_dir: str | Path, positives: int, negatives: int) -> None:
+    if positives == 0:
+        raise EvaluationError(f"{data_dir}: no duplicate pairs (no two images share folder, city and room_id)")
+    if negatives == 0:
+        raise EvaluationError(
+            f"{data_dir}: no non-duplicate pairs (every image is of one room); evaluation needs both classes"
+        )
+
+
 def check_calibration_size(data_dir: str | Path, positives: int, negatives: int) -> None:
     """EvaluationError unless the split has MIN_CALIBRATION_PAIRS duplicate and non-duplicate unique pairs."""
     if min(positives, negatives) < MIN_CALIBRATION_PAIRS:
@@ -352,15 +371,10 @@ def _run(args: argparse.Namespace) -> None:
     if not data_dir.is_dir():
         raise EvaluationError(f"{data_dir}: not a directory")
     check_output_paths(args)
-    if args.write_threshold:
-        if args.pairing == "faithful" or "model" not in args.methods:
-            raise EvaluationError("--write-threshold needs the unique evaluation of the model "
-                                  "(--pairing unique or both, --methods including model)")
-        with warnings.catch_warnings():  # evaluate() reports unparsed names; counting here stays quiet
-            warnings.simplefilter("ignore")
-            paths = data.find_images(data_dir)
-            groups = data.group_ids(paths, data_dir) if paths else np.zeros(0, np.int64)
-        check_calibration_size(data_dir, *data.count_pairs(groups, "unique"))
+    if args.write_threshold and (args.pairing == "faithful" or "model" not in args.methods):
+        raise EvaluationError("--write-threshold needs the unique evaluation of the model "
+                              "(--pairing unique or both, --methods including model)")
+    check_split(data_dir, args.write_threshold)
     model = load_model(checkpoint, device=device)
     methods = args.methods if args.pairing != "faithful" else ["model"]
     report, unique = evaluate(model, data_dir, args.pairing, methods, args.batch_size, device, cache_dir=cache_dir)

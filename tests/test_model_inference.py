@@ -146,15 +146,6 @@ def _room_split(test_dir: Path, folder: Path, rooms: int) -> Path:
     return folder
 
 
-def test_the_threshold_is_written_only_when_asked(trained_checkpoint: Path, test_dir: Path, tmp_path: Path) -> None:
-    checkpoint = tmp_path / "checkpoint"
-    shutil.copytree(trained_checkpoint, checkpoint)
-    args = ["--checkpoint", str(checkpoint), "--data-dir", str(test_dir), "--pairing", "unique", "--methods", "model",
-            "--device", "cpu", "--cache-dir", "none"]
-    assert model_inference.main(args) == 0
-    assert not (checkpoint / scoring.THRESHOLD_FILE).exists()
-
-
 def test_one_room_is_refused_and_the_calibrated_threshold_kept(evaluated: dict, test_dir: Path, tmp_path: Path,
                                                                capsys) -> None:
     one_room = _room_split(test_dir, tmp_path / "one-room", 1)
@@ -176,14 +167,20 @@ def test_one_room_is_refused_and_the_calibrated_threshold_kept(evaluated: dict, 
     assert threshold_file.read_bytes() == before
 
 
-def test_replacing_a_threshold_from_another_folder_says_so(evaluated: dict, train_dir: Path, tmp_path: Path,
-                                                           capsys) -> None:
+def test_the_threshold_is_written_only_when_asked_and_a_replacement_is_said(
+    evaluated: dict, test_dir: Path, tmp_path: Path, cache_dir: Path, capsys
+) -> None:
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(evaluated["checkpoint"], checkpoint)
-    previous = json.loads((checkpoint / scoring.THRESHOLD_FILE).read_text())
-    args = ["--checkpoint", str(checkpoint), "--data-dir", str(train_dir), "--pairing", "unique", "--methods", "model",
-            "--device", "cpu", "--cache-dir", "none", "--write-threshold"]
+    threshold_file = checkpoint / scoring.THRESHOLD_FILE
+    before = threshold_file.read_bytes()
+    previous = json.loads(before)
+    other = shutil.copytree(test_dir, tmp_path / "another copy")  # same photos, another folder
+    args = ["--checkpoint", str(checkpoint), "--data-dir", str(other), "--pairing", "unique", "--methods", "model",
+            "--device", "cpu", "--cache-dir", str(cache_dir)]
     assert model_inference.main(args) == 0
+    assert threshold_file.read_bytes() == before  # evaluating never touches the threshold without the flag
+    assert model_inference.main([*args, "--write-threshold"]) == 0
     out = capsys.readouterr().out
     assert f"replaced threshold {previous['threshold']:.4f} calibrated on {previous['data_dir']}" in out
-    assert json.loads((checkpoint / scoring.THRESHOLD_FILE).read_text())["data_dir"] == str(train_dir)
+    assert json.loads(threshold_file.read_text())["data_dir"] == str(other)

@@ -145,3 +145,31 @@ def test_folder_outputs_check_their_files(tmp_path: Path) -> None:
         outputs.check_outputs([outputs.Target("--plots", a_file, is_dir=True)])
     with pytest.raises(outputs.OutputError, match="both name"):
         outputs.check_outputs([target, outputs.Target("--json", plots / "roc.png")], overwrite=True)
+
+
+def test_model_inference_checks_its_outputs_before_loading_anything(test_dir: Path, tmp_path: Path, capsys,
+                                                                     monkeypatch) -> None:
+    import model_def
+    import model_inference
+
+    monkeypatch.setattr(model_def, "load_model", lambda *a, **k: pytest.fail("loaded the checkpoint first"))
+    split = tmp_path / "split"
+    shutil.copytree(test_dir, split)
+    photo = data.find_images(split)[0]
+    before = _digests(split)
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    base = ["--checkpoint", str(tmp_path), "--data-dir", str(split), "--cache-dir", "none"]
+    cases = [
+        (["--scores", str(photo)], f"--scores {photo}: is one of the input photos"),
+        (["--json", str(photo)], f"--json {photo}: is one of the input photos"),
+        (["--scores", str(tmp_path / "missing" / "s.csv")], "does not exist"),
+        (["--plots", str(a_file)], f"--plots {a_file}: is a file, expected a folder"),
+        (["--json", str(tmp_path / "r.json"), "--scores", str(tmp_path / "r.json")], "both name"),
+        (["--json", str(a_file)], "exists and was not written by SameSpace; pass --overwrite"),
+    ]
+    for extra, words in cases:
+        assert model_inference.main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert words in err and err.count("\n") == 1, (extra, err)
+    assert _digests(split) == before and a_file.read_text() == "x"
