@@ -18,6 +18,7 @@ import io
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -337,12 +338,21 @@ def _read_cache(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
     return features
 
 
-def _write_cache(path: Path, features: torch.Tensor) -> None:
-    """Write atomically (safe for parallel trials on one node sharing the cache folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(features, buffer)
-    data.atomic_write(path, buffer.getvalue())
+def _write_cache(path: Path, features: torch.Tensor) -> bool:
+    """Write atomically (safe for parallel trials on one node sharing the cache folder).
+
+    The cache only saves time: a folder that cannot be written (read-only, full disk) is one warning, and the
+    run goes on with the features it just computed. Returns whether the file was written.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(features, buffer)
+        data.atomic_write(path, buffer.getvalue())
+    except OSError as exc:
+        warnings.warn(f"feature cache not written: {path} ({exc.strerror or exc})", stacklevel=2)
+        return False
+    return True
 
 
 @torch.no_grad()
@@ -381,7 +391,6 @@ def extract_features(
                 inputs = data.to_model_input(batch, variant).to(device)
                 features[start : start + len(batch), k] = extractor(inputs).float().cpu()
                 bar.update(len(batch))
-    if path is not None:
-        _write_cache(path, features)
+    if path is not None and _write_cache(path, features):
         log.info("feature cache written: %s", path)
     return features

@@ -553,7 +553,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cal.add_argument("--methods", nargs="+", choices=REFERENCE_METHODS, default=list(REFERENCE_METHODS))
     cal.set_defaults(func=_cmd_calibrate)
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except data.DataError as exc:  # e.g. a --sample-root without both splits: one line, as every command
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -9,6 +9,7 @@ import shutil
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import data
@@ -173,3 +174,15 @@ def test_model_inference_checks_its_outputs_before_loading_anything(test_dir: Pa
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1, (extra, err)
     assert _digests(split) == before and a_file.read_text() == "x"
+
+
+def test_an_unwritable_feature_cache_is_a_warning_not_a_failure(test_dir: Path, tmp_path: Path) -> None:
+    from model import build_feature_extractor, extract_features
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    extractor = build_feature_extractor("efficientnet_lite0", "none")
+    images = np.stack([data.load_image(p) for p in data.find_images(test_dir)[:2]])
+    with pytest.warns(UserWarning, match=f"feature cache not written: {a_file}/"):
+        features = extract_features(extractor, images, variants=(0,), progress=False, cache_dir=a_file / "cache")
+    assert features.shape == (2, 1, extractor.out_dim) and a_file.read_text() == "x"
