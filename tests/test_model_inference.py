@@ -15,6 +15,7 @@ from sklearn import metrics
 import data
 import model_def
 import model_inference
+import outputs
 import scoring
 
 
@@ -53,6 +54,9 @@ def test_json_keys_and_ranges(evaluated: dict, test_dir: Path) -> None:
             assert set(point) == {"threshold", "f1", "precision", "recall"}
             assert all(0 <= point[k] <= 1 for k in ("f1", "precision", "recall"))
     assert sorted(p.name for p in (evaluated["out"] / "plots").iterdir()) == ["precision_recall.png", "roc.png"]
+    out = evaluated["out"]
+    for path in (out / "report.json", out / "scores.csv", *(out / "plots").iterdir()):
+        assert outputs.is_ours(path), path  # so a second run over the same outputs needs no --overwrite
 
 
 def test_metrics_agree_with_scikit_learn_on_the_scores_file(evaluated: dict) -> None:
