@@ -38,6 +38,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
+import cli
 import outputs
 
 log = logging.getLogger("samespace.data")
@@ -809,7 +810,7 @@ def _cmd_download(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="data.py", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="data.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     stats = sub.add_parser("stats", help="count images, groups and pairs of one split directory")
     stats.add_argument("dir", help="a split directory, e.g. 'data/Airbnb Data/Training Data'")

@@ -29,6 +29,7 @@ from PIL import Image, ImageFile
 from tqdm import tqdm
 
 import blank
+import cli
 import data
 import outputs
 import scoring
@@ -415,7 +416,7 @@ def build_scorer(args: argparse.Namespace, device: str) -> tuple[scoring.PairSco
 
 def build_parser() -> argparse.ArgumentParser:
     t, limits = scoring.DEFAULT_THRESHOLDS, scoring.EXHAUSTIVE_LIMITS
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="find_duplicates.py",
         description="Find duplicate photos of the same space (re-shot, cropped, edited) in folders of photos. "
         "Photos are only read, never modified, moved or deleted.",

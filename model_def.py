@@ -32,6 +32,7 @@ import yaml
 from determined import pytorch
 from torch.nn import functional as F
 
+import cli
 import data
 import hparams as hparams_table
 import outputs
@@ -286,7 +287,7 @@ def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="model_def.py", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="model_def.py", description=__doc__.split("\n")[0])
     parser.add_argument("--local", action="store_true",
                         help="train locally (the default when there is no Determined cluster info)")
     parser.add_argument("--config", type=Path, default=REPO / "const.yaml", metavar="YAML",

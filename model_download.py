@@ -11,7 +11,6 @@ on stderr with exit status 2.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -21,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cli
 import outputs
 
 
@@ -115,7 +115,7 @@ def download_best_checkpoint(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--experiment", type=int, required=True, help="experiment ID")
     parser.add_argument("--output", default="checkpoints", help="folder to download into (default: checkpoints)")
     parser.add_argument("--metric", default="validation_loss", help="validation metric to rank by")

@@ -35,6 +35,7 @@ import torch
 from sklearn import metrics
 from tqdm import tqdm
 
+import cli
 import data
 import outputs
 import scoring
@@ -328,7 +329,7 @@ def check_output_paths(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a checkpoint folder written by model_def.py")
     parser.add_argument("--data-dir", required=True, help="one split folder, e.g. 'data/Airbnb Data/Test Data'")
     parser.add_argument("--pairing", choices=PAIRING_CHOICES, default="both")

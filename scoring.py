@@ -41,6 +41,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn import metrics
 
+import cli
 import data
 
 HASH_BITS = 64
@@ -545,7 +546,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scoring.py", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="scoring.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cal = sub.add_parser("calibrate", help="best-F1 thresholds of the reference methods on the sample set")
     cal.add_argument("--sample-root", help="a folder with 'Training Data/' and 'Test Data/' (default: generate)")

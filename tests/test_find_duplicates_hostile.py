@@ -172,3 +172,12 @@ def test_warnings_and_errors_are_one_clean_line(three: list[Path], tmp_path: Pat
     assert err.startswith("error: [Errno 28] No space left on device") and err.count("\n") == 1
     with pytest.raises(OSError):
         fd.main([str(photos), "--method", "phash", "--no-progress", "--json", str(tmp_path / "d.json"), "--debug"])
+
+
+@pytest.mark.parametrize("argv", [["--threshold", "abc"], ["--method", "md5"], ["--batch-size", "0"]])
+def test_option_errors_are_one_line(argv: list[str], three: list[Path], capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        fd.main([str(three[0].parent), *argv])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert err.rstrip().endswith("(see find_duplicates.py --help)")

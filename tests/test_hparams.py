@@ -99,11 +99,12 @@ def test_model_def_refuses_a_bad_data_folder_before_any_work(sample_root: Path, 
         assert f"{folder}: {words}" in err and err.count("\n") == 1, err
 
 
-def test_epochs_zero_is_an_error(sample_root: Path) -> None:
+def test_epochs_zero_is_an_error(sample_root: Path, capsys) -> None:
     for flag in ("--epochs", "--batches"):
         with pytest.raises(SystemExit) as info:
             model_def.main(["--data-dir", str(sample_root), flag, "0"])
         assert info.value.code == 2
+        assert capsys.readouterr().err == f"error: {flag} must be at least 1 (see model_def.py --help)\n"
 
 
 def test_cluster_hyperparameters_are_checked_too(sample_root: Path, capsys, monkeypatch, no_decoding) -> None:
