@@ -22,7 +22,7 @@ demo: $(VENV)/.installed
 		--checkpoint-dir checkpoints | tee $(DEMO)/train.log
 	ckpt=$$(tail -n 1 $(DEMO)/train.log) && \
 	$(PY) model_inference.py --checkpoint "$$ckpt" --data-dir "$(SAMPLE)/Test Data" \
-		--json $(DEMO)/evaluation.json --plots $(DEMO)/plots --scores $(DEMO)/scores.csv && \
+		--json $(DEMO)/evaluation.json --plots $(DEMO)/plots --scores $(DEMO)/scores.csv --write-threshold && \
 	$(PY) find_duplicates.py "$(SAMPLE)/Test Data" --checkpoint "$$ckpt" \
 		--json $(DEMO)/duplicates.json --html $(DEMO)/duplicates.html
 

@@ -16,6 +16,7 @@ Run ``python data.py --help`` for the command line (stats, sample, download).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import logging
@@ -25,7 +26,7 @@ import shutil
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,9 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 from tqdm import tqdm
+
+import cli
+import outputs
 
 log = logging.getLogger("samespace.data")
 
@@ -80,23 +84,59 @@ def parse_name(filename: str) -> tuple[str, str, str] | None:
 
 
 def find_images(
-    root: str | Path, recursive: bool = True, extensions: Collection[str] = IMAGE_EXTENSIONS
+    root: str | Path,
+    recursive: bool = True,
+    extensions: Collection[str] = IMAGE_EXTENSIONS,
+    unreadable: list[tuple[Path, str]] | None = None,
 ) -> list[Path]:
     """Image files under ``root`` (lower-case ``extensions``, matched in any case), sorted by their POSIX
     relative path. Symlinked folders are not followed.
 
     Sorting on the relative path as a string keeps the order (and so every pair index and every
-    sampled negative) identical across platforms and file systems.
+    sampled negative) identical across platforms and file systems. Sub-folders that cannot be listed are
+    appended to ``unreadable`` as (folder, reason) when it is given (they are never silently left out of a count).
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
+
+    def note(exc: OSError) -> None:
+        if unreadable is not None:
+            unreadable.append((Path(exc.filename or root), f"cannot list folder ({exc.strerror or exc})"))
+
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, onerror=note):
         found += [Path(dirpath) / n for n in filenames if Path(n).suffix.lower() in extensions]
         if not recursive:
             dirnames.clear()
     return sorted((p for p in found if p.is_file()), key=lambda p: p.relative_to(root).as_posix())
+
+
+def check_dataset_root(root: str | Path) -> None:
+    """Before any decoding: ``root`` holds ``Training Data/`` and ``Test Data/``, each with duplicate pairs by name.
+
+    Raises DataError naming the folder (one given a split folder instead of its parent says so).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: not a directory")
+    missing = [split for split in SPLITS if not (root / split).is_dir()]
+    if missing:
+        if root.name in SPLITS or (not any((root / s).exists() for s in SPLITS) and find_images(root)):
+            raise DataError(
+                f"{root}: looks like one split folder; give the folder that holds 'Training Data/' and 'Test Data/'"
+            )
+        raise DataError(f"{root}: missing {' and '.join(repr(m + '/') for m in missing)} (the dataset layout is "
+                        "<root>/Training Data/<room type>/<city>_<room_id>_<n>.jpg and the same for Test Data)")
+    for split in SPLITS:
+        paths = find_images(root / split)
+        if not paths:
+            raise DataError(f"{root / split}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
+        with warnings.catch_warnings():  # the dataset reports unparsed names when it loads the split
+            warnings.simplefilter("ignore")
+            groups = group_ids(paths, root / split)
+        if count_pairs(groups, "unique")[0] == 0:
+            raise DataError(f"{root / split}: no duplicate pairs (no two images share folder, city and room_id)")
 
 
 def group_ids(paths: Sequence[Path], root: str | Path) -> np.ndarray:
@@ -157,6 +197,8 @@ def load_image(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
         with warnings.catch_warnings():
             # A decompression bomb warning is an error here: we never decode such a file.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # PIL skips a damaged EXIF tag with a warning naming no file; the pixels decode, so say nothing
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
             with Image.open(path) as img:
                 if img.width * img.height > (Image.MAX_IMAGE_PIXELS or float("inf")):
                     # catch_warnings is not thread-safe (find_duplicates decodes in threads): check again here
@@ -170,6 +212,19 @@ def load_image(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
                 return np.asarray(img, dtype=np.uint8).copy()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise UnreadableImageError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    except (MemoryError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged file breaks decoders in many ways (struct.error in EXIF,
+        # IndexError, ZeroDivisionError ...): every reader skips it here, with the same reason
+        raise UnreadableImageError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+
+
+def skipped_folders(folders: Sequence[tuple[Path, str]]) -> list[str]:
+    """``find_images``'s unreadable folders as skipped messages (``<folder>: <reason>``), one warning each."""
+    messages = [f"{folder}: {reason}" for folder, reason in folders]
+    for message in messages:
+        warnings.warn(f"skipped {message}", stacklevel=2)
+    return messages
 
 
 def load_images(paths: Sequence[Path], progress: bool = True) -> tuple[np.ndarray, list[int], list[str]]:
@@ -459,7 +514,8 @@ class DuplicateImageDataset(torch.utils.data.Dataset):
         keep_images: bool = True,
     ) -> None:
         self.root = Path(split_dir)
-        paths = find_images(self.root)
+        folders: list[tuple[Path, str]] = []
+        paths = find_images(self.root, unreadable=folders)
         if not paths:
             raise DataError(f"{self.root}: no images ({', '.join(IMAGE_EXTENSIONS)}) found")
         self.images: np.ndarray | None
@@ -470,6 +526,7 @@ class DuplicateImageDataset(torch.utils.data.Dataset):
             self.images = None
             self.hashes, kept, self.skipped = _stream_hashes(paths, progress=progress)
             self.hashes = self.hashes if balanced else None
+        self.skipped += skipped_folders(folders)
         self.paths = [paths[k] for k in kept]
         if not self.paths:
             raise DataError(f"{self.root}: none of the {len(paths)} image files could be read")
@@ -515,6 +572,25 @@ class DuplicateImageDataset(torch.utils.data.Dataset):
 # --------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def clean_warnings() -> Iterator[None]:
+    """Print each warning as one ``warning: <message>`` line on stderr (no ``file:line: UserWarning:``).
+
+    The command lines wrap their run in this, so a skipped file or an unparsed name reads like an error does.
+    Only the formatting changes (warnings.formatwarning), so filters and recording (pytest.warns) still apply.
+    """
+    previous = warnings.formatwarning
+
+    def one_line(message, category, filename, lineno, line=None) -> str:  # noqa: ANN001 - warnings' API
+        return "warning: " + str(message).replace("\n", "\\n") + "\n"  # one line, even for a name with a newline
+
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = previous
+
+
 def atomic_write(path: str | Path, content: str | bytes) -> None:
     """Write ``content`` (text as UTF-8) to a temporary file in the same folder, then rename it over ``path``.
 
@@ -531,7 +607,8 @@ def atomic_write(path: str | Path, content: str | bytes) -> None:
             mode = 0o666 & ~umask
         os.chmod(tmp, mode)  # mkstemp makes 0600; give the output the permissions a plain open() would
         with os.fdopen(fd, "wb") as f:
-            f.write(content.encode("utf-8") if isinstance(content, str) else content)
+            # surrogateescape: a file name that is not UTF-8 is written back as its exact bytes (os.fsdecode)
+            f.write(content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -684,28 +761,47 @@ def write_sample_dataset(
     """
     out_dir = Path(out_dir)
     rooms = rooms or {"Training Data": 20, "Test Data": 8}
+    for split in rooms:  # every check before the first file, so a refused run leaves nothing
+        if os.path.lexists(out_dir / split):
+            raise DataError(f"{out_dir / split}: already exists; choose an empty output folder")
+    try:
+        outputs.check_outputs([outputs.Target("OUT_DIR", out_dir, is_dir=True)])
+    except outputs.OutputError as exc:
+        raise DataError(str(exc)) from exc
+    created = [p for p in (out_dir, *out_dir.parents) if not p.exists()]  # removed again on failure
+    staging = out_dir / ".sample.partial"
+    moved: list[Path] = []
     rng = np.random.default_rng(seed)
     room_id = 10_000_000 + int(rng.integers(0, 1_000_000))
-    for split, per_type in rooms.items():
-        target = out_dir / split
-        if target.exists():
-            raise DataError(f"{target}: already exists; choose an empty output folder")
-        staging = out_dir / f".{split}.partial"
-        if staging.exists():  # left by a failed run, maybe with another seed: its files must not leak in
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if staging.exists():  # left by a killed run, maybe with another seed: its files must not leak in
             shutil.rmtree(staging)
-        for room_type in ROOM_TYPES:
-            folder = staging / room_type
-            folder.mkdir(parents=True, exist_ok=True)
-            for _ in range(per_type):
-                room_id += int(rng.integers(1, 5000))
-                city = CITIES[int(rng.integers(len(CITIES)))]
-                scene = _draw_room(room_type, rng)
-                for n in range(1, int(rng.integers(2, 5)) + 1):
-                    photo, quality = _photograph(scene, rng)
-                    buffer = io.BytesIO()
-                    photo.save(buffer, "JPEG", quality=quality)
-                    (folder / f"{city}_{room_id}_{n}.jpg").write_bytes(buffer.getvalue())
-        staging.rename(target)
+        for split, per_type in rooms.items():
+            for room_type in ROOM_TYPES:
+                folder = staging / split / room_type
+                folder.mkdir(parents=True, exist_ok=True)
+                for _ in range(per_type):
+                    room_id += int(rng.integers(1, 5000))
+                    city = CITIES[int(rng.integers(len(CITIES)))]
+                    scene = _draw_room(room_type, rng)
+                    for n in range(1, int(rng.integers(2, 5)) + 1):
+                        photo, quality = _photograph(scene, rng)
+                        buffer = io.BytesIO()
+                        photo.save(buffer, "JPEG", quality=quality)
+                        (folder / f"{city}_{room_id}_{n}.jpg").write_bytes(buffer.getvalue())
+        for split in rooms:
+            (staging / split).rename(out_dir / split)
+            moved.append(out_dir / split)
+        staging.rmdir()
+    except BaseException:
+        for target in moved:
+            shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:  # deepest first; only folders this run made, and only when empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
     return out_dir
 
 
@@ -725,7 +821,7 @@ def _cmd_stats(args: argparse.Namespace) -> None:
         for key, value in summary.items():
             print(f"{key:<{width}}  {value:>10,}")
         for message in dataset.skipped:
-            print(f"skipped: {message}")
+            print(f"skipped: {outputs.printable_name(message, quote=False)}")  # a name with a newline stays one line
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
@@ -734,11 +830,16 @@ def _cmd_sample(args: argparse.Namespace) -> None:
 
 
 def _cmd_download(args: argparse.Namespace) -> None:
+    if not all((dataset_root(args.path) / split).is_dir() for split in SPLITS):
+        try:  # before asking Kaggle for anything
+            outputs.check_outputs([outputs.Target("--path", Path(args.path), is_dir=True)])
+        except outputs.OutputError as exc:
+            raise DataError(str(exc)) from exc
     print(download_data(args.path))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="data.py", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="data.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     stats = sub.add_parser("stats", help="count images, groups and pairs of one split directory")
     stats.add_argument("dir", help="a split directory, e.g. 'data/Airbnb Data/Training Data'")
@@ -752,11 +853,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     download = sub.add_parser("download", help="download the Kaggle dataset")
     download.add_argument("--path", default="data", help="folder to hold 'Airbnb Data/' (default: data)")
     download.set_defaults(func=_cmd_download)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        args.func(args)
-    except DataError as exc:
+        with clean_warnings():
+            args.func(args)
+    except (DataError, OSError) as exc:  # OSError: the disk filled up or a folder vanished while writing
+        if args.debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -28,9 +28,12 @@ import numpy as np
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
+import blank
+import cli
 import data
 import embedding_store
 import neighbours
+import outputs
 import scoring
 from embedding_store import EmbeddingStore
 
@@ -65,21 +68,41 @@ def readable_extensions() -> frozenset[str]:
     return frozenset(out)
 
 
-def image_files(folders: Sequence[str | Path]) -> list[Path]:
+# Photo formats a camera or phone writes that PIL may lack a decoder for (e.g. .heic without pillow-heif):
+# such files are listed as skipped with the reason instead of being left out silently.
+PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf",
+                              ".rw2", ".raf", ".jp2", ".webp", ".tif", ".tiff"})
+# A group with more photos than this is reported with a warning: usually a threshold too low for the collection
+# or a burst of near-identical frames; its pairs are all kept (memory grows with the pairs kept, not all pairs).
+MAX_GROUP_SIZE = 500
+
+
+def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | None = None) -> list[Path]:
     """Image files under each folder (recursive, symlinked folders not followed), folder by folder in the
     given order, each sorted by relative POSIX path; a file reached twice (overlapping folders) is kept once.
 
-    Raises FindDuplicatesError naming a folder that does not exist, or all the folders when none holds an image.
+    Folders that cannot be listed and photos in a format no installed decoder reads are appended to ``skipped``
+    (``{"path", "reason"}``) when it is given. Raises FindDuplicatesError naming a folder that does not exist,
+    or all the folders when none holds an image.
     """
     extensions = readable_extensions()
+    undecodable = PHOTO_EXTENSIONS - extensions
     seen: set[Path] = set()
     found: list[Path] = []
     for folder in folders:
         root = Path(folder)
+        unreadable: list[tuple[Path, str]] = []
         try:
-            files = data.find_images(root, extensions=extensions)
+            files = data.find_images(root, extensions=extensions | undecodable, unreadable=unreadable)
         except data.DataError as exc:
             raise FindDuplicatesError(str(exc)) from exc
+        if skipped is not None:
+            skipped.extend({"path": str(p), "reason": reason} for p, reason in unreadable)
+            skipped.extend(
+                {"path": str(p), "reason": f"no decoder for {p.suffix.lower()} installed (e.g. pillow-heif for .heic)"}
+                for p in files if p.suffix.lower() in undecodable
+            )
+        files = [p for p in files if p.suffix.lower() not in undecodable]
         if not files:
             warnings.warn(f"{root}: no image files", stacklevel=2)
         for path in files:
@@ -97,15 +120,14 @@ def image_files(folders: Sequence[str | Path]) -> list[Path]:
 
 
 def _decode(path: Path) -> np.ndarray | str:
-    """The 256x256 uint8 image, or the reason it cannot be read (a file never stops the run)."""
+    """The 256x256 uint8 image, or the reason it cannot be read (data.load_image turns every decoder failure into
+    UnreadableImageError, so a file never stops the run and every reader gives the same reason)."""
     try:
         return data.load_image(path)
     except data.UnreadableImageError as exc:
         message = str(exc)
         prefix = f"{path}: "
         return message[len(prefix) :] if message.startswith(prefix) else message
-    except Exception as exc:  # noqa: BLE001 - any decoder failure is one skipped file, never the run
-        return f"cannot read image ({type(exc).__name__}: {exc})"
 
 
 @dataclass
@@ -155,6 +177,7 @@ class Result:
     scores: np.ndarray
     groups: list[np.ndarray]
     summary: dict[str, Any] = field(default_factory=dict)
+    blank: list[str] = field(default_factory=list)  # photos with almost no detail (blank.py), not scored
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document: groups (members, pairs), every duplicate pair, skipped files, summary."""
@@ -169,7 +192,8 @@ class Result:
             {"members": [self.paths[k] for k in members], "pairs": group_pairs[g]}
             for g, members in enumerate(self.groups)
         ]
-        return {"groups": groups, "pairs": pairs, "skipped": self.skipped, "summary": self.summary}
+        return {"groups": groups, "pairs": pairs, "blank": self.blank, "skipped": self.skipped,
+                "summary": self.summary}
 
     def _by_score(self) -> list[tuple[int, int, float]]:
         order = np.lexsort((self.right, self.left, -self.scores))
@@ -198,18 +222,26 @@ def find_duplicates(
     (photos listed by a store: they are not opened). The summary holds counts and the time spent in each stage.
     """
     t0 = time.perf_counter()
-    paths = list(paths) if paths is not None else image_files(folders)
+    skipped: list[dict[str, str]] = []
+    paths = list(paths) if paths is not None else image_files(folders, skipped)
     timings = {"find": time.perf_counter() - t0, "decode_wait": 0.0, "embed": 0.0}
     embedded = embed_photos(paths, scorer, store, batch_size, progress, decode_workers, timings, keys)
-    kept, skipped = embedded.kept, embedded.skipped
-    _check_some_kept(kept, skipped, paths, folders)
+    kept, flat = embedded.kept, embedded.blank
+    skipped += embedded.skipped
+    _check_some_kept(kept + flat, skipped, paths, folders)
     t = time.perf_counter()
-    scorer.finish()
-    left, right, scores, n_scored, candidates = scoring.find_matches(scorer, threshold, top_k, exhaustive, approximate)
+    if kept:
+        scorer.finish()
+        left, right, scores, n_scored, candidates = scoring.find_matches(scorer, threshold, top_k, exhaustive,
+                                                                          approximate)
+    else:  # every readable photo is blank
+        left, right, scores, n_scored, candidates = (np.zeros(0, np.int64),) * 2 + (np.zeros(0),) + (0, "none")
+    left, right, scores = _with_identical_blanks(paths, kept, flat, left, right, scores)
     timings["pairs"] = time.perf_counter() - t
     t = time.perf_counter()
-    groups = scoring.connected_groups(len(kept), left, right)
+    groups = scoring.connected_groups(len(kept) + len(flat), left, right)
     timings["group"] = time.perf_counter() - t
+    _warn_large_groups(groups)
     seconds = time.perf_counter() - t0
     summary = {
         "folders": [str(f) for f in folders],
@@ -217,7 +249,8 @@ def find_duplicates(
         "threshold": threshold,
         "candidates": candidates,
         "files": len(paths),
-        "images": len(kept),
+        "images": len(kept) + len(flat),
+        "blank": len(flat),
         "skipped": len(skipped),
         "embedded": embedded.embedded,
         "from_store": embedded.from_store,
@@ -228,7 +261,8 @@ def find_duplicates(
         "seconds": round(seconds, 3),
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    return Result([str(paths[k]) for k in kept], skipped, left, right, scores, groups, summary)
+    ordered = [str(paths[k]) for k in (*kept, *flat)]  # blank photos after the scored ones (see _with_identical_blanks)
+    return Result(ordered, skipped, left, right, scores, groups, summary, [str(paths[k]) for k in flat])
 
 
 def _check_some_kept(kept: list[int], skipped: list[dict[str, str]], paths: Sequence[Path],
@@ -249,12 +283,14 @@ def _check_some_kept(kept: list[int], skipped: list[dict[str, str]], paths: Sequ
 @dataclass
 class Embedded:
     """What :func:`embed_photos` did: indices of the photos embedded into the scorer (in path order), the
-    skipped files, how many photos were decoded and embedded, and how many came from the store."""
+    skipped files, how many photos were decoded and embedded, how many came from the store, and the blank
+    photos (decoded every run: the store holds only embeddings)."""
 
     kept: list[int]
     skipped: list[dict[str, str]]
     embedded: int
     from_store: int
+    blank: list[int] = field(default_factory=list)  # readable photos with almost no detail (blank.py), not embedded
 
 
 def _stream_embed(
@@ -265,10 +301,12 @@ def _stream_embed(
     progress: bool,
     decode_workers: int,
     timings: dict[str, float],
-) -> list[tuple[int, str]]:
+) -> tuple[list[tuple[int, str]], list[int]]:
     """Decode ``paths`` in batches, embed each batch and hand (indices, fields) to ``sink``; pixels are dropped
-    after each batch. Returns the (index, reason) of every file that could not be decoded."""
+    after each batch. Blank photos (blank.is_blank) are not embedded. Returns the (index, reason) of every file
+    that could not be decoded, and the indices of the blank photos."""
     bad: list[tuple[int, str]] = []
+    flat: list[int] = []
     bar = tqdm(total=len(paths), desc=f"embed ({scorer.name})", unit="img", disable=not progress, file=sys.stderr)
     batches = decoded_batches(paths, batch_size, decode_workers)
     while True:
@@ -278,14 +316,16 @@ def _stream_embed(
         if batch is None:
             break
         t = time.perf_counter()
-        if batch.indices:
-            sink(batch.indices, scorer.embed(batch.images))
+        is_flat = blank.is_blank(batch.images) if batch.indices else np.zeros(0, bool)
+        flat.extend(k for k, f in zip(batch.indices, is_flat, strict=True) if f)
+        if not is_flat.all():
+            sink([k for k, f in zip(batch.indices, is_flat, strict=True) if not f], scorer.embed(batch.images[~is_flat]))
         timings["embed"] = timings.get("embed", 0.0) + time.perf_counter() - t
         bad.extend(batch.skipped)
         bar.update(len(batch.indices) + len(batch.skipped))
         del batch
     bar.close()
-    return bad
+    return bad, flat
 
 
 def embed_photos(
@@ -309,12 +349,12 @@ def embed_photos(
     """
     timings = timings if timings is not None else {}
     if store is None:
-        bad = _stream_embed(paths, scorer, lambda _, fields: scorer.add_embeddings(fields), batch_size, progress,
-                            decode_workers, timings)
-        failed = {k for k, _ in bad}
+        bad, flat = _stream_embed(paths, scorer, lambda _, fields: scorer.add_embeddings(fields), batch_size,
+                                  progress, decode_workers, timings)
+        failed = {k for k, _ in bad} | set(flat)
         skipped = [{"path": str(paths[k]), "reason": reason} for k, reason in bad]
         kept = [k for k in range(len(paths)) if k not in failed]
-        return Embedded(kept, skipped, len(kept), 0)
+        return Embedded(kept, skipped, len(kept), 0, flat)
     t = time.perf_counter()
     keys: list[str | None] = list(known_keys) if known_keys is not None else []
     reasons: dict[int, str] = {}
@@ -335,18 +375,21 @@ def embed_photos(
     def add(indices: list[int], fields: dict[str, np.ndarray]) -> None:
         store.add([keys[todo[i]] for i in indices], fields)  # type: ignore[misc]
 
-    bad = _stream_embed(todo_paths, scorer, add, batch_size, progress, decode_workers, timings)
+    bad, flat_todo = _stream_embed(todo_paths, scorer, add, batch_size, progress, decode_workers, timings)
     unreadable = {keys[todo[i]]: reason for i, reason in bad}
+    blank_keys = {keys[todo[i]] for i in flat_todo}
     for k, key in enumerate(keys):
         if key in unreadable:
             reasons[k] = unreadable[key]  # same bytes, same failure
-    kept = [k for k, key in enumerate(keys) if key is not None and k not in reasons]
+    flat = [k for k, key in enumerate(keys) if key in blank_keys]
+    kept = [k for k, key in enumerate(keys) if key is not None and k not in reasons and key not in blank_keys]
     t = time.perf_counter()
     if kept and fill_scorer:
         scorer.add_embeddings(store.get([keys[k] for k in kept]))  # type: ignore[misc]
     timings["from_store"] = time.perf_counter() - t
     skipped = [{"path": str(paths[k]), "reason": reasons[k]} for k in sorted(reasons)]
-    return Embedded(kept, skipped, len(todo) - len(bad), len(kept) - (len(todo) - len(bad)))
+    embedded = len(todo) - len(bad) - len(flat_todo)
+    return Embedded(kept, skipped, embedded, len(kept) - embedded, flat)
 
 
 # --------------------------------------------------------------------------------------------
@@ -411,27 +454,69 @@ def find_against(
         "seconds": round(seconds, 3),
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    return Result([str(paths[k]) for k in kept], skipped, left, right, scores, groups, summary)
+    ordered = [str(paths[k]) for k in (*kept, *flat)]  # blank photos after the scored ones (see _with_identical_blanks)
+    return Result(ordered, skipped, left, right, scores, groups, summary, [str(paths[k]) for k in flat])
+
+
+def _with_identical_blanks(
+    paths: Sequence[Path], kept: Sequence[int], flat: Sequence[int], left: np.ndarray, right: np.ndarray,
+    scores: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Add the pairs of byte-identical blank photos (score 1.0) to the scored pairs.
+
+    Blank photos are numbered after the scored ones (``len(kept) + k``); only identical bytes pair them, since
+    every method scores any two flat images about 1.0.
+    """
+    extra = []
+    for members in blank.identical_groups([paths[k] for k in flat]):
+        first = len(kept) + members[0]
+        extra += [(first, len(kept) + m) for m in members[1:]]
+    if not extra:
+        return left, right, scores
+    pairs = np.array(extra, np.int64)
+    return (np.concatenate([left, pairs[:, 0]]), np.concatenate([right, pairs[:, 1]]),
+            np.concatenate([scores, np.ones(len(pairs))]))
+
+
+def _warn_large_groups(groups: Sequence[np.ndarray]) -> None:
+    """One warning per group above MAX_GROUP_SIZE photos (the threshold is likely too low for the collection)."""
+    for g, members in enumerate(groups, 1):
+        if len(members) > MAX_GROUP_SIZE:
+            warnings.warn(
+                f"group {g} has {len(members):,} photos (more than {MAX_GROUP_SIZE}): the threshold is likely too "
+                "low for these photos, or they are a burst of near-identical frames; consider a higher --threshold",
+                stacklevel=3,
+            )
 
 
 def summary_line(summary: dict[str, Any]) -> str:
-    """One line: images, skipped, pairs scored, groups, seconds (and the method and threshold)."""
+    """One line: images, blank, skipped, pairs scored, groups, seconds (and the method and threshold)."""
     return (
-        f"{summary['images']:,} images, {summary['skipped']:,} skipped, {summary['pairs_scored']:,} pairs scored "
+        f"{summary['images']:,} images, "
+        + (f"{summary['blank']:,} blank, " if summary.get("blank") else "")
+        + f"{summary['skipped']:,} skipped, "
+        f"{summary['pairs_scored']:,} pairs scored "
         f"({summary['candidates']}), {summary['duplicate_pairs']:,} duplicate pairs in {summary['groups']:,} groups, "
         f"{summary['seconds']:.1f} s [{summary['method']}, threshold {summary['threshold']:g}]"
     )
 
 
 def groups_text(document: dict[str, Any]) -> str:
-    """The groups as plain text: one block per group, members then pair scores."""
+    """The groups as plain text: one block per group, members then pair scores; then blank and skipped photos.
+
+    A name with a new line, another control character or bytes that are not UTF-8 is quoted with backslash
+    escapes (outputs.printable_name), so every line is one photo.
+    """
+    name = outputs.printable_name
     lines = []
     for g, group in enumerate(document["groups"], 1):
         lines.append(f"group {g} ({len(group['members'])} photos)")
-        lines.extend(f"  {m}" for m in group["members"])
-        lines.extend(f"    {s:.4f}  {a}  ~  {b}" for a, b, s in group["pairs"])
+        lines.extend(f"  {name(m)}" for m in group["members"])
+        lines.extend(f"    {s:.4f}  {name(a)}  ~  {name(b)}" for a, b, s in group["pairs"])
+    for path in document.get("blank", []):
+        lines.append(f"blank {name(path)}")
     for s in document["skipped"]:
-        lines.append(f"skipped {s['path']}: {s['reason']}")
+        lines.append(f"skipped {name(s['path'])}: {outputs.printable_name(s['reason'], quote=False)}")
     return "\n".join(lines)
 
 
@@ -454,6 +539,18 @@ def csv_text(document: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Refuse, before any work, outputs that would replace a photo or a file we did not write (outputs.py)."""
+    targets = [outputs.Target(f"--{o}", Path(getattr(args, o))) for o in ("json", "csv", "html") if getattr(args, o)]
+    try:
+        outputs.check_outputs(
+            targets, inputs=[*args.folders, *(args.against or [])], overwrite=args.overwrite,
+            image_extensions=readable_extensions(),
+        )
+    except outputs.OutputError as exc:
+        raise FindDuplicatesError(str(exc)) from exc
 
 
 def _device(name: str) -> str:
@@ -503,7 +600,7 @@ def build_scorer(args: argparse.Namespace, device: str) -> tuple[scoring.PairSco
 
 def build_parser() -> argparse.ArgumentParser:
     t, limits = scoring.DEFAULT_THRESHOLDS, scoring.EXHAUSTIVE_LIMITS
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="find_duplicates.py",
         description="Find duplicate photos of the same space (re-shot, cropped, edited) in folders of photos. "
         "Photos are only read, never modified, moved or deleted.",
@@ -529,6 +626,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="FILE", help="write groups, pairs, skipped files and the summary as JSON")
     parser.add_argument("--csv", metavar="FILE", help="write every duplicate pair as CSV (group,path1,path2,score)")
     parser.add_argument("--html", metavar="FILE", help="write a self-contained review page with thumbnails")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that exist and were not written by SameSpace (photos are never replaced)",
+    )
     parser.add_argument(
         "--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="N", help="images per batch (default: 64)"
     )
@@ -556,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_store_options(parser)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
@@ -635,7 +738,17 @@ def run(args: argparse.Namespace, scorer: scoring.PairScorer, threshold: float, 
     return find_duplicates(args.folders, scorer, threshold, **options)
 
 
+def check_threshold(threshold: float | None, method: str) -> None:
+    """--threshold must be a number in the method's score range: [-1, 1] for cosine, [0, 1] otherwise."""
+    if threshold is None:
+        return
+    low = -1.0 if method == "cosine" else 0.0
+    if not (low <= threshold <= 1.0):  # also refuses nan
+        raise FindDuplicatesError(f"--threshold {threshold:g}: expected a number in [{low:g}, 1] for {method} scores")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line. Bad input is one ``error:`` line on stderr and exit status 2 (``--debug``: the traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.backbone or args.backbone_weights != "imagenet") and (args.method or "cosine") != "cosine":
@@ -644,10 +757,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--backbone / --backbone-weights apply to --method cosine (a checkpoint brings its own)")
     if args.batch_size < 1 or (args.top_k is not None and args.top_k < 1):
         parser.error("--batch-size and --top-k must be positive")
-    for option in ("json", "csv", "html"):
-        target = getattr(args, option)
-        if target and not Path(target).resolve().parent.is_dir():
-            parser.error(f"--{option} {target}: folder {Path(target).resolve().parent} does not exist")
     if not args.folders and not args.embeddings:
         parser.error("give PHOTOS_DIR (or --embeddings FILE)")
     if args.against and not args.folders:
@@ -655,16 +764,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.approximate and args.exhaustive:
         parser.error("--approximate and --exhaustive exclude each other")
     try:
-        for folder in [*args.folders, *(args.against or [])]:  # fail fast, before loading a model
-            if not Path(folder).is_dir():
-                raise FindDuplicatesError(f"{folder}: not a directory")
-        scorer, threshold, source = build_scorer(args, _device(args.device))
-        store, store_path = open_store_for(args, scorer)
-        result = run(args, scorer, threshold, store)
-        save_store(store, store_path)
-    except (FindDuplicatesError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        with data.clean_warnings():
+            return _run(args)
+    except (FindDuplicatesError, ValueError, OSError) as exc:  # OSError: e.g. the disk filled up while writing
+        if args.debug:
+            raise
+        print(f"error: {outputs.printable_name(str(exc), quote=False)}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _run(args: argparse.Namespace) -> int:
+    check_threshold(args.threshold, "model" if args.checkpoint else (args.method or "cosine"))
+    check_output_paths(args)
+    for folder in [*args.folders, *(args.against or [])]:  # fail fast, before loading a model
+        if not Path(folder).is_dir():
+            raise FindDuplicatesError(f"{folder}: not a directory")
+    scorer, threshold, source = build_scorer(args, _device(args.device))
+    store, store_path = open_store_for(args, scorer)
+    result = run(args, scorer, threshold, store)
+    save_store(store, store_path)
     result.summary["store"] = str(store_path) if store_path else None
     result.summary["threshold_source"] = source
     if scorer.name == "cosine":

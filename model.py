@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -113,7 +114,8 @@ def _load_state_file(module: nn.Module, path: Path, backbone: str) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for files that are not checkpoints
-        raise BackboneWeightsError(f"{path}: cannot read a state dict ({type(exc).__name__}: {exc})") from exc
+        detail = (str(exc).strip().splitlines() or [""])[0]  # torch explains over many lines: keep one
+        raise BackboneWeightsError(f"{path}: cannot read a state dict ({type(exc).__name__}: {detail})") from exc
     if not isinstance(state, dict):
         raise BackboneWeightsError(f"{path}: holds a {type(state).__name__}, not a state dict")
     try:
@@ -386,12 +388,21 @@ def _read_cache(path: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
     return features
 
 
-def _write_cache(path: Path, features: torch.Tensor) -> None:
-    """Write atomically (safe for parallel trials on one node sharing the cache folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(features, buffer)
-    data.atomic_write(path, buffer.getvalue())
+def _write_cache(path: Path, features: torch.Tensor) -> bool:
+    """Write atomically (safe for parallel trials on one node sharing the cache folder).
+
+    The cache only saves time: a folder that cannot be written (read-only, full disk) is one warning, and the
+    run goes on with the features it just computed. Returns whether the file was written.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        torch.save(features, buffer)
+        data.atomic_write(path, buffer.getvalue())
+    except OSError as exc:
+        warnings.warn(f"feature cache not written: {path} ({exc.strerror or exc})", stacklevel=2)
+        return False
+    return True
 
 
 def _decoded(images: ImageSource, rows: np.ndarray) -> np.ndarray:
@@ -454,8 +465,7 @@ def extract_features(
     features = sharding.gather_rows(local, shape[0], shard)
     del local
     if path is not None:
-        if shard.is_chief:
-            _write_cache(path, features)
+        if shard.is_chief and _write_cache(path, features):
             log.info("feature cache written: %s", path)
         sharding.barrier(shard)  # the others continue once the file is complete
     return features

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import random
 import sys
 from collections.abc import Iterator, Sequence
@@ -33,9 +34,12 @@ import yaml
 from determined import core, pytorch
 from torch.nn import functional as F
 
+import cli
 import data
+import hparams as hparams_table
+import outputs
 import sharding
-from model import SiameseNetwork, extract_features, pair_rows
+from model import BackboneWeightsError, SiameseNetwork, extract_features, pair_rows
 
 log = logging.getLogger("samespace.trial")
 
@@ -44,23 +48,16 @@ DEFAULT_SAMPLE_DIR = REPO / "data" / "sample"
 DEFAULT_CACHE_DIR = Path(appdirs.user_cache_dir("samespace")) / "features"
 DOWNLOAD_DIR = Path("data")  # on a cluster, relative to the trial's working directory
 TRAIN_SPLIT, VALIDATION_SPLIT = data.SPLITS
-# Hyperparameters a config may leave out, with the values SiameseNetwork and data.py default to.
-OPTIONAL_HPARAMS: dict[str, Any] = {
-    "backbone": "mobilenet_v3_large",
-    "backbone_weights": "imagenet",
-    "pairing": "faithful",
-    "feature_cache": True,
-    "tie_twins": False,
-    "augment_negatives": False,
-}
-
-
-# What np.random.get_state() pickles as, inside every checkpoint's rng_state.
-NUMPY_RNG_STATE_TYPES = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
+# Hyperparameters a config may leave out, with the values SiameseNetwork and data.py default to (hparams.py).
+OPTIONAL_HPARAMS: dict[str, Any] = hparams_table.optional_defaults()
 
 
 class CheckpointError(ValueError):
     """A folder that is not a SameSpace checkpoint, with the path."""
+
+
+class UsageError(ValueError):
+    """A command-line error of model_def.py: one line on stderr, exit status 2."""
 
 
 class PairRows(torch.utils.data.Dataset):
@@ -274,26 +271,90 @@ def _accuracy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+def checkpoint_safe_globals() -> list[Any]:
+    """The only non-tensor types a SameSpace checkpoint may hold, for ``torch.load(weights_only=True)``.
+
+    Determined stores ``np.random.get_state()`` (a uint32 array) with the weights; everything else is tensors,
+    numbers, strings and containers, which weights_only allows by itself. numpy 1 pickles the array
+    reconstructor as ``numpy.core.multiarray``, numpy 2 as ``numpy._core.multiarray``: both names are allowed.
+    """
+    core = getattr(np, "_core", None) or np.core
+    reconstruct = core.multiarray._reconstruct
+    allowed: list[Any] = [reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        allowed.append((reconstruct, f"{module}._reconstruct"))
+    return allowed
+
+
+# Registered once at import: Determined's own resume (torch.load with torch's default weights_only=True) needs
+# the numpy RNG state too, and nothing else is ever allowed.
+torch.serialization.add_safe_globals(checkpoint_safe_globals())
+
+
+def _read_load_data(path: Path) -> dict[str, Any]:
+    """``load_data.json`` of a checkpoint folder, or a CheckpointError naming the file."""
+    load_data = path / "load_data.json"
+    try:
+        document = json.loads(load_data.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        document = {}
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{load_data}: cannot read ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("hparams", {}), dict):
+        raise CheckpointError(f"{load_data}: expected a JSON object with 'hparams' and 'trial_cls_spec'")
+    return document
+
+
+def read_state_dict(path: str | Path) -> dict[str, Any]:
+    """``torch.load`` of a checkpoint's state_dict.pth with ``weights_only=True`` (no code in the file runs).
+
+    A file holding other Python objects (e.g. a crafted pickle) or a damaged file: CheckpointError naming it.
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as exc:
+        detail = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        raise CheckpointError(
+            f"{path}: refused to load: the file holds Python objects other than weights ({detail}); "
+            "SameSpace never runs code stored in a checkpoint"
+        ) from exc
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise CheckpointError(f"{path}: damaged or truncated checkpoint file ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(state, dict) or not isinstance(state.get("models_state_dict"), list):
+        raise CheckpointError(f"{path}: not a Determined PyTorchTrial state (no models_state_dict)")
+    return state
+
+
 def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> SiameseNetwork:
     """The trained network of a checkpoint directory, in eval mode on ``device``.
 
     Needs no data and no pretrained weights: the checkpoint holds every weight, frozen ones included.
+    Safe on a checkpoint from anyone: state_dict.pth is read with ``weights_only=True`` (only tensors and
+    :func:`checkpoint_safe_globals`), and the checkpoint's own code folder is never imported.
     """
     path = Path(checkpoint_dir)
-    load_data = path / "load_data.json"
-    spec = json.loads(load_data.read_text()).get("trial_cls_spec", "") if load_data.is_file() else ""
+    load_data = _read_load_data(path)
+    spec = str(load_data.get("trial_cls_spec", ""))
     if not spec.endswith(":SiameseTrial") or not (path / "state_dict.pth").is_file():
         raise CheckpointError(
             f"{path}: not a SameSpace checkpoint (expected load_data.json naming SiameseTrial and state_dict.pth; "
             "give the folder model_def.py printed or model_download.py downloaded)"
         )
-    trial = pytorch.load_trial_from_checkpoint_path(
-        str(path),
-        trial_class=SiameseTrial,
-        trial_kwargs={"load_backbone_weights": False},
-        # Our own file; it also holds numpy RNG state, which weights_only=True refuses.
-        torch_load_kwargs={"map_location": "cpu", "weights_only": False},
-    )
+    try:  # the hparams build the network: check them (weight files named there need not exist here)
+        hparams_table.validate(load_data.get("hparams", {}), check_files=False, source=str(path / "load_data.json"))
+    except hparams_table.HparamError as exc:
+        raise CheckpointError(str(exc)) from exc
+    read_state_dict(path / "state_dict.pth")  # refuses a crafted or damaged file with one clear line
+    try:
+        trial = pytorch.load_trial_from_checkpoint_path(
+            str(path),
+            trial_class=SiameseTrial,
+            trial_kwargs={"load_backbone_weights": False},
+            torch_load_kwargs={"map_location": "cpu", "weights_only": True, "mmap": True},
+        )
+    except (RuntimeError, KeyError, IndexError) as exc:  # weights that do not fit the network its hparams build
+        raise CheckpointError(f"{path}: the weights do not match the network ({type(exc).__name__}: {exc})") from exc
     return trial.network.to(device).eval()
 
 
@@ -303,7 +364,7 @@ def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="model_def.py", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="model_def.py", description=__doc__.split("\n")[0])
     parser.add_argument("--local", action="store_true",
                         help="train locally (the default when there is no Determined cluster info)")
     parser.add_argument("--config", type=Path, default=REPO / "const.yaml", metavar="YAML",
@@ -331,6 +392,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "--epochs/--batches")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE_DIR), metavar="DIR",
                         help=f"folder for extracted-feature files, 'none' for no file (default: {DEFAULT_CACHE_DIR})")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     # Resolve now: local training runs from this folder (see _in_folder).
     for name in ("config", "data_dir", "sample_data", "checkpoint_dir", "resume"):
@@ -338,7 +400,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             setattr(args, name, getattr(args, name).resolve())
     args.cache_dir = None if args.cache_dir.lower() == "none" else Path(args.cache_dir).resolve()
     for flag in ("epochs", "batches"):
-        if (getattr(args, flag) or 1) < 1:
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
             parser.error(f"--{flag} must be at least 1")
     return args
 
@@ -387,7 +449,28 @@ def _max_length(args: argparse.Namespace, searcher: dict[str, Any] | None) -> py
     if searcher.get("time_metric") in ("epochs", "batches") and searcher.get("max_time"):
         unit = pytorch.Epoch if searcher["time_metric"] == "epochs" else pytorch.Batch
         return unit(int(searcher["max_time"]))
-    raise SystemExit("error: give the training length in the entrypoint: --epochs N or --batches N")
+    raise UsageError("give the training length in the entrypoint: --epochs N or --batches N")
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """The experiment config YAML, or a UsageError naming the file."""
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise UsageError(f"--config {path}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+    if not isinstance(config, dict):
+        raise UsageError(f"--config {path}: not an experiment config (a YAML mapping)")
+    return config
+
+
+def _checked_hparams(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """The hyperparameters checked against hparams.py (type, range, known keys), as given (Determined keeps
+    its own copy; the trial fills in the defaults)."""
+    try:
+        hparams_table.validate(values, source=source)
+    except hparams_table.HparamError as exc:
+        raise UsageError(str(exc)) from exc
+    return values
 
 
 @dataclass(frozen=True)
@@ -424,28 +507,30 @@ def plan_run(args: argparse.Namespace, info: det.ClusterInfo | None) -> RunPlan:
 
     On a cluster: the trial's hyperparameters and config, its length (``--epochs``/``--batches``, else
     ``searcher.max_time`` in ``searcher.time_metric``) and the checkpoint to resume a paused trial from.
-    Locally: ``--config``/``--hparam``, 1 epoch by default, and ``--resume``. Raises SystemExit with a
-    one-line message for options that do not fit where it runs.
+    Locally: ``--config``/``--hparam``, 1 epoch by default, and ``--resume``. Raises UsageError (one line,
+    exit status 2) for options that do not fit where it runs.
     """
     if is_trial(info):
         assert info is not None
         if args.local or args.hparam or args.checkpoint_dir or args.resume:
-            raise SystemExit("error: --local, --hparam, --checkpoint-dir and --resume are for local runs, "
-                             "not inside a trial")
+            raise UsageError("--local, --hparam, --checkpoint-dir and --resume are for local runs, not inside a trial")
         config = info.trial._config  # the experiment config as the master expanded it
-        return RunPlan(on_cluster=True, hparams=dict(info.trial.hparams), exp_conf=None,
-                       max_length=_max_length(args, config.get("searcher")),
+        return RunPlan(on_cluster=True, hparams=_checked_hparams(dict(info.trial.hparams), "the trial's hyperparameters"),
+                       exp_conf=None, max_length=_max_length(args, config.get("searcher")),
                        latest_checkpoint=info.latest_checkpoint, seed=None)
-    exp_conf = yaml.safe_load(args.config.read_text())
+    if args.sample_data is None and args.data_dir is None:
+        raise UsageError("local runs need --data-dir DIR or --sample-data")
+    exp_conf = _read_config(args.config)
     try:
         hparams = local_hparams(exp_conf, args.hparam)
     except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from exc
+        raise UsageError(str(exc)) from exc
+    hparams = _checked_hparams(hparams, str(args.config))
     storage, latest, skip = args.checkpoint_dir, None, 0
     if args.resume is not None:
         latest, skip = _resume_point(args.resume)
         if storage is not None and storage != args.resume.parent:
-            raise SystemExit(f"error: --resume {args.resume} is not in --checkpoint-dir {storage}")
+            raise UsageError(f"--resume {args.resume} is not in --checkpoint-dir {storage}")
         storage = args.resume.parent
     return RunPlan(on_cluster=False, hparams=hparams, exp_conf=exp_conf, max_length=_max_length(args, None),
                    latest_checkpoint=latest, checkpoint_storage=storage, skip_batches=skip)
@@ -457,7 +542,7 @@ def _resume_point(checkpoint: Path) -> tuple[str, int]:
     try:
         steps = int(json.loads(metadata.read_text())["steps_completed"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise SystemExit(f"error: --resume {checkpoint}: not a checkpoint folder ({metadata}: {exc})") from exc
+        raise UsageError(f"--resume {checkpoint}: not a checkpoint folder ({metadata}: {exc})") from exc
     return checkpoint.name, steps
 
 
@@ -533,13 +618,33 @@ def _inside_code(folder: Path) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: bad input (options, hyperparameters, data, weights) is one line, exit status 2."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        with data.clean_warnings():
+            return _main(argv)
+    except (UsageError, CheckpointError, data.DataError, BackboneWeightsError, outputs.OutputError) as exc:
+        if "--debug" in argv:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def check_inputs(args: argparse.Namespace, data_dir: Path | None) -> None:
+    """Before any work: the data folder's layout and the output folder (one line, exit 2, on a problem)."""
+    if data_dir is not None and not (args.sample_data and not all((data_dir / s).is_dir() for s in data.SPLITS)):
+        data.check_dataset_root(data_dir)
+    if args.checkpoint_dir is not None:
+        outputs.check_outputs([outputs.Target("--checkpoint-dir", args.checkpoint_dir, is_dir=True)])
+
+
+def _main(argv: Sequence[str]) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=det.LOG_FORMAT)
     plan = plan_run(args, det.get_cluster_info())
+    check_inputs(args, args.sample_data or args.data_dir)
     if args.checkpoint_dir is not None:
         _check_checkpoint_dir(args.checkpoint_dir)
-    if not plan.on_cluster and args.data_dir is None and args.sample_data is None:
-        raise SystemExit("error: local runs need --data-dir DIR or --sample-data")
     distributed = None if plan.on_cluster else local_distributed()
     if plan.seed is not None:
         _seed(plan.seed)  # on a cluster pytorch.init() seeds from the trial seed
@@ -554,16 +659,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_dir = _sample_root(args.sample_data, _shard(context))
         trial = SiameseTrial(context, data_dir=data_dir, cache_dir=args.cache_dir, skip_batches=plan.skip_batches)
         trainer = pytorch.Trainer(trial, context)
-        # Determined 0.38 restores a checkpoint with torch.load's default weights_only=True (torch >= 2.6),
-        # which refuses the numpy RNG state the checkpoint holds: allow exactly the numpy types it needs.
-        with torch.serialization.safe_globals(NUMPY_RNG_STATE_TYPES):
-            trainer.fit(
-                max_length=plan.max_length,
-                validation_period=pytorch.Epoch(1),
-                checkpoint_period=pytorch.Epoch(1),
-                checkpoint_policy="all",
-                latest_checkpoint=plan.latest_checkpoint,
-            )
+        # Determined restores a checkpoint with torch.load's default weights_only=True (torch >= 2.6); the numpy
+        # RNG state it holds is allowed by checkpoint_safe_globals(), registered at import.
+        trainer.fit(
+            max_length=plan.max_length,
+            validation_period=pytorch.Epoch(1),
+            checkpoint_period=pytorch.Epoch(1),
+            checkpoint_policy="all",
+            latest_checkpoint=plan.latest_checkpoint,
+        )
         rank = context.distributed.rank
     final = final_line(plan, trial.run_log, rank)
     if final is not None:
@@ -578,7 +682,7 @@ def _check_checkpoint_dir(folder: Path) -> None:
     if _inside_code(folder):
         if created:
             folder.rmdir()
-        raise SystemExit(f"error: --checkpoint-dir {folder} is inside {REPO}, which every "
+        raise UsageError(f"--checkpoint-dir {folder} is inside {REPO}, which every "
                          "checkpoint copies as its code; use checkpoints/ (in .detignore) or a folder elsewhere")
 
 

@@ -4,27 +4,55 @@
 
 Uses the master in DET_MASTER (default http://127.0.0.1:8080) and the usual `det user login` token cache.
 The checkpoint is downloaded into a temporary folder beside the target and renamed into place, so an
-interrupted download never leaves a half-written checkpoint. Prints the checkpoint's path.
+interrupted download never leaves a half-written checkpoint. Prints the checkpoint's path. Every error (no master,
+not a Determined master, a malformed DET_MASTER, not logged in, unknown experiment, no checkpoint) is one line
+on stderr with exit status 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
 import tempfile
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import cli
+import outputs
 
 
 class DownloadError(RuntimeError):
     """A download that cannot proceed, with one line saying why and what to do."""
 
 
+EXIT_ERROR = 2
+
+
 def _master_url() -> str:
     return os.environ.get("DET_MASTER") or os.environ.get("DET_MASTER_ADDR") or "http://127.0.0.1:8080"
+
+
+def _check_master_url(master: str) -> None:
+    """A DownloadError unless ``master`` looks like ``[http[s]://]host[:port][/path]`` (what Determined accepts)."""
+    try:
+        parts = urllib.parse.urlsplit(master if "://" in master else f"http://{master}")
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise DownloadError(f"DET_MASTER {master!r} is not a URL ({exc}); e.g. https://det.example.com:8080") from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in master:
+        raise DownloadError(f"DET_MASTER {master!r} is not a URL; e.g. https://det.example.com:8080")
+
+
+def _api_error(exc: Exception) -> DownloadError:
+    """One line for an answer that is not a Determined API's (e.g. an HTML page from another server)."""
+    text = " ".join(str(exc).split())
+    if text.lstrip().lower().startswith(("<!doctype", "<html")) or len(text) > 200:
+        text = f"{type(exc).__name__} with a {len(str(exc)):,}-character body" + (
+            " (an HTML page)" if "<html" in text.lower() else "")
+    return DownloadError(f"{_master_url()} did not answer as a Determined master ({text}); check DET_MASTER")
 
 
 def connect() -> Any:
@@ -33,12 +61,15 @@ def connect() -> Any:
     from determined.experimental import client
 
     master = _master_url()
+    _check_master_url(master)
     try:
         return client.Determined(master=master)
     except errors.MasterNotFoundException as exc:
         raise DownloadError(f"no Determined master reachable at {master} (set DET_MASTER)") from exc
     except errors.UnauthenticatedException as exc:
         raise DownloadError(f"not logged in to {master}: run `det user login` first") from exc
+    except (errors.BadRequestException, ValueError) as exc:
+        raise _api_error(exc) from exc
 
 
 def download_best_checkpoint(
@@ -62,6 +93,8 @@ def download_best_checkpoint(
         raise DownloadError(f"not logged in to {_master_url()}: run `det user login` first") from exc
     except errors.MasterNotFoundException as exc:
         raise DownloadError(f"no Determined master reachable at {_master_url()} (set DET_MASTER)") from exc
+    except (errors.BadRequestException, ValueError) as exc:
+        raise _api_error(exc) from exc
     if not checkpoints:
         raise DownloadError(f"experiment {experiment_id} has no completed checkpoint with metric {metric!r} yet")
     best = checkpoints[0]
@@ -82,19 +115,23 @@ def download_best_checkpoint(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--experiment", type=int, required=True, help="experiment ID")
     parser.add_argument("--output", default="checkpoints", help="folder to download into (default: checkpoints)")
     parser.add_argument("--metric", default="validation_loss", help="validation metric to rank by")
     parser.add_argument("--larger-is-better", action="store_true", help="rank by the largest metric value")
     args = parser.parse_args(argv)
     try:
+        try:  # before asking the master for anything
+            outputs.check_outputs([outputs.Target("--output", Path(args.output), is_dir=True)])
+        except outputs.OutputError as exc:
+            raise DownloadError(str(exc)) from exc
         path = download_best_checkpoint(
             connect(), args.experiment, args.output, metric=args.metric, larger_is_better=args.larger_is_better
         )
     except DownloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     print(path)
     return 0
 

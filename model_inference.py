@@ -3,6 +3,7 @@
     python model_inference.py --checkpoint DIR --data-dir "data/Airbnb Data/Test Data" \
         [--pairing faithful|unique|both] [--json FILE] [--plots DIR] [--scores FILE] \
         [--methods model whash phash cosine] [--batch-size N] [--device auto|cpu|cuda] [--cache-dir DIR]
+        [--write-threshold] [--overwrite]
 
 - ``faithful`` reproduces the published evaluation: upsampled positives and hash-sampled negatives
   (balanced, self-pairs included), BCE and accuracy of the model.
@@ -11,8 +12,9 @@
   for the model and for the reference methods on the same pairs.
 
 The split is labelled and preprocessed by data.py exactly as in training; the frozen backbone runs once per
-image and variant, never per pair. The model's best-F1 threshold (unique pairs) is written to
-``<checkpoint>/samespace_threshold.json``, which find_duplicates.py uses as its default.
+image and variant, never per pair. With ``--write-threshold`` the model's best-F1 threshold (unique pairs) is
+written to ``<checkpoint>/samespace_threshold.json``, which find_duplicates.py uses as its default; only from a
+split with both classes and at least MIN_CALIBRATION_PAIRS pairs of each.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import csv
 import io
 import json
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -32,10 +35,16 @@ import torch
 from sklearn import metrics
 from tqdm import tqdm
 
+import cli
 import data
+import outputs
 import scoring
 
 PAIRING_CHOICES = ("faithful", "unique", "both")
+PLOT_FILES = ("roc.png", "precision_recall.png")
+# --write-threshold refuses to calibrate on fewer duplicate or non-duplicate unique pairs than this: a best-F1
+# threshold from a handful of pairs (one room of four photos) says nothing about other photos.
+MIN_CALIBRATION_PAIRS = 20
 METHOD_CHOICES = ("model", *scoring.REFERENCE_METHODS)
 
 
@@ -126,14 +135,15 @@ def evaluate(
     from model import extract_features
 
     data_dir = Path(data_dir)
-    paths = data.find_images(data_dir)
+    folders: list[tuple[Path, str]] = []
+    paths = data.find_images(data_dir, unreadable=folders)
     if not paths:
         raise EvaluationError(f"{data_dir}: no images found")
     images, kept, skipped = data.load_images(paths, progress=progress)
+    skipped += data.skipped_folders(folders)
     paths = [paths[k] for k in kept]
     groups = data.group_ids(paths, data_dir)
-    if data.count_pairs(groups, "unique")[0] == 0:
-        raise EvaluationError(f"{data_dir}: no duplicate pairs (no two images share folder, city and room_id)")
+    _check_classes(data_dir, *data.count_pairs(groups, "unique"))
     variants = range(data.N_VARIANTS) if pairing in ("faithful", "both") else (0,)
     features = extract_features(
         model.features, images, variants, batch_size=batch_size, device=device, progress=progress, cache_dir=cache_dir
@@ -230,16 +240,68 @@ def save_plots(unique: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.grid(alpha=0.3)
         path = out_dir / f"{kind}.png"
         tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp)
+        fig.savefig(tmp, format="png", metadata={"Software": f"{outputs.GENERATOR} model_inference.py"})
         plt.close(fig)
         tmp.replace(path)
         written.append(path)
     return written
 
 
-def write_threshold(checkpoint_dir: Path, report: dict[str, Any]) -> Path:
-    """Store the model's best-F1 threshold (unique pairs) with the checkpoint, for find_duplicates.py."""
-    best = report["unique"]["methods"]["model"]["best_f1"]
+def check_split(data_dir: Path, write_threshold: bool = False) -> None:
+    """Before decoding, from the file names: the split has both classes (and, for --write-threshold, enough pairs).
+
+    evaluate() checks again on the images that decode.
+    """
+    with warnings.catch_warnings():  # evaluate() reports unparsed names; counting here stays quiet
+        warnings.simplefilter("ignore")
+        paths = data.find_images(data_dir)
+        if not paths:
+            raise EvaluationError(f"{data_dir}: no images found")
+        positives, negatives = data.count_pairs(data.group_ids(paths, data_dir), "unique")
+    _check_classes(data_dir, positives, negatives)
+    if write_threshold:
+        check_calibration_size(data_dir, positives, negatives)
+
+
+def _check_classes(data_dir: str | Path, positives: int, negatives: int) -> None:
+    if positives == 0:
+        raise EvaluationError(f"{data_dir}: no duplicate pairs (no two images share folder, city and room_id)")
+    if negatives == 0:
+        raise EvaluationError(
+            f"{data_dir}: no non-duplicate pairs (every image is of one room); evaluation needs both classes"
+        )
+
+
+def check_calibration_size(data_dir: str | Path, positives: int, negatives: int) -> None:
+    """EvaluationError unless the split has MIN_CALIBRATION_PAIRS duplicate and non-duplicate unique pairs."""
+    if min(positives, negatives) < MIN_CALIBRATION_PAIRS:
+        raise EvaluationError(
+            f"{data_dir}: {positives} duplicate and {negatives} non-duplicate pairs; --write-threshold needs at "
+            f"least {MIN_CALIBRATION_PAIRS} of each"
+        )
+
+
+def write_threshold(checkpoint_dir: Path, report: dict[str, Any]) -> tuple[Path, str | None]:
+    """Store the model's best-F1 threshold (unique pairs) with the checkpoint, for find_duplicates.py.
+
+    Refuses (EvaluationError) a split with fewer than MIN_CALIBRATION_PAIRS duplicate or non-duplicate pairs.
+    Returns the file and, when it replaced a threshold calibrated on another folder, a line saying so.
+    """
+    unique = report["unique"]
+    check_calibration_size(report["data_dir"], unique["positive_pairs"], unique["pairs"] - unique["positive_pairs"])
+    best = unique["methods"]["model"]["best_f1"]
+    path = checkpoint_dir / scoring.THRESHOLD_FILE
+    replaced = None
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text())
+            if previous.get("data_dir") != report["data_dir"]:
+                replaced = (
+                    f"replaced threshold {float(previous['threshold']):.4f} calibrated on {previous.get('data_dir')} "
+                    f"({previous.get('pairs')} pairs) with {best['threshold']:.4f} from {report['data_dir']}"
+                )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            replaced = f"replaced an unreadable threshold file {path}"
     document = {
         "threshold": best["threshold"],
         "metric": "best_f1",
@@ -251,45 +313,73 @@ def write_threshold(checkpoint_dir: Path, report: dict[str, Any]) -> Path:
         "note": "Best-F1 threshold of the model's symmetric score on every unique pair of data_dir "
         "(written by model_inference.py; find_duplicates.py --checkpoint uses it by default).",
     }
-    path = checkpoint_dir / scoring.THRESHOLD_FILE
     data.atomic_write(path, json.dumps(document, indent=2) + "\n")
-    return path
+    return path, replaced
+
+
+def check_output_paths(args: argparse.Namespace) -> None:
+    """Refuse, before any work, outputs that would replace a photo or a file we did not write (outputs.py)."""
+    targets = [outputs.Target(f"--{o}", Path(getattr(args, o))) for o in ("json", "scores") if getattr(args, o)]
+    if args.plots:
+        targets.append(outputs.Target("--plots", Path(args.plots), is_dir=True, members=PLOT_FILES))
+    try:
+        outputs.check_outputs(targets, inputs=[args.data_dir], overwrite=args.overwrite)
+    except outputs.OutputError as exc:
+        raise EvaluationError(str(exc)) from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="a checkpoint folder written by model_def.py")
     parser.add_argument("--data-dir", required=True, help="one split folder, e.g. 'data/Airbnb Data/Test Data'")
     parser.add_argument("--pairing", choices=PAIRING_CHOICES, default="both")
     parser.add_argument("--json", help="write the metrics as JSON (keys 'faithful' and 'unique')")
     parser.add_argument("--plots", help="folder for roc.png and precision_recall.png (unique pairs)")
     parser.add_argument("--scores", help="CSV of every unique pair: image1,image2,label,<score per method>")
+    parser.add_argument("--write-threshold", action="store_true",
+                        help=f"store the model's best-F1 threshold in <checkpoint>/{scoring.THRESHOLD_FILE} for "
+                        f"find_duplicates.py (needs at least {MIN_CALIBRATION_PAIRS} duplicate and "
+                        "non-duplicate unique pairs)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace output files that exist and were not written by SameSpace")
     parser.add_argument("--methods", nargs="+", choices=METHOD_CHOICES, default=list(METHOD_CHOICES))
     parser.add_argument("--batch-size", type=int, default=64, help="images per backbone batch (default: 64)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--cache-dir", help="feature cache folder shared with model_def.py (default: its default; "
                         "'none' for no cache file)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
+    try:
+        with data.clean_warnings():
+            _run(args)
+    except (EvaluationError, data.DataError, ValueError, OSError) as exc:  # OSError: e.g. the disk filled up
+        if args.debug:
+            raise
+        print(f"error: {outputs.printable_name(str(exc), quote=False)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _run(args: argparse.Namespace) -> None:
+    """Check the options and outputs, evaluate, write the outputs (errors are raised, main prints them)."""
     from model import resolve_device
     from model_def import DEFAULT_CACHE_DIR, load_model
 
     cache_dir = None if (args.cache_dir or "").lower() == "none" else (args.cache_dir or DEFAULT_CACHE_DIR)
-
-    try:
-        device = resolve_device(args.device)
-        checkpoint = Path(args.checkpoint)
-        data_dir = Path(args.data_dir)
-        if not data_dir.is_dir():
-            raise EvaluationError(f"{data_dir}: not a directory")
-        model = load_model(checkpoint, device=device)
-        methods = args.methods if args.pairing != "faithful" else ["model"]
-        report, unique = evaluate(model, data_dir, args.pairing, methods, args.batch_size, device, cache_dir=cache_dir)
-    except (EvaluationError, data.DataError, ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    device = resolve_device(args.device)
+    checkpoint = Path(args.checkpoint)
+    data_dir = Path(args.data_dir)
+    if not data_dir.is_dir():
+        raise EvaluationError(f"{data_dir}: not a directory")
+    check_output_paths(args)
+    if args.write_threshold and (args.pairing == "faithful" or "model" not in args.methods):
+        raise EvaluationError("--write-threshold needs the unique evaluation of the model "
+                              "(--pairing unique or both, --methods including model)")
+    check_split(data_dir, args.write_threshold)
+    model = load_model(checkpoint, device=device)
+    methods = args.methods if args.pairing != "faithful" else ["model"]
+    report, unique = evaluate(model, data_dir, args.pairing, methods, args.batch_size, device, cache_dir=cache_dir)
     print(table(report))
-    if "unique" in report and "model" in report["unique"]["methods"]:
-        print(f"\nbest-F1 threshold written to {write_threshold(checkpoint, report)}")
     if args.json:
         data.atomic_write(args.json, json.dumps(report, indent=2) + "\n")
     if args.scores and unique:
@@ -297,7 +387,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plots and unique:
         for path in save_plots(unique, Path(args.plots)):
             print(f"plot: {path}")
-    return 0
+    if args.write_threshold:
+        path, replaced = write_threshold(checkpoint, report)
+        print(f"\nbest-F1 threshold written to {path}" + (f" ({replaced})" if replaced else ""))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+import outputs
+
 THUMB_BOX = (240, 180)
 MAX_PAIRS_SHOWN = 60  # per group; the JSON / CSV hold every pair
 
@@ -49,6 +51,12 @@ details { background: #fff; border-radius: 10px; padding: 10px 16px; box-shadow:
 details li { word-break: break-all; }
 .none { background: #fff; border-radius: 10px; padding: 16px; }
 """
+
+
+def _esc(text: object) -> str:
+    """HTML-escaped text; a file name with control characters or bytes that are not UTF-8 shows them as backslash
+    escapes (the page stays valid UTF-8; the JSON and CSV keep the exact name)."""
+    return html.escape(outputs.printable_name(str(text), quote=False))
 
 
 def _label(k: int) -> str:
@@ -102,15 +110,15 @@ def _group_html(number: int, group: dict[str, Any], threshold: float) -> str:
     for path in members:
         p = Path(path)
         uri = thumbnail_uri(path)
-        img = f'<img src="{uri}" alt="{html.escape(p.name)}">' if uri else ""
+        img = f'<img src="{uri}" alt="{_esc(p.name)}">' if uri else ""
         out.append(
             f'<figure><div class="frame">{img}<span class="label">{label[path]}</span></div>'
-            f"<figcaption><b>{html.escape(p.name)}</b><br>"
-            f'<span class="dir">{html.escape(str(p.parent))}</span></figcaption></figure>'
+            f"<figcaption><b>{_esc(p.name)}</b><br>"
+            f'<span class="dir">{_esc(str(p.parent))}</span></figcaption></figure>'
         )
     out.append('</div><div class="pairs">')
     for a, b, s in group["pairs"][:MAX_PAIRS_SHOWN]:
-        title = html.escape(f"{a}  ~  {b}")
+        title = _esc(f"{a}  ~  {b}")
         out.append(f'<span class="{_score_class(s, threshold)}" title="{title}">{label[a]}-{label[b]} {s:.3f}</span>')
     hidden = len(group["pairs"]) - MAX_PAIRS_SHOWN
     if hidden > 0:
@@ -126,24 +134,31 @@ def render_html(document: dict[str, Any], title: str = "SameSpace duplicate revi
     groups = document["groups"]
     meta = (
         f"<b>{len(groups):,}</b> groups, <b>{summary.get('images_in_groups', 0):,}</b> photos in groups, "
-        f"of <b>{summary.get('images', 0):,}</b> photos scanned in {html.escape(', '.join(summary.get('folders', [])))}"
-        f" &middot; method <b>{html.escape(str(summary.get('method', '?')))}</b>, a pair is a duplicate when its "
+        f"of <b>{summary.get('images', 0):,}</b> photos scanned in {_esc(', '.join(summary.get('folders', [])))}"
+        f" &middot; method <b>{_esc(str(summary.get('method', '?')))}</b>, a pair is a duplicate when its "
         f"score &ge; <b>{threshold:g}</b> &middot; {summary.get('pairs_scored', 0):,} pairs scored "
-        f"({html.escape(str(summary.get('candidates', '')))}) &middot; {summary.get('skipped', 0):,} files skipped"
+        f"({_esc(str(summary.get('candidates', '')))}) &middot; {summary.get('skipped', 0):,} files skipped"
         "<br>Photos are labelled A, B, C ... in each group; <i>A-B 0.93</i> is the score of photos A and B "
         "(hover it for both paths). Largest groups first."
     )
-    body = [f"<header><h1>{html.escape(title)}</h1><div class='meta'>{meta}</div></header>"]
+    body = [f"<header><h1>{_esc(title)}</h1><div class='meta'>{meta}</div></header>"]
     if not groups:
         body.append('<div class="none">No duplicates found at this threshold.</div>')
     body.extend(_group_html(k, group, threshold) for k, group in enumerate(groups, 1))
+    if document.get("blank"):
+        items = "\n".join(f"<li>{_esc(path)}</li>" for path in document["blank"])
+        body.append(
+            f"<details><summary>{len(document['blank']):,} blank photos (almost no detail: not compared, except "
+            f"byte-identical files)</summary><ul>{items}</ul></details>"
+        )
     if document.get("skipped"):
-        items = "\n".join(f"<li>{html.escape(s['path'])}: {html.escape(s['reason'])}</li>" for s in document["skipped"])
+        items = "\n".join(f"<li>{_esc(s['path'])}: {_esc(s['reason'])}</li>" for s in document["skipped"])
         body.append(f"<details><summary>{len(document['skipped']):,} skipped files</summary><ul>{items}</ul></details>")
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        f'<meta name="generator" content="{outputs.GENERATOR} find_duplicates.py">\n'
+        f"<title>{_esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )

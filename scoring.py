@@ -40,6 +40,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from sklearn import metrics
 
+import cli
 import data
 import neighbours
 
@@ -617,7 +618,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="scoring.py", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="scoring.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cal = sub.add_parser("calibrate", help="best-F1 thresholds of the reference methods on the sample set")
     cal.add_argument("--sample-root", help="a folder with 'Training Data/' and 'Test Data/' (default: generate)")
@@ -625,7 +626,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cal.add_argument("--methods", nargs="+", choices=REFERENCE_METHODS, default=list(REFERENCE_METHODS))
     cal.set_defaults(func=_cmd_calibrate)
     args = parser.parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except data.DataError as exc:  # e.g. a --sample-root without both splits: one line, as every command
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -194,7 +194,7 @@ def test_photos_are_byte_for_byte_unchanged(cli_run: dict) -> None:
 
 def test_json_has_exactly_the_documented_shape(cli_run: dict, photos: Path) -> None:
     doc = json.loads((cli_run["out"] / "d.json").read_text())
-    assert set(doc) == {"groups", "pairs", "skipped", "summary"}
+    assert set(doc) == {"groups", "pairs", "blank", "skipped", "summary"} and doc["blank"] == []
     assert [{Path(m).name for m in g["members"]} for g in doc["groups"]] == EXPECTED_GROUPS
     for group in doc["groups"]:
         assert set(group) == {"members", "pairs"}

@@ -49,7 +49,7 @@ def test_no_master_is_one_clear_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("DET_MASTER", "http://127.0.0.1:9")  # nothing listens on the discard port
-    assert model_download.main(["--experiment", "7", "--output", str(tmp_path / "out")]) == 1
+    assert model_download.main(["--experiment", "7", "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: no Determined master reachable at http://127.0.0.1:9 (set DET_MASTER)"
     assert not (tmp_path / "out").exists()
@@ -92,3 +92,56 @@ def test_failed_download_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(ConnectionError):
         model_download.download_best_checkpoint(fake, 3, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture()
+def html_server():
+    """A local web server that is not a Determined master: every request gets an HTML page."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def _page(self) -> None:
+            body = b"<!DOCTYPE html><html><body><h1>Welcome to nginx!</h1>" + b"<p>x</p>" * 200 + b"</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _page  # noqa: N815 - BaseHTTPRequestHandler's names
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_server_that_is_not_a_master_and_malformed_urls_are_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path, html_server: str
+) -> None:
+    cases = {
+        html_server: f"error: {html_server} did not answer as a Determined master (",
+        "ht!tp://bad url": "error: DET_MASTER 'ht!tp://bad url' is not a URL",
+        "http://[::1": "error: DET_MASTER 'http://[::1' is not a URL (Invalid IPv6 URL)",
+    }
+    for master, words in cases.items():
+        monkeypatch.setenv("DET_MASTER", master)
+        assert model_download.main(["--experiment", "7", "--output", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(words) and err.count("\n") == 1 and "<h1>" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_output_that_is_a_file_is_refused_before_connecting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(model_download, "connect", lambda: pytest.fail("connected"))
+    (tmp_path / "f").write_text("x")
+    assert model_download.main(["--experiment", "7", "--output", str(tmp_path / "f")]) == 2
+    assert "--output" in capsys.readouterr().err

@@ -15,6 +15,7 @@ from sklearn import metrics
 import data
 import model_def
 import model_inference
+import outputs
 import scoring
 
 
@@ -26,7 +27,7 @@ def evaluated(trained_checkpoint: Path, test_dir: Path, tmp_path_factory: pytest
     shutil.copytree(trained_checkpoint, checkpoint)
     args = ["--checkpoint", str(checkpoint), "--data-dir", str(test_dir), "--json", str(out / "report.json"),
             "--scores", str(out / "scores.csv"), "--plots", str(out / "plots"), "--device", "cpu",
-            "--cache-dir", "none"]
+            "--cache-dir", "none", "--write-threshold"]
     assert model_inference.main(args) == 0
     with open(out / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -53,6 +54,9 @@ def test_json_keys_and_ranges(evaluated: dict, test_dir: Path) -> None:
             assert set(point) == {"threshold", "f1", "precision", "recall"}
             assert all(0 <= point[k] <= 1 for k in ("f1", "precision", "recall"))
     assert sorted(p.name for p in (evaluated["out"] / "plots").iterdir()) == ["precision_recall.png", "roc.png"]
+    out = evaluated["out"]
+    for path in (out / "report.json", out / "scores.csv", *(out / "plots").iterdir()):
+        assert outputs.is_ours(path), path  # so a second run over the same outputs needs no --overwrite
 
 
 def test_metrics_agree_with_scikit_learn_on_the_scores_file(evaluated: dict) -> None:
@@ -132,3 +136,55 @@ def test_errors_name_the_path(trained_checkpoint: Path, tmp_path: Path, test_dir
     missing = tmp_path / "missing"
     assert model_inference.main(["--checkpoint", str(trained_checkpoint), "--data-dir", str(missing)]) == 2
     assert f"{missing}: not a directory" in capsys.readouterr().err
+
+
+def _room_split(test_dir: Path, folder: Path, rooms: int) -> Path:
+    """A split of the first ``rooms`` rooms of test_dir that have at least three photos."""
+    paths = data.find_images(test_dir)
+    groups = data.group_ids(paths, test_dir)
+    big = [g for g in dict.fromkeys(groups.tolist()) if (groups == g).sum() >= 3][:rooms]
+    for path, g in zip(paths, groups, strict=True):
+        if g in big:
+            (folder / path.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, folder / path.parent.name / path.name)
+    return folder
+
+
+def test_one_room_is_refused_and_the_calibrated_threshold_kept(evaluated: dict, test_dir: Path, tmp_path: Path,
+                                                               capsys) -> None:
+    one_room = _room_split(test_dir, tmp_path / "one-room", 1)
+    threshold_file = evaluated["checkpoint"] / scoring.THRESHOLD_FILE
+    before = threshold_file.read_bytes()
+    base = ["--checkpoint", str(evaluated["checkpoint"]), "--device", "cpu", "--cache-dir", "none"]
+    for extra in ([], ["--write-threshold"]):
+        assert model_inference.main([*base, "--data-dir", str(one_room), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{one_room}: " in err and err.count("\n") == 1
+    assert threshold_file.read_bytes() == before
+    assert model_inference.main([*base, "--data-dir", str(one_room)]) == 2
+    assert "no non-duplicate pairs" in capsys.readouterr().err
+
+    two_rooms = _room_split(test_dir, tmp_path / "two-rooms", 2)
+    assert model_inference.main([*base, "--data-dir", str(two_rooms), "--write-threshold"]) == 2
+    minimum = model_inference.MIN_CALIBRATION_PAIRS
+    assert f"--write-threshold needs at least {minimum} of each" in capsys.readouterr().err
+    assert threshold_file.read_bytes() == before
+
+
+def test_the_threshold_is_written_only_when_asked_and_a_replacement_is_said(
+    evaluated: dict, test_dir: Path, tmp_path: Path, cache_dir: Path, capsys
+) -> None:
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(evaluated["checkpoint"], checkpoint)
+    threshold_file = checkpoint / scoring.THRESHOLD_FILE
+    before = threshold_file.read_bytes()
+    previous = json.loads(before)
+    other = shutil.copytree(test_dir, tmp_path / "another copy")  # same photos, another folder
+    args = ["--checkpoint", str(checkpoint), "--data-dir", str(other), "--pairing", "unique", "--methods", "model",
+            "--device", "cpu", "--cache-dir", str(cache_dir)]
+    assert model_inference.main(args) == 0
+    assert threshold_file.read_bytes() == before  # evaluating never touches the threshold without the flag
+    assert model_inference.main([*args, "--write-threshold"]) == 0
+    out = capsys.readouterr().out
+    assert f"replaced threshold {previous['threshold']:.4f} calibrated on {previous['data_dir']}" in out
+    assert json.loads(threshold_file.read_text())["data_dir"] == str(other)

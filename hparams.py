@@ -1,0 +1,139 @@
+"""The hyperparameters of the SameSpace trial: one declarative table, checked before any work.
+
+Every hyperparameter the trial reads is one row of :data:`HPARAMS`: its type, its default (``REQUIRED`` when a
+config must give it), and its allowed values (a range or a set of choices). :func:`validate` checks a whole set
+(local ``--hparam`` overrides, a cluster trial's hparams, a checkpoint's load_data.json) and fills the defaults;
+an unknown key is an error naming the known keys, so a typo never goes unnoticed. To add a hyperparameter, add a
+row (its default must keep the published behaviour).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import data
+import model
+
+REQUIRED = object()  # a config must give this hyperparameter (the published ones)
+BACKBONES = model.BACKBONES
+PAIRINGS = data.PAIRINGS
+
+
+class HparamError(ValueError):
+    """A hyperparameter that is unknown, missing, of the wrong type or out of range, naming it and its value."""
+
+
+@dataclass(frozen=True)
+class Hparam:
+    """One hyperparameter: type (``float``, ``int``, ``bool`` or ``str``), default, and allowed values.
+
+    ``low`` / ``high`` bound numbers (``low_open`` / ``high_open``: the bound itself is excluded);
+    ``choices`` lists allowed strings; ``check`` is an extra test returning an error text or None.
+    """
+
+    kind: type
+    default: Any = REQUIRED
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: tuple[str, ...] | None = None
+    check: Callable[[Any], str | None] | None = None
+    help: str = ""
+
+    def allowed(self) -> str:
+        """The allowed values in words, for error messages."""
+        if self.choices is not None:
+            return " | ".join(self.choices) + (" (or a file path)" if self.check is _weights_file else "")
+        if self.low is None and self.high is None:
+            return self.kind.__name__
+        lo = "(" if self.low_open else "["
+        hi = ")" if self.high_open else "]"
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"{self.kind.__name__} in {lo}{low}, {high}{hi}"
+
+
+def _weights_file(value: str) -> str | None:
+    """backbone_weights: imagenet, none, or a state-dict file that exists."""
+    if value in ("imagenet", "none") or Path(value).expanduser().is_file():
+        return None
+    return "expected imagenet, none or the path of an existing state-dict file"
+
+
+HPARAMS: dict[str, Hparam] = {
+    "global_batch_size": Hparam(int, low=1, help="pairs per optimizer step, over all slots"),
+    "learning_rate": Hparam(float, low=0.0, low_open=True, help="RMSprop learning rate"),
+    "alpha": Hparam(float, low=0.0, high=1.0, help="RMSprop smoothing constant"),
+    "dropout1": Hparam(float, low=0.0, high=1.0, high_open=True, help="dropout after Linear(2560, 2048)"),
+    "dropout2": Hparam(float, low=0.0, high=1.0, high_open=True, help="dropout after Linear(2048, 1024)"),
+    "dropout3": Hparam(float, low=0.0, high=1.0, high_open=True, help="dropout after Linear(1024, 512)"),
+    "backbone": Hparam(str, "mobilenet_v3_large", choices=BACKBONES, help="frozen feature extractor"),
+    "backbone_weights": Hparam(str, "imagenet", choices=("imagenet", "none"), check=_weights_file,
+                               help="imagenet, none (random) or the path of a state-dict file"),
+    "pairing": Hparam(str, "faithful", choices=PAIRINGS, help="faithful: published pair counts; unique: i < j"),
+    "feature_cache": Hparam(bool, True, help="run the frozen backbone once per (image, variant)"),
+    "tie_twins": Hparam(bool, False, help="one twin head for both images"),
+    "augment_negatives": Hparam(bool, False, help="flip / rotate training negatives too"),
+}
+
+
+def optional_defaults() -> dict[str, Any]:
+    """The hyperparameters a config may leave out, with their defaults."""
+    return {name: spec.default for name, spec in HPARAMS.items() if spec.default is not REQUIRED}
+
+
+def _check_value(name: str, spec: Hparam, value: Any, check_files: bool) -> Any:
+    bad = f"hyperparameter {name}={value!r}"
+    if spec.kind is bool:
+        if not isinstance(value, bool):
+            raise HparamError(f"{bad}: expected true or false")
+        return value
+    if spec.kind in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (spec.kind is int and value != int(value)):
+            raise HparamError(f"{bad}: expected {spec.allowed()}")
+        value = spec.kind(value)
+        if not math.isfinite(value):
+            raise HparamError(f"{bad}: expected a finite number, {spec.allowed()}")
+        too_low = spec.low is not None and (value <= spec.low if spec.low_open else value < spec.low)
+        too_high = spec.high is not None and (value >= spec.high if spec.high_open else value > spec.high)
+        if too_low or too_high:
+            raise HparamError(f"{bad}: expected {spec.allowed()}")
+        return value
+    if not isinstance(value, str):
+        raise HparamError(f"{bad}: expected {spec.allowed()}")
+    if spec.choices is not None and value not in spec.choices:
+        if spec.check is None:
+            raise HparamError(f"{bad}: expected {spec.allowed()}")
+        if check_files:
+            problem = spec.check(value)
+            if problem:
+                raise HparamError(f"{bad}: {problem}")
+    return value
+
+
+def validate(values: Mapping[str, Any], check_files: bool = True, source: str = "") -> dict[str, Any]:
+    """Check every hyperparameter against :data:`HPARAMS` and return them with the defaults filled in.
+
+    Raises :class:`HparamError` (one line naming the key and value) for an unknown key, a missing required one,
+    a wrong type or a value out of range. ``check_files=False`` skips checks that files exist (a checkpoint
+    from another machine names weight files that are not here and not needed). ``source`` prefixes messages.
+    """
+    prefix = f"{source}: " if source else ""
+    unknown = sorted(set(values) - set(HPARAMS))
+    if unknown:
+        raise HparamError(f"{prefix}unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(HPARAMS)}")
+    missing = [name for name, spec in HPARAMS.items() if spec.default is REQUIRED and name not in values]
+    if missing:
+        raise HparamError(f"{prefix}missing hyperparameter(s) {', '.join(missing)}")
+    out = optional_defaults()
+    for name, value in values.items():
+        try:
+            out[name] = _check_value(name, HPARAMS[name], value, check_files)
+        except HparamError as exc:
+            raise HparamError(f"{prefix}{exc}") from None
+    return out

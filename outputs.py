@@ -1,0 +1,224 @@
+"""Check every output location of a command before any work starts.
+
+Every command line of SameSpace (find_duplicates.py, model_inference.py, data.py, model_def.py) names its
+outputs first and calls :func:`check_outputs`, so a bad location is one line and exit status 2 before any photo
+is decoded, and never a traceback after the work. Refused:
+
+- a path that is an input image, or lies inside an input folder and has an image extension
+  (photos are never modified, even with ``--overwrite``);
+- a file output that is a directory, a directory output that is a file, or one under a file;
+- a missing folder for a file output; a folder that cannot be written to (probed by creating and removing a
+  temporary file); a name too long for the file system (including atomic_write's temporary-name suffix);
+- an existing file that SameSpace did not write (see :func:`is_ours`), unless ``overwrite``;
+- two outputs naming one path.
+
+SameSpace recognises its own files by their first bytes (:data:`SIGNATURES`, :data:`GENERATOR`), so running a
+command again with the same outputs needs no flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# Written into the HTML report (<meta name="generator">) and into PNG plots (the "Software" text chunk).
+GENERATOR = "SameSpace"
+# The first bytes of each JSON / CSV output SameSpace writes (the writers' tests check that they match).
+SIGNATURES: tuple[bytes, ...] = (
+    b'{\n "groups": [',  # find_duplicates.py --json
+    b'{\n  "data_dir": ',  # model_inference.py --json
+    b"group,path1,path2,score\n",  # find_duplicates.py --csv
+    b"image1,image2,label,",  # model_inference.py --scores
+)
+MARKERS: tuple[bytes, ...] = (
+    f'<meta name="generator" content="{GENERATOR}'.encode(),  # find_duplicates.py --html
+    f"Software\x00{GENERATOR}".encode(),  # model_inference.py --plots (PNG tEXt chunk)
+)
+HEAD_BYTES = 4096
+# data.atomic_write writes ".<name>.<8 random characters>.tmp" beside the target first.
+TEMP_NAME_EXTRA = len("..") + 8 + len(".tmp")
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+
+
+def printable_name(name: str, quote: bool = True) -> str:
+    """A file name as one printable line: unchanged when it is plain text, else quoted with backslash escapes.
+
+    New lines and other control characters become ``\\n``, ``\\t``, ``\\x1b`` ...; bytes that are not UTF-8
+    (which Python keeps as lone surrogates, os.fsdecode) become ``\\xff``. ``quote=False`` escapes the same way
+    without the surrounding quotes (for reasons and messages). JSON and CSV outputs keep the exact name instead.
+    """
+    if name.isprintable():
+        return name
+    out = []
+    for char in name:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte (surrogateescape)
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif char == "\\":
+            out.append("\\\\")
+        elif char == "'" and quote:
+            out.append("\\'")
+        elif char.isprintable():
+            out.append(char)
+        else:
+            out.append(char.encode("unicode_escape").decode("ascii"))
+    return "'" + "".join(out) + "'" if quote else "".join(out)
+
+
+class OutputError(ValueError):
+    """An output location that cannot or must not be written, naming the option and the path."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One output of a command: its option (for messages), its path, and whether it is a folder.
+
+    A folder output lists the file names it will hold (``members``), which are checked like file outputs.
+    """
+
+    option: str
+    path: Path
+    is_dir: bool = False
+    members: tuple[str, ...] = ()
+
+
+def is_ours(path: str | Path) -> bool:
+    """Whether ``path`` is a file SameSpace wrote (by its first bytes), or an empty file (nothing to lose)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(HEAD_BYTES)
+    except OSError:
+        return False
+    return not head or head.startswith(SIGNATURES) or any(marker in head for marker in MARKERS)
+
+
+def _name_max(folder: Path) -> int:
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    return 255
+
+
+def _existing_ancestor(path: Path) -> Path:
+    """The nearest ancestor of ``path`` (or itself) that exists, resolving nothing below it."""
+    probe = path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
+def _writable(folder: Path) -> str | None:
+    """None when a file can be created in ``folder``; else the reason (root ignores permission bits, so probe)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".samespace-probe.", dir=folder)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def _inside(path: Path, folders: Iterable[Path]) -> Path | None:
+    for folder in folders:
+        if path == folder or path.is_relative_to(folder):
+            return folder
+    return None
+
+
+def _check_length(target: Target, path: Path, existing: Path) -> None:
+    if len(os.fsencode(str(path))) >= 4096:
+        raise OutputError(f"{target.option} {target.path}: path too long ({len(os.fsencode(str(path)))} bytes)")
+    name_max = _name_max(existing if existing.is_dir() else existing.parent)
+    below = path.relative_to(existing).parts if path != existing else ()
+    for k, part in enumerate(below):
+        limit = name_max - (TEMP_NAME_EXTRA if k == len(below) - 1 and not target.is_dir else 0)
+        if len(os.fsencode(part)) > limit:
+            raise OutputError(
+                f"{target.option} {target.path}: file name too long ({len(os.fsencode(part))} bytes; "
+                f"at most {limit} here)"
+            )
+
+
+def _check_one(
+    target: Target,
+    inputs: Sequence[Path],
+    input_files: Collection[Path],
+    overwrite: bool,
+    image_exts: Collection[str],
+    in_new_folder: bool = False,
+) -> list[tuple[Path, Target]]:
+    """Check one target; returns the resolved file paths it will write (for the duplicate check).
+
+    ``in_new_folder``: a member of a folder output that the command creates (its folder need not exist yet).
+    """
+    raw = Path(target.path)
+    if str(target.path) == "" or str(target.path).endswith(os.sep) and not target.is_dir:
+        raise OutputError(f"{target.option} {target.path!s}: not a file name")
+    path = Path(os.path.abspath(raw))
+    resolved = path.resolve()
+    existing = _existing_ancestor(path)
+    if existing != path and not existing.is_dir():
+        raise OutputError(f"{target.option} {target.path}: {existing} is not a folder")
+    _check_length(target, path, existing)
+    if target.is_dir:
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"{target.option} {target.path}: is a file, expected a folder")
+        reason = _writable(existing)
+        if reason:
+            raise OutputError(f"{target.option} {target.path}: cannot write in {existing} ({reason})")
+        files = [Target(target.option, raw / name) for name in target.members]
+        written: list[tuple[Path, Target]] = [(resolved, target)]
+        for member in files:
+            written += _check_one(member, inputs, input_files, overwrite, image_exts, not path.is_dir())
+        return written
+    if path.is_dir():
+        raise OutputError(f"{target.option} {target.path}: is a folder, expected a file name")
+    if not path.parent.is_dir() and not in_new_folder:
+        raise OutputError(f"{target.option} {target.path}: folder {path.parent} does not exist")
+    folder = _inside(resolved, inputs)
+    image_in_input = folder is not None and resolved.suffix.lower() in image_exts
+    if resolved in input_files or image_in_input and resolved.exists():
+        raise OutputError(f"{target.option} {target.path}: is one of the input photos; photos are never overwritten")
+    if image_in_input:
+        raise OutputError(
+            f"{target.option} {target.path}: has an image extension inside the input folder {folder}; "
+            "photos are never overwritten, choose another name"
+        )
+    if path.exists() and not overwrite and not is_ours(path):
+        raise OutputError(
+            f"{target.option} {target.path}: exists and was not written by SameSpace; "
+            "pass --overwrite to replace it, or choose another name"
+        )
+    if not in_new_folder:  # else the folder target probed its nearest existing ancestor
+        reason = _writable(path.parent)
+        if reason:
+            raise OutputError(f"{target.option} {target.path}: cannot write in {path.parent} ({reason})")
+    return [(resolved, target)]
+
+
+def check_outputs(
+    targets: Iterable[Target],
+    inputs: Iterable[str | Path] = (),
+    input_files: Iterable[str | Path] = (),
+    overwrite: bool = False,
+    image_extensions: Collection[str] = IMAGE_EXTENSIONS,
+) -> None:
+    """Raise :class:`OutputError` (one line naming the option and path) unless every target may be written.
+
+    ``inputs`` are the input folders (an output with an image extension inside one is refused), ``input_files``
+    individual input files (never an output). ``overwrite`` allows replacing existing files SameSpace did not
+    write; it never allows replacing a photo.
+    """
+    folders = [Path(os.path.abspath(f)).resolve() for f in inputs]
+    files = {Path(os.path.abspath(f)).resolve() for f in input_files}
+    seen: dict[Path, Target] = {}
+    for target in targets:
+        for resolved, owner in _check_one(target, folders, files, overwrite, image_extensions):
+            if resolved in seen:
+                raise OutputError(
+                    f"{seen[resolved].option} and {owner.option} both name {resolved}; give each output its own path"
+                )
+            seen[resolved] = owner
