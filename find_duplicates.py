@@ -417,20 +417,25 @@ def find_against(
     the new photos are decoded and embedded.
     """
     t0 = time.perf_counter()
-    new_paths = image_files(new_folders)
+    skipped: list[dict[str, str]] = []
+    new_paths = image_files(new_folders, skipped)
     seen = {p.resolve() for p in new_paths}
-    library_paths = [p for p in image_files(library_folders) if p.resolve() not in seen]
+    library_paths = [p for p in image_files(library_folders, skipped) if p.resolve() not in seen]
     paths = new_paths + library_paths
     timings = {"find": time.perf_counter() - t0, "decode_wait": 0.0, "embed": 0.0}
     embedded = embed_photos(paths, scorer, store, batch_size, progress, decode_workers, timings)
-    kept, skipped = embedded.kept, embedded.skipped
-    _check_some_kept(kept, skipped, paths, [*new_folders, *library_folders])
+    kept, flat = embedded.kept, embedded.blank  # blank photos are listed, never matched (blank.py)
+    skipped += embedded.skipped
+    _check_some_kept(kept + flat, skipped, paths, [*new_folders, *library_folders])
     n_new = sum(1 for k in kept if k < len(new_paths))
     t = time.perf_counter()
-    scorer.finish()
-    left, right, scores, n_scored, candidates = scoring.cross_matches(
-        scorer, n_new, threshold, top_k, exhaustive, approximate
-    )
+    if kept:
+        scorer.finish()
+        left, right, scores, n_scored, candidates = scoring.cross_matches(
+            scorer, n_new, threshold, top_k, exhaustive, approximate
+        )
+    else:
+        left, right, scores, n_scored, candidates = (np.zeros(0, np.int64),) * 2 + (np.zeros(0),) + (0, "none")
     timings["pairs"] = time.perf_counter() - t
     groups = [np.concatenate([[i], right[left == i]]) for i in np.unique(left)]
     seconds = time.perf_counter() - t0
@@ -444,6 +449,7 @@ def find_against(
         "images": len(kept),
         "new_images": n_new,
         "library_images": len(kept) - n_new,
+        "blank": len(flat),
         "skipped": len(skipped),
         "embedded": embedded.embedded,
         "from_store": embedded.from_store,
@@ -454,8 +460,8 @@ def find_against(
         "seconds": round(seconds, 3),
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
-    ordered = [str(paths[k]) for k in (*kept, *flat)]  # blank photos after the scored ones (see _with_identical_blanks)
-    return Result(ordered, skipped, left, right, scores, groups, summary, [str(paths[k]) for k in flat])
+    return Result([str(paths[k]) for k in kept], skipped, left, right, scores, groups, summary,
+                  [str(paths[k]) for k in flat])
 
 
 def _with_identical_blanks(
