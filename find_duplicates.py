@@ -319,7 +319,8 @@ def _stream_embed(
         is_flat = blank.is_blank(batch.images) if batch.indices else np.zeros(0, bool)
         flat.extend(k for k, f in zip(batch.indices, is_flat, strict=True) if f)
         if not is_flat.all():
-            sink([k for k, f in zip(batch.indices, is_flat, strict=True) if not f], scorer.embed(batch.images[~is_flat]))
+            detailed = [k for k, f in zip(batch.indices, is_flat, strict=True) if not f]
+            sink(detailed, scorer.embed(batch.images[~is_flat]))
         timings["embed"] = timings.get("embed", 0.0) + time.perf_counter() - t
         bad.extend(batch.skipped)
         bar.update(len(batch.indices) + len(batch.skipped))

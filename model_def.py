@@ -516,7 +516,8 @@ def plan_run(args: argparse.Namespace, info: det.ClusterInfo | None) -> RunPlan:
             raise UsageError("--local, --hparam, --checkpoint-dir and --resume are for local runs, not inside a trial")
         config = info.trial._config  # the experiment config as the master expanded it
         hparams = _checked_hparams(dict(info.trial.hparams), "the trial's hyperparameters")
-        return RunPlan(on_cluster=True, hparams=hparams, exp_conf=None, max_length=_max_length(args, config.get("searcher")),
+        return RunPlan(on_cluster=True, hparams=hparams, exp_conf=None,
+                       max_length=_max_length(args, config.get("searcher")),
                        latest_checkpoint=info.latest_checkpoint, seed=None)
     if args.sample_data is None and args.data_dir is None:
         raise UsageError("local runs need --data-dir DIR or --sample-data")
