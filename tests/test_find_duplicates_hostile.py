@@ -167,11 +167,14 @@ def test_warnings_and_errors_are_one_clean_line(three: list[Path], tmp_path: Pat
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(data, "atomic_write", disk_full)
-    assert fd.main([str(photos), "--method", "phash", "--no-progress", "--json", str(tmp_path / "d.json")]) == 2
+    # --no-cache: monkeypatch.undo() also undid the private user cache (conftest), and the store is not the point
+    assert fd.main([str(photos), "--method", "phash", "--no-progress", "--no-cache", "--json",
+                    str(tmp_path / "d.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: [Errno 28] No space left on device") and err.count("\n") == 1
     with pytest.raises(OSError):
-        fd.main([str(photos), "--method", "phash", "--no-progress", "--json", str(tmp_path / "d.json"), "--debug"])
+        fd.main([str(photos), "--method", "phash", "--no-progress", "--no-cache", "--json", str(tmp_path / "d.json"),
+                 "--debug"])
 
 
 @pytest.mark.parametrize("argv", [["--threshold", "abc"], ["--method", "md5"], ["--batch-size", "0"]])
