@@ -292,9 +292,18 @@ def whash_codes(images: np.ndarray) -> np.ndarray:
     return hash_codes(images, imagehash.whash)
 
 
+# Set bits of each byte value: the popcount where numpy has no np.bitwise_count (numpy < 2.0, e.g. the 1.24.4 of
+# the default Determined image, whose torch is built against numpy 1.x; see the README).
+_BYTE_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
+
+
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Hamming distance between packed uint64 hash codes (broadcasting, vectorised popcount)."""
-    return np.bitwise_count(np.bitwise_xor(a, b)).astype(np.int64)
+    x = np.bitwise_xor(a, b)
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(x).astype(np.int64)
+    flat = np.ascontiguousarray(x, dtype=np.uint64).reshape(-1)
+    return _BYTE_POPCOUNT[flat.view(np.uint8)].reshape(-1, 8).sum(axis=1).reshape(np.shape(x))
 
 
 def _stream_hashes(paths: Sequence[Path], progress: bool = True) -> tuple[np.ndarray, list[int], list[str]]:

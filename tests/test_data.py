@@ -825,3 +825,17 @@ def test_download_failure_is_a_data_error(tmp_path: Path, no_kaggle: Path, monke
         data.download_data(tmp_path / "data")
     assert "by hand" in str(info.value)
     assert not (tmp_path / "data" / data.DATASET_FOLDER).exists()
+
+
+def test_hamming_without_numpy_bitwise_count_gives_the_same_distances(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy < 2.0 (the default Determined image has 1.24.4) has no np.bitwise_count: the table fallback."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2**63, size=(5, 1), dtype=np.uint64) * np.uint64(2) + np.uint64(1)  # top and low bits set
+    b = rng.integers(0, 2**63, size=(1, 7), dtype=np.uint64)
+    native = data.hamming(a, b)
+    expected = np.array([[bin(int(x) ^ int(y)).count("1") for y in b[0]] for x in a[:, 0]])
+    np.testing.assert_array_equal(native, expected)
+    monkeypatch.delattr(np, "bitwise_count")
+    fallback = data.hamming(a, b)
+    assert fallback.dtype == np.int64 and fallback.shape == (5, 7)
+    np.testing.assert_array_equal(fallback, expected)
