@@ -147,4 +147,5 @@ def test_pause_and_resume_equal_an_uninterrupted_run(tiny_root: Path, calibrated
     assert trained[0] >= 3 and trained[1] == trained[2] == 2 * trained[0]
     # The resumed run is a new checkpoint beside the one it resumed; neither holds a feature table.
     assert resumed.parent == paused.parent and resumed != paused
-    assert all(v.dim() < 3 for v in actual["models_state_dict"][0].values())
+    network_keys = set(model.SiameseNetwork(backbone_weights="none").state_dict())
+    assert set(actual["models_state_dict"][0]) == network_keys and set(actual) == set(expected)
