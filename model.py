@@ -70,12 +70,17 @@ class FrozenFeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised images ``(N, 3, H, W)`` -> pooled features ``(N, out_dim)``."""
-        return self.body(images).flatten(1)
+        """Images ``(N, 3, H, W)`` in [0, 1] (:func:`data.to_model_input`) -> pooled features ``(N, out_dim)``.
+
+        The input is normalised here, with the mean / std this backbone's weights were trained with
+        (:data:`data.INPUT_NORMALISATION`), so no caller can feed it another backbone's preprocessing.
+        """
+        return self.body(data.normalise(images, self.backbone)).flatten(1)
 
     def fingerprint(self) -> str:
-        """SHA-256 of the backbone name and every weight and buffer: the identity of this function."""
+        """SHA-256 of the backbone name, its input normalisation and every weight and buffer: its identity."""
         digest = hashlib.sha256(self.backbone.encode())
+        digest.update(repr(data.INPUT_NORMALISATION[self.backbone]).encode())
         for name, tensor in sorted(self.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -307,7 +312,7 @@ def pair_rows(pairs: data.PairSet) -> tuple[np.ndarray, np.ndarray]:
 def _transform_identity() -> str:
     """What the cached features depend on besides images and weights: the preprocessing code and versions."""
     parts = [inspect.getsource(data.to_model_input), inspect.getsource(data.apply_variant),
-             repr((data.IMAGENET_MEAN, data.IMAGENET_STD, data.ROTATION_DEGREES)),
+             inspect.getsource(data.normalise), repr(data.ROTATION_DEGREES),
              torch.__version__, torchvision.__version__]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
