@@ -5,8 +5,8 @@
 
 Every image under the folders (recursively, any format PIL can read) is decoded once with data.load_image,
 embedded once (backbone features, the Siamese head's projections, or a hash), and dropped; pairs are scored
-from the embeddings (scoring.py) and duplicate groups are the connected components of the pairs scoring at
-or above the threshold. Photos are only ever opened for reading.
+from the embeddings (scoring.py) and duplicate groups are formed from the pairs scoring at or above the
+threshold by average linkage (grouping.py: groups do not chain). Photos are only ever opened for reading.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from PIL import Image, ImageFile
 from tqdm import tqdm
 
 import data
+import grouping
 import scoring
 
 EXIT_ERROR = 2
@@ -160,8 +161,9 @@ class Result:
         for g, members in enumerate(self.groups):
             group_of[members] = g
         group_pairs: list[list[list[Any]]] = [[] for _ in self.groups]
-        for (i, _, _), pair in zip(self._by_score(), pairs, strict=True):
-            group_pairs[group_of[i]].append(pair)
+        for (i, j, _), pair in zip(self._by_score(), pairs, strict=True):
+            if group_of[i] >= 0 and group_of[i] == group_of[j]:  # a pair across groups is listed in "pairs" only
+                group_pairs[group_of[i]].append(pair)
         groups = [
             {"members": [self.paths[k] for k in members], "pairs": group_pairs[g]}
             for g, members in enumerate(self.groups)
@@ -220,7 +222,7 @@ def find_duplicates(
     left, right, scores, n_scored, candidates = scoring.find_matches(scorer, threshold, top_k, exhaustive)
     timings["pairs"] = time.perf_counter() - t
     t = time.perf_counter()
-    groups = scoring.connected_groups(len(kept), left, right)
+    groups = grouping.linked_groups(len(kept), left, right, scores, threshold, score_fn=scorer.score)
     timings["group"] = time.perf_counter() - t
     seconds = time.perf_counter() - t0
     summary = {
@@ -292,17 +294,34 @@ def _device(name: str) -> str:
         raise FindDuplicatesError(str(exc)) from exc
 
 
+def _default_method(args: argparse.Namespace) -> str:
+    """Without --checkpoint / --method: the shipped default model (default_model.py) when present, else cosine."""
+    import default_model
+
+    plain = args.backbone is None and args.backbone_weights == "imagenet"
+    return "default" if plain and default_model.available() else "cosine"
+
+
 def build_scorer(args: argparse.Namespace, device: str) -> tuple[scoring.PairScorer, float, str]:
     """The scorer the options ask for, its threshold, and where the threshold came from."""
-    method = "model" if args.checkpoint else (args.method or "cosine")
-    if method == "model":
+    method = "model" if args.checkpoint else (args.method or _default_method(args))
+    if method == "default":
+        import default_model
+
+        try:
+            model, threshold = default_model.load(device)
+        except default_model.DefaultModelError as exc:
+            raise FindDuplicatesError(str(exc)) from exc
+        source = f"shipped default model ({default_model.META.name})"
+        scorer: scoring.PairScorer = scoring.ModelScorer(model, batch_size=args.batch_size, device=device)
+    elif method == "model":
         if not Path(args.checkpoint).is_dir():
             raise FindDuplicatesError(f"{args.checkpoint}: checkpoint folder not found")
         from model_def import load_model
 
         model = load_model(args.checkpoint, device=device)  # a CheckpointError (ValueError) names the folder
         threshold, source = scoring.read_model_threshold(args.checkpoint)
-        scorer: scoring.PairScorer = scoring.ModelScorer(model, batch_size=args.batch_size, device=device)
+        scorer = scoring.ModelScorer(model, batch_size=args.batch_size, device=device)
     elif method == "cosine":
         from model import BackboneWeightsError, build_feature_extractor
 

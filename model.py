@@ -17,9 +17,11 @@ import inspect
 import io
 import json
 import logging
+import math
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,6 +35,9 @@ import data
 log = logging.getLogger("samespace.model")
 
 BACKBONES = ("mobilenet_v3_large", "efficientnet_lite0")
+POOLINGS = ("avg", "gem")  # how the last feature map becomes one vector: average (published) or GeM
+GEM_P = 3.0  # GeM exponent (Radenovic et al.): between average (p = 1) and max pooling (p -> inf)
+HEADS = ("concat", "cosine")
 BACKBONE_WEIGHTS = ("imagenet", "none")  # or the path of a state-dict file
 TWIN_DIM = 1280
 TWIN_DROPOUT = 0.2  # MobileNetV3's own classifier dropout, kept in the twin heads as published
@@ -54,11 +59,13 @@ class FrozenFeatureExtractor(nn.Module):
     BatchNorm running statistics never drift and the output for an image never changes.
     """
 
-    def __init__(self, body: nn.Module, out_dim: int, backbone: str, pretrained_head: dict | None = None) -> None:
+    def __init__(self, body: nn.Module, out_dim: int, backbone: str, pretrained_head: dict | None = None,
+                 pooling: str = "avg") -> None:
         super().__init__()
         self.body = body
         self.out_dim = out_dim
         self.backbone = backbone
+        self.pooling = pooling
         # The backbone's own first classifier Linear (weight, bias), used to initialise the twin heads.
         # A plain attribute, not a submodule: it is not part of this module's state.
         self.pretrained_head = pretrained_head
@@ -81,22 +88,44 @@ class FrozenFeatureExtractor(nn.Module):
         """SHA-256 of the backbone name, its input normalisation and every weight and buffer: its identity."""
         digest = hashlib.sha256(self.backbone.encode())
         digest.update(repr(data.INPUT_NORMALISATION[self.backbone]).encode())
+        if self.pooling != "avg":  # keeps the published extractors' keys as they were
+            digest.update(f"pooling={self.pooling},p={GEM_P}".encode())
         for name, tensor in sorted(self.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
 
 
-class _EfficientNetBody(nn.Module):
-    """EfficientNet-Lite conv features followed by global average pooling."""
+class GeM(nn.Module):
+    """Generalised-mean pooling ``mean(x^p)^(1/p)`` over the spatial dimensions (x clamped at 1e-6)."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, p: float = GEM_P) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=1e-6).pow(self.p).mean((-2, -1), keepdim=True).pow(1.0 / self.p)
+
+
+def _pool(pooling: str) -> nn.Module:
+    if pooling == "avg":
+        return nn.AdaptiveAvgPool2d(1)
+    if pooling == "gem":
+        return GeM()
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+class _EfficientNetBody(nn.Module):
+    """EfficientNet-Lite conv features followed by global pooling (its own average pooling by default)."""
+
+    def __init__(self, net: nn.Module, pooling: str = "avg") -> None:
         super().__init__()
         net._fc = nn.Identity()  # the ImageNet classifier is not used; drop its weights
         self.net = net
+        self.pool = net._avg_pooling if pooling == "avg" else _pool(pooling)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net._avg_pooling(self.net.extract_features(images))
+        return self.pool(self.net.extract_features(images))
 
 
 @contextlib.contextmanager
@@ -148,7 +177,7 @@ def _mobilenet_imagenet_state() -> dict:
         ) from exc
 
 
-def _build_mobilenet(weights: str) -> FrozenFeatureExtractor:
+def _build_mobilenet(weights: str, pooling: str = "avg") -> FrozenFeatureExtractor:
     net = torchvision.models.mobilenet_v3_large()
     state = None
     if weights == "imagenet":
@@ -160,12 +189,12 @@ def _build_mobilenet(weights: str) -> FrozenFeatureExtractor:
     if state is not None:
         # classifier[0] is Linear(960, 1280): the pretrained start of the twin heads.
         head = {"weight": state["classifier.0.weight"].clone(), "bias": state["classifier.0.bias"].clone()}
-    body = nn.Sequential(net.features, net.avgpool)
+    body = nn.Sequential(net.features, net.avgpool if pooling == "avg" else _pool(pooling))
     return FrozenFeatureExtractor(body, out_dim=net.classifier[0].in_features, backbone="mobilenet_v3_large",
-                                  pretrained_head=head)
+                                  pretrained_head=head, pooling=pooling)
 
 
-def _build_efficientnet_lite0(weights: str) -> FrozenFeatureExtractor:
+def _build_efficientnet_lite0(weights: str, pooling: str = "avg") -> FrozenFeatureExtractor:
     from efficientnet_lite_pytorch import EfficientNet
 
     if weights == "imagenet":
@@ -182,19 +211,24 @@ def _build_efficientnet_lite0(weights: str) -> FrozenFeatureExtractor:
         if weights != "none":
             _load_state_file(net, Path(weights), "efficientnet_lite0")
     out_dim = net._fc.in_features
-    return FrozenFeatureExtractor(_EfficientNetBody(net), out_dim=out_dim, backbone="efficientnet_lite0")
+    return FrozenFeatureExtractor(_EfficientNetBody(net, pooling), out_dim=out_dim, backbone="efficientnet_lite0",
+                                  pooling=pooling)
 
 
-def build_feature_extractor(backbone: str = "mobilenet_v3_large", weights: str = "imagenet") -> FrozenFeatureExtractor:
+def build_feature_extractor(
+    backbone: str = "mobilenet_v3_large", weights: str = "imagenet", pooling: str = "avg"
+) -> FrozenFeatureExtractor:
     """The frozen backbone up to its pooled features.
 
     ``weights``: ``imagenet`` (pretrained; an error saying how to provide them when they cannot be
     loaded, never a silent fallback to random weights), ``none`` (random init) or a state-dict file path.
+    ``pooling``: ``avg`` (the backbone's own, published) or ``gem`` (generalised mean, p = 3).
     """
+    _pool(pooling)  # validates the name before any weights are loaded
     if backbone == "mobilenet_v3_large":
-        return _build_mobilenet(weights)
+        return _build_mobilenet(weights, pooling)
     if backbone == "efficientnet_lite0":
-        return _build_efficientnet_lite0(weights)
+        return _build_efficientnet_lite0(weights, pooling)
     raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
 
 
@@ -220,11 +254,44 @@ def _twin_head(in_dim: int, pretrained: dict | None) -> nn.Sequential:
     return nn.Sequential(linear, nn.Hardswish(), nn.Dropout(TWIN_DROPOUT))
 
 
+class CosineHead(nn.Module):
+    """A symmetric pair score that starts as the backbone's cosine: ``logit = s * (cos(P a, P b) - b)``.
+
+    ``P x = x + U (V x) + c`` is a learned projection, the identity plus a rank-``rank`` correction whose
+    ``U`` and ``c`` start at zero: untrained, ``cos(P a, P b)`` IS the cosine of the pooled features, and the
+    score ``sigmoid(s * (cos - b))`` is an increasing function of it (the same ranking). Training can only
+    move away from cosine where the pairs ask for it. ``s = exp(log_scale)`` > 0 and ``b`` are learned too.
+    Symmetric by construction (one projection for both images, a symmetric similarity).
+    """
+
+    def __init__(self, dim: int, rank: int = 64, scale: float = 10.0, bias: float = 0.8) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, rank, bias=False)
+        self.up = nn.Linear(rank, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
+        self.bias = nn.Parameter(torch.tensor(float(bias)))
+
+    def embed(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Unit-length projected features ``(N, dim)``."""
+        return F.normalize(pooled + self.up(self.down(pooled)), dim=-1)
+
+    def similarity_logits(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``s * (u . v - b)`` of embedded rows (broadcasting over leading dimensions)."""
+        return self.log_scale.exp() * ((u * v).sum(-1) - self.bias)
+
+    def similarity_matrix(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``s * (u v^T - b)``: the logits of every pair of rows of ``u`` (M, dim) and ``v`` (N, dim), (M, N)."""
+        return self.log_scale.exp() * (u @ v.T - self.bias)
+
+
 class SiameseNetwork(nn.Module):
     """Two images -> one logit, "same room?".
 
-    A frozen feature extractor shared by both twins, two trainable twin heads (one when
-    ``tie_twins``), and an MLP on the 2560-d concatenation of the twins' outputs.
+    A frozen feature extractor shared by both twins, then a head. ``head="concat"`` (published): two
+    trainable twin heads (one when ``tie_twins``) and an MLP on the 2560-d concatenation of the twins'
+    outputs. ``head="cosine"``: :class:`CosineHead` (the improved recipe; dropouts and ``tie_twins`` unused).
     """
 
     def __init__(
@@ -235,9 +302,18 @@ class SiameseNetwork(nn.Module):
         dropout2: float = 0.491,
         dropout3: float = 0.562,
         tie_twins: bool = False,
+        head: str = "concat",
+        pooling: str = "avg",
+        head_rank: int = 64,
     ) -> None:
         super().__init__()
-        self.features = build_feature_extractor(backbone, backbone_weights)
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        self.head_kind = head
+        self.features = build_feature_extractor(backbone, backbone_weights, pooling)
+        if head == "cosine":
+            self.head = CosineHead(self.features.out_dim, rank=head_rank)
+            return
         pretrained = self.features.pretrained_head
         self.twins = nn.ModuleList(
             _twin_head(self.features.out_dim, pretrained) for _ in range(1 if tie_twins else 2)
@@ -272,6 +348,8 @@ class SiameseNetwork(nn.Module):
 
     def logits_from_features(self, pooled1: torch.Tensor, pooled2: torch.Tensor) -> torch.Tensor:
         """Logits ``(N,)`` from pooled backbone features ``(N, D)`` of the first and second images."""
+        if self.head_kind == "cosine":
+            return self.head.similarity_logits(self.head.embed(pooled1), self.head.embed(pooled2))
         joined = torch.cat([self.first_twin(pooled1), self.second_twin(pooled2)], dim=1)
         return self.classifier(joined).squeeze(-1)
 
@@ -280,8 +358,11 @@ class SiameseNetwork(nn.Module):
 
         The first layer on ``[a; b]`` is ``W_a a + W_b b + bias``; returns ``(W_a a + bias, W_b b)``,
         each ``(N, 2048)``, so scoring N x N pairs runs that 2560x2048 layer N times, not N^2 times.
-        Exact in eval mode (dropout off).
+        Exact in eval mode (dropout off). With the cosine head both are the unit projected features.
         """
+        if self.head_kind == "cosine":
+            unit = self.head.embed(pooled)
+            return unit, unit
         first_layer = self.classifier[0]
         w_first, w_second = first_layer.weight.split(TWIN_DIM, dim=1)
         as_first = F.linear(self.first_twin(pooled), w_first, first_layer.bias)
@@ -290,6 +371,8 @@ class SiameseNetwork(nn.Module):
 
     def logits_from_projections(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """Logits ``(N,)`` from :meth:`project` outputs: the rest of the classifier on their sum."""
+        if self.head_kind == "cosine":
+            return self.head.similarity_logits(first, second)
         return self.classifier[1:](first + second).squeeze(-1)
 
 
@@ -298,14 +381,15 @@ class SiameseNetwork(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def pair_rows(pairs: data.PairSet) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of a flattened feature table (``image * N_VARIANTS + variant``) for each pair's two images.
+def pair_rows(pairs: data.PairSet, width: int = data.N_VARIANTS) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a flattened feature table (``image * width + variant``) for each pair's two images.
 
     Decodes the pair flags as :class:`data.DuplicateImageDataset` does: variant 1 low bits, variant 2 high.
+    ``width``: variants (or views) per image in the table.
     """
     variant1, variant2 = data.pair_variants(pairs.flags)
-    first = pairs.left * data.N_VARIANTS + variant1
-    second = pairs.right * data.N_VARIANTS + variant2
+    first = pairs.left * width + variant1
+    second = pairs.right * width + variant2
     return first, second
 
 
@@ -317,11 +401,15 @@ def _transform_identity() -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
-def feature_cache_key(extractor: FrozenFeatureExtractor, images_uint8: np.ndarray, variants: Sequence[int]) -> str:
-    """Hash of image content, backbone and weights identity, variants and transform version."""
+def feature_cache_key(
+    extractor: FrozenFeatureExtractor, images_uint8: np.ndarray, variants: Sequence[int], views: Any = None
+) -> str:
+    """Hash of image content, backbone and weights identity, variants (or views) and transform version."""
     digest = hashlib.sha256()
     meta = {"extractor": extractor.fingerprint(), "transform": _transform_identity(),
             "variants": list(variants), "shape": list(images_uint8.shape), "dtype": str(images_uint8.dtype)}
+    if views is not None:
+        meta["views"] = hashlib.sha256(views.identity().encode()).hexdigest()
     digest.update(json.dumps(meta, sort_keys=True).encode())
     digest.update(np.ascontiguousarray(images_uint8).data)
     return digest.hexdigest()
@@ -358,10 +446,13 @@ def extract_features(
     device: str | torch.device = "cpu",
     progress: bool = True,
     cache_dir: str | Path | None = None,
+    views: Any = None,
 ) -> torch.Tensor:
     """Pooled features of every (image, variant): float32 CPU tensor ``(N, len(variants), out_dim)``.
 
-    Images are uint8 ``(N, H, W, 3)``, preprocessed by :func:`data.to_model_input`. With ``cache_dir``
+    Images are uint8 ``(N, H, W, 3)``, preprocessed by :func:`data.to_model_input`. ``views`` (e.g.
+    ``views.ReshootViews``): ``variants`` are then view indices, and ``views(batch, image_indices, view)``
+    makes the [0, 1] inputs instead. With ``cache_dir``
     the result is read from / written to ``<cache_dir>/<backbone>-<key>.pt``, keyed by
     :func:`feature_cache_key`. Moves ``extractor`` to ``device``.
     """
@@ -369,7 +460,7 @@ def extract_features(
     shape = (len(images_uint8), len(variants), extractor.out_dim)
     path = None
     if cache_dir is not None:
-        key = feature_cache_key(extractor, images_uint8, variants)
+        key = feature_cache_key(extractor, images_uint8, variants, views)
         path = Path(cache_dir) / f"{extractor.backbone}-{key[:32]}.pt"
         cached = _read_cache(path, shape)
         if cached is not None:
@@ -382,7 +473,10 @@ def extract_features(
         for start in range(0, shape[0], batch_size):
             batch = images_uint8[start : start + batch_size]
             for k, variant in enumerate(variants):
-                inputs = data.to_model_input(batch, variant).to(device)
+                if views is None:
+                    inputs = data.to_model_input(batch, variant).to(device)
+                else:
+                    inputs = views(batch, np.arange(start, start + len(batch)), variant).to(device)
                 features[start : start + len(batch), k] = extractor(inputs).float().cpu()
                 bar.update(len(batch))
     if path is not None:

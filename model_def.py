@@ -49,6 +49,12 @@ OPTIONAL_HPARAMS: dict[str, Any] = {
     "feature_cache": True,
     "tie_twins": False,
     "augment_negatives": False,
+    # The improved recipe (improved.yaml; README "The improved recipe"). Defaults = the published behaviour.
+    "head": "concat",                 # concat (published MLP) | cosine (model.CosineHead: starts as cosine)
+    "pooling": "avg",                 # avg (published) | gem: pooling of the backbone's last feature map
+    "head_rank": 64,                  # cosine head: rank of its learned correction to the identity
+    "views": "published",             # published (flip / 5-degree variants) | reshoot (views.py, mining.py)
+    "negatives": "whash",             # views=reshoot: whash (published sampler) | cosine (half hard look-alikes)
 }
 
 
@@ -57,10 +63,10 @@ class CheckpointError(ValueError):
 
 
 class PairRows(torch.utils.data.Dataset):
-    """A split's pairs as ``(row1, row2, label)``: rows of its feature table (``image * 8 + variant``)."""
+    """A split's pairs as ``(row1, row2, label)``: rows of its feature table (``image * width + variant``)."""
 
-    def __init__(self, pairs: data.PairSet) -> None:
-        first, second = pair_rows(pairs)
+    def __init__(self, pairs: data.PairSet, width: int = data.N_VARIANTS) -> None:
+        first, second = pair_rows(pairs, width)
         self.first = torch.from_numpy(first)
         self.second = torch.from_numpy(second)
         self.label = torch.from_numpy(pairs.label.astype(np.float32))
@@ -114,6 +120,8 @@ class SiameseTrial(pytorch.PyTorchTrial):
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.cache_dir = cache_dir
         self.feature_cache = bool(self.hparams["feature_cache"])
+        if self.hparams["views"] == "reshoot" and not self.feature_cache:
+            raise ValueError("views=reshoot trains on pre-computed views: it needs feature_cache=true")
         self.network = SiameseNetwork(
             backbone=self.hparams["backbone"],
             backbone_weights=self.hparams["backbone_weights"] if load_backbone_weights else "none",
@@ -121,6 +129,9 @@ class SiameseTrial(pytorch.PyTorchTrial):
             dropout2=self.hparams["dropout2"],
             dropout3=self.hparams["dropout3"],
             tie_twins=bool(self.hparams["tie_twins"]),
+            head=self.hparams["head"],
+            pooling=self.hparams["pooling"],
+            head_rank=int(self.hparams["head_rank"]),
         )
         self.model = context.wrap_model(self.network)
         trainable = [p for p in self.network.parameters() if p.requires_grad]
@@ -165,6 +176,8 @@ class SiameseTrial(pytorch.PyTorchTrial):
         return self.data_dir
 
     def _loader(self, split: str, shuffle: bool) -> pytorch.DataLoader:
+        if self.hparams["views"] == "reshoot":
+            return self._reshoot_loader(split, shuffle)
         chief = self.context.distributed.rank == 0
         dataset: torch.utils.data.Dataset = data.DuplicateImageDataset(
             self._data_root() / split,
@@ -181,6 +194,30 @@ class SiameseTrial(pytorch.PyTorchTrial):
             self.tables[split] = features.flatten(0, 1).to(self.context.device)
             dataset = PairRows(dataset.pairs)
         return pytorch.DataLoader(dataset, batch_size=self.context.get_per_slot_batch_size(), shuffle=shuffle)
+
+    def _reshoot_loader(self, split: str, shuffle: bool) -> pytorch.DataLoader:
+        """``views: reshoot``: training pairs over re-shoot views with mined negatives (mining.py); validation on
+        every unique pair of the plain images (the honest evaluation, natural class balance)."""
+        import mining
+        import views
+
+        chief = self.context.distributed.rank == 0
+        training = split == TRAIN_SPLIT
+        dataset = data.DuplicateImageDataset(self._data_root() / split, pairing="unique", balanced=training,
+                                             progress=chief)
+        features = extract_features(
+            self.network.features, dataset.images, range(views.N_VIEWS) if training else (0,),
+            device=self.context.device, progress=chief, cache_dir=self.cache_dir,
+            views=views.ReshootViews(seed=0) if training else None,
+        )
+        if training:
+            unit = torch.nn.functional.normalize(features[:, 0], dim=-1).numpy()
+            pairs = mining.reshoot_pairs(dataset.groups, dataset.hashes, unit, negatives=self.hparams["negatives"])
+        else:
+            pairs = dataset.pairs
+        self.tables[split] = features.flatten(0, 1).to(self.context.device)
+        return pytorch.DataLoader(PairRows(pairs, width=features.shape[1]),
+                                  batch_size=self.context.get_per_slot_batch_size(), shuffle=shuffle)
 
 
 def _accuracy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:

@@ -16,8 +16,8 @@ Methods (:data:`METHODS`), every score in [0, 1] except cosine (in [-1, 1]); lar
 Candidate pairs: every pair i < j up to :data:`EXHAUSTIVE_LIMITS` images (500 for the model, 5,000 for the
 reference methods), otherwise each image's
 :data:`DEFAULT_TOP_K` nearest neighbours found with faiss (exact search) and deduplicated to i < j, so the
-number of scored pairs grows as N * K. Groups are the connected components of the pairs scoring at or
-above the threshold, largest first.
+number of scored pairs grows as N * K. Groups are made from the pairs scoring at or above the threshold by
+``grouping.py`` (average linkage within connected components, so they do not chain).
 
 ``python scoring.py calibrate`` reproduces :data:`DEFAULT_THRESHOLDS` (see :func:`calibrate`).
 """
@@ -37,11 +37,10 @@ import faiss
 import imagehash
 import numpy as np
 import torch
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 from sklearn import metrics
 
 import data
+from grouping import connected_groups  # noqa: F401  (moved to grouping.py; still importable from here)
 
 HASH_BITS = 64
 THRESHOLD_FILE = "samespace_threshold.json"  # written into a checkpoint folder by model_inference.py
@@ -298,6 +297,14 @@ class ModelScorer(PairScorer):
             self.model, self.first, self.second, left, right, batch_size=self.pair_batch_size, device=self.device
         )
 
+    @torch.no_grad()
+    def score_rows(self, start: int, stop: int) -> np.ndarray | None:
+        """The cosine head scores a block of pairs as one matrix product; the concatenation head cannot."""
+        if getattr(self.model, "head_kind", "concat") != "cosine":
+            return None
+        logits = self.model.head.similarity_matrix(self.first[start:stop], self.second)
+        return torch.sigmoid(logits.double()).numpy()
+
     def search_vectors(self) -> np.ndarray:
         return self.vectors
 
@@ -400,26 +407,6 @@ def find_matches(
         return *exhaustive_matches(scorer, threshold), "exhaustive"
     k = top_k or DEFAULT_TOP_K
     return *candidate_matches(scorer, threshold, k), f"top-{k}"
-
-
-# --------------------------------------------------------------------------------------------
-# Groups
-# --------------------------------------------------------------------------------------------
-
-
-def connected_groups(n: int, left: np.ndarray, right: np.ndarray) -> list[np.ndarray]:
-    """Connected components of the graph on n images with the given edges, as sorted index arrays.
-
-    Only components of two or more images; largest first, ties by their first index.
-    """
-    if n == 0 or len(left) == 0:
-        return []
-    graph = coo_matrix((np.ones(len(left), np.int8), (left, right)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    order = np.argsort(labels, kind="stable")
-    groups = np.split(order, np.flatnonzero(np.diff(labels[order])) + 1)
-    groups = [np.sort(g) for g in groups if len(g) > 1]
-    return sorted(groups, key=lambda g: (-len(g), int(g[0])))
 
 
 # --------------------------------------------------------------------------------------------

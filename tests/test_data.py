@@ -454,7 +454,8 @@ def test_each_backbone_gets_the_normalisation_its_weights_were_trained_with() ->
     lite = data.normalise(x, "efficientnet_lite0").flatten()
     torch.testing.assert_close(lite, (torch.tensor([0.0, 127.0, 255.0]) - 127) / 128, atol=1e-6, rtol=0)
     mobile = data.normalise(x, "mobilenet_v3_large").flatten()
-    expected = (torch.tensor([0.0, 127 / 255, 1.0]) - torch.tensor(data.IMAGENET_MEAN)) / torch.tensor(data.IMAGENET_STD)
+    mean, std = torch.tensor(data.IMAGENET_MEAN), torch.tensor(data.IMAGENET_STD)
+    expected = (torch.tensor([0.0, 127 / 255, 1.0]) - mean) / std
     torch.testing.assert_close(mobile, expected, atol=1e-6, rtol=0)
     assert set(data.INPUT_NORMALISATION) == {"mobilenet_v3_large", "efficientnet_lite0"}
     with pytest.raises(ValueError, match="resnet"):

@@ -66,15 +66,6 @@ def test_upper_pairs_cover_every_pair_once_in_any_blocks() -> None:
     assert np.concatenate([b[1] for b in blocks]).tolist() == right.tolist()
 
 
-def test_connected_groups_are_transitive_components_largest_first() -> None:
-    # 0~1 and 1~2 (0 and 2 not a pair) -> one group; 3~4; 5 and 6 alone; 7~8~9~10 a chain
-    left = np.array([0, 1, 3, 7, 8, 9])
-    right = np.array([1, 2, 4, 8, 9, 10])
-    groups = scoring.connected_groups(11, left, right)
-    assert [g.tolist() for g in groups] == [[7, 8, 9, 10], [0, 1, 2], [3, 4]]
-    assert scoring.connected_groups(3, np.zeros(0, np.int64), np.zeros(0, np.int64)) == []
-
-
 def test_knn_pairs_are_unique_unordered_without_self_pairs() -> None:
     rng = np.random.default_rng(0)
     vectors = scoring.l2_normalise(rng.normal(size=(50, 16)))
