@@ -49,7 +49,10 @@ OPTIONAL_HPARAMS: dict[str, Any] = {
     "feature_cache": True,
     "tie_twins": False,
     "augment_negatives": False,
-    # The improved recipe (improved.yaml; README "The improved recipe"). Defaults = the published behaviour.
+}
+# The improved recipe's hyperparameters (improved.yaml; README "The improved recipe"). Their defaults are the
+# published behaviour, so the published configs need not name them.
+IMPROVED_HPARAMS: dict[str, Any] = {
     "head": "concat",                 # concat (published MLP) | cosine (model.CosineHead: starts as cosine)
     "pooling": "avg",                 # avg (published) | gem: pooling of the backbone's last feature map
     "head_rank": 64,                  # cosine head: rank of its learned correction to the identity
@@ -116,7 +119,7 @@ class SiameseTrial(pytorch.PyTorchTrial):
         load_backbone_weights: bool = True,
     ) -> None:
         self.context = context
-        self.hparams = {**OPTIONAL_HPARAMS, **context.get_hparams()}
+        self.hparams = {**OPTIONAL_HPARAMS, **IMPROVED_HPARAMS, **context.get_hparams()}
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.cache_dir = cache_dir
         self.feature_cache = bool(self.hparams["feature_cache"])
