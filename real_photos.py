@@ -51,6 +51,7 @@ MANIFEST_FIELDS = (
     "category", "transform", "sha256",
 )  # fmt: skip
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "samespace" / "real-photos"
+UNPACK_FORMAT = 2  # bump when an unpack step changes, so cached unpacked packages are redone
 MAX_SIDE = 640  # longest side of a written photo (before a re-shoot's extra downscale)
 
 # Held out for independent evaluation: never used here, refused if named.
@@ -109,6 +110,12 @@ class Source:
     places: tuple[Place, ...]
     note: str = ""
     unpack: Callable[[Path, Path], None] | None = field(default=None, compare=False)  # extra extraction step
+    photo_licence: Callable[[Path, str], str | None] | None = field(default=None, compare=False)
+
+    def licence_of(self, root: Path, shot: str) -> str:
+        """The licence of one photo: its own credit line where the source has one, else the package's."""
+        own = self.photo_licence(root, shot) if self.photo_licence is not None else None
+        return own or self.licence
 
 
 def _singles(category: str, paths: Sequence[str]) -> tuple[Place, ...]:
@@ -156,10 +163,46 @@ def _unpack_gcompris(root: Path, out: Path) -> None:
     """Write the photos of GCompris' activity bundles as files under ``out/rcc/<activity>/...``."""
     for bundle in sorted((root / "usr/share/gcompris-qt/rcc").glob("*.rcc")):
         for name, blob in _qt_resources(bundle):
-            if name.lower().endswith((".webp", ".jpg", ".jpeg", ".png")):
+            if name.lower().endswith((".webp", ".jpg", ".jpeg", ".png")) or name.endswith("/README"):
                 target = out / "rcc" / name.replace("/gcompris/src/activities/", "").lstrip("/")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(blob)
+
+
+def _readme_credits(readme: Path) -> dict[str, str]:
+    """GCompris' resource README (blocks of ``Copyright:``, ``Source:``, ``License:``, ``Files:``) as
+    file path (relative to the README's folder) -> ``"<licence>, <copyright>, <source>, <comment>"``."""
+    credits: dict[str, str] = {}
+    for block in re.split(r"\n\s*\n", readme.read_text(encoding="utf-8", errors="replace")):
+        fields: dict[str, str] = {}
+        files: list[str] = []
+        in_files = False
+        for line in block.splitlines():
+            key, sep, value = line.partition(":")
+            if sep and key.strip() in ("Copyright", "Source", "License", "Files", "Comment", "Comments"):
+                in_files = key.strip() == "Files"
+                if in_files:
+                    files += value.split()
+                else:
+                    fields[key.strip()] = value.strip()
+            elif in_files or line.strip().lower().endswith((".webp", ".png", ".jpg", ".svg")):
+                files += line.split()  # some blocks list their files without a "Files:" line
+        keys = ("License", "Copyright", "Source", "Comment")
+        credit = ", ".join(fields[k] for k in keys if fields.get(k))
+        for file in files:
+            credits[file] = credit
+    return credits
+
+
+def _gcompris_licence(root: Path, shot: str) -> str | None:
+    folder, name = Path(shot).parent, Path(shot).name
+    for readme_dir in (folder, folder.parent):  # explore_monuments keeps one README for its country folders
+        readme = root / readme_dir / "README"
+        if readme.is_file():
+            credit = _readme_credits(readme).get((folder / name).relative_to(readme_dir).as_posix())
+            if credit:
+                return credit
+    return None
 
 
 # -- enlightenment-data: wallpapers are Edje files holding the photo at several sizes as JPEG ----------
@@ -228,14 +271,76 @@ GCOMPRIS_ACTIVITIES = {
 }  # fmt: skip
 
 
+GCOMPRIS_CATEGORIZATION = {
+    # categorization/resource/images/<folder> -> (category, photos); its monuments are in GCOMPRIS_MONUMENTS
+    "fishes": ("animals", tuple(f"fish{n}" for n in range(1, 23))),
+    "renewable": ("landscapes", (
+        "dam1", "dam2", "dam3", "dam4", "solar1", "solar2", "solar3", "solar4", "solar5", "solar6", "solar7",
+        "solar8", "windmill", "windmill1", "windmill2", "windmill3", "windmill4", "windmill5", "windmill7",
+        "windmill12", "windmill13", "windmill15",
+    )),
+    "tools": ("objects", (
+        "cuttingTool", "hammer3", "hammer4", "hammer5", "multimeter1", "multimeter2", "multimeter3", "plier1",
+        "plier3", "scissors2", "scissors3", "screwDriver", "sickle", "sideCutter1", "tweezer", "wrench1",
+    )),
+    "others": ("objects", ("baseball", "bucket", "bulb", "chair", "pillow", "spoons", "volleyball")),
+}  # fmt: skip
+_CAT = "categorization/resource/images/"
+_EXP = "explore_monuments/resource/"
+_DET = "details/resource/image/"
+GCOMPRIS_MONUMENTS = {
+    # Different photographs of one monument in different activities: genuinely different shots of a place.
+    # (Photos that two activities share byte-for-byte or nearly, e.g. the Colosseum, are used once.)
+    "eiffel-tower": (_EXP + "france/eiffelTower", _DET + "TourEiffel_background", _CAT + "monuments/eiffelTower"),
+    "taj-mahal": (_EXP + "wonders/tajMahal", _DET + "TajMahal_background", _CAT + "monuments/tajMahal"),
+    "chenonceau": (_EXP + "france/chateaudeChenonceau", _DET + "Chenonceau_background"),
+    "giza": (_EXP + "egypt/greatPyramidOfGiza", _DET + "GizahPyramids_background"),
+    "mount-rushmore": (_EXP + "usa/mountRushmore", _CAT + "monuments/mountRushmore"),
+    "victoria-memorial": (_EXP + "india/victoriaMemorial", _CAT + "monuments/victoriaMemorial"),
+    "great-wall": (_EXP + "wonders/greatWallofChina", _CAT + "monuments/greatWall"),
+    "louvre": (_DET + "Louvre_2007_02_24_c_background", _CAT + "monuments/leMusee"),
+    **{name: (_CAT + "monuments/" + name,) for name in (
+        "IndiaGate", "arcDeTriomphe", "bayterek", "burj", "cathedral", "empireState", "parthenon", "usCapitol",
+        "zimniPalace",
+    )},
+    **{name: (_DET + name + "_background",) for name in (
+        "EgeskovSlotSpejling", "EilanDonanCastle", "FanoeWindmill", "Nagoya", "NDP", "OperaSidney",
+        "TowerBridgeLondon",
+    )},
+}  # fmt: skip
+
+
 def _gcompris_places() -> tuple[Place, ...]:
     places = []
+    grouped = {Path(shot).name for shots in GCOMPRIS_MONUMENTS.values() for shot in shots}
     for folder, (category, names) in GCOMPRIS_ACTIVITIES.items():
         activity = folder.split("/")[0]
         for name in names:
-            file = _GC.format(f"{folder}/{name}.webp")
-            places.append(Place(f"{activity}-{Path(name).name}", (file,), category))
+            if Path(name).name in grouped:
+                continue  # part of a monument below
+            places.append(Place(f"{activity}-{Path(name).name}", (_GC.format(f"{folder}/{name}.webp"),), category))
+    for folder, (category, names) in GCOMPRIS_CATEGORIZATION.items():
+        places += [Place(f"categorization-{n}", (_GC.format(f"{_CAT}{folder}/{n}.webp"),), category) for n in names]
+    for name, shots in GCOMPRIS_MONUMENTS.items():
+        files = tuple(_GC.format(f"{shot}.webp") for shot in shots)
+        places.append(Place(f"monument-{name.lower()}", files, "buildings"))
     return tuple(places)
+
+
+KPA = "usr/share/kphotoalbum/demo/"
+KPHOTOALBUM_PLACES = (
+    # KPhotoAlbum's demo album (the author's own photos). Several photos of one place are different shots;
+    # the CategoryImages/ folder holds crops of these photos and is not used.
+    Place("bar55", (KPA + "bar55.jpg", KPA + "bar55_2.jpg"), "indoor"),
+    Place("pool", (KPA + "pool.jpg", KPA + "pool_2.jpg"), "indoor"),
+    Place("grand-canyon", tuple(f"{KPA}grand_canyon_{n}.jpg" for n in (1, 2, 3)), "landscapes"),
+    Place("skagen", (KPA + "skagen.jpg", KPA + "skagen_2.jpg"), "landscapes"),
+    *_singles("people", tuple(KPA + f"{n}.jpg" for n in ("anne_helene", "cold_water", "donna", "donna_2", "jesper",
+                                                          "jesper_2", "new_wave_1", "wayne"))),
+    *_singles("indoor", (KPA + "blackie.jpg", KPA + "spiff_2.jpg")),
+    *_singles("landscapes", tuple(KPA + f"{n}.jpg" for n in ("new_wave_2", "snow", "sunset"))),
+    *_singles("animals", (KPA + "spiff.jpg",)),
+)  # fmt: skip
 
 
 ENLIGHTENMENT_PHOTOS = (
@@ -248,8 +353,9 @@ SOURCES: tuple[Source, ...] = (
         name="gcompris-qt-data", kind="deb", package="gcompris-qt-data", version="3.1-2", split=TRAIN,
         licence="GPL-3+ (package); per-photo credits (Wikimedia Commons, CC BY-SA / CC0 / public domain) in each "
         "activity's resource/README inside the .rcc",
-        places=_gcompris_places(), unpack=_unpack_gcompris,
-        note="photos of the erase, explore_* activities (animals, monuments, musicians), unpacked from .rcc",
+        places=_gcompris_places(), unpack=_unpack_gcompris, photo_licence=_gcompris_licence,
+        note="photos of the erase, explore_*, categorization and details activities, unpacked from .rcc; "
+        "different photos of one monument are different shots",
     ),
     Source(
         name="python3-sklearn", kind="deb", package="python3-sklearn", version="1.2.1+dfsg-1", split=TRAIN,
@@ -302,6 +408,11 @@ SOURCES: tuple[Source, ...] = (
             *_singles("objects", (_SKI + "coffee.png", _SKI + "coins.png", _SKI + "rocket.jpg")),
         ),
         note="motorcycle_left/right is a stereo pair (Middlebury 2014): two different shots",
+    ),
+    Source(
+        name="kphotoalbum", kind="deb", package="kphotoalbum", version="5.9.1-1", split=TEST,
+        licence="GPL-2+ (KPhotoAlbum, demo album by its authors)", places=KPHOTOALBUM_PLACES,
+        note="the demo album: bar, pool room, Grand Canyon and Skagen photographed two or three times",
     ),
     Source(
         name="enlightenment-data", kind="deb", package="enlightenment-data", version="0.25.4-2", split=TEST,
@@ -385,7 +496,8 @@ def fetch(source: Source, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
     cache_dir = Path(cache_dir)
     safe_version = re.sub(r"[^A-Za-z0-9.+~-]", "_", source.version)
     target = cache_dir / "unpacked" / f"{source.package}_{safe_version}"
-    if (target / ".complete").is_file():
+    stamp = f"{source.package}={source.version} unpack={UNPACK_FORMAT}\n"
+    if (target / ".complete").is_file() and (target / ".complete").read_text() == stamp:
         return target
     debs = cache_dir / "debs"
     debs.mkdir(parents=True, exist_ok=True)
@@ -410,7 +522,7 @@ def fetch(source: Source, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
         raise RealPhotosError(f"{deb}: cannot unpack ({result.stderr.strip()})")
     if source.unpack is not None:
         source.unpack(staging, staging)
-    (staging / ".complete").write_text(f"{source.package}={source.version}\n")
+    (staging / ".complete").write_text(stamp)
     if target.exists():
         shutil.rmtree(target)
     staging.rename(target)
@@ -637,7 +749,8 @@ def _write_place(
         rows.append({
             "split": split, "path": f"{split}/{place.category}/{name}", "group": f"{city}_{room_id}",
             "shot": f"{source.name}:{shot}", "source": source.name, "package": source.package,
-            "version": source.version, "original": shot, "licence": source.licence, "source_sha256": source_sha,
+            "version": source.version, "original": shot, "licence": source.licence_of(root, shot),
+            "source_sha256": source_sha,
             "category": place.category, "transform": json.dumps(params, sort_keys=True), "sha256": _sha256(blob),
         })  # fmt: skip
     return rows
