@@ -64,20 +64,42 @@ def load(device: str = "cpu", weights: Path = WEIGHTS, meta: Path = META) -> tup
     return net.to(device).eval(), float(info["threshold"])
 
 
-def unique_pair_scores(net: torch.nn.Module, split_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """The model's score of every unique pair of a labelled split, and the labels."""
+def training_split_scores(
+    checkpoint: str | Path, split_dir: str | Path, cache_dir: str | Path | None = None
+) -> dict[str, np.ndarray]:
+    """The checkpoint's model score and the plain cosine of every unique pair of a labelled split, and labels.
+
+    The plain features are read as training computed them (the table's variant / view 0 is the plain image),
+    so with training's ``cache_dir`` this runs no backbone pass.
+    """
+    import views
+    from model import extract_features
+    from model_def import IMPROVED_HPARAMS, OPTIONAL_HPARAMS, load_model
+
+    net = load_model(checkpoint)
+    saved = json.loads((Path(checkpoint) / "load_data.json").read_text()).get("hparams", {})
+    hparams = {**OPTIONAL_HPARAMS, **IMPROVED_HPARAMS, **saved}
     paths = data.find_images(split_dir)
     images, kept, _ = data.load_images(paths, progress=False)
     groups = data.group_ids([paths[k] for k in kept], split_dir)
-    scorer = scoring.ModelScorer(net)
-    scorer.add(images)
-    scorer.finish()
+    if hparams["views"] == "reshoot":
+        n = int(hparams["n_views"])
+        table = extract_features(net.features, images, range(n), progress=False, cache_dir=cache_dir,
+                                 views=views.ReshootViews(seed=0, n_views=n))
+    else:
+        table = extract_features(net.features, images, range(data.N_VARIANTS), progress=False, cache_dir=cache_dir)
+    pooled = table[:, 0].float()
     left, right = scoring.upper_pairs(0, len(images), len(images))
-    return scorer.score(left, right), (groups[left] == groups[right]).astype(np.uint8)
+    first, second = scoring.model_projections(net, pooled)
+    unit = scoring.l2_normalise(pooled)
+    return {"model": scoring.model_pair_scores(net, first, second, left, right),
+            "cosine": scoring.cosine_similarity(unit[left], unit[right]),
+            "labels": (groups[left] == groups[right]).astype(np.uint8)}
 
 
 def export(
-    checkpoint: str | Path, calibrate_on: str | Path, weights: Path = WEIGHTS, meta: Path = META
+    checkpoint: str | Path, calibrate_on: str | Path, cache_dir: str | Path | None = None,
+    weights: Path = WEIGHTS, meta: Path = META,
 ) -> dict[str, Any]:
     """Write the head of a trained ``head: cosine`` checkpoint and its best-F1 threshold on ``calibrate_on``."""
     from model_def import load_model
@@ -85,8 +107,9 @@ def export(
     net = load_model(checkpoint)
     if getattr(net, "head_kind", "concat") != "cosine":
         raise DefaultModelError(f"{checkpoint}: not a head: cosine checkpoint (train it with improved.yaml)")
-    scores, labels = unique_pair_scores(net, calibrate_on)
-    point = scoring.best_f1_threshold(scores, labels)
+    scores = training_split_scores(checkpoint, calibrate_on, cache_dir)
+    labels = scores["labels"]
+    point = scoring.best_f1_threshold(scores["model"], labels)
     head = {f"head.{k}": v.detach().cpu().contiguous() for k, v in net.head.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(head, buffer)
@@ -111,9 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ex = sub.add_parser("export", help="write default_model.pt / .json from a trained improved-recipe checkpoint")
     ex.add_argument("--checkpoint", required=True, help="a checkpoint folder of model_def.py --config improved.yaml")
     ex.add_argument("--calibrate-on", required=True, help="a labelled TRAINING split for the default threshold")
+    ex.add_argument("--cache-dir", help="the feature cache training used (default: model_def's default)")
     args = parser.parse_args(argv)
+    from model_def import DEFAULT_CACHE_DIR
+
     try:
-        info = export(args.checkpoint, args.calibrate_on)
+        info = export(args.checkpoint, args.calibrate_on, args.cache_dir or DEFAULT_CACHE_DIR)
     except (DefaultModelError, ValueError, data.DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,11 +1,11 @@
 """Training pairs of the improved recipe (``views: reshoot``): positives over re-shoot views, mined negatives.
 
-Each image has :data:`views.N_VIEWS` views in the feature table (view 0 the plain image, the others random
+Each image has ``n_views`` (at most 8) views in the feature table (view 0 the plain image, the others random
 re-shoots, see ``views.py``). A pair's flags hold the view of each side, as the published variants do
 (``data.pair_variants``), so ``model.pair_rows`` finds its rows.
 
-- **Positives**: every unordered pair i < j of a group with each of the 64 view combinations, and every
-  image with itself under two *different* views (56 combinations): a self-pair is a positive only when
+- **Positives**: every unordered pair i < j of a group with each of the n_views^2 view combinations, and
+  every image with itself under two *different* views (n_views^2 - n_views): a self-pair is a positive only when
   its two sides differ (no identical inputs labelled "same").
 - **Negatives**: as many as the positives, each with a uniformly random view combination, the same
   distribution the positives draw from, so the views say nothing about the label (no shortcut).
@@ -48,6 +48,7 @@ def reshoot_pairs(
     negatives: str = "cosine",
     hard_per_image: int = 10,
     seed: int = 0,
+    n_views: int = data.N_VARIANTS,
 ) -> data.PairSet:
     """The training pairs described in the module docstring. ``unit``: L2-normalised plain-view features
     (N, D), needed for ``negatives="cosine"``; ``hashes``: wHash codes for the published sampler."""
@@ -55,9 +56,11 @@ def reshoot_pairs(
         raise ValueError(f"negatives must be one of {NEGATIVE_MINING}, got {negatives!r}")
     groups = np.asarray(groups)
     rng = np.random.default_rng(seed)
-    n_views = data.N_VARIANTS
-    combos = np.arange(n_views * n_views, dtype=np.uint8)  # view1 | view2 << 3
-    distinct = combos[combos % n_views != combos // n_views]
+    if not 1 <= n_views <= data.N_VARIANTS:
+        raise ValueError(f"n_views must be in 1..{data.N_VARIANTS}, got {n_views}")
+    views1, views2 = np.meshgrid(np.arange(n_views), np.arange(n_views), indexing="ij")
+    combos = (views1 + data.N_VARIANTS * views2).ravel().astype(np.uint8)  # view1 | view2 << 3
+    distinct = combos[combos % data.N_VARIANTS != combos // data.N_VARIANTS]
     others = data.positive_pairs(groups, "unique")
     selves = np.arange(len(groups), dtype=np.int64)
     pos_left = np.concatenate([np.repeat(others[:, 0], len(combos)), np.repeat(selves, len(distinct))])

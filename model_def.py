@@ -57,6 +57,7 @@ IMPROVED_HPARAMS: dict[str, Any] = {
     "pooling": "avg",                 # avg (published) | gem: pooling of the backbone's last feature map
     "head_rank": 64,                  # cosine head: rank of its learned correction to the identity
     "views": "published",             # published (flip / 5-degree variants) | reshoot (views.py, mining.py)
+    "n_views": 8,                     # views=reshoot: views per image (the plain one + n_views - 1 re-shoots)
     "negatives": "whash",             # views=reshoot: whash (published sampler) | cosine (half hard look-alikes)
 }
 
@@ -206,16 +207,18 @@ class SiameseTrial(pytorch.PyTorchTrial):
 
         chief = self.context.distributed.rank == 0
         training = split == TRAIN_SPLIT
+        n_views = int(self.hparams["n_views"])
         dataset = data.DuplicateImageDataset(self._data_root() / split, pairing="unique", balanced=training,
                                              progress=chief)
         features = extract_features(
-            self.network.features, dataset.images, range(views.N_VIEWS) if training else (0,),
+            self.network.features, dataset.images, range(n_views) if training else (0,),
             device=self.context.device, progress=chief, cache_dir=self.cache_dir,
-            views=views.ReshootViews(seed=0) if training else None,
+            views=views.ReshootViews(seed=0, n_views=n_views) if training else None,
         )
         if training:
             unit = torch.nn.functional.normalize(features[:, 0], dim=-1).numpy()
-            pairs = mining.reshoot_pairs(dataset.groups, dataset.hashes, unit, negatives=self.hparams["negatives"])
+            pairs = mining.reshoot_pairs(dataset.groups, dataset.hashes, unit, negatives=self.hparams["negatives"],
+                                         n_views=n_views)
         else:
             pairs = dataset.pairs
         self.tables[split] = features.flatten(0, 1).to(self.context.device)

@@ -1,7 +1,7 @@
 """Re-shoot views: photo-realistic random transforms of an image, as if the space were photographed again.
 
-The improved recipe (hyperparameter ``views: reshoot``) trains on :data:`N_VIEWS` views per image, computed
-once into the feature cache (``model.extract_features(..., views=ReshootViews(seed))``). View 0 is the
+The improved recipe (hyperparameter ``views: reshoot``) trains on ``n_views`` (<= :data:`N_VIEWS`) views per
+image, computed once into the feature cache (``model.extract_features(..., views=ReshootViews(seed))``). View 0 is the
 plain image; views 1.. are random re-shoots, each a pure function of (seed, image index, view), so a cache
 file and a training run are reproducible:
 

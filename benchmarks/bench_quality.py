@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import data  # noqa: E402
+import default_model  # noqa: E402
 import find_duplicates  # noqa: E402
 import model_def  # noqa: E402
 import model_inference  # noqa: E402
@@ -44,11 +45,11 @@ RECIPES = {
 }
 
 
-def train(recipe: str, root: Path, epochs: int, workdir: Path) -> tuple[Path, float]:
+def train(recipe: str, root: Path, epochs: int, workdir: Path, cache: Path) -> tuple[Path, float]:
     """Train one recipe on ``root/Training Data``; returns (checkpoint folder, seconds)."""
     config, extra = RECIPES[recipe]
     argv = ["--data-dir", str(root), "--config", str(REPO / config), "--epochs", str(epochs), *extra,
-            "--checkpoint-dir", str(workdir / f"ckpt-{recipe}"), "--cache-dir", str(workdir / "cache")]
+            "--checkpoint-dir", str(workdir / f"ckpt-{recipe}"), "--cache-dir", str(cache)]
     out = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(out):
@@ -103,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: sample -> generated seed 0; real -> data/real)")
     parser.add_argument("--epochs-published", type=int, default=3, help="as the issue measured (default 3)")
     parser.add_argument("--epochs-improved", type=int, default=None, help="default: improved.yaml's entrypoint")
+    parser.add_argument("--recipes", nargs="+", choices=tuple(RECIPES), default=list(RECIPES))
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    parser.add_argument("--cache-dir", type=Path, help="feature cache shared between runs (default: a temp folder)")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 
@@ -113,31 +116,35 @@ def main(argv: list[str] | None = None) -> int:
         if root is None:
             root = data.write_sample_dataset(workdir / "sample", seed=0)
         test_dir = root / "Test Data"
+        cache = args.cache_dir or workdir / "cache"
         improved_epochs = args.epochs_improved or int(
             __import__("yaml").safe_load((REPO / "improved.yaml").read_text())["entrypoint"].split("--epochs")[1])
         results: dict[str, Any] = {"dataset": args.dataset, "root": str(root)}
         checkpoints = {}
-        for recipe, epochs in (("published", args.epochs_published), ("improved", improved_epochs)):
-            checkpoints[recipe], seconds = train(recipe, root, epochs, workdir)
+        lengths = {"published": args.epochs_published, "improved": improved_epochs}
+        for recipe, epochs in ((r, lengths[r]) for r in args.recipes):
+            checkpoints[recipe], seconds = train(recipe, root, epochs, workdir, cache)
             results[f"train_seconds_{recipe}"] = round(seconds, 1)
             print(f"trained {recipe} ({epochs} epochs) in {seconds:.0f} s", file=sys.stderr)
 
         rows: dict[str, dict[str, Any]] = {}
-        for recipe, checkpoint in checkpoints.items():
+        calibration = {}
+        for k, (recipe, checkpoint) in enumerate(checkpoints.items()):
+            train_scores = default_model.training_split_scores(checkpoint, root / "Training Data", cache)
+            # find_duplicates' default for a model: the best-F1 threshold on the training split (what
+            # default_model.py export writes); cosine's is scoring.DEFAULT_THRESHOLDS["cosine"].
+            calibration[recipe] = scoring.best_f1_threshold(train_scores["model"], train_scores["labels"])
+            calibration["cosine"] = scoring.best_f1_threshold(train_scores["cosine"], train_scores["labels"])
             model = model_def.load_model(checkpoint)
-            methods = ["model", "whash", "phash", "cosine"] if recipe == "published" else ["model"]
+            methods = ["model", "whash", "phash", "cosine"] if k == 0 else ["model"]
             report, unique = model_inference.evaluate(model, test_dir, pairing="unique", methods=methods,
-                                                      progress=False, cache_dir=workdir / "cache")
+                                                      progress=False, cache_dir=cache)
             labels, left, right = unique["labels"], unique["left"], unique["right"]
             mask = different_shot_mask(unique["paths"], test_dir, labels, left, right)
             for method, scores in unique["scores"].items():
                 name = f"SameSpace, {recipe} recipe" if method == "model" else method
                 m = report["unique"]["methods"][method]
-                if method == "model":
-                    default = scoring.read_model_threshold(checkpoint)[0] if recipe == "published" else \
-                        scoring.DEFAULT_THRESHOLDS.get("model", 0.5)
-                else:
-                    default = scoring.DEFAULT_THRESHOLDS[method]
+                default = calibration[recipe].threshold if method == "model" else scoring.DEFAULT_THRESHOLDS[method]
                 rows[name] = {
                     "roc_auc": m["roc_auc"], "ap": m["average_precision"], "best_f1": m["best_f1"]["f1"],
                     "default_threshold": default, "f1_at_default": scoring.f1_at(scores, labels, default).f1,
@@ -148,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         results["positive_pairs"] = int(labels.sum())
         results["different_shot_pairs"] = int(labels[mask].sum()) if mask is not None else None
         results["methods"] = rows
+        results["training_split_best_f1"] = {k: {"threshold": c.threshold, "f1": c.f1} for k, c in calibration.items()}
         groups = {"find_duplicates.py (defaults)": pairwise_group_scores(run_find_duplicates(test_dir, workdir, []),
                                                                          test_dir)}
         results["find_duplicates"] = groups
@@ -163,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, g in results["find_duplicates"].items():
         print(f"\n{name}: {g['groups']} groups, pairwise precision {g['precision']:.3f} recall {g['recall']:.3f} "
               f"F1 {g['f1']:.3f}")
-    print(f"training: published {results['train_seconds_published']} s, improved {results['train_seconds_improved']} s")
+    for name, c in results["training_split_best_f1"].items():
+        print(f"best-F1 threshold on the training split: {name} {c['threshold']:.4f} (F1 {c['f1']:.3f})")
+    print("training seconds: " + ", ".join(f"{r} {results[f'train_seconds_{r}']}" for r in args.recipes))
     if args.json:
         data.atomic_write(args.json, json.dumps(results, indent=2) + "\n")
     return 0

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import data
 import mining
@@ -121,3 +123,30 @@ def test_gem_pooling_is_between_average_and_max(pooling: str) -> None:
     average = model.build_feature_extractor("mobilenet_v3_large", "none")
     assert extractor.pooling == pooling and average.state_dict().keys() == extractor.state_dict().keys()
     assert extractor.fingerprint() != average.fingerprint()  # same weights, other pooling: another cache key
+
+
+def _rotated_zoomed(photo: Image.Image, degrees: float) -> Image.Image:
+    """The photo rotated by ``degrees`` and zoomed in until no black corner shows (a tilted re-shoot)."""
+    w, h = photo.size
+    a = math.radians(abs(degrees))
+    zoom = math.cos(a) + math.sin(a) * max(w / h, h / w)
+    rotated = photo.rotate(degrees, resample=Image.Resampling.BICUBIC)
+    cw, ch = int(w / zoom), int(h / zoom)
+    return rotated.crop(((w - cw) // 2, (h - ch) // 2, (w + cw) // 2, (h + ch) // 2)).resize((w, h))
+
+
+def test_a_photo_and_its_25_degree_rotated_zoomed_copy_are_duplicates_by_default(
+    train_dir: Path, tmp_path: Path
+) -> None:
+    """find_duplicates.py's default scorer and threshold (no options) group a photo with its tilted copy."""
+    import find_duplicates
+
+    photo = Image.open(data.find_images(train_dir)[0]).convert("RGB").resize((640, 480))
+    photo.save(tmp_path / "a.jpg", quality=92)
+    _rotated_zoomed(photo, 25).save(tmp_path / "b.jpg", quality=92)
+    args = find_duplicates.build_parser().parse_args([str(tmp_path)])
+    scorer, threshold, _ = find_duplicates.build_scorer(args, "cpu")
+    scorer.add(np.stack([data.load_image(tmp_path / n) for n in ("a.jpg", "b.jpg")]))
+    scorer.finish()
+    score = float(scorer.score(np.array([0]), np.array([1]))[0])
+    assert score >= threshold, (score, threshold)
