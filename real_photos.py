@@ -296,7 +296,9 @@ GCOMPRIS_MONUMENTS = {
     "chenonceau": (_EXP + "france/chateaudeChenonceau", _DET + "Chenonceau_background"),
     "giza": (_EXP + "egypt/greatPyramidOfGiza", _DET + "GizahPyramids_background"),
     "mount-rushmore": (_EXP + "usa/mountRushmore", _CAT + "monuments/mountRushmore"),
-    "victoria-memorial": (_EXP + "india/victoriaMemorial", _CAT + "monuments/victoriaMemorial"),
+    # Two different monuments share the name: Kolkata's (explore_monuments) and London's (categorization).
+    "victoria-memorial-kolkata": (_EXP + "india/victoriaMemorial",),
+    "victoria-memorial-london": (_CAT + "monuments/victoriaMemorial",),
     "great-wall": (_EXP + "wonders/greatWallofChina", _CAT + "monuments/greatWall"),
     "louvre": (_DET + "Louvre_2007_02_24_c_background", _CAT + "monuments/leMusee"),
     **{name: (_CAT + "monuments/" + name,) for name in (
