@@ -417,6 +417,15 @@ SOURCES: tuple[Source, ...] = (
         note="the demo album: bar, pool room, Grand Canyon and Skagen photographed two or three times",
     ),
     Source(
+        name="kodi-data", kind="deb", package="kodi-data", version="2:20.1+dfsg-1", split=TEST,
+        licence="CC0-1.0 (per debian/copyright: addons/skin.estuary/extras/home-images)",
+        places=(
+            Place("cinema", ("usr/share/kodi/addons/skin.estuary/extras/home-images/movie.jpg",), "indoor"),
+            Place("concert", ("usr/share/kodi/addons/skin.estuary/extras/home-images/music.jpg",), "people"),
+        ),
+        note="the two photographs of the Estuary skin's home screen",
+    ),
+    Source(
         name="enlightenment-data", kind="deb", package="enlightenment-data", version="0.25.4-2", split=TEST,
         licence="BSD-2-Clause (Enlightenment); wallpaper photos per the package's copyright file",
         places=tuple(
