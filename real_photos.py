@@ -345,6 +345,28 @@ KPHOTOALBUM_PLACES = (
 )  # fmt: skip
 
 
+def _by_file_name(table: dict[str, str]) -> Callable[[Path, str], str | None]:
+    """A per-photo licence looked up by file name (credits that a package keeps in a docstring or README)."""
+    return lambda root, shot: table.get(Path(shot).name)
+
+
+SKIMAGE_LICENCES = {  # from skimage/data/_fetchers.py of the package
+    "astronaut.png": "public domain (NASA)",
+    "camera.png": "CC0 (Lav Varshney)",
+    "chelsea.png": "CC0 (Stefan van der Walt)",
+    "coffee.png": "CC0 (Rachel Michetti)",
+    "coins.png": "no known copyright restrictions (Walters Art Museum)",
+    "rocket.jpg": "public domain (SpaceX)",
+    **dict.fromkeys(
+        ("motorcycle_left.png", "motorcycle_right.png"),
+        "Middlebury 2014 stereo dataset (Scharstein et al.); shipped under scikit-image's BSD-3-Clause",
+    ),
+}
+SKLEARN_LICENCES = {  # from sklearn/datasets/images/README.txt of the package
+    "china.jpg": "CC BY 2.0 (danielbuechele, Flickr)",
+    "flower.jpg": "CC BY 2.0 (vultilion, Flickr)",
+}
+
 ENLIGHTENMENT_PHOTOS = (
     "Bamboo", "Foggy-Trees", "God-Rays", "Green-Maple", "Lichen-Branches", "Mountain", "Peaks", "Red-Maple",
     "Sea-of-Lanterns", "Snow-Trees", "Spruce-Needles", "Sunset-Clouds", "White-Flower", "Yellow-Flower",
@@ -361,7 +383,8 @@ SOURCES: tuple[Source, ...] = (
     ),
     Source(
         name="python3-sklearn", kind="deb", package="python3-sklearn", version="1.2.1+dfsg-1", split=TRAIN,
-        licence="BSD-3-Clause (package); china.jpg, flower.jpg: CC BY 2.0 / public domain per sklearn's README",
+        licence="BSD-3-Clause (package); photos CC BY 2.0 per sklearn/datasets/images/README.txt",
+        photo_licence=_by_file_name(SKLEARN_LICENCES),
         places=_singles("landscapes", (_SKL + "china.jpg",)) + _singles("objects", (_SKL + "flower.jpg",)),
     ),
     Source(
@@ -402,7 +425,8 @@ SOURCES: tuple[Source, ...] = (
     ),
     Source(
         name="python3-skimage", kind="deb", package="python3-skimage", version="0.19.3-8", split=TEST,
-        licence="BSD-3-Clause (package); photos CC0 / public domain / CC BY per skimage/data/README",
+        licence="BSD-3-Clause (package); per-photo credits in skimage/data/_fetchers.py",
+        photo_licence=_by_file_name(SKIMAGE_LICENCES),
         places=(
             Place("motorcycle", (_SKI + "motorcycle_left.png", _SKI + "motorcycle_right.png"), "indoor"),
             *_singles("people", (_SKI + "astronaut.png", _SKI + "camera.png")),
