@@ -296,7 +296,9 @@ GCOMPRIS_MONUMENTS = {
     "chenonceau": (_EXP + "france/chateaudeChenonceau", _DET + "Chenonceau_background"),
     "giza": (_EXP + "egypt/greatPyramidOfGiza", _DET + "GizahPyramids_background"),
     "mount-rushmore": (_EXP + "usa/mountRushmore", _CAT + "monuments/mountRushmore"),
-    "victoria-memorial": (_EXP + "india/victoriaMemorial", _CAT + "monuments/victoriaMemorial"),
+    # Two different monuments share the name: Kolkata's (explore_monuments) and London's (categorization).
+    "victoria-memorial-kolkata": (_EXP + "india/victoriaMemorial",),
+    "victoria-memorial-london": (_CAT + "monuments/victoriaMemorial",),
     "great-wall": (_EXP + "wonders/greatWallofChina", _CAT + "monuments/greatWall"),
     "louvre": (_DET + "Louvre_2007_02_24_c_background", _CAT + "monuments/leMusee"),
     **{name: (_CAT + "monuments/" + name,) for name in (
@@ -343,6 +345,28 @@ KPHOTOALBUM_PLACES = (
 )  # fmt: skip
 
 
+def _by_file_name(table: dict[str, str]) -> Callable[[Path, str], str | None]:
+    """A per-photo licence looked up by file name (credits that a package keeps in a docstring or README)."""
+    return lambda root, shot: table.get(Path(shot).name)
+
+
+SKIMAGE_LICENCES = {  # from skimage/data/_fetchers.py of the package
+    "astronaut.png": "public domain (NASA)",
+    "camera.png": "CC0 (Lav Varshney)",
+    "chelsea.png": "CC0 (Stefan van der Walt)",
+    "coffee.png": "CC0 (Rachel Michetti)",
+    "coins.png": "no known copyright restrictions (Walters Art Museum)",
+    "rocket.jpg": "public domain (SpaceX)",
+    **dict.fromkeys(
+        ("motorcycle_left.png", "motorcycle_right.png"),
+        "Middlebury 2014 stereo dataset (Scharstein et al.); shipped under scikit-image's BSD-3-Clause",
+    ),
+}
+SKLEARN_LICENCES = {  # from sklearn/datasets/images/README.txt of the package
+    "china.jpg": "CC BY 2.0 (danielbuechele, Flickr)",
+    "flower.jpg": "CC BY 2.0 (vultilion, Flickr)",
+}
+
 ENLIGHTENMENT_PHOTOS = (
     "Bamboo", "Foggy-Trees", "God-Rays", "Green-Maple", "Lichen-Branches", "Mountain", "Peaks", "Red-Maple",
     "Sea-of-Lanterns", "Snow-Trees", "Spruce-Needles", "Sunset-Clouds", "White-Flower", "Yellow-Flower",
@@ -359,7 +383,8 @@ SOURCES: tuple[Source, ...] = (
     ),
     Source(
         name="python3-sklearn", kind="deb", package="python3-sklearn", version="1.2.1+dfsg-1", split=TRAIN,
-        licence="BSD-3-Clause (package); china.jpg, flower.jpg: CC BY 2.0 / public domain per sklearn's README",
+        licence="BSD-3-Clause (package); photos CC BY 2.0 per sklearn/datasets/images/README.txt",
+        photo_licence=_by_file_name(SKLEARN_LICENCES),
         places=_singles("landscapes", (_SKL + "china.jpg",)) + _singles("objects", (_SKL + "flower.jpg",)),
     ),
     Source(
@@ -400,7 +425,8 @@ SOURCES: tuple[Source, ...] = (
     ),
     Source(
         name="python3-skimage", kind="deb", package="python3-skimage", version="0.19.3-8", split=TEST,
-        licence="BSD-3-Clause (package); photos CC0 / public domain / CC BY per skimage/data/README",
+        licence="BSD-3-Clause (package); per-photo credits in skimage/data/_fetchers.py",
+        photo_licence=_by_file_name(SKIMAGE_LICENCES),
         places=(
             Place("motorcycle", (_SKI + "motorcycle_left.png", _SKI + "motorcycle_right.png"), "indoor"),
             *_singles("people", (_SKI + "astronaut.png", _SKI + "camera.png")),
@@ -413,6 +439,15 @@ SOURCES: tuple[Source, ...] = (
         name="kphotoalbum", kind="deb", package="kphotoalbum", version="5.9.1-1", split=TEST,
         licence="GPL-2+ (KPhotoAlbum, demo album by its authors)", places=KPHOTOALBUM_PLACES,
         note="the demo album: bar, pool room, Grand Canyon and Skagen photographed two or three times",
+    ),
+    Source(
+        name="kodi-data", kind="deb", package="kodi-data", version="2:20.1+dfsg-1", split=TEST,
+        licence="CC0-1.0 (per debian/copyright: addons/skin.estuary/extras/home-images)",
+        places=(
+            Place("cinema", ("usr/share/kodi/addons/skin.estuary/extras/home-images/movie.jpg",), "indoor"),
+            Place("concert", ("usr/share/kodi/addons/skin.estuary/extras/home-images/music.jpg",), "people"),
+        ),
+        note="the two photographs of the Estuary skin's home screen",
     ),
     Source(
         name="enlightenment-data", kind="deb", package="enlightenment-data", version="0.25.4-2", split=TEST,
