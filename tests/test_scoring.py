@@ -15,8 +15,6 @@ from PIL import Image
 import data
 import scoring
 
-TRANSFER_F1_LOSS = 0.10  # the most F1 the real-photo cosine threshold may cost on the sample set
-
 
 @pytest.fixture(scope="module")
 def calibration_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -186,12 +184,3 @@ def test_default_thresholds_reproduce_on_the_real_training_split() -> None:
     for method in scoring.REFERENCE_METHODS:
         point = scoring.best_f1_threshold(scores[method], labels)
         assert point.threshold == scoring.DEFAULT_THRESHOLDS[method] == scoring.METHODS[method].default_threshold
-
-
-def test_default_thresholds_transfer_to_the_sample_set(calibration_root: Path) -> None:
-    """Calibrated on real photos, the cosine default still works on the generated rooms (the offline check in CI)."""
-    scores, labels = scoring.split_pair_scores(calibration_root / "Training Data", ["cosine"])
-    assert len(labels) == 233 * 232 // 2 and int(labels.sum()) == 251
-    best = scoring.best_f1_threshold(scores["cosine"], labels)
-    at_default = scoring.f1_at(scores["cosine"], labels, scoring.DEFAULT_THRESHOLDS["cosine"])
-    assert at_default.f1 >= best.f1 - TRANSFER_F1_LOSS, (at_default, best)
