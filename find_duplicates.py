@@ -356,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Default thresholds (a pair is a duplicate when its score >= threshold): model: the best-F1 threshold in "
             f"<checkpoint>/{scoring.THRESHOLD_FILE} if present, else {scoring.MODEL_DEFAULT_THRESHOLD}; "
-            f"whash {t['whash']}, phash {t['phash']}, cosine {t['cosine']} (best F1 on the real-photo training split; "
+            f"whash {t['whash']}, phash {t['phash']}, cosine {t['cosine']} (best F1 on the generated sample set; "
             f"cosine with {scoring.COSINE_BACKBONE} ImageNet weights). Candidate pairs: every pair up to "
             f"{limits['model']:,} images for the model and {limits['cosine']:,} for the reference methods, else "
             f"each image's {scoring.DEFAULT_TOP_K} nearest neighbours. "

@@ -177,10 +177,18 @@ REAL_SET = os.environ.get("SAMESPACE_REAL_DIR")  # `python real_photos.py build 
 
 
 @pytest.mark.skipif(not REAL_SET, reason="set SAMESPACE_REAL_DIR to a real_photos.py set (seed 0) to check")
-def test_default_thresholds_reproduce_on_the_real_training_split() -> None:
-    """The calibration: best F1 on the unique pairs of the real-photo set's Training Data (never Test Data)."""
+def test_real_photo_thresholds_reproduce_on_the_real_training_split() -> None:
+    """Best F1 on the unique pairs of the real-photo set's Training Data (never Test Data)."""
     scores, labels = scoring.split_pair_scores(Path(REAL_SET) / "Training Data")
     assert len(labels) == 458 * 457 // 2 and int(labels.sum()) == 420
+    for method in scoring.REFERENCE_METHODS:
+        assert scoring.best_f1_threshold(scores[method], labels).threshold == scoring.REAL_PHOTO_THRESHOLDS[method]
+
+
+def test_default_thresholds_reproduce_on_the_sample_set(calibration_root: Path) -> None:
+    """The calibration: best F1 on the unique pairs of the sample set's Training Data (seed 0)."""
+    scores, labels = scoring.split_pair_scores(calibration_root / "Training Data")
+    assert len(labels) == 233 * 232 // 2 and int(labels.sum()) == 251
     for method in scoring.REFERENCE_METHODS:
         point = scoring.best_f1_threshold(scores[method], labels)
         assert point.threshold == scoring.DEFAULT_THRESHOLDS[method] == scoring.METHODS[method].default_threshold
