@@ -1,4 +1,5 @@
-# `make demo`: generate the sample set, train on it (EfficientNet-Lite0, ImageNet weights that install offline),
+# `make demo`: generate the sample set, train the improved recipe on it (improved.yaml: EfficientNet-Lite0, ImageNet
+# weights that install offline),
 # evaluate the checkpoint beside the reference methods, and find the duplicates of the test photos.
 # `make test`: ruff and the test suite (what CI runs). Both create .venv with the pinned requirements first.
 SHELL := /bin/bash
@@ -14,11 +15,12 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
-.PHONY: demo test bench
+REAL := data/real
+
+.PHONY: demo test bench default-model
 demo: $(VENV)/.installed
 	mkdir -p $(DEMO)
-	$(PY) model_def.py --sample-data $(SAMPLE) --epochs 1 --hparam backbone=efficientnet_lite0 \
-		--hparam augment_negatives=true \
+	$(PY) model_def.py --sample-data $(SAMPLE) --config improved.yaml \
 		--checkpoint-dir checkpoints | tee $(DEMO)/train.log
 	ckpt=$$(tail -n 1 $(DEMO)/train.log) && \
 	$(PY) model_inference.py --checkpoint "$$ckpt" --data-dir "$(SAMPLE)/Test Data" \
@@ -34,3 +36,14 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_pairs.py
 	$(PY) benchmarks/bench_training.py
 	$(PY) benchmarks/bench_find_duplicates.py
+	$(PY) benchmarks/bench_quality.py --dataset sample
+
+# The shipped default model of find_duplicates.py (default_model.pt / .json): the improved recipe trained on the
+# real-photo development set's Training Data, its threshold calibrated on that same training split.
+default-model: $(VENV)/.installed
+	test -d "$(REAL)/Training Data" || $(PY) real_photos.py build $(REAL)
+	mkdir -p checkpoints
+	$(PY) model_def.py --data-dir $(REAL) --config improved.yaml --checkpoint-dir checkpoints \
+		| tee checkpoints/default-model.log
+	$(PY) default_model.py export --checkpoint "$$(tail -n 1 checkpoints/default-model.log)" \
+		--calibrate-on "$(REAL)/Training Data"

@@ -5,8 +5,8 @@
 
 Every image under the folders (recursively, any format PIL can read) is decoded once with data.load_image,
 embedded once (backbone features, the Siamese head's projections, or a hash), and dropped; pairs are scored
-from the embeddings (scoring.py) and duplicate groups are the connected components of the pairs scoring at
-or above the threshold. Photos are only ever opened for reading.
+from the embeddings (scoring.py) and duplicate groups are formed from the pairs scoring at or above the
+threshold by average linkage (grouping.py: groups do not chain). Photos are only ever opened for reading.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import blank
 import cli
 import data
 import embedding_store
+import grouping
 import neighbours
 import outputs
 import scoring
@@ -186,8 +187,9 @@ class Result:
         for g, members in enumerate(self.groups):
             group_of[members] = g
         group_pairs: list[list[list[Any]]] = [[] for _ in self.groups]
-        for (i, _, _), pair in zip(self._by_score(), pairs, strict=True):
-            group_pairs[group_of[i]].append(pair)
+        for (i, j, _), pair in zip(self._by_score(), pairs, strict=True):
+            if group_of[i] >= 0 and group_of[i] == group_of[j]:  # a pair across groups is listed in "pairs" only
+                group_pairs[group_of[i]].append(pair)
         groups = [
             {"members": [self.paths[k] for k in members], "pairs": group_pairs[g]}
             for g, members in enumerate(self.groups)
@@ -236,10 +238,14 @@ def find_duplicates(
                                                                           approximate)
     else:  # every readable photo is blank
         left, right, scores, n_scored, candidates = (np.zeros(0, np.int64),) * 2 + (np.zeros(0),) + (0, "none")
-    left, right, scores = _with_identical_blanks(paths, kept, flat, left, right, scores)
     timings["pairs"] = time.perf_counter() - t
     t = time.perf_counter()
-    groups = scoring.connected_groups(len(kept) + len(flat), left, right)
+    # Scored photos: average linkage within components (grouping.py); blank photos: identical bytes only.
+    groups = grouping.linked_groups(len(kept), left, right, scores, threshold, score_fn=scorer.score)
+    left, right, scores = _with_identical_blanks(paths, kept, flat, left, right, scores)
+    groups = grouping.largest_first(
+        groups + [g for g in grouping.connected_groups(len(kept) + len(flat), left, right) if g[0] >= len(kept)]
+    )
     timings["group"] = time.perf_counter() - t
     _warn_large_groups(groups)
     seconds = time.perf_counter() - t0
@@ -569,17 +575,34 @@ def _device(name: str) -> str:
         raise FindDuplicatesError(str(exc)) from exc
 
 
+def _default_method(args: argparse.Namespace) -> str:
+    """Without --checkpoint / --method: the shipped default model (default_model.py) when present, else cosine."""
+    import default_model
+
+    plain = args.backbone is None and args.backbone_weights == "imagenet"
+    return "default" if plain and default_model.available() else "cosine"
+
+
 def build_scorer(args: argparse.Namespace, device: str) -> tuple[scoring.PairScorer, float, str]:
     """The scorer the options ask for, its threshold, and where the threshold came from."""
-    method = "model" if args.checkpoint else (args.method or "cosine")
-    if method == "model":
+    method = "model" if args.checkpoint else (args.method or _default_method(args))
+    if method == "default":
+        import default_model
+
+        try:
+            model, threshold = default_model.load(device)
+        except default_model.DefaultModelError as exc:
+            raise FindDuplicatesError(str(exc)) from exc
+        source = f"shipped default model ({default_model.META.name})"
+        scorer: scoring.PairScorer = scoring.ModelScorer(model, batch_size=args.batch_size, device=device)
+    elif method == "model":
         if not Path(args.checkpoint).is_dir():
             raise FindDuplicatesError(f"{args.checkpoint}: checkpoint folder not found")
         from model_def import load_model
 
         model = load_model(args.checkpoint, device=device)  # a CheckpointError (ValueError) names the folder
         threshold, source = scoring.read_model_threshold(args.checkpoint)
-        scorer: scoring.PairScorer = scoring.ModelScorer(model, batch_size=args.batch_size, device=device)
+        scorer = scoring.ModelScorer(model, batch_size=args.batch_size, device=device)
     elif method == "cosine":
         from model import BackboneWeightsError, build_feature_extractor
 
@@ -627,7 +650,8 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument(
         "--method",
         choices=scoring.REFERENCE_METHODS,
-        help="score pairs with a reference method instead (default without --checkpoint: cosine)",
+        help="score pairs with a reference method instead (default without --checkpoint: the shipped default model "
+        "default_model.pt when present, else cosine)",
     )
     parser.add_argument("--threshold", type=float, metavar="T", help="duplicate when score >= T (default: see below)")
     parser.add_argument("--json", metavar="FILE", help="write groups, pairs, skipped files and the summary as JSON")

@@ -17,6 +17,7 @@ from typing import Any
 
 import data
 import model
+import views
 
 REQUIRED = object()  # a config must give this hyperparameter (the published ones)
 BACKBONES = model.BACKBONES
@@ -79,12 +80,32 @@ HPARAMS: dict[str, Hparam] = {
     "feature_cache": Hparam(bool, True, help="run the frozen backbone once per (image, variant)"),
     "tie_twins": Hparam(bool, False, help="one twin head for both images"),
     "augment_negatives": Hparam(bool, False, help="flip / rotate training negatives too"),
+    # The improved recipe (improved.yaml; README "The improved recipe"): defaults are the published behaviour.
+    "head": Hparam(str, "concat", choices=("concat", "cosine"),
+                   help="concat: the published MLP; cosine: model.CosineHead, which starts as the backbone cosine"),
+    "pooling": Hparam(str, "avg", choices=("avg", "gem"), help="pooling of the backbone's last feature map"),
+    "head_rank": Hparam(int, 64, low=1, help="cosine head: rank of its learned correction to the identity"),
+    "views": Hparam(str, "published", choices=("published", "reshoot"),
+                    help="published: flip / 5-degree variants; reshoot: views.py re-shoots, mining.py pairs"),
+    "n_views": Hparam(int, 8, low=1, high=views.N_VIEWS,
+                      help="views=reshoot: views per image (the plain one + n_views - 1 re-shoots)"),
+    "negatives": Hparam(str, "whash", choices=("whash", "cosine"),
+                        help="views=reshoot: whash (published sampler) | cosine (half hard look-alikes)"),
 }
+# The improved recipe's rows: the published configs leave them at their defaults and need not name them.
+IMPROVED = ("head", "pooling", "head_rank", "views", "n_views", "negatives")
 
 
 def optional_defaults() -> dict[str, Any]:
-    """The hyperparameters a config may leave out, with their defaults."""
-    return {name: spec.default for name, spec in HPARAMS.items() if spec.default is not REQUIRED}
+    """The published hyperparameters a config may leave out, with their defaults (the published configs name
+    every one of them)."""
+    return {name: spec.default for name, spec in HPARAMS.items() if spec.default is not REQUIRED
+            and name not in IMPROVED}
+
+
+def improved_defaults() -> dict[str, Any]:
+    """The improved recipe's hyperparameters with their (published-behaviour) defaults."""
+    return {name: HPARAMS[name].default for name in IMPROVED}
 
 
 def _check_value(name: str, spec: Hparam, value: Any, check_files: bool) -> Any:

@@ -18,6 +18,7 @@ import inspect
 import io
 import json
 import logging
+import math
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +37,9 @@ import sharding
 log = logging.getLogger("samespace.model")
 
 BACKBONES = ("mobilenet_v3_large", "efficientnet_lite0")
+POOLINGS = ("avg", "gem")  # how the last feature map becomes one vector: average (published) or GeM
+GEM_P = 3.0  # GeM exponent (Radenovic et al.): between average (p = 1) and max pooling (p -> inf)
+HEADS = ("concat", "cosine")
 BACKBONE_WEIGHTS = ("imagenet", "none")  # or the path of a state-dict file
 TWIN_DIM = 1280
 TWIN_DROPOUT = 0.2  # MobileNetV3's own classifier dropout, kept in the twin heads as published
@@ -57,11 +61,13 @@ class FrozenFeatureExtractor(nn.Module):
     BatchNorm running statistics never drift and the output for an image never changes.
     """
 
-    def __init__(self, body: nn.Module, out_dim: int, backbone: str, pretrained_head: dict | None = None) -> None:
+    def __init__(self, body: nn.Module, out_dim: int, backbone: str, pretrained_head: dict | None = None,
+                 pooling: str = "avg") -> None:
         super().__init__()
         self.body = body
         self.out_dim = out_dim
         self.backbone = backbone
+        self.pooling = pooling
         # The backbone's own first classifier Linear (weight, bias), used to initialise the twin heads.
         # A plain attribute, not a submodule: it is not part of this module's state.
         self.pretrained_head = pretrained_head
@@ -73,28 +79,55 @@ class FrozenFeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised images ``(N, 3, H, W)`` -> pooled features ``(N, out_dim)``."""
-        return self.body(images).flatten(1)
+        """Images ``(N, 3, H, W)`` in [0, 1] (:func:`data.to_model_input`) -> pooled features ``(N, out_dim)``.
+
+        The input is normalised here, with the mean / std this backbone's weights were trained with
+        (:data:`data.INPUT_NORMALISATION`), so no caller can feed it another backbone's preprocessing.
+        """
+        return self.body(data.normalise(images, self.backbone)).flatten(1)
 
     def fingerprint(self) -> str:
-        """SHA-256 of the backbone name and every weight and buffer: the identity of this function."""
+        """SHA-256 of the backbone name, its input normalisation and every weight and buffer: its identity."""
         digest = hashlib.sha256(self.backbone.encode())
+        digest.update(repr(data.INPUT_NORMALISATION[self.backbone]).encode())
+        if self.pooling != "avg":  # keeps the published extractors' keys as they were
+            digest.update(f"pooling={self.pooling},p={GEM_P}".encode())
         for name, tensor in sorted(self.state_dict().items()):
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.hexdigest()
 
 
-class _EfficientNetBody(nn.Module):
-    """EfficientNet-Lite conv features followed by global average pooling."""
+class GeM(nn.Module):
+    """Generalised-mean pooling ``mean(x^p)^(1/p)`` over the spatial dimensions (x clamped at 1e-6)."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, p: float = GEM_P) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.clamp(min=1e-6).pow(self.p).mean((-2, -1), keepdim=True).pow(1.0 / self.p)
+
+
+def _pool(pooling: str) -> nn.Module:
+    if pooling == "avg":
+        return nn.AdaptiveAvgPool2d(1)
+    if pooling == "gem":
+        return GeM()
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+
+
+class _EfficientNetBody(nn.Module):
+    """EfficientNet-Lite conv features followed by global pooling (its own average pooling by default)."""
+
+    def __init__(self, net: nn.Module, pooling: str = "avg") -> None:
         super().__init__()
         net._fc = nn.Identity()  # the ImageNet classifier is not used; drop its weights
         self.net = net
+        self.pool = net._avg_pooling if pooling == "avg" else _pool(pooling)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net._avg_pooling(self.net.extract_features(images))
+        return self.pool(self.net.extract_features(images))
 
 
 @contextlib.contextmanager
@@ -147,7 +180,7 @@ def _mobilenet_imagenet_state() -> dict:
         ) from exc
 
 
-def _build_mobilenet(weights: str) -> FrozenFeatureExtractor:
+def _build_mobilenet(weights: str, pooling: str = "avg") -> FrozenFeatureExtractor:
     net = torchvision.models.mobilenet_v3_large()
     state = None
     if weights == "imagenet":
@@ -159,12 +192,12 @@ def _build_mobilenet(weights: str) -> FrozenFeatureExtractor:
     if state is not None:
         # classifier[0] is Linear(960, 1280): the pretrained start of the twin heads.
         head = {"weight": state["classifier.0.weight"].clone(), "bias": state["classifier.0.bias"].clone()}
-    body = nn.Sequential(net.features, net.avgpool)
+    body = nn.Sequential(net.features, net.avgpool if pooling == "avg" else _pool(pooling))
     return FrozenFeatureExtractor(body, out_dim=net.classifier[0].in_features, backbone="mobilenet_v3_large",
-                                  pretrained_head=head)
+                                  pretrained_head=head, pooling=pooling)
 
 
-def _build_efficientnet_lite0(weights: str) -> FrozenFeatureExtractor:
+def _build_efficientnet_lite0(weights: str, pooling: str = "avg") -> FrozenFeatureExtractor:
     from efficientnet_lite_pytorch import EfficientNet
 
     if weights == "imagenet":
@@ -181,19 +214,24 @@ def _build_efficientnet_lite0(weights: str) -> FrozenFeatureExtractor:
         if weights != "none":
             _load_state_file(net, Path(weights), "efficientnet_lite0")
     out_dim = net._fc.in_features
-    return FrozenFeatureExtractor(_EfficientNetBody(net), out_dim=out_dim, backbone="efficientnet_lite0")
+    return FrozenFeatureExtractor(_EfficientNetBody(net, pooling), out_dim=out_dim, backbone="efficientnet_lite0",
+                                  pooling=pooling)
 
 
-def build_feature_extractor(backbone: str = "mobilenet_v3_large", weights: str = "imagenet") -> FrozenFeatureExtractor:
+def build_feature_extractor(
+    backbone: str = "mobilenet_v3_large", weights: str = "imagenet", pooling: str = "avg"
+) -> FrozenFeatureExtractor:
     """The frozen backbone up to its pooled features.
 
     ``weights``: ``imagenet`` (pretrained; an error saying how to provide them when they cannot be
     loaded, never a silent fallback to random weights), ``none`` (random init) or a state-dict file path.
+    ``pooling``: ``avg`` (the backbone's own, published) or ``gem`` (generalised mean, p = 3).
     """
+    _pool(pooling)  # validates the name before any weights are loaded
     if backbone == "mobilenet_v3_large":
-        return _build_mobilenet(weights)
+        return _build_mobilenet(weights, pooling)
     if backbone == "efficientnet_lite0":
-        return _build_efficientnet_lite0(weights)
+        return _build_efficientnet_lite0(weights, pooling)
     raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}")
 
 
@@ -225,11 +263,44 @@ def _strip_data_parallel_prefix(state_dict: dict, prefix: str, *args: object) ->
         torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state_dict, "module.")
 
 
+class CosineHead(nn.Module):
+    """A symmetric pair score that starts as the backbone's cosine: ``logit = s * (cos(P a, P b) - b)``.
+
+    ``P x = x + U (V x) + c`` is a learned projection, the identity plus a rank-``rank`` correction whose
+    ``U`` and ``c`` start at zero: untrained, ``cos(P a, P b)`` IS the cosine of the pooled features, and the
+    score ``sigmoid(s * (cos - b))`` is an increasing function of it (the same ranking). Training can only
+    move away from cosine where the pairs ask for it. ``s = exp(log_scale)`` > 0 and ``b`` are learned too.
+    Symmetric by construction (one projection for both images, a symmetric similarity).
+    """
+
+    def __init__(self, dim: int, rank: int = 64, scale: float = 10.0, bias: float = 0.8) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, rank, bias=False)
+        self.up = nn.Linear(rank, dim)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+        self.log_scale = nn.Parameter(torch.tensor(math.log(scale)))
+        self.bias = nn.Parameter(torch.tensor(float(bias)))
+
+    def embed(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Unit-length projected features ``(N, dim)``."""
+        return F.normalize(pooled + self.up(self.down(pooled)), dim=-1)
+
+    def similarity_logits(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``s * (u . v - b)`` of embedded rows (broadcasting over leading dimensions)."""
+        return self.log_scale.exp() * ((u * v).sum(-1) - self.bias)
+
+    def similarity_matrix(self, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``s * (u v^T - b)``: the logits of every pair of rows of ``u`` (M, dim) and ``v`` (N, dim), (M, N)."""
+        return self.log_scale.exp() * (u @ v.T - self.bias)
+
+
 class SiameseNetwork(nn.Module):
     """Two images -> one logit, "same room?".
 
-    A frozen feature extractor shared by both twins, two trainable twin heads (one when
-    ``tie_twins``), and an MLP on the 2560-d concatenation of the twins' outputs.
+    A frozen feature extractor shared by both twins, then a head. ``head="concat"`` (published): two
+    trainable twin heads (one when ``tie_twins``) and an MLP on the 2560-d concatenation of the twins'
+    outputs. ``head="cosine"``: :class:`CosineHead` (the improved recipe; dropouts and ``tie_twins`` unused).
     """
 
     def __init__(
@@ -240,9 +311,18 @@ class SiameseNetwork(nn.Module):
         dropout2: float = 0.491,
         dropout3: float = 0.562,
         tie_twins: bool = False,
+        head: str = "concat",
+        pooling: str = "avg",
+        head_rank: int = 64,
     ) -> None:
         super().__init__()
-        self.features = build_feature_extractor(backbone, backbone_weights)
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        self.head_kind = head
+        self.features = build_feature_extractor(backbone, backbone_weights, pooling)
+        if head == "cosine":
+            self.head = CosineHead(self.features.out_dim, rank=head_rank)
+            return
         pretrained = self.features.pretrained_head
         self.twins = nn.ModuleList(
             _twin_head(self.features.out_dim, pretrained) for _ in range(1 if tie_twins else 2)
@@ -278,6 +358,8 @@ class SiameseNetwork(nn.Module):
 
     def logits_from_features(self, pooled1: torch.Tensor, pooled2: torch.Tensor) -> torch.Tensor:
         """Logits ``(N,)`` from pooled backbone features ``(N, D)`` of the first and second images."""
+        if self.head_kind == "cosine":
+            return self.head.similarity_logits(self.head.embed(pooled1), self.head.embed(pooled2))
         joined = torch.cat([self.first_twin(pooled1), self.second_twin(pooled2)], dim=1)
         return self.classifier(joined).squeeze(-1)
 
@@ -286,8 +368,11 @@ class SiameseNetwork(nn.Module):
 
         The first layer on ``[a; b]`` is ``W_a a + W_b b + bias``; returns ``(W_a a + bias, W_b b)``,
         each ``(N, 2048)``, so scoring N x N pairs runs that 2560x2048 layer N times, not N^2 times.
-        Exact in eval mode (dropout off).
+        Exact in eval mode (dropout off). With the cosine head both are the unit projected features.
         """
+        if self.head_kind == "cosine":
+            unit = self.head.embed(pooled)
+            return unit, unit
         first_layer = self.classifier[0]
         w_first, w_second = first_layer.weight.split(TWIN_DIM, dim=1)
         as_first = F.linear(self.first_twin(pooled), w_first, first_layer.bias)
@@ -296,6 +381,8 @@ class SiameseNetwork(nn.Module):
 
     def logits_from_projections(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
         """Logits ``(N,)`` from :meth:`project` outputs: the rest of the classifier on their sum."""
+        if self.head_kind == "cosine":
+            return self.head.similarity_logits(first, second)
         return self.classifier[1:](first + second).squeeze(-1)
 
 
@@ -304,20 +391,21 @@ class SiameseNetwork(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def pair_rows(pairs: data.PairSet) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of a flattened feature table (``image * N_VARIANTS + variant``) for each pair's two images.
+def pair_rows(pairs: data.PairSet, width: int = data.N_VARIANTS) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a flattened feature table (``image * width + variant``) for each pair's two images.
 
     Decodes the pair flags as :class:`data.DuplicateImageDataset` does: variant 1 low bits, variant 2 high.
+    ``width``: variants (or views) per image in the table.
     """
     variant1, variant2 = data.pair_variants(pairs.flags)
-    first = pairs.left * data.N_VARIANTS + variant1
-    second = pairs.right * data.N_VARIANTS + variant2
+    first = pairs.left * width + variant1
+    second = pairs.right * width + variant2
     return first, second
 
 
 # A view turns a batch of decoded images into backbone inputs: ``view(images, variant, indices)`` gets uint8
 # images ``(B, H, W, 3)``, one view id and the images' indices in the split ``(B,)`` (for views that differ
-# per image, e.g. seeded random crops), and returns normalised float ``(B, 3, H, W)``.
+# per image, e.g. seeded random crops), and returns float ``(B, 3, H, W)`` in [0, 1] (the extractor normalises).
 ViewFn = Callable[[np.ndarray, int, np.ndarray], torch.Tensor]
 # The images of a split: decoded uint8 ``(N, H, W, 3)``, or image files decoded in batches (never all at once).
 ImageSource = np.ndarray | Sequence[str | Path]
@@ -331,7 +419,7 @@ def variant_view(images: np.ndarray, variant: int, indices: np.ndarray) -> torch
 def _transform_identity(view: ViewFn = variant_view) -> str:
     """What the cached features depend on besides images and weights: the preprocessing code and versions."""
     parts = [inspect.getsource(data.to_model_input), inspect.getsource(data.apply_variant),
-             repr((data.IMAGENET_MEAN, data.IMAGENET_STD, data.ROTATION_DEGREES)),
+             inspect.getsource(data.normalise), repr(data.ROTATION_DEGREES),
              torch.__version__, torchvision.__version__]
     if view is not variant_view:  # keeps the keys of existing cache files for the published views
         parts.append(_code_identity(view))
@@ -342,6 +430,8 @@ def _code_identity(function: Callable) -> str:
     """Source (or qualified name) of a function, with the arguments bound by functools.partial."""
     if isinstance(function, functools.partial):
         return _code_identity(function.func) + repr((function.args, sorted(function.keywords.items())))
+    if callable(getattr(function, "identity", None)):  # e.g. views.ReshootViews: its code and parameters
+        return function.identity()
     try:
         return inspect.getsource(function)
     except (OSError, TypeError):

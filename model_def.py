@@ -39,7 +39,7 @@ import data
 import hparams as hparams_table
 import outputs
 import sharding
-from model import BackboneWeightsError, SiameseNetwork, extract_features, pair_rows
+from model import BackboneWeightsError, SiameseNetwork, extract_features, pair_rows, variant_view
 
 log = logging.getLogger("samespace.trial")
 
@@ -50,6 +50,8 @@ DOWNLOAD_DIR = Path("data")  # on a cluster, relative to the trial's working dir
 TRAIN_SPLIT, VALIDATION_SPLIT = data.SPLITS
 # Hyperparameters a config may leave out, with the values SiameseNetwork and data.py default to (hparams.py).
 OPTIONAL_HPARAMS: dict[str, Any] = hparams_table.optional_defaults()
+# The improved recipe's hyperparameters (improved.yaml); their defaults are the published behaviour.
+IMPROVED_HPARAMS: dict[str, Any] = hparams_table.improved_defaults()
 
 
 class CheckpointError(ValueError):
@@ -61,10 +63,10 @@ class UsageError(ValueError):
 
 
 class PairRows(torch.utils.data.Dataset):
-    """A split's pairs as ``(row1, row2, label)``: rows of its feature table (``image * 8 + variant``)."""
+    """A split's pairs as ``(row1, row2, label)``: rows of its feature table (``image * width + variant``)."""
 
-    def __init__(self, pairs: data.PairSet) -> None:
-        first, second = pair_rows(pairs)
+    def __init__(self, pairs: data.PairSet, width: int = data.N_VARIANTS) -> None:
+        first, second = pair_rows(pairs, width)
         self.first = torch.from_numpy(first)
         self.second = torch.from_numpy(second)
         self.label = torch.from_numpy(pairs.label.astype(np.float32))
@@ -163,10 +165,12 @@ class SiameseTrial(pytorch.PyTorchTrial):
     ) -> None:
         self.context = context
         self.skip_batches = skip_batches
-        self.hparams = {**OPTIONAL_HPARAMS, **context.get_hparams()}
+        self.hparams = {**OPTIONAL_HPARAMS, **IMPROVED_HPARAMS, **context.get_hparams()}
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.cache_dir = cache_dir
         self.feature_cache = bool(self.hparams["feature_cache"])
+        if self.hparams["views"] == "reshoot" and not self.feature_cache:
+            raise ValueError("views=reshoot trains on pre-computed views: it needs feature_cache=true")
         self.network = SiameseNetwork(
             backbone=self.hparams["backbone"],
             backbone_weights=self.hparams["backbone_weights"] if load_backbone_weights else "none",
@@ -174,6 +178,9 @@ class SiameseTrial(pytorch.PyTorchTrial):
             dropout2=self.hparams["dropout2"],
             dropout3=self.hparams["dropout3"],
             tie_twins=bool(self.hparams["tie_twins"]),
+            head=self.hparams["head"],
+            pooling=self.hparams["pooling"],
+            head_rank=int(self.hparams["head_rank"]),
         )
         self.model = context.wrap_model(self.network)
         trainable = [p for p in self.network.parameters() if p.requires_grad]
@@ -230,6 +237,20 @@ class SiameseTrial(pytorch.PyTorchTrial):
 
     def _loader(self, split: str, shuffle: bool) -> pytorch.DataLoader:
         shard = _shard(self.context)
+        if self.hparams["views"] == "reshoot":
+            dataset: torch.utils.data.Dataset = self._reshoot_pairs(split, shard)
+        else:
+            dataset = self._published_pairs(split, shard)
+        sampler: torch.utils.data.Sampler = torch.utils.data.SequentialSampler(dataset)
+        if shuffle:
+            sampler = pytorch.samplers.ReproducibleShuffleSampler(sampler, self._seed())
+        loader = ResumableLoader(dataset, batch_size=self.context.get_per_slot_batch_size(), sampler=sampler,
+                                 generator=torch.Generator().manual_seed(self._seed()))
+        loader.skip_batches = self.skip_batches if shuffle else 0
+        return loader
+
+    def _published_pairs(self, split: str, shard: sharding.Shard) -> torch.utils.data.Dataset:
+        """The published pairs (8 flip / rotation variants, hash-weighted negatives), as feature-table rows."""
         # Photos are decoded, hashed and dropped: the dataset keeps hashes and pairs, never a split's pixels.
         dataset: torch.utils.data.Dataset = data.DuplicateImageDataset(
             self._data_root() / split,
@@ -247,13 +268,31 @@ class SiameseTrial(pytorch.PyTorchTrial):
             )
             self.tables[split] = features.flatten(0, 1).to(self.context.device)
             dataset = PairRows(dataset.pairs)
-        sampler: torch.utils.data.Sampler = torch.utils.data.SequentialSampler(dataset)
-        if shuffle:
-            sampler = pytorch.samplers.ReproducibleShuffleSampler(sampler, self._seed())
-        loader = ResumableLoader(dataset, batch_size=self.context.get_per_slot_batch_size(), sampler=sampler,
-                                 generator=torch.Generator().manual_seed(self._seed()))
-        loader.skip_batches = self.skip_batches if shuffle else 0
-        return loader
+        return dataset
+
+    def _reshoot_pairs(self, split: str, shard: sharding.Shard) -> PairRows:
+        """``views: reshoot``: training pairs over re-shoot views with mined negatives (mining.py); validation on
+        every unique pair of the plain images (the honest evaluation, natural class balance)."""
+        import mining
+        import views
+
+        training = split == TRAIN_SPLIT
+        n_views = int(self.hparams["n_views"])
+        dataset = data.DuplicateImageDataset(self._data_root() / split, pairing="unique", balanced=training,
+                                             progress=shard.is_chief, keep_images=False)
+        features = extract_features(
+            self.network.features, dataset.paths, range(n_views) if training else (0,),
+            device=self.context.device, progress=shard.is_chief, cache_dir=self.cache_dir, shard=shard,
+            view=views.ReshootViews(seed=0, n_views=n_views) if training else variant_view,
+        )
+        if training:
+            unit = torch.nn.functional.normalize(features[:, 0], dim=-1).numpy()
+            pairs = mining.reshoot_pairs(dataset.groups, dataset.hashes, unit, negatives=self.hparams["negatives"],
+                                         n_views=n_views)
+        else:
+            pairs = dataset.pairs
+        self.tables[split] = features.flatten(0, 1).to(self.context.device)
+        return PairRows(pairs, width=features.shape[1])
 
 
 def _shard(context: pytorch.PyTorchTrialContext) -> sharding.Shard:

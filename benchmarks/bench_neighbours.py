@@ -7,8 +7,8 @@
 No photos: embeddings are drawn to look like L2-normalised pooled CNN features (see :func:`synthetic`), with
 planted duplicate groups. ``scale`` runs each size in its own process (so peak RSS is its own) and times
 what find_duplicates does after embedding: candidate search (approximate, neighbours.knn_pairs), scoring
-the candidate pairs with the cosine scorer, and grouping (scoring.connected_groups). With ``--results`` each
-size's figures are appended to a JSON-lines file, so sizes can run one per command (each under
+the candidate pairs with the cosine scorer, and grouping (grouping.linked_groups, as find_duplicates.py).
+With ``--results`` each size's figures are appended to a JSON-lines file, so sizes can run one per command (each under
 ``flock /tmp/samespace-heavy.lock`` on a shared machine) and ``report`` prints the targets from the file.
 
 Targets (PASS/FAIL): recall of the true top-20 >= 0.99 at 100,000 vectors; at 1,000,000: <= 15 min and
@@ -138,6 +138,7 @@ def run_size(n: int) -> dict:
     """One size in this process: generate (not timed), then candidate search + scoring + grouping."""
     import torch
 
+    import grouping
     import neighbours
     import scoring
 
@@ -159,7 +160,7 @@ def run_size(n: int) -> dict:
     left, right = pairs[keep, 0], pairs[keep, 1]
     score_s = time.perf_counter() - t
     t = time.perf_counter()
-    found_groups = scoring.connected_groups(n, left, right)
+    found_groups = grouping.linked_groups(n, left, right, scores[keep], THRESHOLD, score_fn=scorer.score)
     group_s = time.perf_counter() - t
     total = time.perf_counter() - t0
     truth = planted_pairs(groups)

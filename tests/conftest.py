@@ -50,7 +50,7 @@ def write_calibrated_backbone(path: Path, image_dir: Path, seed: int = 0) -> Pat
             module.reset_running_stats()
     images = np.stack([data.load_image(p) for p in data.find_images(image_dir)[:16]])
     with torch.no_grad():
-        net.train()(data.to_model_input(images))
+        net.train()(data.normalise(data.to_model_input(images), "mobilenet_v3_large"))
     torch.save(net.state_dict(), path)
     return path
 

@@ -11,7 +11,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 VALIDATOR = REPO.parent / "shared" / "tools" / "validate_expconf.py"
-CONFIGS = ("const.yaml", "adaptive.yaml", "distributed.yaml")
+CONFIGS = ("const.yaml", "adaptive.yaml", "distributed.yaml", "improved.yaml", "improved_adaptive.yaml")
+IMPROVED = ("improved.yaml", "improved_adaptive.yaml")
 PUBLISHED = {"learning_rate": 0.002061, "alpha": 0.926, "dropout1": 0.306, "dropout2": 0.491, "dropout3": 0.562,
              "global_batch_size": 64}
 
@@ -59,7 +60,10 @@ def test_distributed_launches_one_worker_per_slot() -> None:
 def test_every_config_names_every_trial_hyperparameter(name: str) -> None:
     import model_def
 
-    assert set(model_def.OPTIONAL_HPARAMS) | set(PUBLISHED) == set(_load(name)["hyperparameters"])
+    named = set(model_def.OPTIONAL_HPARAMS) | set(PUBLISHED)
+    if name in IMPROVED:  # the published configs leave the improved recipe's keys at their (published) defaults
+        named |= set(model_def.IMPROVED_HPARAMS)
+    assert named == set(_load(name)["hyperparameters"])
 
 
 def _header(name: str) -> str:
@@ -101,3 +105,10 @@ def test_embed_config_passes_the_038_validator_and_runs_embed_py_per_slot() -> N
     assert config["entrypoint"].startswith("python3 -m determined.launch.torch_distributed python3 embed.py")
     assert "--output" in config["entrypoint"] and config["resources"]["slots_per_trial"] > 1
     assert config["searcher"]["metric"] == "photos_embedded"  # what embed.py reports at the end
+
+
+@pytest.mark.parametrize("name", IMPROVED)
+def test_improved_configs_select_the_improved_recipe(name: str) -> None:
+    hparams = _load(name)["hyperparameters"]
+    assert (hparams["head"], hparams["views"], hparams["backbone"]) == ("cosine", "reshoot", "efficientnet_lite0")
+    assert hparams["feature_cache"] is True  # views: reshoot trains on pre-computed views

@@ -436,18 +436,36 @@ def test_to_model_input_constant_image() -> None:
     out = data.to_model_input(image)
     assert out.shape == (2, 3, 8, 9)
     assert out.dtype == torch.float32
+    normalised = data.normalise(out, "mobilenet_v3_large")
     for ch, v in enumerate(values):
+        assert torch.allclose(out[:, ch], torch.full((2, 8, 9), v / 255), atol=1e-6)  # [0, 1]: scaled first
         expected = (v / 255 - data.IMAGENET_MEAN[ch]) / data.IMAGENET_STD[ch]
-        assert torch.allclose(out[:, ch], torch.full((2, 8, 9), expected), atol=1e-5)
+        assert torch.allclose(normalised[:, ch], torch.full((2, 8, 9), expected), atol=1e-5)
         published_bug = (v - data.IMAGENET_MEAN[ch]) / data.IMAGENET_STD[ch] / 255
         assert abs(expected - published_bug) > 0.1
-        assert not torch.allclose(out[:, ch], torch.full((2, 8, 9), published_bug), atol=1e-3)
+        assert not torch.allclose(normalised[:, ch], torch.full((2, 8, 9), published_bug), atol=1e-3)
+
+
+def test_each_backbone_gets_the_normalisation_its_weights_were_trained_with() -> None:
+    """MobileNetV3 (torchvision): ImageNet mean / std. EfficientNet-Lite0 (TF weights): (x * 255 - 127) / 128."""
+    assert data.INPUT_NORMALISATION["mobilenet_v3_large"] == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    pixels = np.array([[[[0, 127, 255]]]], np.uint8)  # one pixel, channels 0 / 127 / 255
+    x = data.to_model_input(pixels)
+    lite = data.normalise(x, "efficientnet_lite0").flatten()
+    torch.testing.assert_close(lite, (torch.tensor([0.0, 127.0, 255.0]) - 127) / 128, atol=1e-6, rtol=0)
+    mobile = data.normalise(x, "mobilenet_v3_large").flatten()
+    mean, std = torch.tensor(data.IMAGENET_MEAN), torch.tensor(data.IMAGENET_STD)
+    expected = (torch.tensor([0.0, 127 / 255, 1.0]) - mean) / std
+    torch.testing.assert_close(mobile, expected, atol=1e-6, rtol=0)
+    assert set(data.INPUT_NORMALISATION) == {"mobilenet_v3_large", "efficientnet_lite0"}
+    with pytest.raises(ValueError, match="resnet"):
+        data.normalise(x, "resnet")
 
 
 def test_to_model_input_transforms_before_normalising() -> None:
     # Rotation fills corners with black in [0, 1] space, so a corner is (0 - mean) / std after normalising.
     white = np.full((32, 32, 3), 255, np.uint8)
-    out = data.to_model_input(white, data.ROTATE_ANTICLOCKWISE)
+    out = data.normalise(data.to_model_input(white, data.ROTATE_ANTICLOCKWISE), "mobilenet_v3_large")
     for ch in range(3):
         black = -data.IMAGENET_MEAN[ch] / data.IMAGENET_STD[ch]
         white_value = (1 - data.IMAGENET_MEAN[ch]) / data.IMAGENET_STD[ch]

@@ -180,3 +180,22 @@ def test_feature_cache_file_is_reused_and_keyed_by_content(tmp_path: Path, train
     with torch.no_grad():
         extractor.body[0][0][0].weight[0, 0, 0, 0] += 1.0
     assert model.feature_cache_key(extractor, images, [0, 3]) != key
+
+
+@pytest.mark.parametrize("backbone", model.BACKBONES)
+def test_the_extractor_normalises_its_input_for_its_own_weights(backbone: str) -> None:
+    """Every caller hands the backbone [0, 1] images; it applies its own mean / std (data.INPUT_NORMALISATION)."""
+    torch.manual_seed(0)
+    extractor = model.build_feature_extractor(backbone, "none")
+    x = data.to_model_input(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+    with torch.no_grad():
+        expected = extractor.body(data.normalise(x, backbone)).flatten(1)
+        assert torch.equal(extractor(x), expected)
+    other = dict(data.INPUT_NORMALISATION)
+    key = extractor.fingerprint()
+    try:  # the normalisation is part of the extractor's identity, hence of the feature-cache key
+        data.INPUT_NORMALISATION[backbone] = ((0.5,) * 3, (0.5,) * 3)
+        assert extractor.fingerprint() != key
+    finally:
+        data.INPUT_NORMALISATION.clear()
+        data.INPUT_NORMALISATION.update(other)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import imagehash
@@ -66,13 +67,6 @@ def test_upper_pairs_cover_every_pair_once_in_any_blocks() -> None:
     assert np.concatenate([b[1] for b in blocks]).tolist() == right.tolist()
 
 
-def test_connected_groups_are_transitive_components_largest_first() -> None:
-    # 0~1 and 1~2 (0 and 2 not a pair) -> one group; 3~4; 5 and 6 alone; 7~8~9~10 a chain
-    left = np.array([0, 1, 3, 7, 8, 9])
-    right = np.array([1, 2, 4, 8, 9, 10])
-    groups = scoring.connected_groups(11, left, right)
-    assert [g.tolist() for g in groups] == [[7, 8, 9, 10], [0, 1, 2], [3, 4]]
-    assert scoring.connected_groups(3, np.zeros(0, np.int64), np.zeros(0, np.int64)) == []
 
 
 class _PairwiseOnly(scoring.HashScorer):
@@ -160,6 +154,18 @@ def test_model_threshold_read_from_the_checkpoint_folder(tmp_path: Path) -> None
     (tmp_path / scoring.THRESHOLD_FILE).write_text(json.dumps({"metric": "best_f1"}))
     with pytest.raises(ValueError, match="threshold"):
         scoring.read_model_threshold(tmp_path)
+
+
+REAL_SET = os.environ.get("SAMESPACE_REAL_DIR")  # `python real_photos.py build DIR` (needs apt access)
+
+
+@pytest.mark.skipif(not REAL_SET, reason="set SAMESPACE_REAL_DIR to a real_photos.py set (seed 0) to check")
+def test_real_photo_thresholds_reproduce_on_the_real_training_split() -> None:
+    """Best F1 on the unique pairs of the real-photo set's Training Data (never Test Data)."""
+    scores, labels = scoring.split_pair_scores(Path(REAL_SET) / "Training Data")
+    assert len(labels) == 458 * 457 // 2 and int(labels.sum()) == 420
+    for method in scoring.REFERENCE_METHODS:
+        assert scoring.best_f1_threshold(scores[method], labels).threshold == scoring.REAL_PHOTO_THRESHOLDS[method]
 
 
 def test_default_thresholds_reproduce_on_the_sample_set(calibration_root: Path) -> None:

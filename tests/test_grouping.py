@@ -1,0 +1,49 @@
+"""grouping.py: connected components, and average-linkage groups that do not chain."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import grouping
+
+
+def test_connected_groups_are_transitive_components_largest_first() -> None:
+    # 0~1 and 1~2 (0 and 2 not a pair) -> one group; 3~4; 5 and 6 alone; 7~8~9~10 a chain
+    left = np.array([0, 1, 3, 7, 8, 9])
+    right = np.array([1, 2, 4, 8, 9, 10])
+    groups = grouping.connected_groups(11, left, right)
+    assert [g.tolist() for g in groups] == [[7, 8, 9, 10], [0, 1, 2], [3, 4]]
+    assert grouping.connected_groups(3, np.zeros(0, np.int64), np.zeros(0, np.int64)) == []
+
+
+def _scores(matrix: list[list[float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    m = np.array(matrix)
+    left, right = np.triu_indices(len(m), k=1)
+    return left, right, m[left, right]
+
+
+def test_a_chain_of_unlike_ends_is_split() -> None:
+    """A~B (0.95) and B~C (0.90) are above the threshold 0.85, A and C are unlike (0.30): not one group."""
+    left, right, scores = _scores([[1, 0.95, 0.30], [0.95, 1, 0.90], [0.30, 0.90, 1]])
+    strong = scores >= 0.85
+    assert [g.tolist() for g in grouping.connected_groups(3, left[strong], right[strong])] == [[0, 1, 2]]
+    score_fn = lambda i, j: np.array([[1, 0.95, 0.30], [0.95, 1, 0.90], [0.30, 0.90, 1]])[i, j]  # noqa: E731
+    for fn in (score_fn, None):  # A~C scored on demand (0.30), or unknown and counted as unlike
+        groups = grouping.linked_groups(3, left[scores >= 0.85], right[scores >= 0.85], scores[scores >= 0.85], 0.85,
+                                        score_fn=fn)
+        assert [g.tolist() for g in groups] == [[0, 1]]  # the strongest link wins; C is alone
+
+
+def test_a_group_alike_on_average_is_kept_whole() -> None:
+    # Three photos of one room: A~C is just under the threshold, but C is like {A, B} on average (0.85).
+    matrix = [[1, 0.95, 0.80, 0.1], [0.95, 1, 0.90, 0.1], [0.80, 0.90, 1, 0.1], [0.1, 0.1, 0.1, 1]]
+    left, right, scores = _scores(matrix)
+    groups = grouping.linked_groups(4, left, right, scores, 0.85)
+    assert [g.tolist() for g in groups] == [[0, 1, 2]]
+    # Two rooms bridged by one weak link (2~3 at 0.86): two groups, not one chain of four.
+    matrix = [[1, 0.95, 0.2, 0.2], [0.95, 1, 0.2, 0.2], [0.2, 0.2, 1, 0.97], [0.2, 0.2, 0.97, 1]]
+    matrix[1][2] = matrix[2][1] = 0.86
+    left, right, scores = _scores(matrix)
+    groups = grouping.linked_groups(4, left, right, scores, 0.85)
+    assert sorted(g.tolist() for g in groups) == [[0, 1], [2, 3]]
+    assert grouping.linked_groups(4, left, right, scores, 0.99) == []

@@ -1,0 +1,297 @@
+"""The real-photo set builder, on small generated source folders (no Debian package needed)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import data
+import real_photos as rp
+
+TRAIN, TEST = data.SPLITS
+
+
+def _photo(rng: np.random.Generator, size: tuple[int, int] = (160, 120)) -> Image.Image:
+    """A textured picture with a few blocks, different for every draw."""
+    w, h = size
+    base = rng.integers(0, 256, size=(h // 8 + 1, w // 8 + 1, 3), dtype=np.uint8)
+    img = Image.fromarray(base).resize(size, Image.Resampling.BILINEAR)
+    arr = np.asarray(img).copy()
+    for _ in range(4):
+        x, y = int(rng.integers(0, w - 30)), int(rng.integers(0, h - 30))
+        arr[y : y + 30, x : x + 30] = rng.integers(0, 256, size=3)
+    return Image.fromarray(arr)
+
+
+def _source_dir(root: Path, name: str, n_places: int, seed: int) -> tuple[Path, tuple[rp.Place, ...]]:
+    """A folder of generated photos: place k has k % 3 + 1 different shots (PNG, a JPEG and a greyscale)."""
+    rng = np.random.default_rng(seed)
+    folder = root / name
+    folder.mkdir(parents=True)
+    places = []
+    for k in range(n_places):
+        shots = []
+        for s in range(k % 3 + 1):
+            file = f"place{k}/shot{s}" + (".png", ".jpg", ".pgm")[s % 3]
+            (folder / file).parent.mkdir(exist_ok=True)
+            img = _photo(rng)
+            (img.convert("L") if file.endswith(".pgm") else img).save(folder / file)
+            shots.append(file)
+        places.append(rp.Place(f"p{k}", tuple(shots), ("indoor", "objects")[k % 2]))
+    return folder, tuple(places)
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> list[rp.Source]:
+    root = tmp_path_factory.mktemp("sources")
+    out = []
+    for name, split, n, seed in (("alpha", TRAIN, 9, 1), ("beta", TRAIN, 6, 2), ("gamma", TEST, 8, 3)):
+        folder, places = _source_dir(root, name, n, seed)
+        out.append(rp.Source(name, "dir", str(folder), "1", f"licence of {name}", split, places))
+    return out
+
+
+@pytest.fixture(scope="module")
+def built(sources: list[rp.Source], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("real") / "set"
+    summary = rp.build(out, seed=0, sources=sources)
+    return out, summary
+
+
+def _tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_deterministic_for_a_seed(built: tuple[Path, dict], sources: list[rp.Source], tmp_path: Path) -> None:
+    out, _ = built
+    rp.build(tmp_path / "again", seed=0, sources=sources)
+    assert _tree_hashes(tmp_path / "again") == _tree_hashes(out)
+    rp.build(tmp_path / "other", seed=1, sources=sources)
+    other = _tree_hashes(tmp_path / "other")
+    assert other != _tree_hashes(out)
+
+
+def test_layout_parses_into_the_intended_groups(built: tuple[Path, dict]) -> None:
+    out, summary = built
+    rows = rp.read_manifest(out)
+    all_sizes = []
+    for split in data.SPLITS:
+        split_dir = out / split
+        paths = data.find_images(split_dir)
+        assert all(data.parse_name(p.name) is not None for p in paths)
+        by_path = {r["path"]: r for r in rows}
+        intended = [by_path[f"{split}/{p.relative_to(split_dir).as_posix()}"]["group"] for p in paths]
+        groups = data.group_ids(paths, split_dir)
+        # Same partition: equal group ids exactly where the manifest's groups are equal.
+        for i in range(len(paths)):
+            for j in range(len(paths)):
+                assert (groups[i] == groups[j]) == (intended[i] == intended[j])
+        sizes = np.unique(groups, return_counts=True)[1]
+        all_sizes += sizes.tolist()
+        assert (sizes >= 2).sum() == summary[split]["groups"] and (sizes == 1).sum() == summary[split]["singletons"]
+        assert len(paths) == summary[split]["images"]
+        for path in paths:  # moderate JPEGs the one decode path reads
+            with Image.open(path) as img:
+                assert img.format == "JPEG" and max(img.size) <= rp.MAX_SIDE
+            assert data.load_image(path).shape == (data.IMAGE_SIZE, data.IMAGE_SIZE, 3)
+    assert min(all_sizes) == 1 and max(all_sizes) == rp.GROUP_SIZE[1]  # singletons, and groups of 2 to 4
+
+
+def test_sources_are_disjoint_between_splits(built: tuple[Path, dict], sources: list[rp.Source]) -> None:
+    out, _ = built
+    rows = rp.read_manifest(out)
+    train = {r["package"] for r in rows if r["split"] == TRAIN}
+    test = {r["package"] for r in rows if r["split"] == TEST}
+    assert len(train) == 2 and len(test) == 1 and not train & test
+    both = [*sources, rp.Source("delta", "dir", sources[0].package, "1", "x", TEST, sources[0].places)]
+    with pytest.raises(rp.RealPhotosError, match="feeds both"):
+        rp.build(out.parent / "never", sources=both)
+    assert not (out.parent / "never").exists()
+    shipped = {}
+    for source in rp.SOURCES:  # the shipped list obeys the same rule and names no held-out package
+        assert shipped.setdefault(source.package, source.split) == source.split
+        assert source.name not in rp.HELD_OUT and source.package not in rp.HELD_OUT
+
+
+def _check_params(params: dict[str, float]) -> None:
+    assert set(params) <= {
+        "perspective", "rotation", "crop_scale", "exposure_ev", "wb_red", "wb_blue", "contrast", "blur",
+        "downscale", "jpeg_quality",
+    }  # fmt: skip
+    assert rp.JPEG_QUALITY[0] <= params["jpeg_quality"] <= rp.JPEG_QUALITY[1]
+    ranges = {
+        "perspective": (0, rp.PERSPECTIVE), "rotation": (-rp.ROTATION, rp.ROTATION), "crop_scale": rp.CROP_SCALE,
+        "exposure_ev": (-rp.EXPOSURE_EV, rp.EXPOSURE_EV), "wb_red": (1 - rp.WHITE_BALANCE, 1 + rp.WHITE_BALANCE),
+        "wb_blue": (1 - rp.WHITE_BALANCE, 1 + rp.WHITE_BALANCE), "contrast": rp.CONTRAST, "blur": rp.BLUR_RADIUS,
+        "downscale": rp.DOWNSCALE,
+    }  # fmt: skip
+    for key, (low, high) in ranges.items():
+        if key in params:
+            assert low - 1e-3 <= params[key] <= high + 1e-3, (key, params[key])
+
+
+def test_transforms_stay_within_their_documented_ranges(built: tuple[Path, dict]) -> None:
+    out, _ = built
+    transformed = [json.loads(r["transform"]) for r in rp.read_manifest(out)]
+    reshoots = [t for t in transformed if len(t) > 1]
+    assert reshoots and all(t == {"jpeg_quality": rp.ORIGINAL_QUALITY} for t in transformed if len(t) == 1)
+    rng = np.random.default_rng(0)
+    photo = _photo(rng, (240, 180))
+    seen: set[str] = set()
+    for _ in range(150):
+        img, quality, params = rp.reshoot(photo, rng)
+        _check_params(params)
+        seen |= set(params)
+        assert quality == params["jpeg_quality"] and img.mode == "RGB" and max(img.size) <= 240
+    assert len(seen) == 10  # every kind of transform happens
+    for params in reshoots:
+        _check_params(params)
+
+
+def test_a_rotation_leaves_no_empty_corners() -> None:
+    white = Image.new("RGB", (320, 240), (255, 255, 255))
+    for degrees in (-25.0, 10.0, 25.0):
+        arr = np.asarray(rp._rotated_crop(white, degrees))
+        assert arr.min() >= 250, degrees  # the black fill of the rotation is cropped away
+
+
+def test_manifest_is_complete(built: tuple[Path, dict], sources: list[rp.Source]) -> None:
+    out, _ = built
+    rows = rp.read_manifest(out)
+    written = {p.relative_to(out).as_posix() for split in data.SPLITS for p in data.find_images(out / split)}
+    assert {r["path"] for r in rows} == written
+    folders = {s.name: Path(s.package) for s in sources}
+    for row in rows:
+        assert set(row) == set(rp.MANIFEST_FIELDS) and all(row[k] for k in rp.MANIFEST_FIELDS)
+        assert hashlib.sha256((out / row["path"]).read_bytes()).hexdigest() == row["sha256"]
+        original = folders[row["source"]] / row["original"]
+        assert hashlib.sha256(original.read_bytes()).hexdigest() == row["source_sha256"]
+        assert row["licence"] == f"licence of {row['source']}"
+        assert row["shot"] == f"{row['source']}:{row['original']}"
+
+
+def test_shot_ids_and_different_shot_pairs(built: tuple[Path, dict]) -> None:
+    out, summary = built
+    for split in data.SPLITS:
+        split_dir = out / split
+        paths = data.find_images(split_dir)
+        groups = data.group_ids(paths, split_dir)
+        shots = rp.shot_ids(paths, split_dir)
+        expected = {
+            frozenset((paths[i].relative_to(split_dir).as_posix(), paths[j].relative_to(split_dir).as_posix()))
+            for i in range(len(paths))
+            for j in range(i + 1, len(paths))
+            if groups[i] == groups[j] and shots[i] != shots[j]
+        }
+        pairs = rp.different_shot_pairs(split_dir)
+        assert pairs == expected and len(pairs) == summary[split]["different_shot_pairs"] > 0
+        assert all(len(set(groups[shots == s])) == 1 for s in set(shots))  # a shot lies in one group
+    with pytest.raises(rp.RealPhotosError, match="not in"):
+        rp.shot_ids([out / TRAIN / "x" / "stray_1_1.jpg"], out / TRAIN)
+
+
+@pytest.mark.parametrize("name", sorted(rp.HELD_OUT))
+def test_held_out_sources_are_refused(name: str, sources: list[rp.Source], tmp_path: Path) -> None:
+    with pytest.raises(rp.RealPhotosError, match="held out"):
+        rp.sources_by_name([name])
+    held = rp.Source(name, "dir", sources[0].package, "1", "x", TEST, sources[0].places)
+    with pytest.raises(rp.RealPhotosError, match="held out"):
+        rp.build(tmp_path / "set", sources=[held])
+    assert not (tmp_path / "set").exists()
+
+
+def test_cli_refuses_held_out_and_unknown_sources(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert rp.main(["--cache-dir", str(tmp_path), "build", str(tmp_path / "set"), "--sources", "opencv-doc"]) == 2
+    assert "opencv-doc: held out" in capsys.readouterr().err
+    assert rp.main(["--cache-dir", str(tmp_path), "build", str(tmp_path / "set"), "--sources", "nope"]) == 2
+    assert "nope: unknown source" in capsys.readouterr().err
+    assert not (tmp_path / "set").exists()
+
+
+def test_a_missing_source_is_a_clear_error(sources: list[rp.Source], tmp_path: Path) -> None:
+    gone = rp.Source("gone", "dir", str(tmp_path / "nowhere"), "1", "x", TEST, sources[2].places)
+    with pytest.raises(rp.RealPhotosError, match="nowhere: source folder of 'gone' not found"):
+        rp.build(tmp_path / "set", sources=[sources[0], gone])
+    partial = rp.Source("gamma", "dir", sources[2].package, "1", "x", TEST, (rp.Place("x", ("missing.jpg",), "a"),))
+    with pytest.raises(rp.RealPhotosError, match="missing.jpg: photo of source 'gamma' not found"):
+        rp.build(tmp_path / "set", sources=[sources[0], partial])
+    assert not (tmp_path / "set").exists()  # checked before anything is written
+
+
+def test_an_existing_split_is_an_error(built: tuple[Path, dict], sources: list[rp.Source]) -> None:
+    out, _ = built
+    before = _tree_hashes(out)
+    with pytest.raises(rp.RealPhotosError, match="already exists"):
+        rp.build(out, sources=sources)
+    assert _tree_hashes(out) == before
+
+
+def test_offline_download_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    calls = []
+
+    def fake_run(command: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 100, "", "E: Failed to fetch ... Temporary failure resolving")
+
+    monkeypatch.setattr(rp, "_run", fake_run)
+    source = rp.Source("pkg", "deb", "some-photos", "1.0-1", "x", TEST, (rp.Place("p", ("a.jpg",), "a"),))
+    with pytest.raises(rp.RealPhotosError, match=r"cannot download some-photos=1.0-1 with apt-get \(E: Failed"):
+        rp.fetch(source, tmp_path)
+    assert ["apt-get", "download", "some-photos=1.0-1"] in calls
+
+
+def _qt_resource_file(files: dict[str, tuple[bytes, bool]]) -> bytes:
+    """A format-1 Qt resource file with one folder ``res`` holding ``files`` (name -> (bytes, compressed))."""
+    names, payload = b"", b""
+
+    def add_name(name: str) -> int:
+        nonlocal names
+        offset = len(names)
+        names += struct.pack(">HI", len(name), 0) + name.encode("utf-16-be")
+        return offset
+
+    entries = [struct.pack(">IHII", 0, 2, 1, 1), struct.pack(">IHII", add_name("res"), 2, len(files), 2)]
+    for name, (blob, compressed) in sorted(files.items()):
+        stored = struct.pack(">I", len(blob)) + zlib.compress(blob) if compressed else blob
+        entries.append(struct.pack(">IHHHI", add_name(name), int(compressed), 0, 0, len(payload)))
+        payload += struct.pack(">I", len(stored)) + stored
+    tree = b"".join(entries)
+    header = 20
+    return b"qres" + struct.pack(">IIII", 1, header, header + len(tree), header + len(tree) + len(payload)) + (
+        tree + payload + names
+    )
+
+
+def test_qt_resource_reader(tmp_path: Path) -> None:
+    files = {"a.webp": (b"plain bytes", False), "b.jpg": (bytes(range(256)) * 8, True)}
+    (tmp_path / "x.rcc").write_bytes(_qt_resource_file(files))
+    assert dict(rp._qt_resources(tmp_path / "x.rcc")) == {f"/res/{k}": v[0] for k, v in files.items()}
+    (tmp_path / "bad.rcc").write_bytes(b"nope")
+    with pytest.raises(rp.RealPhotosError, match="not a Qt resource file"):
+        list(rp._qt_resources(tmp_path / "bad.rcc"))
+
+
+def test_readme_credits(tmp_path: Path) -> None:
+    (tmp_path / "README").write_text(
+        "Copyright: A. Person\nSource: https://example.org/a\nLicense: CC0-1.0\nFiles:\nfish1.webp\n\n"
+        "Copyright: B\nLicense: CC-BY-SA 4.0\nFiles: usa/x.webp\n\n"
+        "Copyright: C\nLicense: Public Domain\ntool.webp\nComment: no Files line upstream\n"
+    )
+    credits = rp._readme_credits(tmp_path / "README")
+    assert credits == {
+        "fish1.webp": "CC0-1.0, A. Person, https://example.org/a",
+        "usa/x.webp": "CC-BY-SA 4.0, B",
+        "tool.webp": "Public Domain, C, no Files line upstream",
+    }
