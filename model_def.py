@@ -558,8 +558,6 @@ def plan_run(args: argparse.Namespace, info: det.ClusterInfo | None) -> RunPlan:
         return RunPlan(on_cluster=True, hparams=hparams, exp_conf=None,
                        max_length=_max_length(args, config.get("searcher")),
                        latest_checkpoint=info.latest_checkpoint, seed=None)
-    if args.sample_data is None and args.data_dir is None:
-        raise UsageError("local runs need --data-dir DIR or --sample-data")
     exp_conf = _read_config(args.config)
     try:
         hparams = local_hparams(exp_conf, args.hparam)
@@ -682,6 +680,8 @@ def _main(argv: Sequence[str]) -> int:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=det.LOG_FORMAT)
     plan = plan_run(args, det.get_cluster_info())
+    if not plan.on_cluster and args.data_dir is None and args.sample_data is None:
+        raise UsageError("local runs need --data-dir DIR or --sample-data")
     check_inputs(args, args.sample_data or args.data_dir)
     if args.checkpoint_dir is not None:
         _check_checkpoint_dir(args.checkpoint_dir)

@@ -64,22 +64,24 @@ def test_the_length_comes_from_the_entrypoint_or_the_searcher(searcher: dict, ar
 
 
 def test_a_trial_without_any_length_is_an_error() -> None:
-    with pytest.raises(SystemExit, match="--epochs N or --batches N"):
+    with pytest.raises(model_def.UsageError, match="--epochs N or --batches N"):
         model_def.plan_run(model_def._parse_args([]), cluster_info({"name": "single", "metric": "validation_loss"}))
-    with pytest.raises(SystemExit, match="--epochs N or --batches N"):  # a metric ASHA cannot count
+    with pytest.raises(model_def.UsageError, match="--epochs N or --batches N"):  # a metric ASHA cannot count
         model_def.plan_run(model_def._parse_args([]), cluster_info({**ASHA, "time_metric": "validation_loss"}))
 
 
 @pytest.mark.parametrize("argv", [["--local"], ["--hparam", "alpha=0.9"], ["--checkpoint-dir", "/tmp/x"],
                                   ["--resume", "/tmp/x"]])
-def test_local_options_are_refused_inside_a_trial(argv: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_options_are_refused_inside_a_trial(argv: list[str], monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
     info = cluster_info(ASHA)
-    with pytest.raises(SystemExit, match="are for local runs"):
+    with pytest.raises(model_def.UsageError, match="are for local runs"):
         model_def.plan_run(model_def._parse_args(argv), info)
-    # main() decides from the same info before any call to the master.
+    # main() decides from the same info before any call to the master: one line, exit status 2.
     monkeypatch.setattr(det, "get_cluster_info", lambda: info)
-    with pytest.raises(SystemExit, match="are for local runs"):
-        model_def.main(argv)
+    assert model_def.main(argv) == 2
+    assert capsys.readouterr().err == ("error: --local, --hparam, --checkpoint-dir and --resume are for local runs, "
+                                       "not inside a trial\n")
 
 
 def test_outside_a_trial_the_run_is_local(tmp_path: Path) -> None:
@@ -98,10 +100,10 @@ def test_a_local_resume_reads_the_checkpoint_folder(tmp_path: Path) -> None:
     plan = model_def.plan_run(model_def._parse_args(["--resume", str(checkpoint), "--epochs", "2"]), None)
     assert (plan.latest_checkpoint, plan.checkpoint_storage, plan.skip_batches) == (
         "0b7e3c1a-uuid", tmp_path / "store", 147)
-    with pytest.raises(SystemExit, match="is not in --checkpoint-dir"):
+    with pytest.raises(model_def.UsageError, match="is not in --checkpoint-dir"):
         model_def.plan_run(model_def._parse_args(["--resume", str(checkpoint), "--checkpoint-dir",
                                                   str(tmp_path / "other")]), None)
-    with pytest.raises(SystemExit, match=f"--resume {tmp_path}: not a checkpoint folder"):
+    with pytest.raises(model_def.UsageError, match=f"--resume {tmp_path}: not a checkpoint folder"):
         model_def.plan_run(model_def._parse_args(["--resume", str(tmp_path)]), None)
 
 
