@@ -853,7 +853,7 @@ def test_hamming_without_numpy_bitwise_count_gives_the_same_distances(monkeypatc
     native = data.hamming(a, b)
     expected = np.array([[bin(int(x) ^ int(y)).count("1") for y in b[0]] for x in a[:, 0]])
     np.testing.assert_array_equal(native, expected)
-    monkeypatch.delattr(np, "bitwise_count")
+    monkeypatch.delattr(np, "bitwise_count", raising=False)  # numpy < 2.0 has none to remove
     fallback = data.hamming(a, b)
     assert fallback.dtype == np.int64 and fallback.shape == (5, 7)
     np.testing.assert_array_equal(fallback, expected)
