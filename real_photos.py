@@ -15,7 +15,7 @@ and ``<city>_<id>_<n>.jpg`` names, where ``city`` is the source package and ``id
   photo, its ``shot`` id and the transform parameters. :func:`shot_ids` and :func:`different_shot_pairs`
   read it back for evaluation on different-shot pairs alone.
 
-Run ``python real_photos.py --help`` (``build``, ``sources``).
+Run ``python real_photos.py --help`` (``build``, ``sources``, ``verify``).
 """
 
 from __future__ import annotations
@@ -868,6 +868,29 @@ def different_shot_pairs(split_dir: str | Path) -> set[frozenset[str]]:
     return pairs
 
 
+def verify(set_dir: str | Path) -> list[str]:
+    """Problems of a built set against its manifest: files missing, changed (sha256) or not listed.
+
+    An empty list means every photo is byte-for-byte the one the manifest records.
+    """
+    set_dir = Path(set_dir)
+    rows = read_manifest(set_dir)
+    problems = []
+    for row in rows:
+        path = set_dir / row["path"]
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif _sha256(path.read_bytes()) != row["sha256"]:
+            problems.append(f"{path}: sha256 differs from the manifest")
+    listed = {row["path"] for row in rows}
+    for split in data.SPLITS:
+        if (set_dir / split).is_dir():
+            for path in data.find_images(set_dir / split):
+                if path.relative_to(set_dir).as_posix() not in listed:
+                    problems.append(f"{path}: not in the manifest")
+    return problems
+
+
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
@@ -896,6 +919,15 @@ def _cmd_build(args: argparse.Namespace) -> None:
     print(Path(args.out_dir))
 
 
+def _cmd_verify(args: argparse.Namespace) -> None:
+    problems = verify(args.set_dir)
+    for problem in problems:
+        print(problem)
+    if problems:
+        raise RealPhotosError(f"{args.set_dir}: {len(problems)} file(s) differ from {MANIFEST}")
+    print(f"{args.set_dir}: every file matches {MANIFEST}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="real_photos.py", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -909,6 +941,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_cmd.set_defaults(func=_cmd_build)
     sources = sub.add_parser("sources", help="list the sources, their licences and whether they are fetched")
     sources.set_defaults(func=_cmd_sources)
+    verify_cmd = sub.add_parser("verify", help="check a built set's files against its manifest (sha256)")
+    verify_cmd.add_argument("set_dir", help="the folder holding manifest.csv, e.g. data/real")
+    verify_cmd.set_defaults(func=_cmd_verify)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -183,6 +183,29 @@ def test_manifest_is_complete(built: tuple[Path, dict], sources: list[rp.Source]
         assert row["shot"] == f"{row['source']}:{row['original']}"
 
 
+def test_verify_finds_changed_missing_and_stray_files(
+    built: tuple[Path, dict], sources: list[rp.Source], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = built
+    assert rp.verify(out) == []
+    assert rp.main(["verify", str(out)]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    paths = data.find_images(copy / TEST)
+    paths[0].write_bytes(paths[0].read_bytes()[:-10])
+    paths[1].unlink()
+    (paths[2].parent / "stray_1_1.jpg").write_bytes(paths[2].read_bytes())
+    problems = rp.verify(copy)
+    assert problems == [
+        f"{paths[0]}: sha256 differs from the manifest",
+        f"{paths[1]}: missing",
+        f"{paths[2].parent / 'stray_1_1.jpg'}: not in the manifest",
+    ]
+    capsys.readouterr()
+    assert rp.main(["verify", str(copy)]) == 2
+    assert "3 file(s) differ from manifest.csv" in capsys.readouterr().err
+
+
 def test_shot_ids_and_different_shot_pairs(built: tuple[Path, dict]) -> None:
     out, summary = built
     for split in data.SPLITS:
