@@ -228,7 +228,8 @@ def find_duplicates(
             break
         t = time.perf_counter()
         is_flat = blank.is_blank(batch.images)
-        scorer.add(batch.images[~is_flat])
+        if not is_flat.all():  # a batch of blank photos only has nothing to embed
+            scorer.add(batch.images[~is_flat])
         timings["embed"] += time.perf_counter() - t
         kept.extend(k for k, f in zip(batch.indices, is_flat, strict=True) if not f)
         flat.extend(k for k, f in zip(batch.indices, is_flat, strict=True) if f)
