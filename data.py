@@ -803,8 +803,10 @@ def write_sample_dataset(
     room_id = 10_000_000 + int(rng.integers(0, 1_000_000))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if staging.exists():  # left by a killed run, maybe with another seed: its files must not leak in
-            shutil.rmtree(staging)
+        # left by a killed run (also the older per-split ".<split>.partial"), maybe with another seed: never leak in
+        for stale in (staging, *(out_dir / f".{split}.partial" for split in rooms)):
+            if stale.exists():
+                shutil.rmtree(stale)
         for split, per_type in rooms.items():
             for room_type in ROOM_TYPES:
                 folder = staging / split / room_type
