@@ -553,8 +553,8 @@ def plan_run(args: argparse.Namespace, info: det.ClusterInfo | None) -> RunPlan:
         assert info is not None
         if args.local or args.hparam or args.checkpoint_dir or args.resume:
             raise UsageError("--local, --hparam, --checkpoint-dir and --resume are for local runs, not inside a trial")
-        config = info.trial._config  # the experiment config as the master expanded it
         hparams = _checked_hparams(dict(info.trial.hparams), "the trial's hyperparameters")
+        config = info.trial._config  # the experiment config as the master expanded it
         return RunPlan(on_cluster=True, hparams=hparams, exp_conf=None,
                        max_length=_max_length(args, config.get("searcher")),
                        latest_checkpoint=info.latest_checkpoint, seed=None)

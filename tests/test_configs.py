@@ -92,7 +92,8 @@ def test_every_config_states_what_it_costs(name: str) -> None:
     slots = config["resources"]["slots_per_trial"]
     assert f"Cost: {slots} slot" in header
     assert f"{_epochs(config)} epochs" in header
-    assert "199,552 training pairs" in header
+    if name not in IMPROVED:  # the published pairs on the real Kaggle split; the improved recipe mines its own
+        assert "199,552 training pairs" in header
     trials = config["searcher"].get("max_trials", 1)
     assert (f"up to {trials} trials" if trials > 1 else "1 trial") in header
     assert config["hyperparameters"]["global_batch_size"] % slots == 0, "the global batch must split over slots"

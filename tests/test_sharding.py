@@ -51,7 +51,7 @@ for n in (0, 1, 5, 6, 7, 100):
     assert torch.equal(table, torch.arange(n * 4, dtype=torch.float32).reshape(-1, 2, 2)), (shard, n)
 assert sharding.all_true(True, shard) and not sharding.all_true(shard.rank != 1, shard)
 sharding.barrier(shard)
-print("ok", shard.rank, shard.size)
+open(f"ok-{shard.rank}", "w").write(f"{shard.rank} {shard.size}")  # stdout is shared: lines would interleave
 """
 
 
@@ -62,4 +62,4 @@ def test_gather_rows_across_three_processes(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "3", str(script)],
                             capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(result.stdout.split("\n")[:-1]) == ["ok 0 3", "ok 1 3", "ok 2 3"]
+    assert sorted(p.read_text() for p in tmp_path.glob("ok-*")) == ["0 3", "1 3", "2 3"]

@@ -18,7 +18,7 @@ def _small_extractor() -> model.FrozenFeatureExtractor:
     """A cheap frozen extractor (16-d features): these tests are about the data path, not the backbone."""
     torch.manual_seed(0)
     body = nn.Sequential(nn.AvgPool2d(16), nn.Conv2d(3, 16, 3), nn.AdaptiveAvgPool2d(1))
-    return model.FrozenFeatureExtractor(body, out_dim=16, backbone="small")
+    return model.FrozenFeatureExtractor(body, out_dim=16, backbone="mobilenet_v3_large")  # its normalisation
 
 
 def test_a_dataset_without_pixels_has_the_same_pairs_and_items(train_dir: Path) -> None:
