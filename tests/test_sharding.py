@@ -51,7 +51,7 @@ for n in (0, 1, 5, 6, 7, 100):
     assert torch.equal(table, torch.arange(n * 4, dtype=torch.float32).reshape(-1, 2, 2)), (shard, n)
 assert sharding.all_true(True, shard) and not sharding.all_true(shard.rank != 1, shard)
 sharding.barrier(shard)
-open(f"ok-{shard.rank}", "w").write(f"{shard.rank} {shard.size}")  # stdout is shared: lines would interleave
+open(f"ok-{{shard.rank}}", "w").write(f"{{shard.rank}} {{shard.size}}")  # stdout is shared: lines would interleave
 """
 
 
