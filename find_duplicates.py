@@ -237,7 +237,7 @@ def find_duplicates(
         left, right, scores, n_scored, candidates = scoring.find_matches(scorer, threshold, top_k, exhaustive,
                                                                           approximate)
     else:  # every readable photo is blank
-        left, right, scores, n_scored, candidates = (np.zeros(0, np.int64),) * 2 + (np.zeros(0),) + (0, "none")
+        left, right, scores, n_scored, candidates = _NO_MATCHES
     timings["pairs"] = time.perf_counter() - t
     t = time.perf_counter()
     # Scored photos: average linkage within components (grouping.py); blank photos: identical bytes only.
@@ -249,26 +249,24 @@ def find_duplicates(
     timings["group"] = time.perf_counter() - t
     _warn_large_groups(groups)
     seconds = time.perf_counter() - t0
-    summary = {
-        "folders": [str(f) for f in folders],
-        "method": scorer.name,
-        "threshold": threshold,
-        "candidates": candidates,
-        "files": len(paths),
-        "images": len(kept) + len(flat),
-        "blank": len(flat),
-        "skipped": len(skipped),
-        "embedded": embedded.embedded,
-        "from_store": embedded.from_store,
-        "pairs_scored": int(n_scored),
-        "duplicate_pairs": len(left),
-        "groups": len(groups),
-        "images_in_groups": int(sum(len(g) for g in groups)),
-        "seconds": round(seconds, 3),
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-    }
+    summary = {"folders": [str(f) for f in folders], "method": scorer.name, "threshold": threshold,
+               "candidates": candidates, "files": len(paths), "images": len(kept) + len(flat),
+               **_counts(embedded, skipped, n_scored, left, groups, seconds, timings)}
     ordered = [str(paths[k]) for k in (*kept, *flat)]  # blank photos after the scored ones (see _with_identical_blanks)
     return Result(ordered, skipped, left, right, scores, groups, summary, [str(paths[k]) for k in flat])
+
+
+# What candidate search returns when there is nothing to score (every readable photo is blank).
+_NO_MATCHES = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 0, "none")
+
+
+def _counts(embedded: Embedded, skipped: list[dict[str, str]], n_scored: int, left: np.ndarray,
+            groups: list[np.ndarray], seconds: float, timings: dict[str, float]) -> dict[str, Any]:
+    """The summary's counts and timings, the same for a folder run and a library run."""
+    return {"blank": len(embedded.blank), "skipped": len(skipped), "embedded": embedded.embedded,
+            "from_store": embedded.from_store, "pairs_scored": int(n_scored), "duplicate_pairs": len(left),
+            "groups": len(groups), "images_in_groups": int(sum(len(g) for g in groups)),
+            "seconds": round(seconds, 3), "timings": {k: round(v, 3) for k, v in timings.items()}}
 
 
 def _check_some_kept(kept: list[int], skipped: list[dict[str, str]], paths: Sequence[Path],
@@ -442,31 +440,14 @@ def find_against(
             scorer, n_new, threshold, top_k, exhaustive, approximate
         )
     else:
-        left, right, scores, n_scored, candidates = (np.zeros(0, np.int64),) * 2 + (np.zeros(0),) + (0, "none")
+        left, right, scores, n_scored, candidates = _NO_MATCHES
     timings["pairs"] = time.perf_counter() - t
     groups = [np.concatenate([[i], right[left == i]]) for i in np.unique(left)]
     seconds = time.perf_counter() - t0
-    summary = {
-        "folders": [str(f) for f in new_folders],
-        "against": [str(f) for f in library_folders],
-        "method": scorer.name,
-        "threshold": threshold,
-        "candidates": candidates,
-        "files": len(paths),
-        "images": len(kept),
-        "new_images": n_new,
-        "library_images": len(kept) - n_new,
-        "blank": len(flat),
-        "skipped": len(skipped),
-        "embedded": embedded.embedded,
-        "from_store": embedded.from_store,
-        "pairs_scored": int(n_scored),
-        "duplicate_pairs": len(left),
-        "groups": len(groups),
-        "images_in_groups": int(sum(len(g) for g in groups)),
-        "seconds": round(seconds, 3),
-        "timings": {k: round(v, 3) for k, v in timings.items()},
-    }
+    summary = {"folders": [str(f) for f in new_folders], "against": [str(f) for f in library_folders],
+               "method": scorer.name, "threshold": threshold, "candidates": candidates, "files": len(paths),
+               "images": len(kept), "new_images": n_new, "library_images": len(kept) - n_new,
+               **_counts(embedded, skipped, n_scored, left, groups, seconds, timings)}
     return Result([str(paths[k]) for k in kept], skipped, left, right, scores, groups, summary,
                   [str(paths[k]) for k in flat])
 
