@@ -1,6 +1,6 @@
 """Embed a photo collection into an embedding store, across the processes of a distributed run.
 
-    python embed.py PHOTOS_DIR [...] --output STORE.npz [--method cosine|whash|phash | --checkpoint DIR]
+    python embed.py PHOTOS_DIR [...] --output STORE.npz [--method relative|cosine|whash|phash | --checkpoint DIR]
     torchrun --nproc_per_node 2 embed.py PHOTOS_DIR --output STORE.npz          # locally, CPU (gloo)
     det experiment create embed.yaml .                                          # on a cluster (embed.yaml)
 
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, metavar="FILE", help="the embedding store to create or extend")
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--checkpoint", metavar="DIR", help="embed for the trained model in this checkpoint")
-    how.add_argument("--method", choices=fd.scoring.REFERENCE_METHODS, help="a reference method (default: cosine)")
+    how.add_argument("--method", choices=fd.scoring.REFERENCE_METHODS, help="a reference method (default: relative)")
     parser.add_argument("--backbone", choices=("mobilenet_v3_large", "efficientnet_lite0"))
     parser.add_argument("--backbone-weights", default="imagenet", metavar="imagenet|none|PATH")
     parser.add_argument("--batch-size", type=int, default=fd.DEFAULT_BATCH_SIZE, metavar="N")

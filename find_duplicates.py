@@ -40,6 +40,7 @@ from embedding_store import EmbeddingStore
 
 EXIT_ERROR = 2
 DEFAULT_BATCH_SIZE = 64
+BACKBONE_METHODS = ("cosine", "relative")  # the methods that run a backbone (--backbone applies to them)
 
 
 class FindDuplicatesError(RuntimeError):
@@ -557,11 +558,11 @@ def _device(name: str) -> str:
 
 
 def _default_method(args: argparse.Namespace) -> str:
-    """Without --checkpoint / --method: the shipped default model (default_model.py) when present, else cosine."""
+    """Without --checkpoint / --method: the shipped default model (default_model.py) when present, else relative."""
     import default_model
 
     plain = args.backbone is None and args.backbone_weights == "imagenet"
-    return "default" if plain and default_model.available() else "cosine"
+    return "default" if plain and default_model.available() else "relative"
 
 
 def build_scorer(args: argparse.Namespace, device: str) -> tuple[scoring.PairScorer, float, str]:
@@ -584,19 +585,21 @@ def build_scorer(args: argparse.Namespace, device: str) -> tuple[scoring.PairSco
         model = load_model(args.checkpoint, device=device)  # a CheckpointError (ValueError) names the folder
         threshold, source = scoring.read_model_threshold(args.checkpoint)
         scorer = scoring.ModelScorer(model, batch_size=args.batch_size, device=device)
-    elif method == "cosine":
+    elif method in ("cosine", "relative"):
         from model import BackboneWeightsError, build_feature_extractor
 
         backbone = args.backbone or scoring.COSINE_BACKBONE
+        pooling = scoring.RELATIVE_POOLING if method == "relative" else "avg"
         try:
-            extractor = build_feature_extractor(backbone, args.backbone_weights).to(device)
+            extractor = build_feature_extractor(backbone, args.backbone_weights, pooling=pooling).to(device)
         except BackboneWeightsError as exc:
             raise FindDuplicatesError(str(exc)) from exc
-        scorer = scoring.CosineScorer(extractor, batch_size=args.batch_size, device=device)
-        threshold, source = scoring.DEFAULT_THRESHOLDS["cosine"], f"calibrated default ({scoring.COSINE_BACKBONE})"
+        kind = scoring.RelativeScorer if method == "relative" else scoring.CosineScorer
+        scorer = kind(extractor, batch_size=args.batch_size, device=device)
+        threshold, source = scoring.DEFAULT_THRESHOLDS[method], f"calibrated default ({scoring.COSINE_BACKBONE})"
         if (backbone, args.backbone_weights) != (scoring.COSINE_BACKBONE, "imagenet") and args.threshold is None:
             print(
-                f"warning: the default cosine threshold {threshold} was calibrated with {scoring.COSINE_BACKBONE} "
+                f"warning: the default {method} threshold {threshold} was calibrated with {scoring.COSINE_BACKBONE} "
                 f"ImageNet weights, not {backbone} / {args.backbone_weights}; consider --threshold",
                 file=sys.stderr,
             )
@@ -618,8 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=(
             "Default thresholds (a pair is a duplicate when its score >= threshold): model: the best-F1 threshold in "
             f"<checkpoint>/{scoring.THRESHOLD_FILE} if present, else {scoring.MODEL_DEFAULT_THRESHOLD}; "
-            f"whash {t['whash']}, phash {t['phash']}, cosine {t['cosine']} (best F1 on the generated sample set; "
-            f"cosine with {scoring.COSINE_BACKBONE} ImageNet weights). Candidate pairs: every pair up to "
+            f"whash {t['whash']}, phash {t['phash']}, cosine {t['cosine']} (best F1 on the generated sample set), "
+            f"relative {t['relative']} (best F1 on the real-photo and generated training splits together); cosine "
+            f"and relative with {scoring.COSINE_BACKBONE} ImageNet weights. Candidate pairs: every pair up to "
             f"{limits['model']:,} images for the model and {limits['cosine']:,} for the reference methods, else "
             f"each image's {scoring.DEFAULT_TOP_K} nearest neighbours. "
             f"Exit status: 0 on success, {EXIT_ERROR} on an error (no images, bad options)."
@@ -632,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         choices=scoring.REFERENCE_METHODS,
         help="score pairs with a reference method instead (default without --checkpoint: the shipped default model "
-        "default_model.pt when present, else cosine)",
+        "default_model.pt when present, else relative: local_scaling.py)",
     )
     parser.add_argument("--threshold", type=float, metavar="T", help="duplicate when score >= T (default: see below)")
     parser.add_argument("--json", metavar="FILE", help="write groups, pairs, skipped files and the summary as JSON")
@@ -660,13 +664,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--backbone",
         choices=("mobilenet_v3_large", "efficientnet_lite0"),
-        help=f"backbone of the cosine method (default: {scoring.COSINE_BACKBONE})",
+        help=f"backbone of the cosine and relative methods (default: {scoring.COSINE_BACKBONE})",
     )
     parser.add_argument(
         "--backbone-weights",
         default="imagenet",
         metavar="imagenet|none|PATH",
-        help="weights of the cosine backbone (default: imagenet)",
+        help="weights of the cosine / relative backbone (default: imagenet)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_store_options(parser)
@@ -751,22 +755,24 @@ def run(args: argparse.Namespace, scorer: scoring.PairScorer, threshold: float, 
 
 
 def check_threshold(threshold: float | None, method: str) -> None:
-    """--threshold must be a number in the method's score range: [-1, 1] for cosine, [0, 1] otherwise."""
+    """--threshold must be a number in the method's score range (scoring.SCORE_RANGES), [0, 1] by default."""
     if threshold is None:
         return
-    low = -1.0 if method == "cosine" else 0.0
-    if not (low <= threshold <= 1.0):  # also refuses nan
-        raise FindDuplicatesError(f"--threshold {threshold:g}: expected a number in [{low:g}, 1] for {method} scores")
+    low, high = scoring.SCORE_RANGES.get(method, (0.0, 1.0))
+    if not (low <= threshold <= high):  # also refuses nan
+        raise FindDuplicatesError(
+            f"--threshold {threshold:g}: expected a number in [{low:g}, {high:g}] for {method} scores")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The command line. Bad input is one ``error:`` line on stderr and exit status 2 (``--debug``: the traceback)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if (args.backbone or args.backbone_weights != "imagenet") and (args.method or "cosine") != "cosine":
-        parser.error("--backbone / --backbone-weights apply to --method cosine")
+    if (args.backbone or args.backbone_weights != "imagenet") and (args.method or "relative") not in BACKBONE_METHODS:
+        parser.error("--backbone / --backbone-weights apply to --method cosine or relative")
     if args.checkpoint and (args.backbone or args.backbone_weights != "imagenet"):
-        parser.error("--backbone / --backbone-weights apply to --method cosine (a checkpoint brings its own)")
+        parser.error("--backbone / --backbone-weights apply to --method cosine or relative (a checkpoint brings its "
+                     "own)")
     if args.batch_size < 1 or (args.top_k is not None and args.top_k < 1):
         parser.error("--batch-size and --top-k must be positive")
     if not args.folders and not args.embeddings:
@@ -786,7 +792,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    check_threshold(args.threshold, "model" if args.checkpoint else (args.method or "cosine"))
+    check_threshold(args.threshold, "model" if args.checkpoint else (args.method or _default_method(args)))
     check_output_paths(args)
     for folder in [*args.folders, *(args.against or [])]:  # fail fast, before loading a model
         if not Path(folder).is_dir():
@@ -797,7 +803,7 @@ def _run(args: argparse.Namespace) -> int:
     save_store(store, store_path)
     result.summary["store"] = str(store_path) if store_path else None
     result.summary["threshold_source"] = source
-    if scorer.name == "cosine":
+    if scorer.name in BACKBONE_METHODS:
         result.summary["backbone"] = args.backbone or scoring.COSINE_BACKBONE
         result.summary["backbone_weights"] = args.backbone_weights
     if args.checkpoint:

@@ -106,7 +106,8 @@ def unique_scores(
     device: str = "cpu",
     progress: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Scores of the pairs (left[k], right[k]) by each method; cosine uses the model's own frozen backbone."""
+    """Scores of the pairs (left[k], right[k]) by each method; cosine uses the model's own frozen backbone, relative
+    its own (scoring.reference_scorer) with the split as the collection."""
     out: dict[str, np.ndarray] = {}
     for method in tqdm(methods, desc=f"score {len(left):,} pairs", unit="method", disable=not progress):
         if method == "model":
@@ -115,6 +116,11 @@ def unique_scores(
         elif method == "cosine":
             unit = scoring.l2_normalise(pooled)
             out[method] = scoring.cosine_similarity(unit[left], unit[right])
+        elif method == "relative":  # its own backbone (Lite0, GeM); the split is the collection
+            scorer = scoring.reference_scorer(method, device=device)
+            scorer.add(images)
+            scorer.finish()
+            out[method] = scorer.score(left, right)
         else:
             codes = scoring.HASH_FUNCTIONS[method](images)
             out[method] = scoring.hash_similarity(codes[left], codes[right])
@@ -193,13 +199,13 @@ def table(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"unique (every pair once): {u['pairs']:,} pairs, {u['positive_pairs']:,} positive",
-            f"  {'method':<7} {'ROC-AUC':>7} {'AP':>6} | {'P@0.5':>6} {'R@0.5':>6} {'F1@0.5':>6} "
+            f"  {'method':<8} {'ROC-AUC':>7} {'AP':>6} | {'P@0.5':>6} {'R@0.5':>6} {'F1@0.5':>6} "
             f"| {'best-F1 thr':>11} {'P':>6} {'R':>6} {'F1':>6}",
         ]
         for name, m in u["methods"].items():
             a, b = m["at_0.5"], m["best_f1"]
             lines.append(
-                f"  {name:<7} {m['roc_auc']:>7.4f} {m['average_precision']:>6.4f} | {a['precision']:>6.3f} "
+                f"  {name:<8} {m['roc_auc']:>7.4f} {m['average_precision']:>6.4f} | {a['precision']:>6.3f} "
                 f"{a['recall']:>6.3f} {a['f1']:>6.3f} | {b['threshold']:>11.4f} {b['precision']:>6.3f} "
                 f"{b['recall']:>6.3f} {b['f1']:>6.3f}"
             )

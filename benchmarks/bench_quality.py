@@ -6,6 +6,7 @@
 For the dataset: trains the published recipe (const.yaml with backbone=efficientnet_lite0, as the issue
 measured) and the improved recipe (improved.yaml) on its Training Data, then on its Test Data prints, for
 every unique pair: ROC-AUC, AP and best F1 of both models, wHash, pHash and cosine (model_inference.evaluate),
+the relative method (cosine with local scaling, find_duplicates.py's default: local_scaling.py),
 AP on the different-shot pairs (real set: positives that are genuinely different shots, every negative),
 and the F1 at the threshold find_duplicates.py would use by default. Then runs find_duplicates.py with its
 defaults on the Test Data and prints the pairwise precision / recall / F1 of its groups (two photos in one
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             calibration[recipe] = scoring.best_f1_threshold(train_scores["model"], train_scores["labels"])
             calibration["cosine"] = scoring.best_f1_threshold(train_scores["cosine"], train_scores["labels"])
             model = model_def.load_model(checkpoint)
-            methods = ["model", "whash", "phash", "cosine"] if k == 0 else ["model"]
+            methods = ["model", *scoring.REFERENCE_METHODS] if k == 0 else ["model"]
             report, unique = model_inference.evaluate(model, test_dir, pairing="unique", methods=methods,
                                                       progress=False, cache_dir=cache)
             labels, left, right = unique["labels"], unique["left"], unique["right"]

@@ -135,12 +135,14 @@ def _rotated_zoomed(photo: Image.Image, degrees: float) -> Image.Image:
     return rotated.crop(((w - cw) // 2, (h - ch) // 2, (w + cw) // 2, (h + ch) // 2)).resize((w, h))
 
 
-@pytest.mark.xfail(strict=True, reason="measured: cosine 0.856 < its default 0.8883; no trained default is shipped "
-                   "(the improved head does not beat cosine on real photos, see README)")
 def test_a_photo_and_its_25_degree_rotated_zoomed_copy_are_duplicates_by_default(
     train_dir: Path, tmp_path: Path
 ) -> None:
-    """find_duplicates.py's default scorer and threshold (no options) group a photo with its tilted copy."""
+    """find_duplicates.py's default scorer and threshold (no options) group a photo with its tilted copy.
+
+    The default is the relative method (no trained default is shipped: README). Plain cosine scores this pair 0.856,
+    under its threshold 0.8883; alone in a collection, the pair's neighbourhoods are completed with R0.
+    """
     import find_duplicates
 
     photo = Image.open(data.find_images(train_dir)[0]).convert("RGB").resize((640, 480))
@@ -151,4 +153,6 @@ def test_a_photo_and_its_25_degree_rotated_zoomed_copy_are_duplicates_by_default
     scorer.add(np.stack([data.load_image(tmp_path / n) for n in ("a.jpg", "b.jpg")]))
     scorer.finish()
     score = float(scorer.score(np.array([0]), np.array([1]))[0])
-    assert score >= threshold, (score, threshold)
+    print(f"score {score:.4f} threshold {threshold}")
+    assert scorer.name == "relative" and score >= threshold, (score, threshold)
+    assert score == pytest.approx(0.318, abs=0.005)  # measured (cosine of the GeM features 0.833)
