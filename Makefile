@@ -1,6 +1,7 @@
 # `make demo`: generate the sample set, train the improved recipe on it (improved.yaml: EfficientNet-Lite0, ImageNet
 # weights that install offline),
-# evaluate the checkpoint beside the reference methods, and find the duplicates of the test photos.
+# evaluate the checkpoint beside the reference methods, and find the duplicates of the test photos with it
+# (duplicates-model.html) and with the default method, relative (duplicates.html: the best on real photos).
 # `make test`: ruff and the test suite (what CI runs). Both create .venv with the pinned requirements first.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
@@ -26,7 +27,8 @@ demo: $(VENV)/.installed
 	$(PY) model_inference.py --checkpoint "$$ckpt" --data-dir "$(SAMPLE)/Test Data" \
 		--json $(DEMO)/evaluation.json --plots $(DEMO)/plots --scores $(DEMO)/scores.csv --write-threshold && \
 	$(PY) find_duplicates.py "$(SAMPLE)/Test Data" --checkpoint "$$ckpt" \
-		--json $(DEMO)/duplicates.json --html $(DEMO)/duplicates.html
+		--json $(DEMO)/duplicates-model.json --html $(DEMO)/duplicates-model.html
+	$(PY) find_duplicates.py "$(SAMPLE)/Test Data" --json $(DEMO)/duplicates.json --html $(DEMO)/duplicates.html
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
