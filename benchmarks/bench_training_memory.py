@@ -37,14 +37,16 @@ TARGET_GB = 3.0
 PHOTOS_PER_ROOM = 3  # write_sample_dataset photographs each room 2-4 times
 
 
-def _light_backbone(backbone: str = "mobilenet_v3_large", weights: str = "imagenet"):  # noqa: ANN202
-    """A cheap frozen extractor with MobileNetV3-Large's output size (960-d pooled features)."""
+def _light_backbone(backbone: str = "mobilenet_v3_large", weights: str = "imagenet", pooling: str = "avg"):  # noqa: ANN202
+    """A cheap frozen extractor with MobileNetV3-Large's output size (960-d pooled features); the signature of
+    ``model.build_feature_extractor``, which it replaces."""
     from torch import nn
 
     import model
 
     body = nn.Sequential(nn.AvgPool2d(32), nn.Conv2d(3, 960, 1), nn.AdaptiveAvgPool2d(1))
-    return model.FrozenFeatureExtractor(body, out_dim=960, backbone="light-stand-in")
+    # Named as the backbone it stands in for: its input normalisation (data.INPUT_NORMALISATION) applies.
+    return model.FrozenFeatureExtractor(body, out_dim=960, backbone=backbone)
 
 
 def child(data_dir: Path, batches: int, light: bool, work: Path) -> None:
