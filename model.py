@@ -15,7 +15,6 @@ import contextlib
 import functools
 import hashlib
 import inspect
-import io
 import json
 import logging
 import math
@@ -486,9 +485,8 @@ def _write_cache(path: Path, features: torch.Tensor) -> bool:
     """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        torch.save(features, buffer)
-        data.atomic_write(path, buffer.getvalue())
+        # Streamed to the file: a BytesIO and its getvalue() would add two copies of the table to the peak.
+        data.atomic_write(path, lambda f: torch.save(features, f))
     except OSError as exc:
         warnings.warn(f"feature cache not written: {path} ({exc.strerror or exc})", stacklevel=2)
         return False

@@ -40,7 +40,6 @@ from typing import Any
 import imagehash
 import numpy as np
 import torch
-from sklearn import metrics
 
 import cli
 import data
@@ -562,6 +561,8 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> Calibration:
     labels = np.asarray(labels).astype(bool)
     if not labels.any():
         raise ValueError("no positive pairs to calibrate on")
+    from sklearn import metrics  # here, not at the top: ~1 s of every find_duplicates.py start (issue 11)
+
     precision, recall, thresholds = metrics.precision_recall_curve(labels, scores)
     f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
     best = int(np.argmax(f1))
@@ -576,6 +577,8 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> Calibration:
 
 def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Calibration:
     """Precision, recall and F1 of ``score >= threshold`` (scikit-learn)."""
+    from sklearn import metrics
+
     predicted = np.asarray(scores) >= threshold
     p, r, f1, _ = metrics.precision_recall_fscore_support(
         np.asarray(labels).astype(bool), predicted, average="binary", zero_division=0

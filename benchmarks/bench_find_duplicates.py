@@ -19,7 +19,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from _rss import peak_rss_gb  # noqa: E402  (benchmarks/ is on sys.path: the scripts run from it)
 
 SIZES = (1000, 5000, 20000)
 SHARE_TARGET = 0.20
@@ -104,7 +105,7 @@ def run_one(folder: Path, method: str, batch_size: int) -> dict:
     threshold = 0.5 if method == "model" else scoring.DEFAULT_THRESHOLDS[method]
     result = find_duplicates.find_duplicates([folder], scorer, threshold, batch_size=batch_size, progress=False)
     out = result.summary
-    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    out["peak_rss_gb"] = peak_rss_gb()
     return out
 
 

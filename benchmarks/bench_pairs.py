@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -35,6 +34,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from _rss import peak_rss_mb  # noqa: E402  (benchmarks/ is on sys.path: the scripts run from it)
 
 import data  # noqa: E402
 
@@ -89,8 +90,6 @@ def naive(hashes: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return positives[["img1", "img2"]].to_numpy(), sampled[["img1", "img2"]].to_numpy()
 
 
-def _maxrss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kilobytes
 
 
 def _rss_mb() -> float:
@@ -113,7 +112,7 @@ def worker(impl: str, n: int) -> dict[str, float]:
         start = time.perf_counter()
         positives, negatives = func(hashes, groups)
         times.append(time.perf_counter() - start)
-    peak = _maxrss_mb() - baseline
+    peak = peak_rss_mb() - baseline
     assert np.all(groups[negatives[:, 0]] != groups[negatives[:, 1]])
     assert len(np.unique(negatives, axis=0)) == len(negatives)  # without replacement
     mean_d = float(data.hamming(hashes[negatives[:, 0]], hashes[negatives[:, 1]]).mean())

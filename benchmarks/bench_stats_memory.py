@@ -7,14 +7,14 @@ per room), then computes its stats twice, each in its own process so each peak R
 ``data.py stats`` runs now (``keep_images=False``: one photo decoded at a time) and the way it ran before
 (every photo held decoded, ``keep_images=True``). Prints both peaks, both times and whether the counts agree.
 Target (PASS/FAIL): streamed peak RSS <= 600 MB with the same counts. Peaks are also printed above the RSS
-of importing data.py (torch and torchvision are imported at module level: about 0.9 GB on this machine).
+of importing data.py, and whether the run imported torch (data.py imports torch and torchvision only inside the
+functions that make tensors: importing them alone costs about 0.9 GB here).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -23,17 +23,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from _rss import peak_rss_mb  # noqa: E402  (benchmarks/ is on sys.path: the scripts run from it)
+
 TARGET_MB = 600
 
 
 def run_one(split: Path, keep_images: bool) -> dict:
-    import data  # imports torch and torchvision: most of the peak before any photo is read
+    import data  # without torch and torchvision (they are imported by the functions that make tensors)
 
-    import_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    import_mb = peak_rss_mb()
     t = time.perf_counter()
     dataset = data.DuplicateImageDataset(split, progress=False, keep_images=keep_images)
     return {"summary": dataset.summary(), "seconds": time.perf_counter() - t, "import_mb": import_mb,
-            "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "peak_mb": peak_rss_mb(), "torch_imported": "torch" in sys.modules}
 
 
 def main() -> int:
@@ -62,7 +64,7 @@ def main() -> int:
         r = results[mode]
         print(f"{mode:<22} {r['summary']['images']:,} photos: peak RSS {r['peak_mb']:,.0f} MB "
               f"({r['peak_mb'] - r['import_mb']:,.0f} MB above the {r['import_mb']:,.0f} MB of imports), "
-              f"{r['seconds']:.1f} s")
+              f"{r['seconds']:.1f} s, torch imported: {r['torch_imported']}")
     streamed, held = results["streamed (now)"], results["held decoded (before)"]
     same = streamed["summary"] == held["summary"]
     print(f"counts: {json.dumps(streamed['summary'])}")

@@ -7,6 +7,7 @@ import json
 import math
 import os
 import struct
+import subprocess
 import sys
 import types
 import warnings
@@ -706,6 +707,18 @@ def test_cli_stats_json(train_dir: Path, train_dataset: data.DuplicateImageDatas
     summary = json.loads(out)
     assert list(summary) == list(data.SUMMARY_KEYS)
     assert summary == train_dataset.summary()
+
+
+def test_cli_stats_never_imports_torch(train_dir: Path, train_dataset: data.DuplicateImageDataset) -> None:
+    # Importing torch + torchvision costs ~0.9 GB of RSS: `data.py stats` must stay under 600 MB (issue 11).
+    code = ("import sys, data; status = data.main(['stats', sys.argv[1], '--json']); "
+            "print(sorted(name for name in ('torch', 'torchvision') if name in sys.modules)); sys.exit(status)")
+    done = subprocess.run([sys.executable, "-c", code, str(train_dir)], cwd=Path(data.__file__).parent,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    summary, imported = done.stdout.strip().splitlines()
+    assert json.loads(summary) == train_dataset.summary()
+    assert imported == "[]"
 
 
 def test_cli_stats_error(tmp_path: Path, capsys) -> None:

@@ -314,6 +314,21 @@ def test_outputs_are_replaced_atomically(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left behind
 
 
+def test_atomic_write_streams_a_writer_and_keeps_the_old_file_if_it_fails(tmp_path: Path) -> None:
+    target = tmp_path / "table.bin"
+    data.atomic_write(target, lambda f: f.write(b"abc") and f.write(b"def"))  # e.g. torch.save(table, f)
+    assert target.read_bytes() == b"abcdef"
+
+    def fails(f) -> None:  # noqa: ANN001
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        data.atomic_write(target, fails)
+    assert target.read_bytes() == b"abcdef"  # the old file, no partial write
+    assert [p.name for p in tmp_path.iterdir()] == ["table.bin"]
+
+
 def test_checkpoint_threshold_file_is_the_model_default(
     photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
