@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -60,3 +62,22 @@ def test_default_switches_to_approximate_above_the_exact_limit() -> None:
     assert not neighbours.use_approximate(neighbours.EXACT_LIMIT, None)
     assert neighbours.use_approximate(neighbours.EXACT_LIMIT + 1, None)
     assert neighbours.use_approximate(10, True) and not neighbours.use_approximate(10**7, False)
+
+
+def test_large_collections_use_the_fast_parameters_and_still_find_near_duplicates() -> None:
+    assert neighbours.params_for(neighbours.ACCURATE_LIMIT) == neighbours.ACCURATE
+    assert neighbours.params_for(neighbours.ACCURATE_LIMIT + 1) == neighbours.FAST
+    # the fast parameters (a smaller graph; 8 projected axes of 32 here) on 1,500 rows with 50 planted near copies
+    rng = np.random.default_rng(3)
+    spectrum = np.arange(1, 33) ** -0.5
+    vectors = scoring.l2_normalise(1.0 + rng.normal(size=(1500, 32)) * spectrum)
+    copies = rng.choice(1500, 100, replace=False)
+    vectors[copies[50:]] = scoring.l2_normalise(vectors[copies[:50]] + rng.normal(size=(50, 32)) * spectrum * 0.05)
+    fast = dataclasses.replace(neighbours.FAST, pca_dim=8)
+    pairs = {tuple(p) for p in neighbours.knn_pairs(vectors, 5, approximate=True, params=fast).tolist()}
+    planted = {(min(a, b), max(a, b)) for a, b in zip(copies[:50].tolist(), copies[50:].tolist(), strict=True)}
+    assert planted <= pairs
+    # the smaller graph itself (no projection) still recalls nearly all of the exact top-5
+    exact = neighbours.knn(vectors, 5, approximate=False)
+    graph_only = dataclasses.replace(neighbours.FAST, pca_dim=32)
+    assert neighbours.recall_at_k(neighbours.knn(vectors, 5, approximate=True, params=graph_only), exact) >= 0.97
