@@ -81,3 +81,33 @@ def test_large_collections_use_the_fast_parameters_and_still_find_near_duplicate
     exact = neighbours.knn(vectors, 5, approximate=False)
     graph_only = dataclasses.replace(neighbours.FAST, pca_dim=32)
     assert neighbours.recall_at_k(neighbours.knn(vectors, 5, approximate=True, params=graph_only), exact) >= 0.97
+
+
+def test_find_matches_switches_between_exhaustive_exact_and_approximate_candidates() -> None:
+    import torch
+
+    import find_duplicates
+
+    rng = np.random.default_rng(4)
+    vectors = scoring.l2_normalise(1.0 + rng.normal(size=(600, 24)))
+    vectors[300:320] = scoring.l2_normalise(vectors[:20] + rng.normal(size=(20, 24)) * 0.02)  # 20 near copies
+    scorer = scoring.CosineScorer(torch.nn.Identity())
+    scorer.add_embeddings({"vectors": vectors.astype(np.float32)})
+    scorer.finish()
+    results = {
+        approximate: scoring.find_matches(scorer, 0.95, approximate=approximate) for approximate in (None, False, True)
+    }
+    assert [r[4] for r in results.values()] == ["exhaustive", "exhaustive", f"top-{scoring.DEFAULT_TOP_K} approximate"]
+    exhaustive = set(zip(results[None][0].tolist(), results[None][1].tolist(), strict=True))
+    assert {(i, 300 + i) for i in range(20)} <= exhaustive
+    approx = set(zip(results[True][0].tolist(), results[True][1].tolist(), strict=True))
+    assert approx == exhaustive and np.allclose(results[True][2], results[None][2])  # same pairs, exact scores
+    exact_top_k = scoring.find_matches(scorer, 0.95, top_k=5, approximate=False)
+    assert exact_top_k[4] == "top-5"
+    assert set(zip(exact_top_k[0].tolist(), exact_top_k[1].tolist(), strict=True)) == exhaustive
+    parser = find_duplicates.build_parser()
+    assert parser.parse_args(["x", "--approximate"]).approximate is True
+    assert parser.parse_args(["x", "--exact"]).approximate is False
+    assert parser.parse_args(["x"]).approximate is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["x", "--approximate", "--exact"])
