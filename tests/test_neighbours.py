@@ -111,3 +111,17 @@ def test_find_matches_switches_between_exhaustive_exact_and_approximate_candidat
     assert parser.parse_args(["x"]).approximate is None
     with pytest.raises(SystemExit):
         parser.parse_args(["x", "--approximate", "--exact"])
+
+
+def test_rerank_in_place_matches_the_gathered_rerank() -> None:
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(500, 40)).astype(np.float32)
+    queries = base[:64]
+    candidates = rng.integers(0, 500, size=(64, 12))
+    candidates[3, 5:] = -1  # fewer candidates found: -1 goes last
+    in_place = neighbours._rerank(base, queries, candidates, 6)  # float32 rows: faiss reads them in place
+    gathered = neighbours._rerank(base.astype(np.float64), queries, candidates, 6)  # any other dtype: numpy
+    assert (in_place == gathered).all()
+    assert in_place[3, 5] == -1 and (in_place[3, :5] >= 0).all()
+    sims = np.einsum("qd,qkd->qk", queries, base[candidates[0]][None])[0]
+    assert in_place[0].tolist() == candidates[0][np.argsort(-sims, kind="stable")[:6]].tolist()
