@@ -10,6 +10,12 @@ A group is what remains: every two of its sub-clusters are alike on average, and
 only if it is alike to its members on average, not just to one of them. In the chain A~B~C with A, C
 unlike, {A, B} (or {B, C}) is a group and the third photo is not in it. Pairs that were not scored (not
 among the candidates) are scored with ``score_fn`` when given, else count as unlike (:data:`UNLIKE`).
+
+**Bounded components.** Linkage needs a dense m x m score matrix per component, so a component larger than
+:data:`MAX_LINKED_COMPONENT` is first split (:func:`split_component`): its weakest links are dropped (the
+lowest score that leaves every piece within the cap is found by bisection) and each piece is grouped on its
+own; a group then never spans two pieces, which were joined only by links weaker than every link kept.
+A piece that no score splits (all its links score the same, e.g. thousands of identical photos) is one group.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ UNLIKE = -1.0  # the score of a pair known to be below threshold but not scored 
 # Components up to this size get every missing pair scored with score_fn (about 0.5 M pairs); above it,
 # missing pairs count as UNLIKE, so memory and time stay bounded on huge components.
 MAX_SCORED_COMPONENT = 1000
+# Components above this size are split before linkage: the dense matrices of 5,000 photos take ~0.6 GB.
+MAX_LINKED_COMPONENT = 5000
 
 
 def connected_groups(n: int, left: np.ndarray, right: np.ndarray) -> list[np.ndarray]:
@@ -69,6 +77,47 @@ def _component_scores(
     return dense
 
 
+def _edges_by_component(component_of: np.ndarray, left: np.ndarray, right: np.ndarray) -> dict[int, np.ndarray]:
+    """Indices of the pairs with both ends in one component, per component (one sort: O(E log E) in all)."""
+    same = component_of[left] == component_of[right]
+    label = np.where(same & (component_of[left] >= 0), component_of[left], -1)
+    order = np.argsort(label, kind="stable")
+    order = order[label[order] >= 0]
+    if len(order) == 0:
+        return {}
+    cuts = np.flatnonzero(np.diff(label[order])) + 1
+    return {int(label[part[0]]): part for part in np.split(order, cuts)}
+
+
+def split_component(
+    members: np.ndarray, left: np.ndarray, right: np.ndarray, scores: np.ndarray, threshold: float, cap: int
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Split one component (its pairs: left, right, scores) into pieces of at most ``cap`` members.
+
+    The cut is the lowest score t >= threshold such that the pairs scoring >= t leave no piece above the cap
+    (bisection over the pair scores). Returns (pieces to group by linkage, pieces no score splits: each is one
+    group). Pieces of one member are dropped.
+    """
+    a, b = np.searchsorted(members, left), np.searchsorted(members, right)  # local indices (members sorted)
+    levels = np.unique(scores[scores >= threshold])
+
+    def pieces(cut: float) -> list[np.ndarray]:
+        keep = scores >= cut
+        return [members[p] for p in connected_groups(len(members), a[keep], b[keep])]
+
+    lo, hi = 0, len(levels) - 1  # find the lowest level whose largest piece fits
+    if max(len(p) for p in pieces(levels[hi])) > cap:
+        top = pieces(levels[hi])
+        return [p for p in top if len(p) <= cap], [p for p in top if len(p) > cap]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if max((len(p) for p in pieces(levels[mid])), default=0) <= cap:
+            hi = mid
+        else:
+            lo = mid + 1
+    return pieces(levels[lo]), []
+
+
 def linked_groups(
     n: int,
     left: np.ndarray,
@@ -76,26 +125,41 @@ def linked_groups(
     scores: np.ndarray,
     threshold: float,
     score_fn: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+    max_component: int = MAX_LINKED_COMPONENT,
 ) -> list[np.ndarray]:
     """Duplicate groups by the rule in the module docstring: average linkage at ``threshold`` within each
     connected component of the pairs (left[k], right[k]) scoring ``scores[k]`` >= threshold. Pairs below the
-    threshold may be given too: their scores are used as known, not re-scored.
+    threshold may be given too: their scores are used as known, not re-scored. Components above
+    ``max_component`` members are split first (:func:`split_component`).
 
     Returns sorted index arrays of two or more images, largest first, ties by their first index.
     """
     left, right, scores = (np.asarray(a) for a in (left, right, scores))
     strong = scores >= threshold
     out: list[np.ndarray] = []
-    component_of = np.full(n, -1, np.int64)
     components = connected_groups(n, left[strong], right[strong])
+    big = [c for c in components if len(c) > max_component]
+    if big:
+        component_of = np.full(n, -1, np.int64)
+        for c, members in enumerate(big):
+            component_of[members] = c
+        edges = _edges_by_component(component_of, left, right)
+        components = [c for c in components if len(c) <= max_component]
+        for c, members in enumerate(big):
+            e = edges[c]
+            pieces, whole = split_component(members, left[e], right[e], scores[e], threshold, max_component)
+            components += pieces
+            out += whole
+    component_of = np.full(n, -1, np.int64)
     for c, members in enumerate(components):
         component_of[members] = c
+    edges = _edges_by_component(component_of, left, right)
     for c, members in enumerate(components):
         if len(members) == 2:
             out.append(members)
             continue
-        inside = (component_of[left] == c) & (component_of[right] == c)  # every known score in the component
-        dense = _component_scores(members, left[inside], right[inside], scores[inside], score_fn)
+        e = edges[c]  # every known score in the component
+        dense = _component_scores(members, left[e], right[e], scores[e], score_fn)
         # Distances for scipy: top - score, so "mean score >= threshold" is "mean distance <= top - threshold".
         top = float(max(dense.max(), threshold)) + 1.0
         distance = top - dense

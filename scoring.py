@@ -297,7 +297,8 @@ class CosineScorer(PairScorer):
 
     def finish(self) -> None:
         if self._parts:
-            self.vectors = np.concatenate(self._parts)
+            # One part (e.g. a whole store read at once) is kept as it is: no second copy of N x D floats.
+            self.vectors = self._parts[0] if len(self._parts) == 1 else np.concatenate(self._parts)
         self._parts = []
 
     def score(self, left: np.ndarray, right: np.ndarray, batch_size: int = 1 << 15) -> np.ndarray:

@@ -47,3 +47,29 @@ def test_a_group_alike_on_average_is_kept_whole() -> None:
     groups = grouping.linked_groups(4, left, right, scores, 0.85)
     assert sorted(g.tolist() for g in groups) == [[0, 1], [2, 3]]
     assert grouping.linked_groups(4, left, right, scores, 0.99) == []
+
+
+def test_a_component_above_the_cap_is_split_at_its_weakest_links() -> None:
+    # Two cliques of 4 (scores 0.95) joined by one link at 0.90, and a chain of 5 identical photos (1.0):
+    # with a cap of 4 the bridge is cut (each clique one group); the identical chain cannot be split by any
+    # score and stays one group; a 3-member component under the cap is grouped by linkage as usual.
+    left, right, scores = [], [], []
+    for base in (0, 4):
+        for i in range(4):
+            for j in range(i + 1, 4):
+                left.append(base + i), right.append(base + j), scores.append(0.95)
+    left.append(3), right.append(4), scores.append(0.90)
+    for i in range(10, 14):
+        left.append(i), right.append(i + 1), scores.append(1.0)
+    left += [20, 21, 20]
+    right += [21, 22, 22]
+    scores += [0.95, 0.95, 0.90]
+    args = (30, np.array(left), np.array(right), np.array(scores), 0.85)
+    groups = [g.tolist() for g in grouping.linked_groups(*args, max_component=4)]
+    assert groups == [[10, 11, 12, 13, 14], [0, 1, 2, 3], [4, 5, 6, 7], [20, 21, 22]]
+    # Without the cap: the same cliques; the chain's unscored pairs count as unlike, so linkage splits it.
+    uncapped = [g.tolist() for g in grouping.linked_groups(*args)]
+    assert uncapped == [[0, 1, 2, 3], [4, 5, 6, 7], [20, 21, 22], [10, 11], [12, 13]]
+    pieces, whole = grouping.split_component(np.arange(8), np.array(left[:13]), np.array(right[:13]),
+                                             np.array(scores[:13]), 0.85, 4)
+    assert [p.tolist() for p in pieces] == [[0, 1, 2, 3], [4, 5, 6, 7]] and whole == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -60,3 +62,66 @@ def test_default_switches_to_approximate_above_the_exact_limit() -> None:
     assert not neighbours.use_approximate(neighbours.EXACT_LIMIT, None)
     assert neighbours.use_approximate(neighbours.EXACT_LIMIT + 1, None)
     assert neighbours.use_approximate(10, True) and not neighbours.use_approximate(10**7, False)
+
+
+def test_large_collections_use_the_fast_parameters_and_still_find_near_duplicates() -> None:
+    assert neighbours.params_for(neighbours.ACCURATE_LIMIT) == neighbours.ACCURATE
+    assert neighbours.params_for(neighbours.ACCURATE_LIMIT + 1) == neighbours.FAST
+    # the fast parameters (a smaller graph; 8 projected axes of 32 here) on 1,500 rows with 50 planted near copies
+    rng = np.random.default_rng(3)
+    spectrum = np.arange(1, 33) ** -0.5
+    vectors = scoring.l2_normalise(1.0 + rng.normal(size=(1500, 32)) * spectrum)
+    copies = rng.choice(1500, 100, replace=False)
+    vectors[copies[50:]] = scoring.l2_normalise(vectors[copies[:50]] + rng.normal(size=(50, 32)) * spectrum * 0.05)
+    fast = dataclasses.replace(neighbours.FAST, pca_dim=8)
+    pairs = {tuple(p) for p in neighbours.knn_pairs(vectors, 5, approximate=True, params=fast).tolist()}
+    planted = {(min(a, b), max(a, b)) for a, b in zip(copies[:50].tolist(), copies[50:].tolist(), strict=True)}
+    assert planted <= pairs
+    # the smaller graph itself (no projection) still recalls nearly all of the exact top-5
+    exact = neighbours.knn(vectors, 5, approximate=False)
+    graph_only = dataclasses.replace(neighbours.FAST, pca_dim=32)
+    assert neighbours.recall_at_k(neighbours.knn(vectors, 5, approximate=True, params=graph_only), exact) >= 0.97
+
+
+def test_find_matches_switches_between_exhaustive_exact_and_approximate_candidates() -> None:
+    import torch
+
+    import find_duplicates
+
+    rng = np.random.default_rng(4)
+    vectors = scoring.l2_normalise(1.0 + rng.normal(size=(600, 24)))
+    vectors[300:320] = scoring.l2_normalise(vectors[:20] + rng.normal(size=(20, 24)) * 0.02)  # 20 near copies
+    scorer = scoring.CosineScorer(torch.nn.Identity())
+    scorer.add_embeddings({"vectors": vectors.astype(np.float32)})
+    scorer.finish()
+    results = {
+        approximate: scoring.find_matches(scorer, 0.95, approximate=approximate) for approximate in (None, False, True)
+    }
+    assert [r[4] for r in results.values()] == ["exhaustive", "exhaustive", f"top-{scoring.DEFAULT_TOP_K} approximate"]
+    exhaustive = set(zip(results[None][0].tolist(), results[None][1].tolist(), strict=True))
+    assert {(i, 300 + i) for i in range(20)} <= exhaustive
+    approx = set(zip(results[True][0].tolist(), results[True][1].tolist(), strict=True))
+    assert approx == exhaustive and np.allclose(results[True][2], results[None][2])  # same pairs, exact scores
+    exact_top_k = scoring.find_matches(scorer, 0.95, top_k=5, approximate=False)
+    assert exact_top_k[4] == "top-5"
+    assert set(zip(exact_top_k[0].tolist(), exact_top_k[1].tolist(), strict=True)) == exhaustive
+    parser = find_duplicates.build_parser()
+    assert parser.parse_args(["x", "--approximate"]).approximate is True
+    assert parser.parse_args(["x", "--exact"]).approximate is False
+    assert parser.parse_args(["x"]).approximate is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["x", "--approximate", "--exact"])
+
+
+def test_rerank_in_place_matches_the_gathered_rerank() -> None:
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(500, 40)).astype(np.float32)
+    queries = base[:64]
+    candidates = rng.integers(0, 500, size=(64, 12))
+    candidates[3, 5:] = -1  # fewer candidates found: -1 goes last
+    in_place = neighbours._rerank(base, queries, candidates, 6)  # float32 rows: faiss reads them in place
+    gathered = neighbours._rerank(base.astype(np.float64), queries, candidates, 6)  # any other dtype: numpy
+    assert (in_place == gathered).all()
+    assert in_place[3, 5] == -1 and (in_place[3, :5] >= 0).all()
+    sims = np.einsum("qd,qkd->qk", queries, base[candidates[0]][None])[0]
+    assert in_place[0].tolist() == candidates[0][np.argsort(-sims, kind="stable")[:6]].tolist()
