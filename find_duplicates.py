@@ -586,16 +586,13 @@ def build_scorer(args: argparse.Namespace, device: str) -> tuple[scoring.PairSco
         threshold, source = scoring.read_model_threshold(args.checkpoint)
         scorer = scoring.ModelScorer(model, batch_size=args.batch_size, device=device)
     elif method in ("cosine", "relative"):
-        from model import BackboneWeightsError, build_feature_extractor
+        from model import BackboneWeightsError
 
         backbone = args.backbone or scoring.COSINE_BACKBONE
-        pooling = scoring.RELATIVE_POOLING if method == "relative" else "avg"
         try:
-            extractor = build_feature_extractor(backbone, args.backbone_weights, pooling=pooling).to(device)
+            scorer = scoring.reference_scorer(method, backbone, args.backbone_weights, device, args.batch_size)
         except BackboneWeightsError as exc:
             raise FindDuplicatesError(str(exc)) from exc
-        kind = scoring.RelativeScorer if method == "relative" else scoring.CosineScorer
-        scorer = kind(extractor, batch_size=args.batch_size, device=device)
         threshold, source = scoring.DEFAULT_THRESHOLDS[method], f"calibrated default ({scoring.COSINE_BACKBONE})"
         if (backbone, args.backbone_weights) != (scoring.COSINE_BACKBONE, "imagenet") and args.threshold is None:
             print(

@@ -588,17 +588,20 @@ def f1_at(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Calibrati
 
 
 def reference_scorer(
-    method: str, backbone: str = COSINE_BACKBONE, weights: str = "imagenet", device: str = "cpu"
+    method: str, backbone: str = COSINE_BACKBONE, weights: str = "imagenet", device: str = "cpu",
+    batch_size: int = 64,
 ) -> PairScorer:
-    """A scorer for a reference method (whash, phash, cosine with the given backbone)."""
+    """A scorer for a reference method (whash, phash; cosine or relative with the given backbone): the one place
+    that builds them, for find_duplicates.py, model_inference.py and calibration."""
     if method in HASH_FUNCTIONS:
         return HashScorer(method)
     if method in ("cosine", "relative"):
         from model import build_feature_extractor
 
-        if method == "cosine":
-            return CosineScorer(build_feature_extractor(backbone, weights), device=device)
-        return RelativeScorer(build_feature_extractor(backbone, weights, pooling=RELATIVE_POOLING), device=device)
+        pooling = RELATIVE_POOLING if method == "relative" else "avg"
+        extractor = build_feature_extractor(backbone, weights, pooling=pooling).to(device)
+        kind = RelativeScorer if method == "relative" else CosineScorer
+        return kind(extractor, batch_size=batch_size, device=device)
     raise ValueError(f"not a reference method: {method!r} (choose from {REFERENCE_METHODS})")
 
 
