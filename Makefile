@@ -37,6 +37,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_pairs.py
 	$(PY) benchmarks/bench_training.py
+	$(PY) benchmarks/bench_extraction.py
 	$(PY) benchmarks/bench_find_duplicates.py
 	$(PY) benchmarks/bench_quality.py --dataset sample
 
