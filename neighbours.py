@@ -206,6 +206,16 @@ def _unique_pairs(left: np.ndarray, right: np.ndarray, n_right: int, ordered: bo
     return np.stack([codes // n_right, codes % n_right], axis=1).astype(np.int64)
 
 
+def neighbour_pairs(ids: np.ndarray) -> np.ndarray:
+    """Rows' neighbours (``ids`` from :func:`knn` over the rows themselves) as unique unordered pairs (i, j), i < j,
+    sorted; (m, 2) int64. -1 entries are skipped."""
+    n = len(ids)
+    if n < 2 or ids.shape[1] == 0:
+        return np.zeros((0, 2), np.int64)
+    left = np.repeat(np.arange(n, dtype=np.int64), ids.shape[1])
+    return _unique_pairs(left, np.asarray(ids, np.int64).ravel(), n, ordered=False)
+
+
 def knn_pairs(
     vectors: np.ndarray, k: int, approximate: bool | None = None, params: SearchParams | None = None
 ) -> np.ndarray:
@@ -213,9 +223,7 @@ def knn_pairs(
     n = len(vectors)
     if n < 2 or k < 1:
         return np.zeros((0, 2), np.int64)
-    ids = knn(vectors, min(k, n - 1), approximate=approximate, params=params)
-    left = np.repeat(np.arange(n, dtype=np.int64), ids.shape[1])
-    return _unique_pairs(left, ids.ravel(), n, ordered=False)
+    return neighbour_pairs(knn(vectors, min(k, n - 1), approximate=approximate, params=params))
 
 
 def cross_knn_pairs(
