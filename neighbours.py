@@ -17,6 +17,7 @@ packed hash bits compared by Hamming distance.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,9 @@ import numpy as np
 # backbone pass over 50,000 photos takes about 15 minutes; the approximate search at 50,000 takes ~20 s.
 EXACT_LIMIT = 50_000
 SEED = 0
+# Seconds spent in each step of the last approximate float search (projection, build, walk, rerank, join):
+# benchmarks/bench_neighbours.py reports them, nothing else reads them.
+LAST_TIMINGS: dict[str, float] = {}
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,7 @@ class SearchParams:
     ef_construction: int = 80
     ef_search: int = 128
     pool: int = 6  # fetch pool * k candidates from the graph, keep the k best by exact inner product
+    join: int = 0  # > 0: one round of neighbours of neighbours (each row's first `join` x their first `join`)
     block: int = 2048  # rows projected / searched / re-ranked at once (memory: block * pool * k * D floats)
 
 
@@ -119,6 +124,33 @@ def _rerank(base: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: in
     return np.take_along_axis(candidates, order, axis=1)
 
 
+def _unique_candidates(candidates: np.ndarray) -> np.ndarray:
+    """Each row's candidate ids with repeats replaced by -1 (rows come back sorted, -1 entries first)."""
+    out = np.sort(candidates, axis=1)
+    out[:, 1:][out[:, 1:] == out[:, :-1]] = -1
+    return out
+
+
+def local_join(base: np.ndarray, ids: np.ndarray, width: int, block: int = 2048) -> np.ndarray:
+    """One round of NN-descent's local join over a self-search result: better neighbour lists, same shape.
+
+    Each row's candidates are its own list and, for its first ``width`` neighbours, their first ``width``
+    neighbours (a neighbour of a neighbour is likely a neighbour); they are re-ranked by the exact inner product
+    of the full ``base`` rows. A pair the graph walk missed from both sides is found when a third photo close to
+    both has found each of them (the planted duplicates of bench_neighbours: README "Large collections").
+    """
+    out = np.empty_like(ids)
+    k = ids.shape[1]
+    for start in range(0, len(ids), block):
+        rows = ids[start : start + block]
+        first = rows[:, :width]
+        hops = ids[np.maximum(first, 0), :width]  # (b, width, width)
+        hops[first < 0] = -1
+        candidates = _unique_candidates(np.concatenate([rows, hops.reshape(len(rows), -1)], axis=1))
+        out[start : start + len(rows)] = _rerank(base, base[start : start + len(rows)], candidates, k)
+    return out
+
+
 def _binary_knn(base: np.ndarray, queries: np.ndarray | None, k: int, params: SearchParams) -> np.ndarray:
     """Hash codes: a binary HNSW graph (Hamming distances are exact, only the walk is approximate)."""
     index = faiss.IndexBinaryHNSW(base.shape[1] * 8, params.hnsw_m)
@@ -152,18 +184,34 @@ def approximate_knn(
     k = min(k, len(base))
     if _is_binary(base):
         return _binary_knn(base, queries, k, params)
+    timings = {"projection": 0.0, "build": 0.0, "walk": 0.0, "rerank": 0.0, "join": 0.0}
+    t = time.perf_counter()
     projection = None
     if base.shape[1] > params.pca_dim:
         projection = pca_projection(base, params.pca_dim, params.pca_sample)
+    timings["projection"] = time.perf_counter() - t
     pool = min(len(base), max(k, params.pool * k))
+    t = time.perf_counter()
     index = build_graph(base, projection, params)
+    timings["build"] = time.perf_counter() - t
     index.hnsw.efSearch = max(params.ef_search, pool)
     source = base if queries is None else queries
     out = np.empty((len(source), k), np.int64)
     for start in range(0, len(source), params.block):
         q = np.asarray(source[start : start + params.block], dtype=np.float32)
+        t = time.perf_counter()
         _, candidates = index.search(_project(q, projection), pool)
+        t2 = time.perf_counter()
         out[start : start + len(q)] = _rerank(base, q, candidates.astype(np.int64), k)
+        timings["walk"] += t2 - t
+        timings["rerank"] += time.perf_counter() - t2
+    del index
+    if queries is None and params.join > 0:
+        t = time.perf_counter()
+        out = local_join(base, out, params.join, params.block)
+        timings["join"] = time.perf_counter() - t
+    LAST_TIMINGS.clear()
+    LAST_TIMINGS.update(timings)
     return out
 
 

@@ -285,6 +285,7 @@ def run_size(n: int, params: Any, method: str = "relative") -> dict:
     t0 = time.perf_counter()
     pairs = scoring.candidate_search(scorer, scoring.DEFAULT_TOP_K, approximate=True, params=params)
     search_s = time.perf_counter() - t0
+    steps = {f"{name}_s": seconds for name, seconds in neighbours.LAST_TIMINGS.items()}
     t = time.perf_counter()
     scores = scorer.score(pairs[:, 0], pairs[:, 1])
     keep = scores >= threshold
@@ -304,7 +305,7 @@ def run_size(n: int, params: Any, method: str = "relative") -> dict:
     hits = len(truth & found)
     return {
         "n": n, "generate_s": generate_s, "search_s": search_s, "score_s": score_s, "group_s": group_s,
-        "total_s": total, "candidate_pairs": len(pairs), "duplicate_pairs": int(keep.sum()),
+        "total_s": total, **steps, "candidate_pairs": len(pairs), "duplicate_pairs": int(keep.sum()),
         "planted_pairs": len(truth), "planted_found": hits, "false_pairs": len(found - truth),
         "planted_above_threshold": len(reachable_set), "planted_above_found": len(reachable_set & found),
         "groups": len(found_groups), "largest_group": max((len(g) for g in found_groups), default=0),
@@ -336,10 +337,21 @@ HEADER = (f"{'vectors':>9} {'search':>8} {'score':>7} {'group':>6} {'total s':>8
           "max g / max c: largest group / connected component; load: 1-min load average at start-end)")
 
 
+def _steps(r: dict) -> str:
+    """Where the candidate search's seconds went (neighbours.LAST_TIMINGS), and r + pairs (the rest)."""
+    names = ("projection", "build", "walk", "rerank", "join")
+    steps = {name: r.get(f"{name}_s", 0.0) for name in names}
+    steps["r and pairs"] = r["search_s"] - sum(steps.values())
+    return f"{r['n']:>9,} search: " + ", ".join(f"{name} {s:.1f} s" for name, s in steps.items()) + \
+        f"; {r.get('method', 'cosine')} >= {r.get('threshold', 0.8591)}; {r['params']}"
+
+
 def report(results: dict[int, dict]) -> None:
     print(HEADER)
     for n in sorted(results):
         print(_line(results[n]))
+    for n in sorted(results):
+        print(_steps(results[n]))
     big = results.get(1_000_000)
     if big:
         minutes, gb = big["total_s"] / 60, big["peak_rss_gb"]
@@ -389,6 +401,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
             with open(args.results, "a") as f:
                 f.write(json.dumps(r) + "\n")
         print(_line(r), flush=True)
+        print(_steps(r), flush=True)
     if args.results:
         results = {**_read_results(args.results), **results}
     report(results)
