@@ -53,7 +53,7 @@ class SearchParams:
 # cost per vector grows only as log N, so 1,000,000 vectors fit in minutes on 2 cores; they still find the
 # duplicates (pairs far closer than other neighbours) but recall less of the full top-20 (README figures).
 ACCURATE = SearchParams()
-FAST = SearchParams(pca_dim=64, pca_sample=20_000, hnsw_m=16, ef_construction=40, ef_search=64, pool=3)
+FAST = SearchParams(pca_dim=128, pca_sample=50_000, hnsw_m=24, ef_construction=80, ef_search=64, pool=3, join=4)
 ACCURATE_LIMIT = 200_000
 DEFAULT_PARAMS = ACCURATE  # binary codes use its graph degree and efforts
 
