@@ -19,7 +19,8 @@ Methods (:data:`METHODS`), every score in [0, 1] except cosine (in [-1, 1]); lar
 Candidate pairs: every pair i < j up to :data:`EXHAUSTIVE_LIMITS` images (500 for the model, 5,000 for the
 reference methods), otherwise each image's
 :data:`DEFAULT_TOP_K` nearest neighbours (``neighbours.py``: exact faiss search, approximate HNSW above
-``neighbours.EXACT_LIMIT`` images) deduplicated to i < j, so the number of scored pairs grows as N * K.
+``neighbours.EXACT_LIMIT`` images) deduplicated to i < j, so the number of scored pairs grows as N * K. One search
+(:func:`candidate_search`) also gives the relative method's neighbourhoods (its first ``local_scaling.K``).
 Groups are made from the pairs scoring at or above the threshold by ``grouping.py`` (average linkage within
 connected components, so they do not chain).
 
