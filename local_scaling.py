@@ -30,20 +30,30 @@ R0 = 0.6705  # median r on the training splits (`python scoring.py calibrate --m
 
 
 def neighbourhood_similarity(
-    unit: np.ndarray, k: int = K, r0: float = R0, approximate: bool | None = None, batch: int = 4096
+    unit: np.ndarray,
+    k: int = K,
+    r0: float = R0,
+    approximate: bool | None = None,
+    batch: int = 4096,
+    ids: np.ndarray | None = None,
 ) -> np.ndarray:
     """``r`` of every row of ``unit`` (L2-normalised, (N, D)): the mean cosine to its ``k`` nearest other rows.
 
-    Rows with fewer than ``k`` others count the missing ones as ``r0``. The neighbours come from
-    ``neighbours.knn`` (exact, or approximate above ``neighbours.EXACT_LIMIT`` rows unless ``approximate`` says).
-    Returns float64 (N,).
+    Rows with fewer than ``k`` others count the missing ones as ``r0``. The neighbours come from ``ids`` when
+    given (``neighbours.knn`` over ``unit`` itself, best first, with at least ``min(k, N - 1)`` columns: the
+    first ``k`` are used, so candidate search and ``r`` share one search), else from ``neighbours.knn`` (exact, or
+    approximate above ``neighbours.EXACT_LIMIT`` rows unless ``approximate`` says). Returns float64 (N,).
     """
     unit = np.asarray(unit, np.float32)
     n = len(unit)
     total = np.zeros(n, np.float64)
     found = np.zeros(n, np.int64)
     if n > 1:
-        ids = neighbours.knn(unit, min(k, n - 1), approximate=approximate)
+        if ids is None:
+            ids = neighbours.knn(unit, min(k, n - 1), approximate=approximate)
+        elif len(ids) != n or ids.shape[1] < min(k, n - 1):
+            raise ValueError(f"ids must be ({n}, >= {min(k, n - 1)}) neighbours of the rows, got {ids.shape}")
+        ids = ids[:, :k]
         for start in range(0, n, batch):  # (batch, k, D) gathered rows: bounded memory
             block = ids[start : start + batch]
             valid = block >= 0

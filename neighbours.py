@@ -8,15 +8,18 @@ packed hash bits compared by Hamming distance.
   float rows are projected onto their top :attr:`SearchParams.pca_dim` principal axes (uncentred PCA, so
   inner products are kept, fitted on a fixed sample of rows) and L2-normalised, an HNSW graph is built over the
   projections, each row's :attr:`SearchParams.pool` x k approximate neighbours are fetched and then re-ranked
-  by the exact inner product of the full vectors, keeping the best k. Hash codes go into a binary HNSW graph
-  (Hamming distances are exact, only the graph walk is approximate). Building HNSW costs about N log N and
-  a query about log N, so the whole search grows a little faster than N, never as N^2.
+  by the exact inner product of the full vectors, keeping the best k. Above :data:`ACCURATE_LIMIT` a self-search
+  then makes one round of NN-descent's local join (:func:`local_join`: neighbours of neighbours, re-ranked
+  the same way). Hash codes go into a binary HNSW graph (Hamming distances are exact, only the graph walk is
+  approximate). Building HNSW costs about N log N and a query about log N, so the whole search grows a little
+  faster than N, never as N^2.
 
 ``benchmarks/bench_neighbours.py`` measures the recall of the approximate search against exact search.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +31,9 @@ import numpy as np
 # backbone pass over 50,000 photos takes about 15 minutes; the approximate search at 50,000 takes ~20 s.
 EXACT_LIMIT = 50_000
 SEED = 0
+# Seconds spent in each step of the last approximate float search (projection, build, walk, rerank, join):
+# benchmarks/bench_neighbours.py reports them, nothing else reads them.
+LAST_TIMINGS: dict[str, float] = {}
 
 
 @dataclass(frozen=True)
@@ -40,15 +46,18 @@ class SearchParams:
     ef_construction: int = 80
     ef_search: int = 128
     pool: int = 6  # fetch pool * k candidates from the graph, keep the k best by exact inner product
+    join: int = 0  # > 0: one round of neighbours of neighbours (each row's first `join` x their first `join`)
     block: int = 2048  # rows projected / searched / re-ranked at once (memory: block * pool * k * D floats)
 
 
 # Up to ACCURATE_LIMIT vectors: a graph over 256 projected dimensions (recall of the true top-20 >= 0.99 at
-# 100,000). Above it the build and the walk get cheaper: 64 dimensions, half the degree and effort. Their
-# cost per vector grows only as log N, so 1,000,000 vectors fit in minutes on 2 cores; they still find the
-# duplicates (pairs far closer than other neighbours) but recall less of the full top-20 (README figures).
+# 100,000). Above it the graph is cheaper (128 dimensions, M 24, efConstruction 80) and a local join repairs
+# what the walk misses. Measured where the planted duplicate pairs of bench_neighbours.py are lost at 250,000
+# (`bench_neighbours.py diagnose`): exact search over 64 / 128 projected dimensions finds 99.6% / 100%, the
+# previous graph (64 dimensions, M 16, efC 40) 97.5% whether its walk starts at the top or at the query's own
+# node: the graph lacked the links, so more degree and effort, not a longer walk (README "Large collections").
 ACCURATE = SearchParams()
-FAST = SearchParams(pca_dim=64, pca_sample=20_000, hnsw_m=16, ef_construction=40, ef_search=64, pool=3)
+FAST = SearchParams(pca_dim=128, pca_sample=50_000, hnsw_m=24, ef_construction=80, ef_search=64, pool=3, join=4)
 ACCURATE_LIMIT = 200_000
 DEFAULT_PARAMS = ACCURATE  # binary codes use its graph degree and efforts
 
@@ -119,6 +128,33 @@ def _rerank(base: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: in
     return np.take_along_axis(candidates, order, axis=1)
 
 
+def _unique_candidates(candidates: np.ndarray) -> np.ndarray:
+    """Each row's candidate ids with repeats replaced by -1 (rows come back sorted, -1 entries first)."""
+    out = np.sort(candidates, axis=1)
+    out[:, 1:][out[:, 1:] == out[:, :-1]] = -1
+    return out
+
+
+def local_join(base: np.ndarray, ids: np.ndarray, width: int, block: int = 2048) -> np.ndarray:
+    """One round of NN-descent's local join over a self-search result: better neighbour lists, same shape.
+
+    Each row's candidates are its own list and, for its first ``width`` neighbours, their first ``width``
+    neighbours (a neighbour of a neighbour is likely a neighbour); they are re-ranked by the exact inner product
+    of the full ``base`` rows. A pair the graph walk missed from both sides is found when a third photo close to
+    both has found each of them (the planted duplicates of bench_neighbours: README "Large collections").
+    """
+    out = np.empty_like(ids)
+    k = ids.shape[1]
+    for start in range(0, len(ids), block):
+        rows = ids[start : start + block]
+        first = rows[:, :width]
+        hops = ids[np.maximum(first, 0), :width]  # (b, width, width)
+        hops[first < 0] = -1
+        candidates = _unique_candidates(np.concatenate([rows, hops.reshape(len(rows), -1)], axis=1))
+        out[start : start + len(rows)] = _rerank(base, base[start : start + len(rows)], candidates, k)
+    return out
+
+
 def _binary_knn(base: np.ndarray, queries: np.ndarray | None, k: int, params: SearchParams) -> np.ndarray:
     """Hash codes: a binary HNSW graph (Hamming distances are exact, only the walk is approximate)."""
     index = faiss.IndexBinaryHNSW(base.shape[1] * 8, params.hnsw_m)
@@ -152,18 +188,34 @@ def approximate_knn(
     k = min(k, len(base))
     if _is_binary(base):
         return _binary_knn(base, queries, k, params)
+    timings = {"projection": 0.0, "build": 0.0, "walk": 0.0, "rerank": 0.0, "join": 0.0}
+    t = time.perf_counter()
     projection = None
     if base.shape[1] > params.pca_dim:
         projection = pca_projection(base, params.pca_dim, params.pca_sample)
+    timings["projection"] = time.perf_counter() - t
     pool = min(len(base), max(k, params.pool * k))
+    t = time.perf_counter()
     index = build_graph(base, projection, params)
+    timings["build"] = time.perf_counter() - t
     index.hnsw.efSearch = max(params.ef_search, pool)
     source = base if queries is None else queries
     out = np.empty((len(source), k), np.int64)
     for start in range(0, len(source), params.block):
         q = np.asarray(source[start : start + params.block], dtype=np.float32)
+        t = time.perf_counter()
         _, candidates = index.search(_project(q, projection), pool)
+        t2 = time.perf_counter()
         out[start : start + len(q)] = _rerank(base, q, candidates.astype(np.int64), k)
+        timings["walk"] += t2 - t
+        timings["rerank"] += time.perf_counter() - t2
+    del index
+    if queries is None and params.join > 0:
+        t = time.perf_counter()
+        out = local_join(base, out, params.join, params.block)
+        timings["join"] = time.perf_counter() - t
+    LAST_TIMINGS.clear()
+    LAST_TIMINGS.update(timings)
     return out
 
 
@@ -206,6 +258,16 @@ def _unique_pairs(left: np.ndarray, right: np.ndarray, n_right: int, ordered: bo
     return np.stack([codes // n_right, codes % n_right], axis=1).astype(np.int64)
 
 
+def neighbour_pairs(ids: np.ndarray) -> np.ndarray:
+    """Rows' neighbours (``ids`` from :func:`knn` over the rows themselves) as unique unordered pairs (i, j), i < j,
+    sorted; (m, 2) int64. -1 entries are skipped."""
+    n = len(ids)
+    if n < 2 or ids.shape[1] == 0:
+        return np.zeros((0, 2), np.int64)
+    left = np.repeat(np.arange(n, dtype=np.int64), ids.shape[1])
+    return _unique_pairs(left, np.asarray(ids, np.int64).ravel(), n, ordered=False)
+
+
 def knn_pairs(
     vectors: np.ndarray, k: int, approximate: bool | None = None, params: SearchParams | None = None
 ) -> np.ndarray:
@@ -213,9 +275,7 @@ def knn_pairs(
     n = len(vectors)
     if n < 2 or k < 1:
         return np.zeros((0, 2), np.int64)
-    ids = knn(vectors, min(k, n - 1), approximate=approximate, params=params)
-    left = np.repeat(np.arange(n, dtype=np.int64), ids.shape[1])
-    return _unique_pairs(left, ids.ravel(), n, ordered=False)
+    return neighbour_pairs(knn(vectors, min(k, n - 1), approximate=approximate, params=params))
 
 
 def cross_knn_pairs(

@@ -19,7 +19,8 @@ Methods (:data:`METHODS`), every score in [0, 1] except cosine (in [-1, 1]); lar
 Candidate pairs: every pair i < j up to :data:`EXHAUSTIVE_LIMITS` images (500 for the model, 5,000 for the
 reference methods), otherwise each image's
 :data:`DEFAULT_TOP_K` nearest neighbours (``neighbours.py``: exact faiss search, approximate HNSW above
-``neighbours.EXACT_LIMIT`` images) deduplicated to i < j, so the number of scored pairs grows as N * K.
+``neighbours.EXACT_LIMIT`` images) deduplicated to i < j, so the number of scored pairs grows as N * K. One search
+(:func:`candidate_search`) also gives the relative method's neighbourhoods (its first ``local_scaling.K``).
 Groups are made from the pairs scoring at or above the threshold by ``grouping.py`` (average linkage within
 connected components, so they do not chain).
 
@@ -323,13 +324,27 @@ class RelativeScorer(CosineScorer):
 
     name = "relative"
 
+    # Candidate search (candidate_search) fetches at least this many neighbours and hands them to use_neighbours.
+    neighbours_k = local_scaling.K
+
     def __init__(self, extractor: torch.nn.Module, batch_size: int = 64, device: str = "cpu") -> None:
         super().__init__(extractor, batch_size, device)
-        self.r = np.zeros(0, np.float64)
+        self._r: np.ndarray | None = None
 
     def finish(self) -> None:
         super().finish()
-        self.r = local_scaling.neighbourhood_similarity(self.vectors) if len(self.vectors) else np.zeros(0)
+        self._r = None
+
+    def use_neighbours(self, ids: np.ndarray) -> None:
+        """Take ``r`` from a search already made: ``ids`` = each image's nearest other images, best first."""
+        self._r = local_scaling.neighbourhood_similarity(self.vectors, ids=ids)
+
+    @property
+    def r(self) -> np.ndarray:
+        """Each image's neighbourhood similarity: from :meth:`use_neighbours`, else its own search on first use."""
+        if self._r is None:
+            self._r = local_scaling.neighbourhood_similarity(self.vectors) if len(self.vectors) else np.zeros(0)
+        return self._r
 
     def score(self, left: np.ndarray, right: np.ndarray, batch_size: int = 1 << 15) -> np.ndarray:
         return local_scaling.scaled(super().score(left, right, batch_size), self.r[left], self.r[right])
@@ -436,14 +451,38 @@ def exhaustive_matches(
     return left, right, s, n * (n - 1) // 2
 
 
+def candidate_search(
+    scorer: PairScorer,
+    top_k: int | None = None,
+    approximate: bool | None = None,
+    params: neighbours.SearchParams | None = None,
+) -> np.ndarray:
+    """Each image's ``top_k`` nearest neighbours as unique pairs (i < j), from ONE search of the collection.
+
+    A scorer that needs neighbours itself (``neighbours_k``: the relative method's ``r``) gets the same search's
+    first ``neighbours_k`` neighbours (:meth:`RelativeScorer.use_neighbours`): the search fetches
+    ``max(top_k, neighbours_k)``, so a million photos are searched once, not twice. Returns (m, 2) int64, sorted.
+    """
+    vectors = scorer.search_vectors()
+    n = len(vectors)
+    k = top_k or DEFAULT_TOP_K
+    wanted = getattr(scorer, "neighbours_k", 0)
+    if n < 2:
+        return np.zeros((0, 2), np.int64)
+    ids = neighbours.knn(vectors, min(max(k, wanted), n - 1), approximate=approximate, params=params)
+    if wanted:
+        scorer.use_neighbours(ids)  # type: ignore[attr-defined]
+    return neighbours.neighbour_pairs(ids[:, :k])
+
+
 def candidate_matches(
     scorer: PairScorer, threshold: float, top_k: int | None, approximate: bool | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Score each image's ``top_k`` nearest-neighbour pairs (neighbours.knn_pairs); keep those >= threshold.
+    """Score each image's ``top_k`` nearest-neighbour pairs (:func:`candidate_search`); keep those >= threshold.
 
     Returns (left, right, scores, pairs scored).
     """
-    pairs = neighbours.knn_pairs(scorer.search_vectors(), top_k or DEFAULT_TOP_K, approximate=approximate)
+    pairs = candidate_search(scorer, top_k, approximate)
     scores = scorer.score(pairs[:, 0], pairs[:, 1]) if len(pairs) else np.zeros(0)
     keep = scores >= threshold
     return _sorted_pairs(pairs[keep, 0], pairs[keep, 1], scores[keep]) + (len(pairs),)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import local_scaling
+import neighbours
 import scoring
 
 
@@ -70,3 +71,28 @@ def test_relative_scorer_rows_equal_pair_scores(monkeypatch: pytest.MonkeyPatch)
     expected = local_scaling.scaled((unit[left] * unit[right]).sum(1), scorer.r[left], scorer.r[right])
     np.testing.assert_allclose(scorer.score(left, right), expected, atol=1e-6)
     np.testing.assert_allclose(scorer.score_rows(0, 15)[left, right], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("top_k", [20, 5])
+def test_candidate_search_gives_r_and_pairs_of_separate_searches_in_one_search(
+    top_k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relative scorer's r and the candidate pairs share one search and equal two separate exact searches."""
+    rng = np.random.default_rng(3)
+    unit = scoring.l2_normalise(rng.normal(size=(400, 24)).astype(np.float32) + 1.0)
+    expected_r = local_scaling.neighbourhood_similarity(unit, approximate=False)
+    expected_pairs = neighbours.knn_pairs(unit, top_k, approximate=False)
+    calls = []
+    real_knn = neighbours.knn
+    monkeypatch.setattr(neighbours, "knn", lambda *a, **kw: calls.append(a[1]) or real_knn(*a, **kw))
+    scorer = scoring.RelativeScorer(_Identity())
+    scorer.add_embeddings({"vectors": unit})
+    scorer.finish()
+    pairs = scoring.candidate_search(scorer, top_k, approximate=False)
+    assert calls == [max(top_k, local_scaling.K)]  # one search, deep enough for both
+    np.testing.assert_array_equal(pairs, expected_pairs)
+    np.testing.assert_allclose(scorer.r, expected_r, rtol=0, atol=1e-12)
+    left, right, scores, n_scored = scoring.candidate_matches(scorer, -10.0, top_k, approximate=False)
+    assert n_scored == len(expected_pairs) and len(calls) == 2
+    np.testing.assert_allclose(scores, local_scaling.scaled(np.einsum("ij,ij->i", unit[left], unit[right]),
+                                                            expected_r[left], expected_r[right]), atol=1e-6)
