@@ -1,6 +1,6 @@
 """Find duplicate photos of the same space in one or more folders.
 
-    python find_duplicates.py PHOTOS_DIR [PHOTOS_DIR ...] [--checkpoint DIR | --method whash|phash|cosine]
+    python find_duplicates.py PHOTOS_DIR [PHOTOS_DIR ...] [--checkpoint DIR | --method whash|phash|cosine|relative]
         [--threshold T] [--json FILE] [--csv FILE] [--html FILE] [--top-k K | --exhaustive] ...
 
 Every image under the folders (recursively, any format PIL can read) is decoded once with data.load_image,

@@ -1,6 +1,6 @@
 """The embedding store: a second find_duplicates run embeds only new photos; --against embeds only the new batch.
 
-    python benchmarks/bench_embedding_store.py [--n 5000] [--new 250] [--against 100] [--method cosine]
+    python benchmarks/bench_embedding_store.py [--n 5000] [--new 250] [--against 100] [--method relative]
 
 Photos: bench_find_duplicates.generate (small generated JPEGs, 10% exact and 10% resized copies). Every run
 is a separate ``find_duplicates.py`` process with its own store file; the time printed is the process's
@@ -35,6 +35,9 @@ import numpy as np  # noqa: E402
 from bench_find_duplicates import _photo, generate  # noqa: E402
 from PIL import Image  # noqa: E402
 
+sys.path.insert(0, str(REPO))
+import scoring  # noqa: E402
+
 SPEEDUP_TARGET = 10.0
 
 
@@ -60,7 +63,8 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--new", type=int, default=250)
     parser.add_argument("--against", type=int, default=100)
-    parser.add_argument("--method", choices=("cosine", "whash", "phash"), default="cosine")
+    parser.add_argument("--method", choices=scoring.REFERENCE_METHODS, default="relative",
+                        help="default: relative, find_duplicates' default")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/samespace_bench_store"))
     args = parser.parse_args()
     source = generate(args.cache / f"source{args.n}", args.n)
