@@ -465,7 +465,8 @@ SOURCES: tuple[Source, ...] = (
     ),
     Source(
         name="scratch", kind="deb", package="scratch", version="1.4.0.6~dfsg1-6.1", split=TRAIN,
-        licence="CC-BY-SA-3.0 (Media/*, MIT per debian/copyright)", places=SCRATCH_PLACES,
+        licence="CC-BY-SA-3.0 (Media/*: (c) 2011 Massachusetts Institute of Technology, per debian/copyright)",
+        places=SCRATCH_PLACES,
         note="photographic stage backgrounds: rooms, a shop, a cinema, streets, buildings, sports fields, "
         "nature; two places photographed twice",
     ),
