@@ -567,6 +567,14 @@ SOURCES: tuple[Source, ...] = (
 )  # fmt: skip
 
 
+# The sources of the set that the real-photo thresholds (scoring.REAL_PHOTO_THRESHOLDS, the relative default and
+# local_scaling.R0) were calibrated on, sessions 2-4: `build DIR --sources <these>` writes that set byte for byte
+# (places are keyed by name, so the sources added since leave its files unchanged). Its Test Data is today's.
+CALIBRATION_SOURCES = (
+    "gcompris-qt-data", "python3-sklearn", "visp-images-data", "stellarium-data", "libjxl-testdata",
+    "python3-skimage", "kphotoalbum", "kodi-data", "enlightenment-data",
+)  # fmt: skip
+
 def sources_by_name(names: Sequence[str] | None = None) -> list[Source]:
     """The sources named (all of :data:`SOURCES` when None). Held-out and unknown names are errors."""
     if names is None:

@@ -363,3 +363,11 @@ def test_shipped_sources_use_each_photo_and_place_name_once() -> None:
         assert {place.category for place in source.places} <= {
             "animals", "buildings", "indoor", "landscapes", "objects", "people",
         }  # fmt: skip
+
+
+def test_calibration_sources_keep_todays_test_data() -> None:
+    # The calibration set (README, "Default thresholds") differs from today's only in its Training Data.
+    names = {source.name: source for source in rp.SOURCES}
+    assert set(rp.CALIBRATION_SOURCES) <= set(names)
+    assert {n for n, s in names.items() if s.split == TEST} <= set(rp.CALIBRATION_SOURCES)
+    assert [s.name for s in rp.sources_by_name(list(rp.CALIBRATION_SOURCES))] == list(rp.CALIBRATION_SOURCES)
