@@ -372,6 +372,82 @@ ENLIGHTENMENT_PHOTOS = (
     "Sea-of-Lanterns", "Snow-Trees", "Spruce-Needles", "Sunset-Clouds", "White-Flower", "Yellow-Flower",
 )  # fmt: skip
 
+# -- Session 5: more varied training photos (interiors, streets, big phone photos, nature close-ups) -----
+_SCR = "usr/share/scratch/Media/Backgrounds/"
+SCRATCH_PLACES = (
+    # Scratch 1.4's photographic stage backgrounds (480x360); its drawn ones (.gif rooms, cartoons) are not used,
+    # nor Nature/moon.jpg (a lunar surface, like the Test Data's Apollo 17 panorama).
+    *_singles("indoor", tuple(f"{_SCR}Indoors/{n}.jpg" for n in (
+        "chalkboard", "clothing-store", "hall", "kitchen", "the-movies-inside"))),
+    *_singles("landscapes", tuple(f"{_SCR}Nature/{n}.jpg" for n in (
+        "beach-malibu", "canyon", "forest", "garden-rock", "grand-canyon", "gravel-desert", "hill", "lake",
+        "pathway", "tree", "water-and-rocks", "wave"))),
+    *_singles("landscapes", tuple(f"{_SCR}Outdoors/{n}.jpg" for n in (
+        "bench-with-view", "boardwalk", "hay_field", "route66", "train-tracks1", "train-tracks2"))),
+    *_singles("landscapes", (f"{_SCR}Sports/playing-field.jpg",)),
+    *_singles("objects", (f"{_SCR}Nature/flower-bed.jpg", f"{_SCR}Nature/flowers.gif")),
+    *_singles("buildings", tuple(f"{_SCR}Outdoors/{n}.jpg" for n in (
+        "all-sports-mural", "atom-playground", "berkeley-mural", "brick-wall-and-stairs", "brick-wall2",
+        "building-at-mit", "building-fireproof", "castle", "driveway", "graffiti", "hallway_outdoors", "houses",
+        "mansion", "mural-faro", "parking-ramp", "pool", "silos", "the-movies", "village", "wooden-house"))),
+    *_singles("buildings", tuple(f"{_SCR}Sports/{n}.jpg" for n in (
+        "baseball-field", "football-field", "tennis-backboard"))),
+    # The same place photographed twice: the Boston skyline by night and by day, one basketball court.
+    Place("boston-skyline", (f"{_SCR}Outdoors/city-with-water.jpg", f"{_SCR}Outdoors/city-with-water2.jpg"),
+          "buildings"),
+    Place("basketball-court", (f"{_SCR}Sports/basketball-court1-a.jpg", f"{_SCR}Sports/basketball-court1-b.jpg"),
+          "buildings"),
+)  # fmt: skip
+
+_TUX = "usr/share/tuxpaint/templates/"
+TUXPAINT_PLACES = (
+    # Tux Paint's photographic templates (600-1300 pixels): nature close-ups, coast, forest, a mill machine.
+    *_singles("landscapes", tuple(f"{_TUX}{n}.jpg" for n in (
+        "cliff", "corn_maze", "ocean_splash", "ocean_waves", "redwoods_above", "sun_behind_clouds", "trees_above",
+        "trees_at_dusk"))),
+    *_singles("objects", tuple(f"{_TUX}{n}.jpg" for n in (
+        "burnt_bark", "mossy_bark", "mossy_log", "mudstone", "rocks", "spiders_web", "sun_behind_leaves"))),
+    *_singles("animals", (f"{_TUX}sheep.jpg", f"{_TUX}jellyfish.jpg")),
+    *_singles("buildings", (f"{_TUX}lighthouse.jpg",)),
+    *_singles("indoor", (f"{_TUX}wool_mill_machine.jpg",)),
+)  # fmt: skip
+
+_FOR = "usr/share/forensics-samples/original-files/"
+FORENSICS_PLACES = (
+    # Phone photos (up to 4000x3000, EXIF orientation) of the package author: dogs indoors and out, a restaurant,
+    # a city view, a circuit board. The two outdoor photos of the dogs are different places, so not one group.
+    *_singles("animals", (f"{_FOR}pic1/IMG-20191006-WA0002.jpg", f"{_FOR}pic2/IMG_20200608_111614.jpg")),
+    *_singles("indoor", (f"{_FOR}pic2/IMG_20200124_231153.jpg", f"{_FOR}pic2/IMG_20191224_234846.jpg")),
+    *_singles("buildings", (f"{_FOR}pic1/IMG_1054.JPG",)),
+    *_singles("objects", (f"{_FOR}pic1/IMG_20200827_231612.jpg",)),
+)  # fmt: skip
+
+_SCB = "usr/share/scribus/templates/"
+SCRIBUS_PLACES = (
+    # Photos of Scribus' brochure and menu templates. Two of the moon in clouds were taken the same night: one place.
+    # The other two moon photos are left out (a moon on black or blue sky is no place to tell apart).
+    Place("moon-in-clouds", (f"{_SCB}br2/brightness.jpg", f"{_SCB}br2/halfmoon.jpg"), "landscapes"),
+    *_singles("landscapes", (f"{_SCB}br2/nature.jpg", f"{_SCB}br2/sunset.jpg")),
+    *_singles("objects", (f"{_SCB}menu2/pizza.jpg",)),
+)  # fmt: skip
+
+_GHE = "usr/share/gimp/2.0/help/en/images/"
+GIMP_HELP_PLACES = (
+    # The original photos of GIMP manual examples (300-770 pixels); its edited versions of them are not used, nor
+    # its Taj Mahal (the training split has Taj Mahal photos from gcompris-qt-data).
+    *_singles("landscapes", (f"{_GHE}tutorials/tone-mapping/power-lines.jpg",
+                             f"{_GHE}filters/examples/map/little_planet-origin.jpg")),
+    *_singles("objects", (f"{_GHE}tutorials/tone-mapping/apple-orchard-truck-from-camera.jpg",
+                          f"{_GHE}tutorials/quickie-jpeg-example.jpg",
+                          f"{_GHE}tutorials/quickie-remove-background-source.jpg",
+                          f"{_GHE}filters/examples/distort/spherize-ex-orig.jpg",
+                          f"{_GHE}filters/examples/blur/mean_curvature-ex-1.jpg")),
+    *_singles("animals", (f"{_GHE}tutorials/quickie-crop-example-source.jpg",
+                          f"{_GHE}filters/examples/light-and-shadow/vignette-ex-orig.jpg")),
+    *_singles("people", (f"{_GHE}tutorials/quickie-flip-example-source.jpg",)),
+    *_singles("indoor", (f"{_GHE}tutorials/quickie-rotate-example-source.jpg",)),
+)  # fmt: skip
+
 SOURCES: tuple[Source, ...] = (
     Source(
         name="gcompris-qt-data", kind="deb", package="gcompris-qt-data", version="3.1-2", split=TRAIN,
@@ -386,6 +462,34 @@ SOURCES: tuple[Source, ...] = (
         licence="BSD-3-Clause (package); photos CC BY 2.0 per sklearn/datasets/images/README.txt",
         photo_licence=_by_file_name(SKLEARN_LICENCES),
         places=_singles("landscapes", (_SKL + "china.jpg",)) + _singles("objects", (_SKL + "flower.jpg",)),
+    ),
+    Source(
+        name="scratch", kind="deb", package="scratch", version="1.4.0.6~dfsg1-6.1", split=TRAIN,
+        licence="CC-BY-SA-3.0 (Media/*: (c) 2011 Massachusetts Institute of Technology, per debian/copyright)",
+        places=SCRATCH_PLACES,
+        note="photographic stage backgrounds: rooms, a shop, a cinema, streets, buildings, sports fields, "
+        "nature; two places photographed twice",
+    ),
+    Source(
+        name="tuxpaint-data", kind="deb", package="tuxpaint-data", version="1:0.9.28-sdl2-1", split=TRAIN,
+        licence="GPL-2+ (Tux Paint, Bill Kendrick et al.)", places=TUXPAINT_PLACES,
+        note="the photographic templates",
+    ),
+    Source(
+        name="forensics-samples-files", kind="deb", package="forensics-samples-files", version="1.1.4-5",
+        split=TRAIN, licence="CC-BY-SA-4.0 (original-files/*, Joao Eriberto Mota Filho)", places=FORENSICS_PLACES,
+        note="phone camera photos of original-files/ (the debian logos are not used)",
+    ),
+    Source(
+        name="scribus-template", kind="deb", package="scribus-template", version="1.2.4.1-6", split=TRAIN,
+        licence="public domain (templates br2, menu2 by Riku Leino, per debian/copyright)", places=SCRIBUS_PLACES,
+        note="photos of the br2 and menu2 templates",
+    ),
+    Source(
+        name="gimp-help-en", kind="deb", package="gimp-help-en", version="2.10.34-2", split=TRAIN,
+        licence="GFDL-NIV-1.2+ (GIMP documentation team, per gimp-help-common's debian/copyright)",
+        places=GIMP_HELP_PLACES,
+        note="original photos of the manual's examples and tutorials, not their edited versions",
     ),
     Source(
         name="visp-images-data", kind="deb", package="visp-images-data", version="3.5.0-1", split=TEST,
@@ -462,6 +566,14 @@ SOURCES: tuple[Source, ...] = (
     ),
 )  # fmt: skip
 
+
+# The sources of the set that the real-photo thresholds (scoring.REAL_PHOTO_THRESHOLDS, the relative default and
+# local_scaling.R0) were calibrated on, sessions 2-4: `build DIR --sources <these>` writes that set byte for byte
+# (places are keyed by name, so the sources added since leave its files unchanged). Its Test Data is today's.
+CALIBRATION_SOURCES = (
+    "gcompris-qt-data", "python3-sklearn", "visp-images-data", "stellarium-data", "libjxl-testdata",
+    "python3-skimage", "kphotoalbum", "kodi-data", "enlightenment-data",
+)  # fmt: skip
 
 def sources_by_name(names: Sequence[str] | None = None) -> list[Source]:
     """The sources named (all of :data:`SOURCES` when None). Held-out and unknown names are errors."""

@@ -350,3 +350,24 @@ def test_readme_credits(tmp_path: Path) -> None:
         "usa/x.webp": "CC-BY-SA 4.0, B",
         "tool.webp": "Public Domain, C, no Files line upstream",
     }
+
+
+def test_shipped_sources_use_each_photo_and_place_name_once() -> None:
+    # A photo listed twice would be written as two places (a duplicate labelled as a non-duplicate), and place
+    # names key each place's random transforms.
+    for source in rp.SOURCES:
+        shots = [shot for place in source.places for shot in place.shots]
+        names = [place.name for place in source.places]
+        assert len(shots) == len(set(shots)), source.name
+        assert len(names) == len(set(names)), source.name
+        assert {place.category for place in source.places} <= {
+            "animals", "buildings", "indoor", "landscapes", "objects", "people",
+        }  # fmt: skip
+
+
+def test_calibration_sources_keep_todays_test_data() -> None:
+    # The calibration set (README, "Default thresholds") differs from today's only in its Training Data.
+    names = {source.name: source for source in rp.SOURCES}
+    assert set(rp.CALIBRATION_SOURCES) <= set(names)
+    assert {n for n, s in names.items() if s.split == TEST} <= set(rp.CALIBRATION_SOURCES)
+    assert [s.name for s in rp.sources_by_name(list(rp.CALIBRATION_SOURCES))] == list(rp.CALIBRATION_SOURCES)

@@ -157,10 +157,12 @@ def test_model_threshold_read_from_the_checkpoint_folder(tmp_path: Path) -> None
         scoring.read_model_threshold(tmp_path)
 
 
-REAL_SET = os.environ.get("SAMESPACE_REAL_DIR")  # `python real_photos.py build DIR` (needs apt access)
+# The real set the thresholds were calibrated on (needs apt access): `python real_photos.py build DIR --sources`
+# with the names in real_photos.CALIBRATION_SOURCES. The full build has a larger Training Data since session 5.
+REAL_SET = os.environ.get("SAMESPACE_REAL_DIR")
 
 
-@pytest.mark.skipif(not REAL_SET, reason="set SAMESPACE_REAL_DIR to a real_photos.py set (seed 0) to check")
+@pytest.mark.skipif(not REAL_SET, reason="set SAMESPACE_REAL_DIR to the calibration real set (seed 0)")
 def test_real_photo_thresholds_reproduce_on_the_real_training_split() -> None:
     """Best F1 on the unique pairs of the real-photo set's Training Data (never Test Data)."""
     scores, labels = scoring.split_pair_scores(Path(REAL_SET) / "Training Data")
@@ -169,7 +171,7 @@ def test_real_photo_thresholds_reproduce_on_the_real_training_split() -> None:
         assert scoring.best_f1_threshold(scores[method], labels).threshold == scoring.REAL_PHOTO_THRESHOLDS[method]
 
 
-@pytest.mark.skipif(not REAL_SET, reason="set SAMESPACE_REAL_DIR to a real_photos.py set (seed 0) to check")
+@pytest.mark.skipif(not REAL_SET, reason="set SAMESPACE_REAL_DIR to the calibration real set (seed 0)")
 def test_relative_threshold_reproduces_on_both_training_splits(calibration_root: Path) -> None:
     """The relative method's default: best F1 on the real and the generated Training Data together."""
     result = scoring.calibrate([Path(REAL_SET), calibration_root], ["relative"])["relative"]
