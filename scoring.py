@@ -237,6 +237,13 @@ class PairScorer:
         """What nearest-neighbour candidate search uses: float32 unit rows (inner product) or uint8 codes (Hamming)."""
         raise NotImplementedError
 
+    # How many of each image's nearest neighbours the scorer itself needs (0: none); candidate_search fetches at
+    # least this many and hands them to use_neighbours, so one search serves both.
+    neighbours_k = 0
+
+    def use_neighbours(self, ids: np.ndarray) -> None:
+        """Receive each image's nearest other images (best first) from the candidate search; unused by default."""
+
 
 class HashScorer(PairScorer):
     """wHash or pHash codes, 64 bits per image packed in a uint64."""
@@ -324,8 +331,7 @@ class RelativeScorer(CosineScorer):
 
     name = "relative"
 
-    # Candidate search (candidate_search) fetches at least this many neighbours and hands them to use_neighbours.
-    neighbours_k = local_scaling.K
+    neighbours_k = local_scaling.K  # r's neighbourhood
 
     def __init__(self, extractor: torch.nn.Module, batch_size: int = 64, device: str = "cpu") -> None:
         super().__init__(extractor, batch_size, device)
@@ -466,12 +472,11 @@ def candidate_search(
     vectors = scorer.search_vectors()
     n = len(vectors)
     k = top_k or DEFAULT_TOP_K
-    wanted = getattr(scorer, "neighbours_k", 0)
     if n < 2:
         return np.zeros((0, 2), np.int64)
-    ids = neighbours.knn(vectors, min(max(k, wanted), n - 1), approximate=approximate, params=params)
-    if wanted:
-        scorer.use_neighbours(ids)  # type: ignore[attr-defined]
+    ids = neighbours.knn(vectors, min(max(k, scorer.neighbours_k), n - 1), approximate=approximate, params=params)
+    if scorer.neighbours_k:
+        scorer.use_neighbours(ids)
     return neighbours.neighbour_pairs(ids[:, :k])
 
 
