@@ -8,8 +8,8 @@
 - ``faithful`` reproduces the published evaluation: upsampled positives and hash-sampled negatives
   (balanced, self-pairs included), BCE and accuracy of the model.
 - ``unique`` is the honest one: every unordered pair of distinct images once, natural class balance, no
-  augmentation. ROC-AUC, average precision, precision / recall / F1 at 0.5 and at the best-F1 threshold,
-  for the model and for the reference methods on the same pairs.
+  augmentation. ROC-AUC, average precision, precision / recall / F1 at the method's default threshold and at
+  the best-F1 threshold, for the model and for the reference methods on the same pairs.
 
 The split is labelled and preprocessed by data.py exactly as in training; the frozen backbone runs once per
 image and variant, never per pair. With ``--write-threshold`` the model's best-F1 threshold (unique pairs) is
@@ -65,12 +65,18 @@ def faithful_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]
     return {"loss": float(loss), "accuracy": float(metrics.accuracy_score(labels, logits > 0))}
 
 
-def ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-    """ROC-AUC, average precision, the operating point at 0.5 and the best-F1 operating point."""
+def default_threshold(method: str) -> float:
+    """The threshold a method is used at without one given: the model's 0.5 (a probability; find_duplicates
+    reads the checkpoint's best-F1 file once --write-threshold has made it), else scoring.DEFAULT_THRESHOLDS."""
+    return scoring.MODEL_DEFAULT_THRESHOLD if method == "model" else scoring.DEFAULT_THRESHOLDS[method]
+
+
+def ranking_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    """ROC-AUC, average precision, the operating point at the method's default ``threshold`` and the best-F1 one."""
     return {
         "roc_auc": float(metrics.roc_auc_score(labels, scores)),
         "average_precision": float(metrics.average_precision_score(labels, scores)),
-        "at_0.5": asdict(scoring.f1_at(scores, labels, 0.5)),
+        "at_default": asdict(scoring.f1_at(scores, labels, threshold)),
         "best_f1": asdict(scoring.best_f1_threshold(scores, labels)),
     }
 
@@ -173,7 +179,7 @@ def evaluate(
         report["unique"] = {
             "pairs": len(left),
             "positive_pairs": int(labels.sum()),
-            "methods": {m: ranking_metrics(labels, s) for m, s in scores.items()},
+            "methods": {m: ranking_metrics(labels, s, default_threshold(m)) for m, s in scores.items()},
         }
         unique = {"paths": paths, "left": left, "right": right, "labels": labels, "scores": scores}
     return report, unique
@@ -199,13 +205,14 @@ def table(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"unique (every pair once): {u['pairs']:,} pairs, {u['positive_pairs']:,} positive",
-            f"  {'method':<8} {'ROC-AUC':>7} {'AP':>6} | {'P@0.5':>6} {'R@0.5':>6} {'F1@0.5':>6} "
+            f"  {'method':<8} {'ROC-AUC':>7} {'AP':>6} | {'default':>7} {'P':>6} {'R':>6} {'F1':>6} "
             f"| {'best-F1 thr':>11} {'P':>6} {'R':>6} {'F1':>6}",
         ]
         for name, m in u["methods"].items():
-            a, b = m["at_0.5"], m["best_f1"]
+            a, b = m["at_default"], m["best_f1"]
             lines.append(
-                f"  {name:<8} {m['roc_auc']:>7.4f} {m['average_precision']:>6.4f} | {a['precision']:>6.3f} "
+                f"  {name:<8} {m['roc_auc']:>7.4f} {m['average_precision']:>6.4f} | {a['threshold']:>7.4f} "
+                f"{a['precision']:>6.3f} "
                 f"{a['recall']:>6.3f} {a['f1']:>6.3f} | {b['threshold']:>11.4f} {b['precision']:>6.3f} "
                 f"{b['recall']:>6.3f} {b['f1']:>6.3f}"
             )

@@ -50,7 +50,7 @@ def test_json_keys_and_ranges(evaluated: dict, test_dir: Path) -> None:
     assert set(unique["methods"]) == {"model", "whash", "phash", "cosine", "relative"}
     for method in unique["methods"].values():
         assert 0 <= method["roc_auc"] <= 1 and 0 <= method["average_precision"] <= 1
-        for point in (method["at_0.5"], method["best_f1"]):
+        for point in (method["at_default"], method["best_f1"]):
             assert set(point) == {"threshold", "f1", "precision", "recall"}
             assert all(0 <= point[k] <= 1 for k in ("f1", "precision", "recall"))
     assert sorted(p.name for p in (evaluated["out"] / "plots").iterdir()) == ["precision_recall.png", "roc.png"]
@@ -69,7 +69,10 @@ def test_metrics_agree_with_scikit_learn_on_the_scores_file(evaluated: dict) -> 
         assert reported["average_precision"] == pytest.approx(metrics.average_precision_score(labels, scores), abs=1e-3)
         f1 = metrics.f1_score(labels, scores >= reported["best_f1"]["threshold"])
         assert reported["best_f1"]["f1"] == pytest.approx(f1, abs=1e-3)
-        assert reported["best_f1"]["f1"] >= reported["at_0.5"]["f1"] - 1e-9
+        assert reported["best_f1"]["f1"] >= reported["at_default"]["f1"] - 1e-9
+        default = scoring.MODEL_DEFAULT_THRESHOLD if name == "model" else scoring.DEFAULT_THRESHOLDS[name]
+        assert reported["at_default"]["threshold"] == default
+        assert reported["at_default"]["f1"] == pytest.approx(metrics.f1_score(labels, scores >= default), abs=1e-3)
 
 
 def test_threshold_file_is_written_for_find_duplicates(evaluated: dict) -> None:
