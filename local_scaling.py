@@ -44,7 +44,7 @@ def neighbourhood_similarity(
     first ``k`` are used, so candidate search and ``r`` share one search), else from ``neighbours.knn`` (exact, or
     approximate above ``neighbours.EXACT_LIMIT`` rows unless ``approximate`` says). Returns float64 (N,).
     """
-    unit = np.asarray(unit, np.float32)
+    unit = np.ascontiguousarray(unit, dtype=np.float32)
     n = len(unit)
     total = np.zeros(n, np.float64)
     found = np.zeros(n, np.int64)
@@ -54,12 +54,11 @@ def neighbourhood_similarity(
         elif len(ids) != n or ids.shape[1] < min(k, n - 1):
             raise ValueError(f"ids must be ({n}, >= {min(k, n - 1)}) neighbours of the rows, got {ids.shape}")
         ids = ids[:, :k]
-        for start in range(0, n, batch):  # (batch, k, D) gathered rows: bounded memory
+        for start in range(0, n, batch):  # faiss reads the neighbour rows in place, block by block
             block = ids[start : start + batch]
+            sims = neighbours.neighbour_inner_products(unit, block, unit[start : start + batch])
             valid = block >= 0
-            sims = np.einsum("id,ikd->ik", unit[start : start + batch], unit[np.where(valid, block, 0)],
-                             dtype=np.float64)
-            total[start : start + batch] = np.where(valid, sims, 0.0).sum(1)
+            total[start : start + batch] = np.where(valid, sims, 0.0).sum(1, dtype=np.float64)
             found[start : start + batch] = valid.sum(1)
     return (total + (k - found) * r0) / k
 

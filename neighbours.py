@@ -254,7 +254,8 @@ def _unique_pairs(left: np.ndarray, right: np.ndarray, n_right: int, ordered: bo
     if not ordered:
         keep = left != right
         left, right = np.minimum(left[keep], right[keep]), np.maximum(left[keep], right[keep])
-    codes = np.unique(left * n_right + right)
+    codes = np.sort(left * n_right + right)  # sort + mask: numpy's hashing np.unique is ~5x slower here
+    codes = codes[np.concatenate(([True], codes[1:] != codes[:-1]))] if len(codes) else codes
     return np.stack([codes // n_right, codes % n_right], axis=1).astype(np.int64)
 
 
@@ -301,3 +302,46 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
         hits += len(np.intersect1d(f[f >= 0], t))
         total += len(t)
     return hits / max(total, 1)
+
+
+def pair_inner_products(base: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``base[left[k]] . base[right[k]]`` for every k, float32 (m,).
+
+    faiss reads the rows in place (``pairwise_indexed_inner_product``): at a million photos the candidate pairs
+    are scored ~5x faster than by gathering both rows with numpy (README "Large collections", session 6).
+    """
+    left = np.ascontiguousarray(left, dtype=np.int64)
+    right = np.ascontiguousarray(right, dtype=np.int64)
+    if len(left) != len(right):
+        raise ValueError(f"left and right differ in length: {len(left)} and {len(right)}")
+    out = np.empty(len(left), np.float32)
+    if len(left) == 0:
+        return out
+    if min(left.min(), right.min()) < 0 or max(left.max(), right.max()) >= len(base):
+        raise IndexError(f"pair indices outside 0..{len(base) - 1}")
+    base = np.ascontiguousarray(base, dtype=np.float32)  # no copy for the scorers' float32 rows
+    faiss.pairwise_indexed_inner_product(
+        base.shape[1], len(left), faiss.swig_ptr(base), faiss.swig_ptr(left), faiss.swig_ptr(base),
+        faiss.swig_ptr(right), faiss.swig_ptr(out),
+    )
+    return out
+
+
+def neighbour_inner_products(base: np.ndarray, ids: np.ndarray, queries: np.ndarray | None = None) -> np.ndarray:
+    """``queries[i] . base[ids[i, j]]`` (``queries`` None: the base rows), float32 (nq, k); -inf where ids is -1."""
+    queries = base if queries is None else queries
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if len(ids) != len(queries):
+        raise ValueError(f"ids must have one row per query row ({len(queries)}), got {len(ids)}")
+    if ids.size and ids.max() >= len(base):
+        raise IndexError(f"neighbour indices outside 0..{len(base) - 1}")
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    sims = np.empty(ids.shape, np.float32)
+    if ids.size:
+        faiss.fvec_inner_products_by_idx(
+            faiss.swig_ptr(sims), faiss.swig_ptr(queries), faiss.swig_ptr(base), faiss.swig_ptr(ids),
+            base.shape[1], len(queries), ids.shape[1],
+        )
+    sims[ids < 0] = -np.inf
+    return sims

@@ -141,3 +141,25 @@ def test_local_join_finds_neighbours_of_neighbours_and_keeps_exact_lists() -> No
     before, after = neighbours.recall_at_k(degraded, truth), neighbours.recall_at_k(joined, truth)
     assert before < 0.7 and after > before + 0.08  # measured: 0.647 -> 0.754
     assert all(len(set(row[row >= 0])) == len(row[row >= 0]) for row in joined)  # no repeated neighbour
+
+
+def test_pair_and_neighbour_inner_products_equal_numpy_and_check_indices() -> None:
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal((50, 24)).astype(np.float32)
+    left, right = rng.integers(0, 50, 200), rng.integers(0, 50, 200)
+    expected = np.einsum("ij,ij->i", base[left], base[right])
+    np.testing.assert_allclose(neighbours.pair_inner_products(base, left, right), expected, rtol=1e-5, atol=1e-5)
+    assert neighbours.pair_inner_products(base, left[:0], right[:0]).shape == (0,)
+    with pytest.raises(IndexError, match="0..49"):
+        neighbours.pair_inner_products(base, np.array([0]), np.array([50]))
+    with pytest.raises(ValueError, match="differ in length"):
+        neighbours.pair_inner_products(base, left, right[:3])
+    ids = rng.integers(0, 50, (50, 4))
+    ids[7, 2] = -1
+    sims = neighbours.neighbour_inner_products(base, ids)
+    np.testing.assert_allclose(sims[ids >= 0], np.einsum("id,ikd->ik", base, base[ids])[ids >= 0], rtol=1e-5, atol=1e-5)
+    assert sims[7, 2] == -np.inf
+    queries = base[10:20]
+    np.testing.assert_allclose(neighbours.neighbour_inner_products(base, ids[10:20], queries), sims[10:20])
+    with pytest.raises(ValueError, match="one row per query"):
+        neighbours.neighbour_inner_products(base, ids[:5])
