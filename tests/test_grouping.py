@@ -73,3 +73,17 @@ def test_a_component_above_the_cap_is_split_at_its_weakest_links() -> None:
     pieces, whole = grouping.split_component(np.arange(8), np.array(left[:13]), np.array(right[:13]),
                                              np.array(scores[:13]), 0.85, 4)
     assert [p.tolist() for p in pieces] == [[0, 1, 2, 3], [4, 5, 6, 7]] and whole == []
+
+
+def test_cut_gives_fclusters_partition_of_average_linkage_trees() -> None:
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        m = int(rng.integers(2, 30))
+        tree = linkage(rng.random(m * (m - 1) // 2), method="average")
+        for height in (0.1, 0.3, 0.5, 0.8):
+            expected, got = fcluster(tree, t=height, criterion="distance"), grouping._cut(tree, m, height)
+            assert {frozenset(np.flatnonzero(expected == x)) for x in np.unique(expected)} == {
+                frozenset(np.flatnonzero(got == x)) for x in np.unique(got)
+            }
