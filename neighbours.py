@@ -14,7 +14,7 @@ packed hash bits compared by Hamming distance.
   approximate). Building HNSW costs about N log N and a query about log N, so the whole search never grows as
   N^2, but on 2 cores it grows faster than N: x5.8 from 250,000 to 1,000,000 vectors (README "Large collections").
   :attr:`SearchParams.float16` stores the graph's rows as float16 (faiss ``IndexHNSWSQ``): at 1,000,000 the build
-  and walk take 20% less time for 0.2 points fewer planted pairs; no default uses it (README, "Session 6").
+  and walk take 20% less time for about the same share of planted pairs; no default uses it (README, "Session 6").
 
 ``benchmarks/bench_neighbours.py`` measures the recall of the approximate search against exact search.
 """
