@@ -690,25 +690,29 @@ def _main(argv: Sequence[str]) -> int:
         _seed(plan.seed)  # on a cluster pytorch.init() seeds from the trial seed
     # Locally, run in this folder: local checkpoints copy the working directory as their code.
     folder = contextlib.nullcontext() if plan.on_cluster else _in_folder(REPO)
-    with folder, pytorch.init(hparams=plan.hparams, exp_conf=plan.exp_conf, distributed=distributed,
-                              enable_tensorboard_logging=plan.on_cluster) as context:  # local: no TensorBoard path
-        if plan.checkpoint_storage is not None:
-            _store_checkpoints_in(context, plan.checkpoint_storage)
-        data_dir = args.data_dir
-        if args.sample_data is not None:
-            data_dir = _sample_root(args.sample_data, _shard(context))
-        trial = SiameseTrial(context, data_dir=data_dir, cache_dir=args.cache_dir, skip_batches=plan.skip_batches)
-        trainer = pytorch.Trainer(trial, context)
-        # Determined restores a checkpoint with torch.load's default weights_only=True (torch >= 2.6); the numpy
-        # RNG state it holds is allowed by checkpoint_safe_globals(), registered at import.
-        trainer.fit(
-            max_length=plan.max_length,
-            validation_period=pytorch.Epoch(1),
-            checkpoint_period=pytorch.Epoch(1),
-            checkpoint_policy="all",
-            latest_checkpoint=plan.latest_checkpoint,
-        )
-        rank = context.distributed.rank
+    try:
+        with folder, pytorch.init(hparams=plan.hparams, exp_conf=plan.exp_conf, distributed=distributed,
+                                  enable_tensorboard_logging=plan.on_cluster) as context:  # local: no TensorBoard path
+            if plan.checkpoint_storage is not None:
+                _store_checkpoints_in(context, plan.checkpoint_storage)
+            data_dir = args.data_dir
+            if args.sample_data is not None:
+                data_dir = _sample_root(args.sample_data, _shard(context))
+            trial = SiameseTrial(context, data_dir=data_dir, cache_dir=args.cache_dir, skip_batches=plan.skip_batches)
+            trainer = pytorch.Trainer(trial, context)
+            # Determined restores a checkpoint with torch.load's default weights_only=True (torch >= 2.6); the numpy
+            # RNG state it holds is allowed by checkpoint_safe_globals(), registered at import.
+            trainer.fit(
+                max_length=plan.max_length,
+                validation_period=pytorch.Epoch(1),
+                checkpoint_period=pytorch.Epoch(1),
+                checkpoint_policy="all",
+                latest_checkpoint=plan.latest_checkpoint,
+            )
+            rank = context.distributed.rank
+    finally:
+        if distributed is not None and dist.is_initialized():
+            dist.destroy_process_group()  # orderly gloo teardown: a rank exiting with it alive can abort (SIGABRT)
     final = final_line(plan, trial.run_log, rank)
     if final is not None:
         print(final, flush=True)

@@ -51,6 +51,8 @@ def worker(image_dir: Path, limit: int) -> None:
     if shard.is_chief:
         result = {"procs": shard.size, "images": len(paths), "shape": list(table.shape), "seconds": seconds}
         print("RESULT " + json.dumps(result), flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()  # orderly gloo teardown: a rank exiting with it alive can abort
 
 
 def run(procs: int, image_dir: Path, limit: int) -> float:
