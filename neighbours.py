@@ -12,7 +12,7 @@ packed hash bits compared by Hamming distance.
   then makes one round of NN-descent's local join (:func:`local_join`: neighbours of neighbours, re-ranked
   the same way). Hash codes go into a binary HNSW graph (Hamming distances are exact, only the graph walk is
   approximate). Building HNSW costs about N log N and a query about log N, so the whole search never grows as
-  N^2, but on 2 cores it grows faster than N: search + scoring + grouping x6.4 from 250,000 to 1,000,000 vectors
+  N^2, but on 2 cores it grows faster than N: search + scoring + grouping x6.0 from 250,000 to 1,000,000 vectors
   (README "Large collections", session 6). :attr:`SearchParams.float16` stores the graph's rows as float16 (faiss
   ``IndexHNSWSQ``): at 1,000,000 the build and walk take 20% less time for about the same share of planted pairs,
   so :data:`FAST` uses it.
@@ -60,10 +60,11 @@ class SearchParams:
 # (`bench_neighbours.py diagnose`): exact search over 64 / 128 projected dimensions finds 99.6% / 100%, the
 # previous graph (64 dimensions, M 16, efC 40) 97.5% whether its walk starts at the top or at the query's own
 # node: the graph lacked the links, so more degree and effort, not a longer walk (README "Large collections").
-# FAST's graph holds float16 rows (session 6): 1,000,000 vectors end to end in 689 s, 98.50% of the planted
-# pairs (float32 rows with the older scoring: ~1,010 s estimated in session 5, 98.45% in session 4).
+# FAST's graph holds float16 rows and is walked with efSearch 128 (session 6): 1,000,000 vectors end to end in
+# 723 s, 99.02% of the planted pairs (efSearch 64: 689 s, 98.50%; float32 rows with the older scoring: ~1,010 s
+# estimated in session 5, 98.45% in session 4).
 ACCURATE = SearchParams()
-FAST = SearchParams(pca_dim=128, pca_sample=50_000, hnsw_m=24, ef_construction=80, ef_search=64, pool=3, join=4,
+FAST = SearchParams(pca_dim=128, pca_sample=50_000, hnsw_m=24, ef_construction=80, ef_search=128, pool=3, join=4,
                     float16=True)
 ACCURATE_LIMIT = 200_000
 DEFAULT_PARAMS = ACCURATE  # binary codes use its graph degree and efforts
