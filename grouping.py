@@ -60,16 +60,14 @@ def _cut(tree: np.ndarray, m: int, height: float) -> np.ndarray:
     """Cluster labels of m leaves: the merges of a scipy linkage ``tree`` at or below ``height`` (fcluster's
     "distance" criterion for a monotone tree, as average linkage's is), without scipy's per-call validation."""
     parent = np.arange(2 * m - 1)
-    for k, (a, b, distance, _) in enumerate(tree):
-        if distance <= height:
-            parent[int(a)] = parent[int(b)] = m + k
-    labels = np.arange(m)
-    for leaf in range(m):  # follow each leaf up its merges (at most m - 1 steps)
-        node = leaf
-        while parent[node] != node:
-            node = parent[node]
-        labels[leaf] = node
-    return labels
+    merged = np.flatnonzero(tree[:, 2] <= height)
+    parent[tree[merged, 0].astype(np.int64)] = m + merged
+    parent[tree[merged, 1].astype(np.int64)] = m + merged
+    while True:  # pointer jumping: each pass halves the remaining path to a root, so log(m) passes
+        jumped = parent[parent]
+        if np.array_equal(jumped, parent):
+            return parent[:m]
+        parent = jumped
 
 
 def largest_first(groups: list[np.ndarray]) -> list[np.ndarray]:

@@ -122,13 +122,9 @@ def _rerank(base: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: in
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     candidates = np.ascontiguousarray(candidates, dtype=np.int64)
     if base.dtype == np.float32 and base.flags.c_contiguous:
-        # faiss reads the candidate rows in place (-1 gives -inf): ~15x faster than gathering them with numpy
-        sims = np.empty(candidates.shape, np.float32)
-        faiss.fvec_inner_products_by_idx(
-            faiss.swig_ptr(sims), faiss.swig_ptr(queries), faiss.swig_ptr(base), faiss.swig_ptr(candidates),
-            base.shape[1], len(queries), candidates.shape[1],
-        )
-    else:  # e.g. float16 rows: gathered and converted block by block
+        # faiss reads the candidate rows in place: ~15x faster than gathering them with numpy
+        sims = neighbour_inner_products(base, candidates, queries)
+    else:  # e.g. float16 rows: gathered and converted block by block (never the whole base converted)
         rows = np.asarray(base[np.maximum(candidates, 0)], dtype=np.float32)  # (b, pool, D)
         sims = np.matmul(rows, queries[:, :, None])[:, :, 0]
     sims[candidates < 0] = -np.inf

@@ -29,13 +29,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 import numpy as np  # noqa: E402
 from bench_find_duplicates import _photo, generate  # noqa: E402
 from PIL import Image  # noqa: E402
 
-sys.path.insert(0, str(REPO))
 import scoring  # noqa: E402
 
 SPEEDUP_TARGET = 10.0
