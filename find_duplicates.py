@@ -312,7 +312,9 @@ def _stream_embed(
     that could not be decoded, and the indices of the blank photos."""
     bad: list[tuple[int, str]] = []
     flat: list[int] = []
-    bar = tqdm(total=len(paths), desc=f"embed ({scorer.name})", unit="img", disable=not progress, file=sys.stderr)
+    # nothing to embed (every photo came from the store): no empty "0img" bar
+    bar = tqdm(total=len(paths), desc=f"embed ({scorer.name})", unit="img", disable=not progress or len(paths) == 0,
+               file=sys.stderr)
     batches = decoded_batches(paths, batch_size, decode_workers)
     while True:
         t = time.perf_counter()
