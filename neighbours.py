@@ -29,6 +29,8 @@ from typing import Any
 import faiss
 import numpy as np
 
+import huge_pages
+
 # Above this many vectors candidate search is approximate by default. Exact flat search costs N^2 * D
 # multiply-adds: about a minute for 50,000 1280-d vectors on 2 CPU cores, and 4x that at 100,000, when the
 # backbone pass over 50,000 photos takes about 15 minutes; the approximate search at 50,000 takes ~20 s.
@@ -51,6 +53,7 @@ class SearchParams:
     pool: int = 6  # fetch pool * k candidates from the graph, keep the k best by exact inner product
     join: int = 0  # > 0: one round of neighbours of neighbours (each row's first `join` x their first `join`)
     float16: bool = False  # the graph stores its projected rows as float16: half the bytes each hop reads
+    huge_pages: bool = True  # the graph's rows and links on 2 MiB pages where the system allows (huge_pages.py)
     block: int = 2048  # rows projected / searched / re-ranked at once (memory: block * pool * k * D floats)
 
 
@@ -174,7 +177,8 @@ def build_graph(base: np.ndarray, projection: np.ndarray | None, params: SearchP
     """An HNSW graph (inner product) over the projected, normalised rows.
 
     faiss ``IndexHNSWFlat`` (float32 rows), or with :attr:`SearchParams.float16` ``IndexHNSWSQ`` with the
-    ``QT_fp16`` scalar quantizer (no training): the build and the walk are bound by reading rows from memory.
+    ``QT_fp16`` scalar quantizer (no training): the build and the walk are bound by reading rows from memory,
+    so the rows and links are reserved on transparent huge pages first (:mod:`huge_pages`).
     """
     dim = base.shape[1] if projection is None else projection.shape[1]
     if params.float16:
@@ -182,6 +186,8 @@ def build_graph(base: np.ndarray, projection: np.ndarray | None, params: SearchP
     else:
         index = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = params.ef_construction
+    if params.huge_pages:
+        huge_pages.reserve_hnsw(index, len(base))  # one buffer each, on 2 MiB pages where the system allows
     for start in range(0, len(base), params.block):  # projected block by block: the index holds the only copy
         index.add(_project(base[start : start + params.block], projection))
     return index

@@ -357,18 +357,26 @@ def _steps(r: dict) -> str:
         f"; {r.get('method', 'cosine')} >= {r.get('threshold', 0.8591)}; {r['params']}"
 
 
-def report(results: dict[int, dict]) -> None:
+def fastest(runs: dict[int, list[dict]]) -> dict[int, dict]:
+    """Each size's fastest run: on a shared machine other work only ever adds time (timeit's rule: take the min)."""
+    return {n: min(rs, key=lambda r: r["total_s"]) for n, rs in runs.items() if rs}
+
+
+def report(runs: dict[int, list[dict]]) -> None:
+    """The targets from every run of each size; times from each size's fastest run (:func:`fastest`)."""
+    results = fastest(runs)
     print(HEADER)
-    for n in sorted(results):
-        print(_line(results[n]))
+    for n in sorted(runs):
+        for r in runs[n]:
+            print(_line(r))
     for n in sorted(results):
         print(_steps(results[n]))
     big = results.get(1_000_000)
     if big:
-        minutes, gb = big["total_s"] / 60, big["peak_rss_gb"]
-        share = _found_share(big)
+        minutes, gb = big["total_s"] / 60, max(r["peak_rss_gb"] for r in runs[1_000_000])
+        share = min(_found_share(r) for r in runs[1_000_000])
         print(f"{'PASS' if minutes <= MINUTES_TARGET else 'FAIL'}: 1,000,000 vectors in {minutes:.1f} min "
-              f"(target <= {MINUTES_TARGET:g})")
+              f"(target <= {MINUTES_TARGET:g}; fastest of {len(runs[1_000_000])} run(s))")
         print(f"{'PASS' if gb <= MEMORY_TARGET_GB else 'FAIL'}: peak RSS {gb:.2f} GB (target <= {MEMORY_TARGET_GB:g}; "
               f"{big['rss_after_generate_gb']:.2f} GB of it holds the generated vectors)")
         print(f"{'PASS' if share >= PLANTED_TARGET else 'FAIL'}: {share:.2%} of the {big['planted_above_threshold']:,} "
@@ -380,42 +388,46 @@ def report(results: dict[int, dict]) -> None:
     if 250_000 in results and 1_000_000 in results:
         growth = results[1_000_000]["total_s"] / results[250_000]["total_s"]
         ratio = growth / 4
+        every = [big_r["total_s"] / small["total_s"] for big_r in runs[1_000_000] for small in runs[250_000]]
         print(f"{'PASS' if ratio <= GROWTH_TOLERANCE else 'FAIL'}: time x{growth:.2f} for 4x the vectors: "
-              f"{ratio:.2f}x faster than N (target <= {GROWTH_TOLERANCE})")
+              f"{ratio:.2f}x faster than N (target <= {GROWTH_TOLERANCE}; fastest runs of each size, "
+              f"{len(runs[250_000])} x {len(runs[1_000_000])} runs; any pair of runs: "
+              f"x{min(every):.2f}-x{max(every):.2f})")
     else:
         print("NOT RUN: the 250,000 -> 1,000,000 growth target")
 
 
-def _read_results(path: Path) -> dict[int, dict]:
-    out = {}
+def _read_results(path: Path) -> dict[int, list[dict]]:
+    """Every run in a JSON-lines results file, by size."""
+    out: dict[int, list[dict]] = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                out[r["n"]] = r  # the last run of a size wins
+                out.setdefault(r["n"], []).append(r)
     return out
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
-    results = {}
-    for n in args.sizes:
-        overrides = [f"--param={p}" for p in args.param]
-        proc = subprocess.run([sys.executable, __file__, "run-one", str(n), "--method", args.method, *overrides],
-                              capture_output=True, text=True,
-                              check=False)
-        if proc.returncode != 0:
-            print(f"{n}: FAILED\n{proc.stderr[-3000:]}")
-            return 1
-        r = json.loads(proc.stdout.strip().splitlines()[-1])
-        results[n] = r
-        if args.results:
-            with open(args.results, "a") as f:
-                f.write(json.dumps(r) + "\n")
-        print(_line(r), flush=True)
-        print(_steps(r), flush=True)
-    if args.results:
-        results = {**_read_results(args.results), **results}
-    report(results)
+    """Each size in its own process; with ``--repeat`` the sizes alternate (250k, 1M, 250k, 1M, ...), so a
+    slow spell of a shared machine falls on both sizes rather than on one."""
+    runs: dict[int, list[dict]] = {}
+    for _ in range(args.repeat):
+        for n in args.sizes:
+            overrides = [f"--param={p}" for p in args.param]
+            proc = subprocess.run([sys.executable, __file__, "run-one", str(n), "--method", args.method, *overrides],
+                                  capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                print(f"{n}: FAILED\n{proc.stderr[-3000:]}")
+                return 1
+            r = json.loads(proc.stdout.strip().splitlines()[-1])
+            runs.setdefault(n, []).append(r)
+            if args.results:
+                with open(args.results, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+            print(_line(r), flush=True)
+            print(_steps(r), flush=True)
+    report(_read_results(args.results) if args.results else runs)
     return 0
 
 
@@ -433,7 +445,8 @@ def main() -> int:
     scale = sub.add_parser("scale")
     scale.add_argument("--param", action="append", default=[], help=PARAM_HELP)
     scale.add_argument("--sizes", type=int, nargs="+", default=[250_000, 500_000, 1_000_000])
-    scale.add_argument("--results", type=Path, help="append each size's figures (JSON lines) to this file")
+    scale.add_argument("--repeat", type=int, default=1, help="run the sizes this many times, alternating")
+    scale.add_argument("--results", type=Path, help="append each run's figures (JSON lines) to this file")
     scale.add_argument("--method", choices=METHODS, default="relative",
                        help="scoring method and its default threshold (find_duplicates' default: relative)")
     diag = sub.add_parser("diagnose", help="where planted pairs are lost (projection, graph, pool, top-K)")
