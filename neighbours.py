@@ -12,10 +12,11 @@ packed hash bits compared by Hamming distance.
   then makes one round of NN-descent's local join (:func:`local_join`: neighbours of neighbours, re-ranked
   the same way). Hash codes go into a binary HNSW graph (Hamming distances are exact, only the graph walk is
   approximate). Building HNSW costs about N log N and a query about log N, so the whole search never grows as
-  N^2, but on 2 cores it grows faster than N: search + scoring + grouping x6.0 from 250,000 to 1,000,000 vectors
-  (README "Large collections", session 6). :attr:`SearchParams.float16` stores the graph's rows as float16 (faiss
-  ``IndexHNSWSQ``): at 1,000,000 the build and walk take 20% less time for about the same share of planted pairs,
-  so :data:`FAST` uses it.
+  N^2, but on 2 cores it grows faster than N: search + scoring + grouping x5.3-x6.0 from 250,000 to 1,000,000
+  vectors (README "Large collections", sessions 6 and 8). The graph's rows and links sit on transparent huge pages
+  (:attr:`SearchParams.huge_pages`, :mod:`huge_pages`): ~10% faster at both sizes. :attr:`SearchParams.float16`
+  stores the graph's rows as float16 (faiss ``IndexHNSWSQ``): at 1,000,000 the build and walk take 20% less time
+  for about the same share of planted pairs, so :data:`FAST` uses it.
 
 ``benchmarks/bench_neighbours.py`` measures the recall of the approximate search against exact search.
 """

@@ -1,7 +1,7 @@
 """Approximate candidate search (neighbours.py) on synthetic embeddings: recall, and a million vectors.
 
     python benchmarks/bench_neighbours.py recall [--n 100000]          # recall of the true top-20
-    python benchmarks/bench_neighbours.py scale [--sizes 250000 1000000] [--results FILE] [--method cosine]
+    python benchmarks/bench_neighbours.py scale [--sizes 250000 1000000] [--repeat R] [--results FILE] [--method cosine]
     python benchmarks/bench_neighbours.py report --results FILE         # targets from saved scale results
     python benchmarks/bench_neighbours.py diagnose [--n 250000]         # where planted pairs are lost
 
@@ -13,9 +13,10 @@ scorer's r), scoring the candidate pairs and keeping those at the method's defau
 (scoring.DEFAULT_THRESHOLDS), and grouping (grouping.linked_groups, as find_duplicates.py). ``--method cosine``
 measures the cosine method instead. With ``--results`` each size's figures are appended to a JSON-lines file, so
 sizes can run one per command (each under ``flock /tmp/samespace-heavy.lock`` on a shared machine) and ``report``
-prints the targets from the file. ``diagnose`` searches the members of a sample of planted groups exactly, in the
-projection, through the HNSW graph (also seeded at the query's own node) and through an inverted file, and
-prints the share of the planted pairs each finds.
+prints the targets from the file (each size's fastest run; ``--repeat R`` alternates the sizes R times, so a
+slow spell of the machine falls on both). ``diagnose`` searches the members of a sample of planted groups
+exactly, in the projection, through the HNSW graph (also seeded at the query's own node) and through an
+inverted file, and prints the share of the planted pairs each finds.
 
 Targets (PASS/FAIL): recall of the true top-20 >= 0.99 at 100,000 vectors; at 1,000,000: <= 15 min and
 <= 8 GB peak RSS, >= 99% of the planted duplicate pairs (at or above the threshold) found;
