@@ -50,7 +50,8 @@ def test_reserve_keeps_the_items_and_the_buffer() -> None:
 
 def test_graph_on_huge_pages_finds_the_same_neighbours() -> None:
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((30_000, 64)).astype(np.float32)
+    # 40,000 rows: 5.1 MB of codes, 5.4 MB of links; a buffer under 4 MiB may hold no whole 2 MiB page
+    x = rng.standard_normal((40_000, 64)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)  # faiss's parallel build is not deterministic
