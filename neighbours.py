@@ -12,8 +12,11 @@ packed hash bits compared by Hamming distance.
   then makes one round of NN-descent's local join (:func:`local_join`: neighbours of neighbours, re-ranked
   the same way). Hash codes go into a binary HNSW graph (Hamming distances are exact, only the graph walk is
   approximate). Building HNSW costs about N log N and a query about log N, so the whole search never grows as
-  N^2, but on 2 cores it grows faster than N: search + scoring + grouping x5.3-x6.0 from 250,000 to 1,000,000
-  vectors (README "Large collections", sessions 6 and 8). The graph's rows and links sit on transparent huge pages
+  N^2, but on 2 cores it grows faster than N: search + scoring + grouping x4.6-x5.0 from 250,000 to 1,000,000
+  vectors in alternating runs (README "Large collections", sessions 6-10). Rows go into the graph
+  :attr:`SearchParams.add_block` at a time: faiss sets up a lock per node of the whole index on every add call, so
+  small adds cost ~N^2 / (2 x block) set-ups (blocks of 2,048: build 24% slower at 1,000,000, 14% at 250,000).
+  The graph's rows and links sit on transparent huge pages
   (:attr:`SearchParams.huge_pages`, :mod:`huge_pages`): ~10% faster at both sizes. :attr:`SearchParams.float16`
   stores the graph's rows as float16 (faiss ``IndexHNSWSQ``): at 1,000,000 the build and walk take 20% less time
   for about the same share of planted pairs, so :data:`FAST` uses it.
@@ -56,6 +59,9 @@ class SearchParams:
     float16: bool = False  # the graph stores its projected rows as float16: half the bytes each hop reads
     huge_pages: bool = True  # the graph's rows and links on 2 MiB pages where the system allows (huge_pages.py)
     block: int = 2048  # rows projected / searched / re-ranked at once (memory: block * pool * k * D floats)
+    # Rows projected and added to the graph per faiss call. faiss (1.15) sets up one lock per node of the whole
+    # index on every add call, so adding N rows in blocks of b costs ~N^2 / (2b) lock set-ups: few large calls.
+    add_block: int = 65_536
 
 
 # Up to ACCURATE_LIMIT vectors: a graph over 256 projected dimensions (recall of the true top-20 >= 0.99 at
@@ -189,8 +195,8 @@ def build_graph(base: np.ndarray, projection: np.ndarray | None, params: SearchP
     index.hnsw.efConstruction = params.ef_construction
     if params.huge_pages:
         huge_pages.reserve_hnsw(index, len(base))  # one buffer each, on 2 MiB pages where the system allows
-    for start in range(0, len(base), params.block):  # projected block by block: the index holds the only copy
-        index.add(_project(base[start : start + params.block], projection))
+    for start in range(0, len(base), params.add_block):  # projected block by block: the index holds the only copy
+        index.add(_project(base[start : start + params.add_block], projection))
     return index
 
 

@@ -182,3 +182,24 @@ def test_float16_graph_holds_half_the_bytes_and_finds_the_float32_graphs_neighbo
     # the exact re-rank repairs float16's rounding: both graphs recall the exact top-10 alike
     assert neighbours.recall_at_k(found16, exact) >= 0.99
     assert abs(neighbours.recall_at_k(found16, exact) - neighbours.recall_at_k(found32, exact)) <= 0.005
+
+
+def test_graph_is_added_in_few_large_blocks_with_rows_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """faiss sets up a lock per node of the whole index on every add call: rows go in add_block at a time, in order."""
+    rng = np.random.default_rng(7)
+    vectors = scoring.l2_normalise(rng.normal(size=(2000, 16))).astype(np.float32)
+    calls: list[int] = []
+    project = neighbours._project
+
+    def counted(x: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
+        calls.append(len(x))
+        return project(x, projection)
+
+    monkeypatch.setattr(neighbours, "_project", counted)
+    params = neighbours.SearchParams(pca_dim=16, hnsw_m=8, ef_construction=20, huge_pages=False, add_block=700)
+    graph = neighbours.build_graph(vectors, None, params)
+    assert calls == [700, 700, 600]
+    np.testing.assert_allclose(graph.reconstruct_n(0, 2000), vectors, atol=1e-6)  # row i is node i
+    calls.clear()
+    neighbours.build_graph(vectors, None, dataclasses.replace(params, add_block=neighbours.FAST.add_block))
+    assert calls == [2000] and neighbours.FAST.add_block >= 65_536
