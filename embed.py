@@ -1,6 +1,6 @@
 """Embed a photo collection into an embedding store, across the processes of a distributed run.
 
-    python embed.py PHOTOS_DIR [...] --output STORE.npz [--method relative|cosine|whash|phash | --checkpoint DIR]
+    python embed.py PHOTOS_DIR [...] --output STORE.npz [--method relative|verified|... | --checkpoint DIR]
     torchrun --nproc_per_node 2 embed.py PHOTOS_DIR --output STORE.npz          # locally, CPU (gloo)
     det experiment create embed.yaml .                                          # on a cluster (embed.yaml)
 

@@ -118,8 +118,15 @@ def scorer_fingerprint(scorer: object) -> str:
     if isinstance(scorer, scoring.CosineScorer):
         extractor = scorer.extractor
         weights = extractor.fingerprint() if hasattr(extractor, "fingerprint") else _state_digest(extractor)
-        return _sha(name, decode_identity(), preprocessing_identity(), weights,
-                    inspect.getsource(scoring.l2_normalise))
+        parts = [name, decode_identity(), preprocessing_identity(), weights, inspect.getsource(scoring.l2_normalise)]
+        if isinstance(scorer, scoring.VerifiedScorer):  # its keypoints too: the detector, its settings, OpenCV
+            import cv2
+
+            import verification
+
+            parts += [inspect.getsource(verification.local_features), inspect.getsource(verification.pack),
+                      str(verification.MAX_KEYPOINTS), cv2.__version__]
+        return _sha(*parts)
     if isinstance(scorer, scoring.ModelScorer):
         return _sha(name, decode_identity(), preprocessing_identity(), _state_digest(scorer.model),
                     inspect.getsource(scoring.l2_normalise))

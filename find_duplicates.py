@@ -36,11 +36,12 @@ import grouping
 import neighbours
 import outputs
 import scoring
+import verification
 from embedding_store import EmbeddingStore
 
 EXIT_ERROR = 2
 DEFAULT_BATCH_SIZE = 64
-BACKBONE_METHODS = ("cosine", "relative")  # the methods that run a backbone (--backbone applies to them)
+BACKBONE_METHODS = ("cosine", "relative", "verified")  # the methods that run a backbone (--backbone applies to them)
 
 
 class FindDuplicatesError(RuntimeError):
@@ -587,7 +588,7 @@ def build_scorer(args: argparse.Namespace, device: str) -> tuple[scoring.PairSco
         model = load_model(args.checkpoint, device=device)  # a CheckpointError (ValueError) names the folder
         threshold, source = scoring.read_model_threshold(args.checkpoint)
         scorer = scoring.ModelScorer(model, batch_size=args.batch_size, device=device)
-    elif method in ("cosine", "relative"):
+    elif method in BACKBONE_METHODS:
         from model import BackboneWeightsError
 
         backbone = args.backbone or scoring.COSINE_BACKBONE
@@ -608,6 +609,8 @@ def build_scorer(args: argparse.Namespace, device: str) -> tuple[scoring.PairSco
         threshold, source = scoring.DEFAULT_THRESHOLDS[method], "calibrated default"
     if args.threshold is not None:
         threshold, source = args.threshold, "--threshold"
+    if isinstance(scorer, scoring.VerifiedScorer):  # pairs the largest bonus cannot lift to the threshold: unverified
+        scorer.verify_from = threshold - verification.MAX_BONUS
     return scorer, threshold, source
 
 
@@ -621,8 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
             "Default thresholds (a pair is a duplicate when its score >= threshold): model: the best-F1 threshold in "
             f"<checkpoint>/{scoring.THRESHOLD_FILE} if present, else {scoring.MODEL_DEFAULT_THRESHOLD}; "
             f"whash {t['whash']}, phash {t['phash']}, cosine {t['cosine']} (best F1 on the generated sample set), "
-            f"relative {t['relative']} (best F1 on the real-photo and generated training splits together); cosine "
-            f"and relative with {scoring.COSINE_BACKBONE} ImageNet weights. Candidate pairs: every pair up to "
+            f"relative {t['relative']} and verified {t['verified']} (best F1 on the real-photo and generated training "
+            f"splits together); cosine, relative and verified with {scoring.COSINE_BACKBONE} ImageNet weights. "
+            f"Candidate pairs: every pair up to "
             f"{limits['model']:,} images for the model and {limits['cosine']:,} for the reference methods, else "
             f"each image's {scoring.DEFAULT_TOP_K} nearest neighbours. "
             f"Exit status: 0 on success, {EXIT_ERROR} on an error (no images, bad options)."
@@ -768,10 +772,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if (args.backbone or args.backbone_weights != "imagenet") and (args.method or "relative") not in BACKBONE_METHODS:
-        parser.error("--backbone / --backbone-weights apply to --method cosine or relative")
+        parser.error("--backbone / --backbone-weights apply to --method cosine, relative or verified")
     if args.checkpoint and (args.backbone or args.backbone_weights != "imagenet"):
-        parser.error("--backbone / --backbone-weights apply to --method cosine or relative (a checkpoint brings its "
-                     "own)")
+        parser.error("--backbone / --backbone-weights apply to --method cosine, relative or verified (a checkpoint "
+                     "brings its own)")
     if args.batch_size < 1 or (args.top_k is not None and args.top_k < 1):
         parser.error("--batch-size and --top-k must be positive")
     if not args.folders and not args.embeddings:

@@ -122,7 +122,7 @@ def unique_scores(
         elif method == "cosine":
             unit = scoring.l2_normalise(pooled)
             out[method] = scoring.cosine_similarity(unit[left], unit[right])
-        elif method == "relative":  # its own backbone (Lite0, GeM); the split is the collection
+        elif method in ("relative", "verified"):  # their own backbone (Lite0, GeM); the split is the collection
             scorer = scoring.reference_scorer(method, device=device)
             scorer.add(images)
             scorer.finish()

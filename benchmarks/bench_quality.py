@@ -6,11 +6,13 @@
 For the dataset: trains the published recipe (const.yaml with backbone=efficientnet_lite0, as the issue
 measured) and the improved recipe (improved.yaml) on its Training Data, then on its Test Data prints, for
 every unique pair: ROC-AUC, AP and best F1 of both models, wHash, pHash and cosine (model_inference.evaluate),
-the relative method (cosine with local scaling, find_duplicates.py's default: local_scaling.py),
+the relative method (cosine with local scaling, find_duplicates.py's default: local_scaling.py), the verified
+method (relative plus spatial verification of nearest neighbours: verification.py),
 AP on the different-shot pairs (real set: positives that are genuinely different shots, every negative),
 and the F1 at the threshold find_duplicates.py would use by default. Then runs find_duplicates.py with its
-defaults on the Test Data and prints the pairwise precision / recall / F1 of its groups (two photos in one
-group = predicted duplicates). Run it under the shared CPU lock: ``flock /tmp/samespace-heavy.lock ...``.
+defaults, and with ``--method verified``, on the Test Data and prints the pairwise precision / recall / F1 of
+its groups (two photos in one group = predicted duplicates). Run it under the shared CPU lock:
+``flock /tmp/samespace-heavy.lock ...``.
 """
 
 from __future__ import annotations
@@ -158,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
         results["methods"] = rows
         results["training_split_best_f1"] = {k: {"threshold": c.threshold, "f1": c.f1} for k, c in calibration.items()}
         groups = {"find_duplicates.py (defaults)": pairwise_group_scores(run_find_duplicates(test_dir, workdir, []),
-                                                                         test_dir)}
+                                                                         test_dir),
+                  "find_duplicates.py --method verified": pairwise_group_scores(
+                      run_find_duplicates(test_dir, workdir, ["--method", "verified"]), test_dir)}
         results["find_duplicates"] = groups
 
     print(f"\n{args.dataset}: {test_dir} ({results['pairs']:,} pairs, {results['positive_pairs']} duplicates"
