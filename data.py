@@ -202,10 +202,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Decode one photo to a ``size x size x 3`` uint8 array: EXIF orientation, RGB, antialiased resize.
+def decode_image(path: str | Path, size: int = IMAGE_SIZE) -> tuple[np.ndarray, float]:
+    """Decode one photo to a ``size x size x 3`` uint8 array (EXIF orientation, RGB, antialiased resize) and the
+    photo's aspect ratio (width / height, upright) before the resize squashed it to a square.
 
-    This is the single decoding path of the project (training, evaluation, duplicate finding).
+    This is the single decoding path of the project (training, evaluation, duplicate finding); the aspect ratio
+    is for spatial verification (verification.py), which compares shapes.
     Raises :class:`UnreadableImageError` naming the file when it cannot be decoded.
     """
     try:
@@ -223,8 +225,9 @@ def load_image(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 img = _to_rgb(img)
+                aspect = img.width / img.height
                 img = img.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-                return np.asarray(img, dtype=np.uint8).copy()
+                return np.asarray(img, dtype=np.uint8).copy(), aspect
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise UnreadableImageError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
     except (MemoryError, KeyboardInterrupt):
@@ -232,6 +235,11 @@ def load_image(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
     except Exception as exc:  # noqa: BLE001 - a damaged file breaks decoders in many ways (struct.error in EXIF,
         # IndexError, ZeroDivisionError ...): every reader skips it here, with the same reason
         raise UnreadableImageError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+
+
+def load_image(path: str | Path, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The decoded ``size x size x 3`` uint8 photo of :func:`decode_image`."""
+    return decode_image(path, size)[0]
 
 
 def skipped_folders(folders: Sequence[tuple[Path, str]]) -> list[str]:
@@ -247,18 +255,30 @@ def load_images(paths: Sequence[Path], progress: bool = True) -> tuple[np.ndarra
 
     An unreadable file is skipped with one warning naming it; it never stops the run.
     """
+    images, _, kept, skipped = decode_images(paths, progress)
+    return images, kept, skipped
+
+
+def decode_images(
+    paths: Sequence[Path], progress: bool = True
+) -> tuple[np.ndarray, np.ndarray, list[int], list[str]]:
+    """:func:`load_images` with each kept photo's aspect ratio: (images, aspects (N,) float64, kept, skipped)."""
     images: list[np.ndarray] = []
+    aspects: list[float] = []
     kept: list[int] = []
     skipped: list[str] = []
     for k, path in enumerate(tqdm(paths, desc="decode images", unit="img", disable=not progress)):
         try:
-            images.append(load_image(path))
-            kept.append(k)
+            image, aspect = decode_image(path)
         except UnreadableImageError as exc:
-            warnings.warn(f"skipped {exc}", stacklevel=2)
+            warnings.warn(f"skipped {exc}", stacklevel=3)
             skipped.append(str(exc))
+            continue
+        images.append(image)
+        aspects.append(aspect)
+        kept.append(k)
     stacked = np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-    return stacked, kept, skipped
+    return stacked, np.array(aspects, np.float64), kept, skipped
 
 
 def apply_variant(images: torch.Tensor, variant: int) -> torch.Tensor:

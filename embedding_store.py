@@ -77,10 +77,10 @@ def default_store_path(method: str, fingerprint: str) -> Path:
 
 
 def decode_identity() -> str:
-    """The decoder's identity: data.load_image's code, the image size and Pillow's version."""
+    """The decoder's identity: data.decode_image's code, the image size and Pillow's version."""
     from PIL import __version__ as pillow_version
 
-    return _sha(inspect.getsource(data.load_image), inspect.getsource(data._to_rgb), str(data.IMAGE_SIZE),
+    return _sha(inspect.getsource(data.decode_image), inspect.getsource(data._to_rgb), str(data.IMAGE_SIZE),
                 pillow_version)
 
 
@@ -124,8 +124,9 @@ def scorer_fingerprint(scorer: object) -> str:
 
             import verification
 
-            parts += [inspect.getsource(verification.local_features), inspect.getsource(verification.pack),
-                      str(verification.MAX_KEYPOINTS), cv2.__version__]
+            parts += [inspect.getsource(verification.local_features), inspect.getsource(verification.unsquashed),
+                      inspect.getsource(verification.pack), str(verification.MAX_KEYPOINTS),
+                      str(verification.MAX_ASPECT), cv2.__version__]
         return _sha(*parts)
     if isinstance(scorer, scoring.ModelScorer):
         return _sha(name, decode_identity(), preprocessing_identity(), _state_digest(scorer.model),

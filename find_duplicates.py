@@ -122,11 +122,12 @@ def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | N
     return found
 
 
-def _decode(path: Path) -> np.ndarray | str:
-    """The 256x256 uint8 image, or the reason it cannot be read (data.load_image turns every decoder failure into
-    UnreadableImageError, so a file never stops the run and every reader gives the same reason)."""
+def _decode(path: Path) -> tuple[np.ndarray, float] | str:
+    """The 256x256 uint8 image and its photo's aspect ratio, or the reason it cannot be read (data.decode_image
+    turns every decoder failure into UnreadableImageError, so a file never stops the run and every reader gives
+    the same reason)."""
     try:
-        return data.load_image(path)
+        return data.decode_image(path)
     except data.UnreadableImageError as exc:
         message = str(exc)
         prefix = f"{path}: "
@@ -135,10 +136,12 @@ def _decode(path: Path) -> np.ndarray | str:
 
 @dataclass
 class DecodedBatch:
-    """One batch of decoded images: the indices (into the path list) that decoded, and the ones that did not."""
+    """One batch of decoded images: the indices (into the path list) that decoded, their aspect ratios, and the
+    ones that did not decode."""
 
     indices: list[int]
     images: np.ndarray
+    aspects: np.ndarray
     skipped: list[tuple[int, str]]
 
 
@@ -148,7 +151,7 @@ def decoded_batches(paths: Sequence[Path], batch_size: int, workers: int = 2) ->
     At most two batches of decoded images exist at a time.
     """
 
-    def submit(start: int) -> list[Future[np.ndarray | str]]:
+    def submit(start: int) -> list[Future[tuple[np.ndarray, float] | str]]:
         return [pool.submit(_decode, p) for p in paths[start : start + batch_size]]
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -156,12 +159,13 @@ def decoded_batches(paths: Sequence[Path], batch_size: int, workers: int = 2) ->
         for start in range(0, len(paths), batch_size):
             results = [f.result() for f in pending]
             pending = submit(start + batch_size) if start + batch_size < len(paths) else []
-            ok = [(start + k, r) for k, r in enumerate(results) if isinstance(r, np.ndarray)]
+            ok = [(start + k, r) for k, r in enumerate(results) if not isinstance(r, str)]
             bad = [(start + k, r) for k, r in enumerate(results) if isinstance(r, str)]
             images = (
-                np.stack([r for _, r in ok]) if ok else np.zeros((0, data.IMAGE_SIZE, data.IMAGE_SIZE, 3), np.uint8)
+                np.stack([r[0] for _, r in ok]) if ok
+                else np.zeros((0, data.IMAGE_SIZE, data.IMAGE_SIZE, 3), np.uint8)
             )
-            yield DecodedBatch([k for k, _ in ok], images, bad)
+            yield DecodedBatch([k for k, _ in ok], images, np.array([r[1] for _, r in ok], np.float64), bad)
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,7 +332,7 @@ def _stream_embed(
         flat.extend(k for k, f in zip(batch.indices, is_flat, strict=True) if f)
         if not is_flat.all():
             detailed = [k for k, f in zip(batch.indices, is_flat, strict=True) if not f]
-            sink(detailed, scorer.embed(batch.images[~is_flat]))
+            sink(detailed, scorer.embed(batch.images[~is_flat], batch.aspects[~is_flat]))
         timings["embed"] = timings.get("embed", 0.0) + time.perf_counter() - t
         bad.extend(batch.skipped)
         bar.update(len(batch.indices) + len(batch.skipped))

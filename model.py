@@ -449,7 +449,7 @@ def _content_digest(images: ImageSource) -> tuple[hashlib._Hash, dict]:
         content = Path(path).read_bytes()
         digest.update(len(content).to_bytes(8, "little"))
         digest.update(content)
-    decoder = hashlib.sha256((inspect.getsource(data.load_image) + repr(data.IMAGE_SIZE)).encode()).hexdigest()
+    decoder = hashlib.sha256((inspect.getsource(data.decode_image) + repr(data.IMAGE_SIZE)).encode()).hexdigest()
     return digest, {"files": len(images), "decoder": decoder}
 
 

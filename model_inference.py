@@ -111,9 +111,11 @@ def unique_scores(
     methods: Sequence[str],
     device: str = "cpu",
     progress: bool = False,
+    aspects: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Scores of the pairs (left[k], right[k]) by each method; cosine uses the model's own frozen backbone, relative
-    its own (scoring.reference_scorer) with the split as the collection."""
+    and verified their own (scoring.reference_scorer) with the split as the collection; verified uses the photos'
+    aspect ratios (data.decode_images; square when not given)."""
     out: dict[str, np.ndarray] = {}
     for method in tqdm(methods, desc=f"score {len(left):,} pairs", unit="method", disable=not progress):
         if method == "model":
@@ -124,7 +126,7 @@ def unique_scores(
             out[method] = scoring.cosine_similarity(unit[left], unit[right])
         elif method in ("relative", "verified"):  # their own backbone (Lite0, GeM); the split is the collection
             scorer = scoring.reference_scorer(method, device=device)
-            scorer.add(images)
+            scorer.add(images, aspects)
             scorer.finish()
             out[method] = scorer.score(left, right)
         else:
@@ -151,7 +153,7 @@ def evaluate(
     paths = data.find_images(data_dir, unreadable=folders)
     if not paths:
         raise EvaluationError(f"{data_dir}: no images found")
-    images, kept, skipped = data.load_images(paths, progress=progress)
+    images, aspects, kept, skipped = data.decode_images(paths, progress=progress)
     skipped += data.skipped_folders(folders)
     paths = [paths[k] for k in kept]
     groups = data.group_ids(paths, data_dir)
@@ -175,7 +177,7 @@ def evaluate(
     if pairing in ("unique", "both"):
         left, right = np.triu_indices(len(paths), k=1)
         labels = (groups[left] == groups[right]).astype(np.uint8)
-        scores = unique_scores(model, features[:, 0], images, left, right, methods, device, progress)
+        scores = unique_scores(model, features[:, 0], images, left, right, methods, device, progress, aspects)
         report["unique"] = {
             "pairs": len(left),
             "positive_pairs": int(labels.sum()),

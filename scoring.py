@@ -74,7 +74,7 @@ RELATIVE_POOLING = "gem"  # chosen on the training splits: AP 0.879 / 0.889 agai
 # method's the same way, on the full real build (676 training photos, seed 0): `... --methods verified`.
 REAL_PHOTO_THRESHOLDS: dict[str, float] = {"whash": 0.8594, "phash": 0.7031, "cosine": 0.6996}
 DEFAULT_THRESHOLDS: dict[str, float] = {"whash": 0.9531, "phash": 0.7344, "cosine": 0.8883, "relative": 0.2251,
-                                     "verified": 0.3061}
+                                     "verified": 0.3150}
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,16 @@ def model_pair_scores(
 # --------------------------------------------------------------------------------------------
 
 
+def _aspects(images: np.ndarray, aspects: np.ndarray | None) -> np.ndarray:
+    """Each image's aspect ratio as float64 (B,): 1 (square) when not given."""
+    if aspects is None:
+        return np.ones(len(images))
+    aspects = np.asarray(aspects, np.float64)
+    if aspects.shape != (len(images),):
+        raise ValueError(f"{len(images)} images but aspect ratios of shape {aspects.shape}")
+    return aspects
+
+
 class PairScorer:
     """Embeds decoded images batch by batch (:meth:`add`), keeps only the embeddings, then scores pairs.
 
@@ -200,18 +210,19 @@ class PairScorer:
         self._parts: list[Any] = []
         self._n = 0
 
-    def add(self, images: np.ndarray) -> None:
-        """Embed a batch of uint8 images (B, 256, 256, 3); the images are not kept."""
+    def add(self, images: np.ndarray, aspects: np.ndarray | None = None) -> None:
+        """Embed a batch of uint8 images (B, 256, 256, 3) with their photos' aspect ratios (data.decode_image;
+        default square); the images are not kept."""
         if len(images):
-            self._parts.append(self._embed(images))
+            self._parts.append(self._embed(images, _aspects(images, aspects)))
             self._n += len(images)
 
     # Per-image embeddings as named arrays (what embedding_store.py saves): field name -> dtype.
     fields: dict[str, str] = {}
 
-    def embed(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def embed(self, images: np.ndarray, aspects: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The per-image embeddings of a batch as named arrays (one row per image), without keeping them."""
-        return self._as_fields(self._embed(images))
+        return self._as_fields(self._embed(images, _aspects(images, aspects)))
 
     def add_embeddings(self, fields: dict[str, np.ndarray]) -> None:
         """Add rows computed by :meth:`embed` (or read from an embedding store), in image order."""
@@ -229,7 +240,7 @@ class PairScorer:
     def __len__(self) -> int:
         return self._n
 
-    def _embed(self, images: np.ndarray) -> Any:
+    def _embed(self, images: np.ndarray, aspects: np.ndarray) -> Any:
         raise NotImplementedError
 
     def finish(self) -> None:
@@ -267,7 +278,7 @@ class HashScorer(PairScorer):
 
     fields = {"codes": "uint64"}
 
-    def _embed(self, images: np.ndarray) -> np.ndarray:
+    def _embed(self, images: np.ndarray, aspects: np.ndarray) -> np.ndarray:
         return HASH_FUNCTIONS[self.name](images)
 
     def _as_fields(self, part: np.ndarray) -> dict[str, np.ndarray]:
@@ -304,7 +315,7 @@ class CosineScorer(PairScorer):
 
     fields = {"vectors": "float32"}
 
-    def _embed(self, images: np.ndarray) -> np.ndarray:
+    def _embed(self, images: np.ndarray, aspects: np.ndarray) -> np.ndarray:
         return l2_normalise(pooled_features(self.extractor, images, self.batch_size, self.device))
 
     def _as_fields(self, part: np.ndarray) -> dict[str, np.ndarray]:
@@ -372,7 +383,8 @@ class RelativeScorer(CosineScorer):
 class VerifiedScorer(RelativeScorer):
     """The relative score plus spatial verification (``verification.py``) of each photo's nearest neighbours.
 
-    Per image: the GeM vector and up to ``verification.MAX_KEYPOINTS`` SIFT keypoints of the same decoded image.
+    Per image: the GeM vector and up to ``verification.MAX_KEYPOINTS`` SIFT keypoints of the same decoded image,
+    back in its photo's shape (the aspect ratio given to :meth:`add`).
     Per pair: ``relative + verification.bonus(inliers)``, where the inliers are counted only for pairs that are
     among either photo's ``local_scaling.K`` nearest neighbours (the search that gives ``r``; a re-shoot is near
     its original even when its cosine is low) and whose relative score is at least :attr:`verify_from`. Other
@@ -393,8 +405,11 @@ class VerifiedScorer(RelativeScorer):
         self._neighbour_codes: np.ndarray | None = None
         self._inliers: dict[int, int] = {}
 
-    def _embed(self, images: np.ndarray) -> tuple[np.ndarray, list[verification.LocalFeatures]]:
-        return super()._embed(images), [verification.local_features(image) for image in images]
+    def _embed(
+        self, images: np.ndarray, aspects: np.ndarray
+    ) -> tuple[np.ndarray, list[verification.LocalFeatures]]:
+        local = [verification.local_features(image, aspect) for image, aspect in zip(images, aspects, strict=True)]
+        return super()._embed(images, aspects), local
 
     def _as_fields(self, part: tuple[np.ndarray, list[verification.LocalFeatures]]) -> dict[str, np.ndarray]:
         return {"vectors": part[0], **verification.pack(part[1])}
@@ -482,7 +497,7 @@ class ModelScorer(PairScorer):
 
     fields = {"vectors": "float32", "first": "float32", "second": "float32"}
 
-    def _embed(self, images: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    def _embed(self, images: np.ndarray, aspects: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         pooled = pooled_features(self.model.features, images, self.batch_size, self.device)
         first, second = model_projections(self.model, pooled, self.device)
         return l2_normalise(pooled), first, second
@@ -762,14 +777,14 @@ def split_pair_scores(
     given, receives ``r/<method>``: each image's neighbourhood similarity for the relative method.
     """
     paths = data.find_images(split_dir)
-    images, kept, _ = data.load_images(paths, progress=False)
+    images, aspects, kept, _ = data.decode_images(paths, progress=False)
     groups = data.group_ids([paths[k] for k in kept], split_dir)
     n = len(images)
     left, right = upper_pairs(0, n, n)
     out = {}
     for method in methods:
         scorer = reference_scorer(method)
-        scorer.add(images)
+        scorer.add(images, aspects)
         scorer.finish()
         out[method] = scorer.score(left, right)
         if extras is not None and isinstance(scorer, RelativeScorer):

@@ -8,7 +8,8 @@ or any scene from one centre), matches between two different scenes do not. This
 instance retrieval (Philbin et al. 2007, "Object retrieval with large vocabularies and fast spatial matching").
 
 - Each photo: up to :data:`MAX_KEYPOINTS` SIFT keypoints (OpenCV) of its decoded 256 x 256 image, the same array
-  the backbone sees (``data.load_image``: one decode path), descriptors kept as uint8.
+  the backbone sees (``data.decode_image``: one decode path), resized back to the photo's aspect ratio with the
+  same pixel count (:func:`unsquashed`); descriptors kept as uint8.
 - Each pair: RootSIFT descriptors (Arandjelovic and Zisserman 2012) matched by nearest neighbour with Lowe's ratio
   test (:data:`RATIO`), then a RANSAC homography (:data:`REPROJECTION` pixels); the evidence is the number of
   inlier matches. OpenCV's RANSAC draws from a fixed seed, so a pair always gets the same count.
@@ -27,14 +28,16 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from PIL import Image
 
 MAX_KEYPOINTS = 500  # per photo, the strongest; 1,000 found no more duplicates on the training split
 RATIO = 0.75  # Lowe's ratio test: a match counts when its nearest descriptor is clearly nearer than the second
-REPROJECTION = 2.0  # RANSAC inlier distance in pixels of the 256 x 256 image
+REPROJECTION = 2.0  # RANSAC inlier distance in pixels of the unsquashed image (256 x 256 pixels' worth)
 FLOOR = 4  # inliers that unrelated photos reach by chance (99th percentile of the training negatives: 5)
 WEIGHT = 0.05  # bonus per sqrt(inlier above FLOOR)
 CAP = 40  # inliers counted at most: MAX_BONUS (0.3) bounds which pairs need verifying
 MAX_BONUS = WEIGHT * float(np.sqrt(CAP - FLOOR))
+MAX_ASPECT = 4.0  # a panorama wider than 4:1 is matched as 4:1 (its square holds too few pixels along one side)
 
 
 @dataclass(frozen=True)
@@ -45,9 +48,26 @@ class LocalFeatures:
     descriptors: np.ndarray
 
 
-def local_features(image: np.ndarray, max_keypoints: int = MAX_KEYPOINTS) -> LocalFeatures:
-    """SIFT keypoints of one decoded RGB uint8 image (H x W x 3), strongest first."""
-    gray = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+def unsquashed(image: np.ndarray, aspect: float) -> np.ndarray:
+    """The square decoded image resized back to its photo's aspect ratio (width / height), same pixel count.
+
+    The square squashes a 4:3 photo by 3/4 along one axis. A copy turned 25 degrees is squashed along other axes
+    of the scene, so the two squares differ by a shear, which SIFT's rotation- and scale-invariant descriptors do
+    not undo: back in shape, more positives of the real training split get inliers (602 of 634 against 588, AP of
+    the verified score on its neighbour pairs 0.9787 -> 0.9827; README, "Spatial verification").
+    """
+    a = float(np.clip(aspect, 1 / MAX_ASPECT, MAX_ASPECT))
+    side = image.shape[0]
+    size = (max(1, round(side * np.sqrt(a))), max(1, round(side / np.sqrt(a))))  # (width, height)
+    if size == (image.shape[1], image.shape[0]):
+        return image
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+
+
+def local_features(image: np.ndarray, aspect: float = 1.0, max_keypoints: int = MAX_KEYPOINTS) -> LocalFeatures:
+    """SIFT keypoints of one decoded RGB uint8 square image (S x S x 3) in its photo's shape (:func:`unsquashed`),
+    strongest first."""
+    gray = cv2.cvtColor(np.ascontiguousarray(unsquashed(image, aspect)), cv2.COLOR_RGB2GRAY)
     # OpenCV's default octave layers, contrast and edge thresholds and sigma; descriptors as uint8 (a quarter the bytes)
     sift = cv2.SIFT_create(max_keypoints, 3, 0.04, 10, 1.6, cv2.CV_8U)
     keypoints, descriptors = sift.detectAndCompute(gray, None)

@@ -567,6 +567,8 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     assert out[235, 128, 2] > 200 and out[235, 128, 0] < 50  # bottom: blue
     plain = data.load_image(_write(tmp_path / "p.jpg", Image.fromarray(array), "JPEG", quality=95)).astype(int)
     assert plain[128, 20, 0] > 200 and plain[128, 235, 2] > 200  # without the tag: left red, right blue
+    assert data.decode_image(path)[1] == 0.5  # the upright photo's width / height: 20 x 40 as displayed
+    assert data.decode_image(tmp_path / "p.jpg")[1] == 2.0
 
 
 def _check_rgb(out: np.ndarray, expected: tuple[int, int, int], atol: int = 2) -> None:

@@ -11,22 +11,28 @@ from test_improved import _rotated_zoomed
 
 import data
 import embedding_store
+import find_duplicates
 import local_scaling
 import scoring
 import verification
 
 
 @pytest.fixture(scope="module")
-def tilted(train_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[np.ndarray]:
-    """A generated room photo, its 25-degree rotated and zoomed copy, and the next five photos of the split."""
+def tilted_files(train_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """A generated room photo (640 x 480), its 25-degree rotated and zoomed copy, and the next five photos of the
+    split."""
     folder = tmp_path_factory.mktemp("tilted")
     paths = data.find_images(train_dir)
     photo = Image.open(paths[0]).convert("RGB").resize((640, 480))
     photo.save(folder / "a.jpg", quality=92)
     _rotated_zoomed(photo, 25).save(folder / "b.jpg", quality=92)
-    return [data.load_image(folder / "a.jpg"), data.load_image(folder / "b.jpg")] + [
-        data.load_image(p) for p in paths[3:8]
-    ]
+    return [folder / "a.jpg", folder / "b.jpg", *paths[3:8]]
+
+
+@pytest.fixture(scope="module")
+def tilted(tilted_files: list[Path]) -> list[np.ndarray]:
+    """The decoded squares of :func:`tilted_files`."""
+    return [data.load_image(p) for p in tilted_files]
 
 
 def test_a_tilted_copy_shares_inliers_and_other_rooms_do_not(tilted: list[np.ndarray]) -> None:
@@ -38,6 +44,39 @@ def test_a_tilted_copy_shares_inliers_and_other_rooms_do_not(tilted: list[np.nda
     assert verification.count_inliers(features[0], features[1]) == copy
     assert max(others) <= verification.FLOOR  # chance matches earn no bonus
     assert verification.bonus(np.array([copy]))[0] == pytest.approx(verification.WEIGHT * np.sqrt(14 - 4))
+
+
+def test_photos_are_matched_in_their_own_shape(tilted_files: list[Path]) -> None:
+    decoded = [data.decode_image(p) for p in tilted_files]
+    assert [round(aspect, 4) for _, aspect in decoded] == [1.3333] * 7
+    square = decoded[0][0]
+    assert verification.unsquashed(square, 4 / 3).shape == (222, 296, 3)  # 256 x 256 pixels' worth, 4:3
+    assert verification.unsquashed(square, 3 / 4).shape == (296, 222, 3)
+    assert verification.unsquashed(square, 1.0) is square
+    assert verification.unsquashed(square, 100.0).shape == (128, 512, 3)  # clipped to MAX_ASPECT (4:1)
+    features = [verification.local_features(image, aspect) for image, aspect in decoded]
+    in_squares = verification.count_inliers(*(verification.local_features(image) for image, _ in decoded[:2]))
+    # measured: 14 in the squares, 15 in shape with OpenCV 5.0 (14 with 4.10, whose SIFT differs in the last bits)
+    assert in_squares == 14 and verification.count_inliers(features[0], features[1]) >= in_squares
+    assert max(verification.count_inliers(features[0], f) for f in features[2:]) <= verification.FLOOR
+
+
+def test_find_duplicates_hands_each_photos_aspect_to_the_scorer(tmp_path: Path) -> None:
+    for name, size in {"wide.jpg": (300, 100), "tall.jpg": (100, 400), "unreadable.jpg": None}.items():
+        if size is None:
+            (tmp_path / name).write_bytes(b"not a jpeg")
+        else:
+            Image.new("RGB", size, (90, 120, 150)).save(tmp_path / name)
+    paths = [tmp_path / n for n in ("wide.jpg", "unreadable.jpg", "tall.jpg")]
+    (batch,) = find_duplicates.decoded_batches(paths, batch_size=3)
+    assert batch.indices == [0, 2] and [k for k, _ in batch.skipped] == [1]
+    np.testing.assert_allclose(batch.aspects, [3.0, 0.25])
+    with pytest.warns(UserWarning, match="skipped .*unreadable.jpg"):
+        images, aspects, kept, skipped = data.decode_images(paths, progress=False)
+    np.testing.assert_allclose(aspects, [3.0, 0.25])
+    assert kept == [0, 2] and len(skipped) == 1 and images.shape == (2, 256, 256, 3)
+    with pytest.raises(ValueError, match="2 images but aspect ratios of shape"):
+        scoring.HashScorer("whash").add(images, np.ones(3))
 
 
 def test_features_are_deterministic_and_bounded(tilted: list[np.ndarray]) -> None:
@@ -136,8 +175,6 @@ def test_find_duplicates_method_verified_with_and_without_the_store(test_dir: Pa
     at least the groups relative finds on the sample Test Data (verification only adds to scores)."""
     import json
 
-    import find_duplicates
-
     def run(*argv: str) -> dict:
         out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}.json"
         assert find_duplicates.main([str(test_dir), "--no-progress", "--json", str(out), *argv]) == 0
@@ -157,16 +194,17 @@ def test_find_duplicates_method_verified_with_and_without_the_store(test_dir: Pa
     assert pairs(relative) <= pairs(lower)  # at relative's own threshold, verified keeps every relative pair
 
 
-def test_a_tilted_copy_is_a_duplicate_with_method_verified(tilted: list[np.ndarray]) -> None:
-    """The 25-degree rotated, zoomed copy: relative 0.318 plus the bonus of its 14 inliers, over 0.3061."""
-    import find_duplicates
-
+def test_a_tilted_copy_is_a_duplicate_with_method_verified(tilted_files: list[Path]) -> None:
+    """The 25-degree rotated, zoomed copy, in its 4:3 shape as find_duplicates.py decodes it: relative 0.318 plus
+    the bonus of its inliers (15 with OpenCV 5.0, 14 with 4.10), over the default threshold."""
     args = find_duplicates.build_parser().parse_args(["photos", "--method", "verified"])
     scorer, threshold, _ = find_duplicates.build_scorer(args, "cpu")
     assert isinstance(scorer, scoring.VerifiedScorer) and threshold == scoring.DEFAULT_THRESHOLDS["verified"]
     assert scorer.verify_from == pytest.approx(threshold - verification.MAX_BONUS)
-    scorer.add(np.stack(tilted[:2]))
+    (batch,) = find_duplicates.decoded_batches(tilted_files[:2], batch_size=2)
+    scorer.add(batch.images, batch.aspects)
     scorer.finish()
     score = float(scorer.score(np.array([0]), np.array([1]))[0])
-    assert score == pytest.approx(0.318 + verification.WEIGHT * np.sqrt(14 - verification.FLOOR), abs=0.005)
+    inliers = verification.count_inliers(scorer.keypoints[0], scorer.keypoints[1])
+    assert inliers >= 14 and score == pytest.approx(0.318 + verification.bonus(np.array([inliers]))[0], abs=0.005)
     assert score >= threshold
