@@ -98,7 +98,7 @@ METHODS: dict[str, Method] = {
                        "relative plus spatial verification of nearest neighbours (verification.py)"),
 }
 REFERENCE_METHODS = ("whash", "phash", "cosine", "relative", "verified")
-SAMPLE_CALIBRATED = ("whash", "phash", "cosine")  # thresholds from the generated set; relative's from both sets
+SAMPLE_CALIBRATED = ("whash", "phash", "cosine")  # from the generated set; relative's and verified's from both
 # The score range of each method, for --threshold checks: relative = cosine - 0.75 * mean of two cosines.
 SCORE_RANGES: dict[str, tuple[float, float]] = {
     "cosine": (-1.0, 1.0),
