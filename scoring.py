@@ -12,15 +12,17 @@ Methods (:data:`METHODS`), every score in [0, 1] except cosine (in [-1, 1]); lar
 - ``whash`` / ``phash``: ``1 - hamming / 64`` between 64-bit imagehash codes of the 256x256 decoded image.
 - ``cosine``: cosine similarity of the frozen backbone's L2-normalised pooled features (what imagededup's
   CNN method does).
-- ``relative`` (the default without a checkpoint): the cosine of GeM-pooled features minus how alike each photo is
-  to its nearest other photos of the collection (``local_scaling.py``), in about [-1.75, 1.75]; one threshold
-  works on generated rooms and on real photos.
+- ``relative`` (the default without a checkpoint): the cosine of GeM-pooled features, each photo's vector first
+  augmented with its two nearest neighbours', minus how alike each photo is to its nearest other photos of the
+  collection (``local_scaling.py``), in about [-1.75, 1.75]; one threshold works on generated rooms and on real
+  photos.
 
 Candidate pairs: every pair i < j up to :data:`EXHAUSTIVE_LIMITS` images (500 for the model, 5,000 for the
 reference methods), otherwise each image's
 :data:`DEFAULT_TOP_K` nearest neighbours (``neighbours.py``: exact faiss search, approximate HNSW above
 ``neighbours.EXACT_LIMIT`` images) deduplicated to i < j, so the number of scored pairs grows as N * K. One search
-(:func:`candidate_search`) also gives the relative method's neighbourhoods (its first ``local_scaling.K``).
+(:func:`candidate_search`) also gives the relative method's neighbourhoods (its first ``local_scaling.K``) and
+augmentation.
 Groups are made from the pairs scoring at or above the threshold by ``grouping.py`` (average linkage within
 connected components, so they do not chain).
 
@@ -69,12 +71,12 @@ RELATIVE_POOLING = "gem"  # chosen on the training splits: AP 0.879 / 0.889 agai
 # efficientnet_lite0 ImageNet weights. Reproduce with `python scoring.py calibrate`; tests/test_scoring.py
 # checks the numbers. The real-photo training split's best-F1 thresholds (whash 0.8594, phash 0.7031, cosine
 # 0.6996; `python scoring.py calibrate --sample-root data/real`) do not transfer: see README "Default thresholds".
-# The relative method's threshold is the best F1 on the union of both training splits (the real photos' and the
-# generated set's): `python scoring.py calibrate --sample-root data/real --generated --methods relative`. The verified
-# method's the same way, on the full real build (676 training photos, seed 0): `... --methods verified`.
+# The relative and verified thresholds are the best F1 on the union of both training splits (the full real build's,
+# 676 photos, seed 0, and the generated set's): `python scoring.py calibrate --sample-root data/real --generated
+# --methods relative verified` (session 12, with the augmentation of local_scaling.py).
 REAL_PHOTO_THRESHOLDS: dict[str, float] = {"whash": 0.8594, "phash": 0.7031, "cosine": 0.6996}
-DEFAULT_THRESHOLDS: dict[str, float] = {"whash": 0.9531, "phash": 0.7344, "cosine": 0.8883, "relative": 0.2251,
-                                     "verified": 0.3150}
+DEFAULT_THRESHOLDS: dict[str, float] = {"whash": 0.9531, "phash": 0.7344, "cosine": 0.8883, "relative": 0.2728,
+                                     "verified": 0.3568}
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,8 @@ METHODS: dict[str, Method] = {
     "phash": Method("phash", False, DEFAULT_THRESHOLDS["phash"], "perceptual (DCT) hash, 1 - hamming / 64"),
     "cosine": Method("cosine", True, DEFAULT_THRESHOLDS["cosine"], "cosine of the backbone's pooled features"),
     "relative": Method("relative", True, DEFAULT_THRESHOLDS["relative"],
-                       "GeM cosine minus each photo's similarity to its nearest neighbours (local_scaling.py)"),
+                       "GeM cosine (neighbour-augmented) minus each photo's similarity to its nearest neighbours "
+                       "(local_scaling.py)"),
     "verified": Method("verified", True, DEFAULT_THRESHOLDS["verified"],
                        "relative plus spatial verification of nearest neighbours (verification.py)"),
 }
@@ -345,9 +348,12 @@ class CosineScorer(PairScorer):
 
 
 class RelativeScorer(CosineScorer):
-    """Cosine of GeM-pooled features, locally scaled (``local_scaling.py``): ``cos - BETA * (r_i + r_j) / 2``.
+    """Cosine of GeM-pooled features, augmented and locally scaled (``local_scaling.py``):
+    ``cos(a_i, a_j) - BETA * (r_i + r_j) / 2``, with ``a`` each photo's vector plus its nearest neighbours' (DBA).
 
-    ``r`` is computed in :meth:`finish` over every embedded image (the collection of this run).
+    The neighbours (one search of the original vectors: :meth:`use_neighbours`, else the scorer's own on first use)
+    give the augmentation and ``r`` over every embedded image (the collection of this run). ``vectors`` stay the
+    original ones: they are what is searched and stored.
     """
 
     name = "relative"
@@ -356,28 +362,67 @@ class RelativeScorer(CosineScorer):
 
     def __init__(self, extractor: torch.nn.Module, batch_size: int = 64, device: str = "cpu") -> None:
         super().__init__(extractor, batch_size, device)
+        self._reset()
+
+    def _reset(self) -> None:
         self._r: np.ndarray | None = None
+        self._cosine_r: np.ndarray | None = None
+        self._augmented: local_scaling.Augmentation | None = None
+        self._dense: np.ndarray | None = None
 
     def finish(self) -> None:
         super().finish()
-        self._r = None
+        self._reset()
 
     def use_neighbours(self, ids: np.ndarray) -> None:
-        """Take ``r`` from a search already made: ``ids`` = each image's nearest other images, best first."""
-        self._r = local_scaling.neighbourhood_similarity(self.vectors, ids=ids)
+        """Take the augmentation and ``r`` from a search already made: ``ids`` = each image's nearest other images,
+        best first."""
+        self._reset()
+        self._cosine_r = local_scaling.neighbourhood_similarity(self.vectors, ids=ids)
+        self._augmented = local_scaling.augmentation(self.vectors, ids, self._cosine_r)
+        self._r = local_scaling.neighbourhood_similarity(
+            self.vectors, r0=local_scaling.R0_AUGMENTED, ids=ids, augmented=self._augmented)
+
+    def _ensure_neighbours(self) -> None:
+        if self._r is None:
+            n = len(self.vectors)
+            self.use_neighbours(neighbours.knn(self.vectors, min(local_scaling.K, n - 1)) if n > 1
+                                else np.zeros((n, 0), np.int64))
 
     @property
     def r(self) -> np.ndarray:
-        """Each image's neighbourhood similarity: from :meth:`use_neighbours`, else its own search on first use."""
-        if self._r is None:
-            self._r = local_scaling.neighbourhood_similarity(self.vectors) if len(self.vectors) else np.zeros(0)
+        """Each image's neighbourhood similarity among the augmented vectors (what the score subtracts)."""
+        self._ensure_neighbours()
+        assert self._r is not None
         return self._r
 
+    @property
+    def cosine_r(self) -> np.ndarray:
+        """Each image's neighbourhood similarity among the original vectors (what the DBA weights compare with)."""
+        self._ensure_neighbours()
+        assert self._cosine_r is not None
+        return self._cosine_r
+
+    @property
+    def augmented(self) -> local_scaling.Augmentation:
+        self._ensure_neighbours()
+        assert self._augmented is not None
+        return self._augmented
+
     def score(self, left: np.ndarray, right: np.ndarray, batch_size: int = 1 << 15) -> np.ndarray:
-        return local_scaling.scaled(super().score(left, right, batch_size), self.r[left], self.r[right])
+        left, right = np.asarray(left, np.int64), np.asarray(right, np.int64)
+        out = np.empty(len(left), dtype=np.float64)
+        for start in range(0, len(left), batch_size):
+            end = start + batch_size
+            out[start:end] = local_scaling.augmented_cosine(self.vectors, self.augmented, left[start:end],
+                                                            right[start:end])
+        return local_scaling.scaled(out, self.r[left], self.r[right])
 
     def score_rows(self, start: int, stop: int) -> np.ndarray:
-        return local_scaling.scaled(super().score_rows(start, stop), self.r[start:stop, None], self.r[None, :])
+        if self._dense is None:  # dense scoring is for collections small enough to score every pair
+            self._dense = local_scaling.augmented_vectors(self.vectors, self.augmented)
+        cosine = (self._dense[start:stop] @ self._dense.T).astype(np.float64).clip(-1.0, 1.0)
+        return local_scaling.scaled(cosine, self.r[start:stop, None], self.r[None, :])
 
 
 class VerifiedScorer(RelativeScorer):
@@ -774,7 +819,8 @@ def split_pair_scores(
     """Scores of every unique pair (i < j) of a labelled split for each method, and the pairs' labels.
 
     The split is the collection (what the relative method's neighbourhoods are computed over). ``extras``, when
-    given, receives ``r/<method>``: each image's neighbourhood similarity for the relative method.
+    given, receives ``r/<method>`` and ``r_augmented/<method>``: each image's neighbourhood similarity among the
+    original and the augmented vectors, for the relative and verified methods.
     """
     paths = data.find_images(split_dir)
     images, aspects, kept, _ = data.decode_images(paths, progress=False)
@@ -788,7 +834,8 @@ def split_pair_scores(
         scorer.finish()
         out[method] = scorer.score(left, right)
         if extras is not None and isinstance(scorer, RelativeScorer):
-            extras[f"r/{method}"] = scorer.r
+            extras[f"r/{method}"] = scorer.cosine_r
+            extras[f"r_augmented/{method}"] = scorer.r
     return out, (groups[left] == groups[right]).astype(np.uint8)
 
 
@@ -799,19 +846,21 @@ def calibrate(
     collection), checked on each ``<root>/Test Data``.
 
     Returns method -> {"train": best-F1 point on the union, "test/<root>": that threshold on the root's test
-    pairs, "r0": median neighbourhood similarity over the training images (relative method only)}.
+    pairs, "r0" and "r0_augmented": median neighbourhood similarity over the training images, of the original and
+    the augmented vectors (relative and verified only)}.
     """
     train: dict[str, list[np.ndarray]] = {m: [] for m in methods}
     labels: list[np.ndarray] = []
-    r_values: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+    r_values: dict[str, list[np.ndarray]] = {f"{kind}/{m}": [] for m in methods for kind in ("r", "r_augmented")}
     for root in roots:
         extras: dict[str, Any] = {}
         scores, split_labels = split_pair_scores(Path(root) / "Training Data", methods, extras)
         labels.append(split_labels)
         for method in methods:
             train[method].append(scores[method])
-            if f"r/{method}" in extras:
-                r_values[method].append(extras[f"r/{method}"])
+            for kind in ("r", "r_augmented"):
+                if f"{kind}/{method}" in extras:
+                    r_values[f"{kind}/{method}"].append(extras[f"{kind}/{method}"])
     tests = {str(root): split_pair_scores(Path(root) / "Test Data", methods) for root in roots}
     out: dict[str, dict[str, Any]] = {}
     for method in methods:
@@ -819,8 +868,9 @@ def calibrate(
         out[method] = {"train": point}
         for root, (scores, test_labels) in tests.items():
             out[method][f"test/{root}"] = f1_at(scores[method], test_labels, point.threshold)
-        if r_values[method]:
-            out[method]["r0"] = float(np.median(np.concatenate(r_values[method])))
+        for kind, key in (("r", "r0"), ("r_augmented", "r0_augmented")):
+            if r_values[f"{kind}/{method}"]:
+                out[method][key] = float(np.median(np.concatenate(r_values[f"{kind}/{method}"])))
     return out
 
 
@@ -840,7 +890,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
             where = "generated" if "/generated" in name else name[len("test/"):]
             print(f"{head}  {te.f1:>7.4f} {te.precision:>6.3f} {te.recall:>6.3f}  {where}")
         if "r0" in r:
-            print(f"{method:<8} r0 (median neighbourhood similarity on the training splits) {r['r0']:.4f}")
+            print(f"{method:<8} median neighbourhood similarity on the training splits: r0 {r['r0']:.4f}, "
+                  f"r0_augmented {r['r0_augmented']:.4f}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

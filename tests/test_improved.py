@@ -155,4 +155,4 @@ def test_a_photo_and_its_25_degree_rotated_zoomed_copy_are_duplicates_by_default
     score = float(scorer.score(np.array([0]), np.array([1]))[0])
     print(f"score {score:.4f} threshold {threshold}")
     assert scorer.name == "relative" and score >= threshold, (score, threshold)
-    assert score == pytest.approx(0.318, abs=0.005)  # measured (cosine of the GeM features 0.833)
+    assert score == pytest.approx(0.426, abs=0.005)  # measured (cosine of the GeM features 0.833; 0.318 before DBA)

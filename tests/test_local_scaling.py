@@ -57,6 +57,23 @@ class _Identity(torch.nn.Module):
         return x
 
 
+def _dba_reference(unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """local_scaling's augmented vectors and their r, written out densely (numpy, brute force) to check it against."""
+    n, k = len(unit), local_scaling.K
+    sims = (unit @ unit.T).astype(np.float64)
+    np.fill_diagonal(sims, -np.inf)
+    order = np.argsort(-sims, 1, kind="stable")[:, : min(k, n - 1)]
+    near = np.take_along_axis(sims, order, 1)
+    r = (near.sum(1) + (k - order.shape[1]) * local_scaling.R0) / k
+    m = min(local_scaling.DBA_K, order.shape[1])
+    weights = np.clip((near[:, :m] - r[:, None]) / (1 - r[:, None]), 0, 1)
+    augmented = unit + np.einsum("nk,nkd->nd", weights, unit[order[:, :m]])
+    augmented /= np.linalg.norm(augmented, axis=1, keepdims=True)
+    near_augmented = np.take_along_axis(augmented @ augmented.T, order, 1)
+    r_augmented = (near_augmented.sum(1) + (k - order.shape[1]) * local_scaling.R0_AUGMENTED) / k
+    return augmented, r_augmented
+
+
 def test_relative_scorer_rows_equal_pair_scores(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(1)
     features = rng.normal(size=(15, 8)).astype(np.float32)
@@ -66,11 +83,66 @@ def test_relative_scorer_rows_equal_pair_scores(monkeypatch: pytest.MonkeyPatch)
     scorer.add(features[9:])
     scorer.finish()
     unit = scoring.l2_normalise(features)
-    np.testing.assert_allclose(scorer.r, local_scaling.neighbourhood_similarity(unit))
+    np.testing.assert_allclose(scorer.cosine_r, local_scaling.neighbourhood_similarity(unit))
+    augmented, r_augmented = _dba_reference(unit)
+    np.testing.assert_allclose(scorer.r, r_augmented, atol=1e-6)
     left, right = scoring.upper_pairs(0, 15, 15)
-    expected = local_scaling.scaled((unit[left] * unit[right]).sum(1), scorer.r[left], scorer.r[right])
+    expected = local_scaling.scaled((augmented[left] * augmented[right]).sum(1), r_augmented[left], r_augmented[right])
     np.testing.assert_allclose(scorer.score(left, right), expected, atol=1e-6)
     np.testing.assert_allclose(scorer.score_rows(0, 15)[left, right], expected, atol=1e-6)
+    assert not np.allclose(scorer.score(left, right), local_scaling.scaled(  # the augmentation changes the scores
+        (unit[left] * unit[right]).sum(1), scorer.cosine_r[left], scorer.cosine_r[right]), atol=1e-3)
+
+
+def test_augmentation_adds_only_neighbours_above_the_photos_own_neighbourhood() -> None:
+    """DBA weight = clip((cos - r_i) / (1 - r_i), 0, 1): a neighbour at r_i or below adds nothing."""
+    unit = _unit([[1, 0, 0], [0.9, np.sqrt(1 - 0.81), 0], [0, 0, 1], [0, 1, 1]])
+    ids = neighbours.knn(unit, 3, approximate=False)
+    r = np.array([0.5, 0.5, 0.95, 0.5])
+    recipe = local_scaling.augmentation(unit, ids, r)
+    np.testing.assert_array_equal(recipe.ids[:, 0], np.arange(4))  # each row first, weight 1
+    np.testing.assert_allclose(recipe.weights[:, 0], 1.0)
+    assert recipe.ids[0, 1] == 1 and recipe.weights[0, 1] == pytest.approx((0.9 - 0.5) / 0.5, abs=1e-6)
+    assert recipe.weights[2].tolist() == [1.0, 0.0, 0.0]  # row 2's best neighbour (0.707) is below its r (0.95)
+    vectors = local_scaling.augmented_vectors(unit, recipe)
+    np.testing.assert_allclose(vectors[2], unit[2], atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
+    left, right = scoring.upper_pairs(0, 4, 4)
+    np.testing.assert_allclose(local_scaling.augmented_cosine(unit, recipe, left, right),
+                               (vectors[left] * vectors[right]).sum(1), atol=1e-6)
+
+
+def test_augmentation_pulls_copies_of_one_photo_together_and_leaves_unrelated_pairs() -> None:
+    """Three re-shoots of one photo among unrelated photos: their augmented cosines rise, unrelated ones barely move."""
+    rng = np.random.default_rng(4)
+    base = rng.normal(size=64)
+    copies = _unit([(base + 0.8 * rng.normal(size=64)).tolist() for _ in range(3)])
+    others = _unit((rng.normal(size=(40, 64)) + 0.3 * base).tolist())
+    unit = np.concatenate([copies, others]).astype(np.float32)
+    ids = neighbours.knn(unit, local_scaling.K, approximate=False)
+    recipe = local_scaling.augmentation(unit, ids, local_scaling.neighbourhood_similarity(unit, ids=ids))
+    left, right = np.array([0, 0, 1, 3, 5]), np.array([1, 2, 2, 4, 6])
+    plain = (unit[left] * unit[right]).sum(1)
+    augmented = local_scaling.augmented_cosine(unit, recipe, left, right)
+    assert (augmented[:3] > plain[:3] + 0.1).all()
+    assert np.abs(augmented[3:] - plain[3:]).max() < 0.1
+
+
+def test_a_pair_alone_scores_as_in_a_typical_collection() -> None:
+    """Two photos alone: missing neighbours count as R0 (weights) and R0_AUGMENTED (score). The pair is reported
+    from a cosine of about 0.69 (0.73 without the augmentation): unrelated-looking pairs stay under the default."""
+    scores = {}
+    for c in (0.6, 0.65, 0.75, 0.95):
+        scorer = scoring.RelativeScorer(_Identity())
+        scorer.add_embeddings({"vectors": _unit([[1, 0], [c, np.sqrt(1 - c * c)]])})
+        scorer.finish()
+        scores[c] = scorer.score(np.array([0]), np.array([1]))[0]
+        # with no neighbour above r, the vectors are not augmented: the plain cosine, scaled with R0_AUGMENTED
+        r = (c + (local_scaling.K - 1) * local_scaling.R0) / local_scaling.K
+        if c <= r:
+            assert scorer.augmented.weights[:, 1].tolist() == [0.0, 0.0]
+    threshold = scoring.DEFAULT_THRESHOLDS["relative"]
+    assert scores[0.6] < scores[0.65] < threshold < scores[0.75] < scores[0.95]  # reported from cosine ~0.69
 
 
 @pytest.mark.parametrize("top_k", [20, 5])
@@ -82,6 +154,7 @@ def test_candidate_search_gives_r_and_pairs_of_separate_searches_in_one_search(
     unit = scoring.l2_normalise(rng.normal(size=(400, 24)).astype(np.float32) + 1.0)
     expected_r = local_scaling.neighbourhood_similarity(unit, approximate=False)
     expected_pairs = neighbours.knn_pairs(unit, top_k, approximate=False)
+    augmented, r_augmented = _dba_reference(unit)
     calls = []
     real_knn = neighbours.knn
     monkeypatch.setattr(neighbours, "knn", lambda *a, **kw: calls.append(a[1]) or real_knn(*a, **kw))
@@ -91,8 +164,9 @@ def test_candidate_search_gives_r_and_pairs_of_separate_searches_in_one_search(
     pairs = scoring.candidate_search(scorer, top_k, approximate=False)
     assert calls == [max(top_k, local_scaling.K)]  # one search, deep enough for both
     np.testing.assert_array_equal(pairs, expected_pairs)
-    np.testing.assert_allclose(scorer.r, expected_r, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(scorer.cosine_r, expected_r, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(scorer.r, r_augmented, rtol=0, atol=1e-6)
     left, right, scores, n_scored = scoring.candidate_matches(scorer, -10.0, top_k, approximate=False)
     assert n_scored == len(expected_pairs) and len(calls) == 2
-    np.testing.assert_allclose(scores, local_scaling.scaled(np.einsum("ij,ij->i", unit[left], unit[right]),
-                                                            expected_r[left], expected_r[right]), atol=1e-6)
+    np.testing.assert_allclose(scores, local_scaling.scaled(np.einsum("ij,ij->i", augmented[left], augmented[right]),
+                                                            r_augmented[left], r_augmented[right]), atol=1e-6)

@@ -171,12 +171,19 @@ def test_real_photo_thresholds_reproduce_on_the_real_training_split() -> None:
         assert scoring.best_f1_threshold(scores[method], labels).threshold == scoring.REAL_PHOTO_THRESHOLDS[method]
 
 
-@pytest.mark.skipif(not REAL_SET, reason="set SAMESPACE_REAL_DIR to the calibration real set (seed 0)")
-def test_relative_threshold_reproduces_on_both_training_splits(calibration_root: Path) -> None:
-    """The relative method's default: best F1 on the real and the generated Training Data together."""
-    result = scoring.calibrate([Path(REAL_SET), calibration_root], ["relative"])["relative"]
-    assert result["train"].threshold == scoring.DEFAULT_THRESHOLDS["relative"]
-    assert round(result["r0"], 4) == local_scaling.R0
+# The full real-photo build (`python real_photos.py build DIR`, seed 0: 676 training photos): with the generated set,
+# the relative and verified defaults and local_scaling's R0s were calibrated on it (session 12).
+REAL_BUILD = os.environ.get("SAMESPACE_REAL_BUILD_DIR")
+
+
+@pytest.mark.skipif(not REAL_BUILD, reason="set SAMESPACE_REAL_BUILD_DIR to the full real-photo build (seed 0)")
+def test_relative_and_verified_thresholds_reproduce_on_both_training_splits(calibration_root: Path) -> None:
+    """The relative and verified defaults: best F1 on the real and the generated Training Data together."""
+    results = scoring.calibrate([Path(REAL_BUILD), calibration_root], ["relative", "verified"])
+    for method, result in results.items():
+        assert result["train"].threshold == scoring.DEFAULT_THRESHOLDS[method]
+        assert round(result["r0"], 4) == local_scaling.R0
+        assert round(result["r0_augmented"], 4) == local_scaling.R0_AUGMENTED
 
 
 def test_default_thresholds_reproduce_on_the_sample_set(calibration_root: Path) -> None:
@@ -187,7 +194,7 @@ def test_default_thresholds_reproduce_on_the_sample_set(calibration_root: Path) 
         point = scoring.best_f1_threshold(scores[method], labels)
         assert point.threshold == scoring.DEFAULT_THRESHOLDS[method] == scoring.METHODS[method].default_threshold
     # The relative default comes from both training splits (the real one is not built in CI); on the generated one
-    # alone it is within 0.005 of that split's own best threshold and loses under 0.01 of F1: it transfers.
+    # alone it loses 0.035 of F1 against that split's own best threshold (0.2441).
     best = scoring.best_f1_threshold(scores["relative"], labels)
     default = scoring.f1_at(scores["relative"], labels, scoring.DEFAULT_THRESHOLDS["relative"])
-    assert (best.threshold, round(best.f1, 4), round(default.f1, 4)) == (0.228, 0.9133, 0.9106)
+    assert (best.threshold, round(best.f1, 4), round(default.f1, 4)) == (0.2441, 0.9506, 0.9158)
