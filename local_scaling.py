@@ -97,7 +97,7 @@ class Augmentation:
 
     ids: np.ndarray  # (N, 1 + DBA_K) int64: the row itself, then its nearest other rows (-1: none)
     weights: np.ndarray  # (N, 1 + DBA_K) float64: 1 for the row itself; 0 where ids is -1
-    norms: np.ndarray  # (N,) float64: |a_i|
+    norms: np.ndarray  # (N,) float64: |a_i| (at least 1e-12)
 
 
 def augmentation(unit: np.ndarray, ids: np.ndarray, r: np.ndarray, k: int = DBA_K) -> Augmentation:
@@ -113,7 +113,9 @@ def augmentation(unit: np.ndarray, ids: np.ndarray, r: np.ndarray, k: int = DBA_
     recipe = Augmentation(np.concatenate([np.arange(n)[:, None], near], 1),
                           np.concatenate([np.ones((n, 1)), weights], 1), np.ones(n))
     own = np.arange(n)
-    return Augmentation(recipe.ids, recipe.weights, np.sqrt(_recipe_products(unit, recipe, own, own)))
+    # an all-zero row (a feature map of zeros) keeps norm 0 -> floored, so its cosines are 0, not NaN
+    norms = np.maximum(np.sqrt(np.maximum(_recipe_products(unit, recipe, own, own), 0.0)), 1e-12)
+    return Augmentation(recipe.ids, recipe.weights, norms)
 
 
 def _recipe_products(unit: np.ndarray, recipe: Augmentation, left: np.ndarray, right: np.ndarray) -> np.ndarray:

@@ -128,6 +128,19 @@ def test_augmentation_pulls_copies_of_one_photo_together_and_leaves_unrelated_pa
     assert np.abs(augmented[3:] - plain[3:]).max() < 0.1
 
 
+def test_an_all_zero_vector_scores_zero_cosine_and_leaves_the_others_finite() -> None:
+    """A photo whose features are all zero (cosine 0 to every photo) must not turn the collection's scores into NaN."""
+    unit = np.zeros((6, 4), np.float32)
+    unit[1:] = scoring.l2_normalise(np.random.default_rng(5).normal(size=(5, 4)))
+    scorer = scoring.RelativeScorer(_Identity())
+    scorer.add_embeddings({"vectors": unit})
+    scorer.finish()
+    left, right = scoring.upper_pairs(0, 6, 6)
+    scores = scorer.score(left, right)
+    assert np.isfinite(scores).all() and np.isfinite(scorer.score_rows(0, 6)).all()
+    np.testing.assert_allclose(local_scaling.augmented_cosine(unit, scorer.augmented, left[:5], right[:5]), 0.0)
+
+
 def test_a_pair_alone_scores_as_in_a_typical_collection() -> None:
     """Two photos alone: missing neighbours count as R0 (weights) and R0_AUGMENTED (score). The pair is reported
     from a cosine of about 0.69 (0.73 without the augmentation): unrelated-looking pairs stay under the default."""
