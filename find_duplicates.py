@@ -15,6 +15,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import sys
 import time
 import warnings
@@ -341,6 +342,28 @@ def _stream_embed(
     return bad, flat
 
 
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes (None where the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_memory(n_photos: int, scorer: scoring.PairScorer) -> None:
+    """Refuse, before any photo is decoded, a run whose keypoints (``--method verified``: every photo's, held until
+    the pairs are scored) would take more than half of the machine's memory: it would fail hours later."""
+    total = physical_memory()
+    if not isinstance(scorer, scoring.VerifiedScorer) or not total:
+        return
+    need = n_photos * verification.BYTES_PER_PHOTO
+    if need > total // 2:
+        raise FindDuplicatesError(
+            f"--method verified holds about {verification.BYTES_PER_PHOTO // 1000} KB of keypoints per photo in "
+            f"memory: {n_photos:,} photos need about {need / 1e9:.1f} GB, more than half of this machine's "
+            f"{total / 1e9:.1f} GB. Use the default method (relative) for a collection this large, or split it")
+
+
 def embed_photos(
     paths: Sequence[Path],
     scorer: scoring.PairScorer,
@@ -361,6 +384,8 @@ def embed_photos(
     (with a store) only fills the store (embed.py).
     """
     timings = timings if timings is not None else {}
+    if fill_scorer:
+        check_memory(len(paths), scorer)
     if store is None:
         bad, flat = _stream_embed(paths, scorer, lambda _, fields: scorer.add_embeddings(fields), batch_size,
                                   progress, decode_workers, timings)

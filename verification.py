@@ -38,6 +38,8 @@ WEIGHT = 0.05  # bonus per sqrt(inlier above FLOOR)
 CAP = 40  # inliers counted at most: MAX_BONUS (0.3) bounds which pairs need verifying
 MAX_BONUS = WEIGHT * float(np.sqrt(CAP - FLOOR))
 MAX_ASPECT = 4.0  # a panorama wider than 4:1 is matched as 4:1 (its square holds too few pixels along one side)
+# Memory one photo's keypoints take in a run (descriptors uint8 + float32 positions): all are held until scoring
+BYTES_PER_PHOTO = MAX_KEYPOINTS * (128 + 2 * 4)
 
 
 @dataclass(frozen=True)

@@ -208,3 +208,26 @@ def test_a_tilted_copy_is_a_duplicate_with_method_verified(tilted_files: list[Pa
     inliers = verification.count_inliers(scorer.keypoints[0], scorer.keypoints[1])
     assert inliers >= 14 and score == pytest.approx(0.426 + verification.bonus(np.array([inliers]))[0], abs=0.005)
     assert score >= threshold
+
+
+def test_method_verified_refuses_up_front_a_collection_whose_keypoints_do_not_fit(
+    tilted_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Keypoints of every photo stay in memory until scoring: a run that needs more than half the machine's memory is
+    refused before any photo is decoded (exit 2, one line naming the count), not after hours of embedding."""
+    folder = tilted_files[0].parent
+    n = len(data.find_images(folder))
+    need = n * verification.BYTES_PER_PHOTO
+    assert verification.BYTES_PER_PHOTO == 68_000
+    decoded = []
+    monkeypatch.setattr(find_duplicates, "_decode", lambda path: decoded.append(path) or "not reached")
+    monkeypatch.setattr(find_duplicates, "physical_memory", lambda: 2 * need - 2)
+    out = tmp_path / "dups.json"
+    assert find_duplicates.main([str(folder), "--method", "verified", "--no-cache", "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "\nerror: --method verified holds about 68 KB" in "\n" + err and f"{n:,} photos" in err
+    assert decoded == [] and not out.exists()
+    monkeypatch.setattr(find_duplicates, "physical_memory", lambda: 2 * need)  # exactly half: allowed
+    find_duplicates.check_memory(n, scoring.reference_scorer("verified"))
+    monkeypatch.setattr(find_duplicates, "physical_memory", lambda: 1)  # the relative default keeps no keypoints
+    find_duplicates.check_memory(10**9, scoring.reference_scorer("relative"))
