@@ -179,8 +179,8 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
     A sample of planted groups is searched (every member is a query, so a pair counts as found from either
     side, as knn_pairs reports it). Exact search of the sampled rows gives r (plain local scaling, without the
-    relative method's augmentation: PLAIN_RELATIVE_THRESHOLD) and the exact
-    top-K; the projected / graph / IVF candidates are re-ranked by the full vectors like neighbours.approximate_knn.
+    relative method's augmentation: PLAIN_RELATIVE_THRESHOLD) and the exact top-K; the projected / graph / IVF
+    candidates are re-ranked by the full vectors like neighbours.approximate_knn.
     """
     import faiss
 
@@ -279,8 +279,7 @@ def run_size(n: int, params: Any, method: str = "relative") -> dict:
     """One size in this process: generate (not timed), then what find_duplicates does after embedding.
 
     Candidate search is scoring.candidate_search (the relative scorer's augmentation and r come from the same
-    search), the
-    pairs are scored and kept at the method's default threshold, then grouped (grouping.linked_groups).
+    search), the pairs are scored and kept at the method's default threshold, then grouped (grouping.linked_groups).
     """
     import torch
 
