@@ -49,6 +49,16 @@ def connected_groups(n: int, left: np.ndarray, right: np.ndarray) -> list[np.nda
     return largest_first(groups)
 
 
+def same_group(n: int, groups: list[np.ndarray], left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """For each pair (left[k], right[k]) of n images, whether both ended in one of ``groups``: what the groups
+    say of the pair, to score them pair by pair against labels."""
+    group_of = np.full(n, -1, np.int64)
+    for g, members in enumerate(groups):
+        group_of[members] = g
+    left_group = group_of[np.asarray(left)]
+    return (left_group >= 0) & (left_group == group_of[np.asarray(right)])
+
+
 def _runs(values: np.ndarray, keys: np.ndarray) -> list[np.ndarray]:
     """``values`` cut where the sorted ``keys`` change: np.split's result, without its per-piece overhead
     (a million photos make hundreds of thousands of pieces)."""

@@ -87,3 +87,10 @@ def test_cut_gives_fclusters_partition_of_average_linkage_trees() -> None:
             assert {frozenset(np.flatnonzero(expected == x)) for x in np.unique(expected)} == {
                 frozenset(np.flatnonzero(got == x)) for x in np.unique(got)
             }
+
+
+def test_same_group_says_which_pairs_end_in_one_group() -> None:
+    groups = [np.array([0, 3]), np.array([1, 2, 4])]
+    left, right = np.array([0, 0, 1, 2, 5, 4]), np.array([3, 1, 2, 4, 6, 5])
+    assert grouping.same_group(7, groups, left, right).tolist() == [True, False, True, True, False, False]
+    assert not grouping.same_group(3, [], np.array([0]), np.array([1])).any()
