@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 import data  # noqa: E402
 import default_model  # noqa: E402
 import find_duplicates  # noqa: E402
+import grouping  # noqa: E402
 import model_def  # noqa: E402
 import model_inference  # noqa: E402
 import scoring  # noqa: E402
@@ -76,18 +77,17 @@ def different_shot_mask(paths: list[Path], test_dir: Path, labels: np.ndarray, l
 
 
 def pairwise_group_scores(document: dict[str, Any], test_dir: Path) -> dict[str, float]:
-    """Precision / recall / F1 of "same group" over every unique pair of the split's images."""
+    """Precision / recall / F1 of "same group" over every unique pair of the split's images (what
+    ``scoring.group_f1_at`` measures on the training splits, here from find_duplicates.py's own output)."""
     paths = data.find_images(test_dir)
     index = {str(p): k for k, p in enumerate(paths)}
-    groups = data.group_ids(paths, test_dir)
-    predicted = np.full(len(paths), -1, np.int64)
-    for g, group in enumerate(document["groups"]):
-        predicted[[index[m] for m in group["members"]]] = g
-    left, right = np.triu_indices(len(paths), k=1)
-    truth = groups[left] == groups[right]
-    guess = (predicted[left] >= 0) & (predicted[left] == predicted[right])
-    p, r, f1, _ = metrics.precision_recall_fscore_support(truth, guess, average="binary", zero_division=0)
-    return {"precision": float(p), "recall": float(r), "f1": float(f1), "groups": len(document["groups"])}
+    found = [np.array([index[m] for m in group["members"]]) for group in document["groups"]]
+    n = len(paths)
+    left, right = scoring.upper_pairs(0, n, n)
+    truth = data.group_ids(paths, test_dir)
+    point = scoring.f1_at(grouping.same_group(n, found, left, right).astype(np.float64),
+                          truth[left] == truth[right], 0.5)
+    return {"precision": point.precision, "recall": point.recall, "f1": point.f1, "groups": len(found)}
 
 
 def run_find_duplicates(test_dir: Path, workdir: Path, extra: list[str]) -> dict[str, Any]:
