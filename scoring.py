@@ -975,7 +975,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.ArgumentParser(prog="scoring.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    cal = sub.add_parser("calibrate", help="best-F1 thresholds of the reference methods on the sample set")
+    cal = sub.add_parser("calibrate", help="default thresholds of the reference methods: best F1 of pairs or groups")
     cal.add_argument("--sample-root", action="append", help="a folder with 'Training Data/' and 'Test Data/', e.g. "
                      "data/real; repeat for several (default: the generated sample set)")
     cal.add_argument("--generated", action="store_true", help="also the generated sample set (with --sample-root)")
