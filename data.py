@@ -28,12 +28,11 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING
 
 import imagehash
 import numpy as np
@@ -656,35 +655,8 @@ def clean_warnings() -> Iterator[None]:
         warnings.formatwarning = previous
 
 
-def atomic_write(path: str | Path, content: str | bytes | Callable[[BinaryIO], object]) -> None:
-    """Write ``content`` (text as UTF-8) to a temporary file in the same folder, then rename it over ``path``.
-
-    A reader never sees a half-written file, and a failure leaves the old file (or none) in place. ``content``
-    may be a function that writes into the open binary file (e.g. ``lambda f: torch.save(table, f)``): large
-    outputs are then streamed to disk instead of being built in memory first.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        if path.exists():
-            mode = path.stat().st_mode & 0o777
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        os.chmod(tmp, mode)  # mkstemp makes 0600; give the output the permissions a plain open() would
-        with os.fdopen(fd, "wb") as f:
-            # surrogateescape: a file name that is not UTF-8 is written back as its exact bytes (os.fsdecode)
-            if callable(content):
-                content(f)
-            else:
-                f.write(content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# The one writer of every file the project writes (outputs.py): atomic, and never over a link, device or FIFO.
+atomic_write = outputs.atomic_write
 
 
 # --------------------------------------------------------------------------------------------
@@ -897,7 +869,10 @@ def _cmd_stats(args: argparse.Namespace) -> None:
 
 
 def _cmd_sample(args: argparse.Namespace) -> None:
-    out = write_sample_dataset(args.out_dir, seed=args.seed)
+    try:
+        out = write_sample_dataset(args.out_dir, seed=args.seed)
+    except OSError as exc:  # a full disk names no file: name the output folder
+        raise outputs.with_path(exc, args.out_dir) from exc
     print(out)
 
 

@@ -30,8 +30,10 @@ import torch
 import torch.distributed as dist
 from determined import core
 
+import cli
 import embedding_store
 import find_duplicates as fd
+import outputs
 import sharding
 from embedding_store import EmbeddingStore
 
@@ -121,7 +123,7 @@ def run(args: argparse.Namespace, core_context: core.Context, shard: sharding.Sh
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="embed.py", description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog="embed.py", description=__doc__.split("\n")[0])
     parser.add_argument("folders", nargs="+", metavar="PHOTOS_DIR", help="folders searched recursively")
     parser.add_argument("--output", required=True, metavar="FILE", help="the embedding store to create or extend")
     how = parser.add_mutually_exclusive_group()
@@ -131,25 +133,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone-weights", default="imagenet", metavar="imagenet|none|PATH")
     parser.add_argument("--batch-size", type=int, default=fd.DEFAULT_BATCH_SIZE, metavar="N")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an --output file that exists and was not written by SameSpace (never a photo)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
+
+
+def check_output(args: argparse.Namespace, size: int) -> None:
+    """Refuse, before any work, an --output (or a rank's part file) that is a photo, a folder, a link, a device
+    or a file SameSpace did not write (outputs.check_outputs); raises outputs.OutputError."""
+    output = Path(args.output)
+    targets = [outputs.Target("--output", output)]
+    targets += [outputs.Target("--output", part_path(output, sharding.Shard(r, size))) for r in range(size)]
+    outputs.check_outputs(targets, inputs=args.folders, overwrite=args.overwrite,
+                          image_extensions=fd.readable_extensions())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=det.LOG_FORMAT)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be positive")
     args.threshold = None  # build_scorer's option; embedding needs no threshold
-    for folder in args.folders:
-        if not Path(folder).is_dir():
-            print(f"error: {folder}: not a directory", file=sys.stderr)
-            return fd.EXIT_ERROR
+    try:
+        for folder in args.folders:
+            if not Path(folder).is_dir():
+                raise fd.FindDuplicatesError(f"{folder}: not a directory")
+        check_output(args, int(os.environ.get("WORLD_SIZE", "1")))
+    except (fd.FindDuplicatesError, outputs.OutputError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {outputs.printable_name(str(exc), quote=False)}", file=sys.stderr)
+        return fd.EXIT_ERROR
     distributed = distributed_context()
     shard = sharding.Shard()
     try:
         with core.init(distributed=distributed) as core_context:
             shard = sharding.current()
             output = run(args, core_context, shard)
-    except (fd.FindDuplicatesError, embedding_store.StoreError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (fd.FindDuplicatesError, embedding_store.StoreError, ValueError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {outputs.printable_name(str(exc), quote=False)}", file=sys.stderr)
         return fd.EXIT_ERROR
     finally:
         if dist.is_initialized():

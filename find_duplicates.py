@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -451,14 +452,12 @@ def find_against(
     """Duplicates of new photos in a library: only pairs (new, library) are scored and reported.
 
     One group per new photo that has a match: the new photo first, then its library matches. A photo under
-    both the new and the library folders counts as new only. With a ``store`` holding the library, only
-    the new photos are decoded and embedded.
+    both a new and a library folder belongs to the side of the folder nearer to it (see :func:`split_sides`).
+    With a ``store`` holding the library, only the new photos are decoded and embedded.
     """
     t0 = time.perf_counter()
     skipped: list[dict[str, str]] = []
-    new_paths = image_files(new_folders, skipped)
-    seen = {p.resolve() for p in new_paths}
-    library_paths = [p for p in image_files(library_folders, skipped) if p.resolve() not in seen]
+    new_paths, library_paths = split_sides(new_folders, library_folders, skipped)
     paths = new_paths + library_paths
     timings = {"find": time.perf_counter() - t0, "decode_wait": 0.0, "embed": 0.0}
     embedded = embed_photos(paths, scorer, store, batch_size, progress, decode_workers, timings)
@@ -483,6 +482,47 @@ def find_against(
                **_counts(embedded, skipped, n_scored, left, groups, seconds, timings)}
     return Result([str(paths[k]) for k in kept], skipped, left, right, scores, groups, summary,
                   [str(paths[k]) for k in flat])
+
+
+def _real_parent(path: Path) -> Path:
+    """``path`` with its folders' symbolic links resolved (not the file's own: a linked photo stays put)."""
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
+def split_sides(
+    new_folders: Sequence[str | Path], library_folders: Sequence[str | Path], skipped: list[dict[str, str]]
+) -> tuple[list[Path], list[Path]]:
+    """The photos of the new folders and of the library folders, each photo on one side only.
+
+    Folders may overlap (a library inside the photos folder, or the reverse): a photo under both counts on the
+    side of the folder nearest to it, and one warning per overlapping pair of folders says how many photos went
+    where. The same folder on both sides is a FindDuplicatesError.
+    """
+    new = [Path(os.path.realpath(f)) for f in new_folders]
+    library = [Path(os.path.realpath(f)) for f in library_folders]
+    for folder, real in zip(library_folders, library, strict=True):
+        if real in new:
+            raise FindDuplicatesError(f"{folder} is given both as PHOTOS_DIR and with --against; give it once")
+    new_paths = image_files(new_folders, skipped)
+    library_paths = image_files(library_folders, skipped)
+
+    def nearest(real: Path) -> tuple[str, Path]:
+        holders = [(len(f.parts), side, f) for side, folders in (("new", new), ("library", library))
+                   for f in folders if real.is_relative_to(f)]
+        _, side, folder = max(holders)
+        return side, folder
+
+    on_both = {_real_parent(p) for p in new_paths} & {_real_parent(p) for p in library_paths}
+    side_of = {real: nearest(real) for real in on_both}
+    for (side, folder), count in sorted(Counter(side_of.values()).items()):
+        other = "PHOTOS_DIR" if side == "library" else "--against"
+        warnings.warn(f"{count:,} photos under {folder} are also under a {other} folder; they count as {side} "
+                      "photos (the nearer folder decides)", stacklevel=2)
+
+    def keep(paths: list[Path], side: str) -> list[Path]:
+        return [p for p in paths if side_of.get(_real_parent(p), (side,))[0] == side]
+
+    return keep(new_paths, "new"), keep(library_paths, "library")
 
 
 def _with_identical_blanks(
@@ -553,13 +593,17 @@ def groups_text(document: dict[str, Any]) -> str:
 
 
 def csv_text(document: dict[str, Any]) -> str:
-    """Every duplicate pair as CSV: group (1-based), path1, path2, score."""
+    """Every duplicate pair as CSV: group (1-based), path1, path2, score.
+
+    A path a spreadsheet would run as a formula (starting with ``= + - @`` or a tab) gets a leading ``'``
+    (outputs.csv_cell); the JSON output keeps every name exactly.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["group", "path1", "path2", "score"])
     for g, group in enumerate(document["groups"], 1):
         for a, b, s in group["pairs"]:
-            writer.writerow([g, a, b, f"{s:.6f}"])
+            writer.writerow([g, outputs.csv_cell(a), outputs.csv_cell(b), f"{s:.6f}"])
     return buffer.getvalue()
 
 
@@ -568,13 +612,17 @@ def csv_text(document: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def check_output_paths(args: argparse.Namespace) -> None:
-    """Refuse, before any work, outputs that would replace a photo or a file we did not write (outputs.py)."""
-    targets = [outputs.Target(f"--{o}", Path(getattr(args, o))) for o in ("json", "csv", "html") if getattr(args, o)]
+def check_output_paths(args: argparse.Namespace, store: Path | None = None) -> None:
+    """Refuse, before any work, outputs that would replace a photo, a link, a device or a file we did not write
+    (outputs.py): the reports (``-`` or ``/dev/stdout``: standard output) and the store file this run writes."""
+    targets = [outputs.Target(f"--{o}", Path(getattr(args, o)), stream=True) for o in ("json", "csv", "html")
+               if getattr(args, o)]
+    if store is not None:
+        targets.append(outputs.Target("--store", store))
     try:
         outputs.check_outputs(
             targets, inputs=[*args.folders, *(args.against or [])], overwrite=args.overwrite,
-            image_extensions=readable_extensions(),
+            input_files=[args.embeddings] if args.embeddings else [], image_extensions=readable_extensions(),
         )
     except outputs.OutputError as exc:
         raise FindDuplicatesError(str(exc)) from exc
@@ -732,7 +780,8 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
         "--embeddings",
         metavar="FILE",
         help="group from this store (e.g. written by embed.py); without PHOTOS_DIR, every photo it lists, "
-        "without opening them. It must exist and match the scorer",
+        "without opening them. It must exist and match the scorer. It is only read: photos it lacks are embedded "
+        "for this run alone (use --store FILE to add them to it)",
     )
     approximate = parser.add_mutually_exclusive_group()
     approximate.add_argument(
@@ -762,12 +811,13 @@ def open_store_for(args: argparse.Namespace, scorer: scoring.PairScorer) -> tupl
 
 
 def save_store(store: EmbeddingStore | None, path: Path | None) -> None:
-    """Write the store when this run changed it; a store that cannot be written is a warning, not a failure."""
+    """Write the store when this run changed it; a store that cannot be written is a warning, not a failure
+    (a link, a device or a FIFO at the store's path is never replaced: outputs.atomic_write)."""
     if store is None or path is None or not store.changed:
         return
     try:
         store.save(path)
-    except OSError as exc:
+    except (OSError, outputs.OutputError) as exc:
         print(f"warning: {path}: cannot write the embedding store ({exc})", file=sys.stderr)
 
 
@@ -826,14 +876,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     check_threshold(args.threshold, "model" if args.checkpoint else (args.method or _default_method(args)))
-    check_output_paths(args)
+    check_output_paths(args, Path(args.store) if args.store else None)
     for folder in [*args.folders, *(args.against or [])]:  # fail fast, before loading a model
         if not Path(folder).is_dir():
             raise FindDuplicatesError(f"{folder}: not a directory")
     scorer, threshold, source = build_scorer(args, _device(args.device))
     store, store_path = open_store_for(args, scorer)
     result = run(args, scorer, threshold, store)
-    save_store(store, store_path)
+    save_store(store, None if args.embeddings else store_path)  # --embeddings is an input: never rewritten
     result.summary["store"] = str(store_path) if store_path else None
     result.summary["threshold_source"] = source
     if scorer.name in BACKBONE_METHODS:
@@ -843,18 +893,21 @@ def _run(args: argparse.Namespace) -> int:
         result.summary["checkpoint"] = str(args.checkpoint)
     document = result.to_dict()
     if args.json:
-        data.atomic_write(args.json, json.dumps(document, indent=1) + "\n")
+        outputs.atomic_write(args.json, json.dumps(document, indent=1) + "\n")
     if args.csv:
-        data.atomic_write(args.csv, csv_text(document))
+        outputs.atomic_write(args.csv, csv_text(document))
     if args.html:
         import report
 
-        data.atomic_write(args.html, report.render_html(document))
+        outputs.atomic_write(args.html, report.render_html(document))
+    # An output streamed to standard output keeps it for itself: the text goes to stderr then.
+    streamed = any(outputs.is_stdout(o) for o in (args.json, args.csv, args.html) if o)
+    console = sys.stderr if streamed else sys.stdout
     if not (args.json or args.csv or args.html):
         text = groups_text(document)
         if text:
-            print(text)
-    print(summary_line(result.summary))
+            print(text, file=console)
+    print(summary_line(result.summary), file=console)
     return 0
 
 

@@ -230,7 +230,8 @@ def scores_csv(unique: dict[str, Any], data_dir: Path) -> str:
     writer.writerow(["image1", "image2", "label", *methods])
     columns = [unique["scores"][m] for m in methods]
     for k, (i, j) in enumerate(zip(unique["left"], unique["right"], strict=True)):
-        writer.writerow([names[i], names[j], int(unique["labels"][k]), *(f"{c[k]:.6f}" for c in columns)])
+        writer.writerow([outputs.csv_cell(names[i]), outputs.csv_cell(names[j]), int(unique["labels"][k]),
+                         *(f"{c[k]:.6f}" for c in columns)])
     return buffer.getvalue()
 
 
@@ -254,10 +255,9 @@ def save_plots(unique: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_title("ROC, unique pairs" if kind == "roc" else "Precision-recall, unique pairs")
         ax.grid(alpha=0.3)
         path = out_dir / f"{kind}.png"
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        fig.savefig(tmp, format="png", metadata={"Software": f"{outputs.GENERATOR} model_inference.py"})
+        outputs.atomic_write(path, lambda f, fig=fig: fig.savefig(
+            f, format="png", metadata={"Software": f"{outputs.GENERATOR} model_inference.py"}))
         plt.close(fig)
-        tmp.replace(path)
         written.append(path)
     return written
 
@@ -334,7 +334,8 @@ def write_threshold(checkpoint_dir: Path, report: dict[str, Any]) -> tuple[Path,
 
 def check_output_paths(args: argparse.Namespace) -> None:
     """Refuse, before any work, outputs that would replace a photo or a file we did not write (outputs.py)."""
-    targets = [outputs.Target(f"--{o}", Path(getattr(args, o))) for o in ("json", "scores") if getattr(args, o)]
+    targets = [outputs.Target(f"--{o}", Path(getattr(args, o)), stream=True) for o in ("json", "scores")
+               if getattr(args, o)]
     if args.plots:
         targets.append(outputs.Target("--plots", Path(args.plots), is_dir=True, members=PLOT_FILES))
     try:
@@ -394,11 +395,13 @@ def _run(args: argparse.Namespace) -> None:
     model = load_model(checkpoint, device=device)
     methods = args.methods if args.pairing != "faithful" else ["model"]
     report, unique = evaluate(model, data_dir, args.pairing, methods, args.batch_size, device, cache_dir=cache_dir)
-    print(table(report))
+    # An output streamed to standard output keeps it for itself: the table goes to stderr then.
+    streamed = any(outputs.is_stdout(o) for o in (args.json, args.scores) if o)
+    print(table(report), file=sys.stderr if streamed else sys.stdout)
     if args.json:
-        data.atomic_write(args.json, json.dumps(report, indent=2) + "\n")
+        outputs.atomic_write(args.json, json.dumps(report, indent=2) + "\n")
     if args.scores and unique:
-        data.atomic_write(args.scores, scores_csv(unique, data_dir))
+        outputs.atomic_write(args.scores, scores_csv(unique, data_dir))
     if args.plots and unique:
         for path in save_plots(unique, Path(args.plots)):
             print(f"plot: {path}")

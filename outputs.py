@@ -9,8 +9,18 @@ is decoded, and never a traceback after the work. Refused:
 - a file output that is a directory, a directory output that is a file, or one under a file;
 - a missing folder for a file output; a folder that cannot be written to (probed by creating and removing a
   temporary file); a name too long for the file system (including atomic_write's temporary-name suffix);
-- an existing file that SameSpace did not write (see :func:`is_ours`), unless ``overwrite``;
+- an existing file that SameSpace did not write (see :func:`is_ours`), unless ``overwrite``; an existing photo
+  anywhere (by extension or by its first bytes), even with ``overwrite``;
+- an existing path that is not a regular file (a device, FIFO or socket) or is a symbolic link: a write renames
+  a new file over the path, which would replace the node or the link itself;
 - two outputs naming one path.
+
+``-`` and ``/dev/stdout`` name standard output where a target allows it (``Target.stream``): the content is
+written there directly, so ``--json /dev/stdout | jq`` works with stdout a pipe. Deciding never opens an output
+for reading unless it is a regular file (a FIFO or a terminal would block).
+
+:func:`atomic_write` is the one writer of every file the project writes; it refuses the same special paths
+again at the moment of writing, and an error names the file.
 
 SameSpace recognises its own files by their first bytes (:data:`SIGNATURES`, :data:`GENERATOR`), so running a
 command again with the same outputs needs no flag.
@@ -20,10 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
+import sys
 import tempfile
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 # Written into the HTML report (<meta name="generator">) and into PNG plots (the "Software" text chunk).
 GENERATOR = "SameSpace"
@@ -35,6 +48,7 @@ SIGNATURES: tuple[bytes, ...] = (
     b"image1,image2,label,",  # model_inference.py --scores
 )
 MARKERS: tuple[bytes, ...] = (
+    b'"format": "samespace-embeddings"',  # the embedding store's header (embedding_store.py; a zip of .npy arrays)
     f'<meta name="generator" content="{GENERATOR}'.encode(),  # find_duplicates.py --html
     f"Software\x00{GENERATOR}".encode(),  # model_inference.py --plots (PNG tEXt chunk)
 )
@@ -42,6 +56,21 @@ HEAD_BYTES = 4096
 # data.atomic_write writes ".<name>.<8 random characters>.tmp" beside the target first.
 TEMP_NAME_EXTRA = len("..") + 8 + len(".tmp")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+# Names of standard output, for the outputs that may stream there (Target.stream).
+STDOUT_NAMES = frozenset({"-", "/dev/stdout"})
+# First bytes of photo formats (cameras, phones, raw files, the web). A file starting so is never replaced.
+PHOTO_SIGNATURES: tuple[tuple[int, bytes], ...] = (
+    (0, b"\xff\xd8\xff"),  # JPEG
+    (0, b"\x89PNG\r\n\x1a\n"),
+    (0, b"GIF87a"), (0, b"GIF89a"),
+    (0, b"II*\x00"), (0, b"MM\x00*"),  # TIFF and the TIFF-based raw files (DNG, CR2, NEF, ARW)
+    (0, b"IIRO"), (0, b"IIU\x00"), (0, b"FUJIFILMCCD-RAW"),  # Olympus, Panasonic, Fuji raw
+    (0, b"BM"),  # BMP
+    (0, b"\xff\x0a"), (0, b"\x00\x00\x00\x0cJXL "),  # JPEG XL
+    (0, b"\x00\x00\x00\x0cjP  "),  # JPEG 2000
+    (4, b"ftypheic"), (4, b"ftypheix"), (4, b"ftypmif1"), (4, b"ftypmsf1"), (4, b"ftypavif"),
+    (4, b"ftypcrx "),  # HEIF / AVIF / Canon CR3
+)
 
 
 def printable_name(name: str, quote: bool = True) -> str:
@@ -78,22 +107,68 @@ class Target:
     """One output of a command: its option (for messages), its path, and whether it is a folder.
 
     A folder output lists the file names it will hold (``members``), which are checked like file outputs.
+    ``stream``: ``-`` or ``/dev/stdout`` may name standard output (text outputs).
     """
 
     option: str
     path: Path
     is_dir: bool = False
     members: tuple[str, ...] = ()
+    stream: bool = False
+
+
+def is_stdout(path: str | Path) -> bool:
+    """Whether ``path`` names standard output (``-`` or ``/dev/stdout``)."""
+    return str(path) in STDOUT_NAMES
+
+
+def _read_head(path: str | Path) -> bytes | None:
+    """The first HEAD_BYTES of a regular file, or None (missing, unreadable, a link, or not a regular file).
+
+    Opened without following a link and without blocking, and read only once fstat says it is a regular file:
+    a FIFO or a device is never read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, HEAD_BYTES)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def is_ours(path: str | Path) -> bool:
     """Whether ``path`` is a file SameSpace wrote (by its first bytes), or an empty file (nothing to lose)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(HEAD_BYTES)
-    except OSError:
+    head = _read_head(path)
+    if head is None:
         return False
     return not head or head.startswith(SIGNATURES) or any(marker in head for marker in MARKERS)
+
+
+def looks_like_photo(path: str | Path, image_extensions: Collection[str] = IMAGE_EXTENSIONS) -> bool:
+    """Whether the existing regular file ``path`` is a photo: by its extension or by its first bytes."""
+    if Path(path).suffix.lower() in image_extensions:
+        return True
+    head = _read_head(path) or b""
+    return any(head[offset : offset + len(magic)] == magic for offset, magic in PHOTO_SIGNATURES)
+
+
+def special_file_kind(path: str | Path) -> str | None:
+    """What ``path`` is when it exists and is not a plain regular file (``symbolic link``, ``FIFO`` ...); else
+    None. A write would rename a new file over it, replacing the link or the node itself."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    kinds = ((stat.S_ISLNK, "symbolic link"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+             (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"))
+    return next((name for test, name in kinds if test(mode)), None)
 
 
 def _name_max(folder: Path) -> int:
@@ -157,6 +232,10 @@ def _check_one(
     raw = Path(target.path)
     if str(target.path) == "" or str(target.path).endswith(os.sep) and not target.is_dir:
         raise OutputError(f"{target.option} {target.path!s}: not a file name")
+    if is_stdout(target.path) and not target.is_dir:
+        if target.stream:
+            return []  # written straight to standard output, nothing replaced
+        raise OutputError(f"{target.option} {target.path}: cannot be written to standard output; give a file name")
     path = Path(os.path.abspath(raw))
     resolved = path.resolve()
     existing = _existing_ancestor(path)
@@ -187,6 +266,15 @@ def _check_one(
             f"{target.option} {target.path}: has an image extension inside the input folder {folder}; "
             "photos are never overwritten, choose another name"
         )
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise OutputError(
+            f"{target.option} {target.path}: is a {kind}, not a regular file; SameSpace writes only regular files "
+            "(it would replace the " + ("link itself" if kind == "symbolic link" else kind) + "), choose a file name"
+        )
+    if path.exists() and not is_ours(path) and looks_like_photo(path, image_exts):
+        raise OutputError(f"{target.option} {target.path}: is a photo; photos are never overwritten, even with "
+                          "--overwrite")
     if path.exists() and not overwrite and not is_ours(path):
         raise OutputError(
             f"{target.option} {target.path}: exists and was not written by SameSpace; "
@@ -222,3 +310,64 @@ def check_outputs(
                     f"{seen[resolved].option} and {owner.option} both name {resolved}; give each output its own path"
                 )
             seen[resolved] = owner
+
+
+def atomic_write(path: str | Path, content: str | bytes | Callable[[BinaryIO], object]) -> None:
+    """Write ``content`` (text as UTF-8) to a temporary file in the same folder, then rename it over ``path``.
+
+    A reader never sees a half-written file, and a failure leaves the old file (or none) in place. ``content``
+    may be a function that writes into the open binary file (e.g. ``lambda f: torch.save(table, f)``): large
+    outputs are then streamed to disk instead of being built in memory first. ``-`` or ``/dev/stdout``: written
+    to standard output directly. A symbolic link, device, FIFO or socket at ``path`` is refused
+    (:class:`OutputError`): the rename would replace the node itself. An OSError names ``path``.
+    """
+    if is_stdout(path):
+        _write_stream(sys.stdout.buffer, content)
+        return
+    path = Path(path)
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise OutputError(f"{path}: is a {kind}, not a regular file; not replaced")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise with_path(exc, path) from exc
+    try:
+        if path.exists():
+            mode = path.stat().st_mode & 0o777
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)  # mkstemp makes 0600; give the output the permissions a plain open() would
+        with os.fdopen(fd, "wb") as f:
+            _write_stream(f, content)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise with_path(exc, path) from exc
+        raise
+
+
+def _write_stream(f: BinaryIO, content: str | bytes | Callable[[BinaryIO], object]) -> None:
+    # surrogateescape: a file name that is not UTF-8 is written back as its exact bytes (os.fsdecode)
+    if callable(content):
+        content(f)
+    else:
+        f.write(content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content)
+    f.flush()
+
+
+def with_path(exc: OSError, path: str | Path) -> OSError:
+    """``exc`` with ``path`` as its file name when it names none (a full disk says only "No space left")."""
+    if exc.filename is not None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), str(path))
+
+
+def csv_cell(text: str) -> str:
+    """A CSV cell that no spreadsheet runs as a formula: text starting with ``= + - @``, a tab or a carriage
+    return gets a leading ``'`` (OWASP's advice for CSV injection). The JSON output keeps the exact names."""
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text

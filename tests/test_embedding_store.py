@@ -71,9 +71,14 @@ def test_damaged_store_is_ignored_with_one_warning_and_rebuilt(library: Path, tm
     }
     for kind, payload in damaged.items():
         store.write_bytes(payload)
+        # a file without the store's header is somebody else's file: replaced only with --overwrite
+        foreign = ["--overwrite"] if kind == "garbage" else []
+        if foreign:
+            assert fd.main([str(library), "--store", str(store), "--method", "phash", "--no-progress"]) == 2
+            assert store.read_bytes() == payload
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            document = _cli([str(library), "--store", str(store)], tmp_path)
+            document = _cli([str(library), "--store", str(store), *foreign], tmp_path)
         messages = [str(w.message) for w in caught if "embedding store" in str(w.message)]
         assert len(messages) == 1 and "ignoring" in messages[0], (kind, messages)
         assert document["summary"]["embedded"] == document["summary"]["images"], kind  # nothing trusted

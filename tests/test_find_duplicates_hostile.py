@@ -19,6 +19,7 @@ from PIL import Image
 import blank
 import data
 import find_duplicates as fd
+import outputs
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +167,7 @@ def test_warnings_and_errors_are_one_clean_line(three: list[Path], tmp_path: Pat
     def disk_full(path, content):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(data, "atomic_write", disk_full)
+    monkeypatch.setattr(outputs, "atomic_write", disk_full)
     # --no-cache: monkeypatch.undo() also undid the private user cache (conftest), and the store is not the point
     assert fd.main([str(photos), "--method", "phash", "--no-progress", "--no-cache", "--json",
                     str(tmp_path / "d.json")]) == 2

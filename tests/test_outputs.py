@@ -132,11 +132,19 @@ def test_a_read_only_folder_is_refused(tmp_path: Path, monkeypatch) -> None:
 def test_folder_outputs_check_their_files(tmp_path: Path) -> None:
     plots = tmp_path / "plots"
     plots.mkdir()
-    (plots / "roc.png").write_bytes(b"\x89PNG somebody else's plot")
-    target = outputs.Target("--plots", plots, is_dir=True, members=("roc.png", "precision_recall.png"))
-    with pytest.raises(outputs.OutputError, match="roc.png: exists and was not written by SameSpace"):
+    (plots / "roc.csv").write_bytes(b"somebody else's notes")
+    target = outputs.Target("--plots", plots, is_dir=True, members=("roc.csv", "precision_recall.png"))
+    with pytest.raises(outputs.OutputError, match="roc.csv: exists and was not written by SameSpace"):
         outputs.check_outputs([target])
     outputs.check_outputs([target], overwrite=True)
+    (plots / "roc.csv").write_bytes(b"\x89PNG\r\n\x1a\n somebody else's image")  # an image is never replaced
+    with pytest.raises(outputs.OutputError, match="roc.csv: is a photo; photos are never overwritten"):
+        outputs.check_outputs([target], overwrite=True)
+    (plots / "roc.csv").unlink()
+    (plots / "precision_recall.png").write_bytes(b"not an image, but named like one")
+    with pytest.raises(outputs.OutputError, match="precision_recall.png: is a photo"):
+        outputs.check_outputs([target], overwrite=True)
+    (plots / "precision_recall.png").unlink()
     new = outputs.Target("--plots", tmp_path / "new" / "plots", is_dir=True, members=("roc.png",))
     outputs.check_outputs([new])  # a folder the command will create: its files need no existing folder
     assert not (tmp_path / "new").exists()
@@ -145,7 +153,7 @@ def test_folder_outputs_check_their_files(tmp_path: Path) -> None:
     with pytest.raises(outputs.OutputError, match="is a file, expected a folder"):
         outputs.check_outputs([outputs.Target("--plots", a_file, is_dir=True)])
     with pytest.raises(outputs.OutputError, match="both name"):
-        outputs.check_outputs([target, outputs.Target("--json", plots / "roc.png")], overwrite=True)
+        outputs.check_outputs([target, outputs.Target("--json", plots / "roc.csv")], overwrite=True)
 
 
 def test_model_inference_checks_its_outputs_before_loading_anything(test_dir: Path, tmp_path: Path, capsys,
