@@ -9,11 +9,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageOps
 
+import data
 import outputs
 
 THUMB_BOX = (240, 180)
@@ -72,20 +74,26 @@ def _label(k: int) -> str:
 def thumbnail_uri(path: str | Path, box: tuple[int, int] = THUMB_BOX) -> str:
     """A JPEG data URI of the photo shrunk to fit ``box`` with its aspect ratio and EXIF orientation.
 
-    The file is opened read-only. On failure, an empty string (the page shows a grey frame).
+    The file is read as the decoder reads it (data.read_photo, data.open_image): read-only, only a regular file
+    (a FIFO is never waited on), within the decoder's size and pixel limits. On failure, an empty string (the
+    page shows a grey frame).
     """
     try:
-        with Image.open(path) as img:
-            img.draft("RGB", (2 * box[0], 2 * box[1]))
-            img.load()
-            img = ImageOps.exif_transpose(img)
-            if img.mode in ("RGBA", "LA", "PA", "P"):
-                rgba = img.convert("RGBA")
-                img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-            img = img.convert("RGB")
-            img.thumbnail(box, Image.Resampling.LANCZOS)
-            buffer = io.BytesIO()
-            img.save(buffer, "JPEG", quality=80)
+        content, _ = data.read_photo(path)
+        with warnings.catch_warnings():
+            # PIL's warnings (its own pixel limit, a damaged EXIF tag) name no file and change nothing here
+            warnings.filterwarnings("ignore", module=r"PIL\.")
+            with data.open_image(path, content) as img:
+                img.draft("RGB", (2 * box[0], 2 * box[1]))
+                img = data.load_within_budget(img, (2 * box[0], 2 * box[1]))
+                img = ImageOps.exif_transpose(img)
+                if img.mode in ("RGBA", "LA", "PA", "P"):
+                    rgba = img.convert("RGBA")
+                    img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+                img = img.convert("RGB")
+                img.thumbnail(box, Image.Resampling.LANCZOS)
+                buffer = io.BytesIO()
+                img.save(buffer, "JPEG", quality=80)
     except Exception:  # noqa: BLE001 - a thumbnail is never worth failing the report
         return ""
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

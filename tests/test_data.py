@@ -631,22 +631,31 @@ def test_load_image_bad_files(tmp_path: Path) -> None:
 
 
 def test_decompression_bomb(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
-    warn_level = _write(tmp_path / "w.png", _noise((80, 80)))  # 6,400 px: PIL warns
-    error_level = _write(tmp_path / "e.png", _noise((128, 128)))  # 16,384 px > 2x: PIL raises
-    for path in (warn_level, error_level):
-        with pytest.raises(data.UnreadableImageError, match="DecompressionBomb") as info:
-            data.load_image(path)
-        assert str(path) in str(info.value)
+    # data's own limits decide, never PIL's global MAX_IMAGE_PIXELS (photos decode in threads); lowered here so
+    # that small files stand for bombs
+    monkeypatch.setattr(data, "MAX_DECLARED_PIXELS", 5000)
+    bomb = _write(tmp_path / "w.png", _noise((80, 80)))  # 6,400 px declared
+    with pytest.raises(data.UnreadableImageError) as info:
+        data.load_image(bomb)
+    assert str(info.value) == (f"{bomb}: cannot read image (DecompressionBombError: 80x80 pixels declared, more than "
+                               "the limit of 5,000: a decompression bomb)")
     assert data.load_image(_write(tmp_path / "ok.png", _noise((60, 60)))).shape == (256, 256, 3)
-    # Without the warnings filter (another thread's catch_warnings may restore filters): still refused.
+    # The limits do not depend on warning filters (another thread's catch_warnings may restore them).
     monkeypatch.setattr(warnings, "simplefilter", lambda *args, **kwargs: None)
-    with pytest.warns(Image.DecompressionBombWarning), pytest.raises(data.UnreadableImageError):
-        data.load_image(warn_level)
+    monkeypatch.setattr(warnings, "filterwarnings", lambda *args, **kwargs: None)
+    with pytest.raises(data.UnreadableImageError, match="DecompressionBombError"):
+        data.load_image(bomb)
+    # PIL's global limit is not consulted: a photo over it decodes, without a warning.
+    monkeypatch.setattr(data, "MAX_DECLARED_PIXELS", 1 << 30)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert data.load_image(bomb).shape == (256, 256, 3)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
 def test_dataset_skips_bad_files_with_one_warning_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5000)
+    monkeypatch.setattr(data, "MAX_DECLARED_PIXELS", 5000)
     room = tmp_path / "split" / "room"
     _write(room / "boston_1_1.png", _noise(seed=1))
     _write(room / "boston_1_2.png", _noise(seed=2))
