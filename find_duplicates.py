@@ -44,6 +44,7 @@ from embedding_store import EmbeddingStore
 EXIT_ERROR = 2
 DEFAULT_BATCH_SIZE = 64
 BACKBONE_METHODS = ("cosine", "relative", "verified")  # the methods that run a backbone (--backbone applies to them)
+MAX_DECODE_ROUNDS = 3  # embed_photos: rounds of decoding photos whose bytes changed since their key was taken
 
 
 class FindDuplicatesError(RuntimeError):
@@ -136,25 +137,42 @@ def _decode(path: Path) -> tuple[np.ndarray, float] | str:
         return message[len(prefix) :] if message.startswith(prefix) else message
 
 
+def _decode_keyed(path: Path) -> tuple[np.ndarray, float, str, os.stat_result] | str:
+    """:func:`_decode` of the very bytes it hashes: also the content key of those bytes and the fstat taken before
+    reading them, so a photo changed or swapped between hashing and decoding can never file one photo's
+    embedding under another photo's key."""
+    try:
+        content, st = data.read_photo(path)
+        image, aspect = data.decode_image(path, content=content)
+    except data.UnreadableImageError as exc:
+        message, prefix = str(exc), f"{path}: "
+        return message[len(prefix) :] if message.startswith(prefix) else message
+    return image, aspect, embedding_store.content_key_of(content), st
+
+
 @dataclass
 class DecodedBatch:
     """One batch of decoded images: the indices (into the path list) that decoded, their aspect ratios, and the
-    ones that did not decode."""
+    ones that did not decode; with ``keyed`` decoding also each decoded photo's content key and stat."""
 
     indices: list[int]
     images: np.ndarray
     aspects: np.ndarray
     skipped: list[tuple[int, str]]
+    keys: list[str] = field(default_factory=list)
+    stats: list[os.stat_result] = field(default_factory=list)
 
 
-def decoded_batches(paths: Sequence[Path], batch_size: int, workers: int = 2) -> Iterator[DecodedBatch]:
+def decoded_batches(paths: Sequence[Path], batch_size: int, workers: int = 2,
+                    keyed: bool = False) -> Iterator[DecodedBatch]:
     """Decode ``paths`` batch by batch in ``workers`` threads, the next batch while the caller uses this one.
 
-    At most two batches of decoded images exist at a time.
+    At most two batches of decoded images exist at a time. ``keyed``: hash the bytes decoded (:func:`_decode_keyed`).
     """
+    decode: Callable[[Path], Any] = _decode_keyed if keyed else _decode
 
-    def submit(start: int) -> list[Future[tuple[np.ndarray, float] | str]]:
-        return [pool.submit(_decode, p) for p in paths[start : start + batch_size]]
+    def submit(start: int) -> list[Future[Any]]:
+        return [pool.submit(decode, p) for p in paths[start : start + batch_size]]
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = submit(0)
@@ -167,7 +185,8 @@ def decoded_batches(paths: Sequence[Path], batch_size: int, workers: int = 2) ->
                 np.stack([r[0] for _, r in ok]) if ok
                 else np.zeros((0, data.IMAGE_SIZE, data.IMAGE_SIZE, 3), np.uint8)
             )
-            yield DecodedBatch([k for k, _ in ok], images, np.array([r[1] for _, r in ok], np.float64), bad)
+            yield DecodedBatch([k for k, _ in ok], images, np.array([r[1] for _, r in ok], np.float64), bad,
+                               [r[2] for _, r in ok] if keyed else [], [r[3] for _, r in ok] if keyed else [])
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,22 +332,26 @@ def _stream_embed(
     progress: bool,
     decode_workers: int,
     timings: dict[str, float],
+    on_read: Callable[[DecodedBatch], None] | None = None,
 ) -> tuple[list[tuple[int, str]], list[int]]:
     """Decode ``paths`` in batches, embed each batch and hand (indices, fields) to ``sink``; pixels are dropped
     after each batch. Blank photos (blank.is_blank) are not embedded. Returns the (index, reason) of every file
-    that could not be decoded, and the indices of the blank photos."""
+    that could not be decoded, and the indices of the blank photos. ``on_read``: decode keyed
+    (:func:`_decode_keyed`) and hand each batch to it before embedding (the store files rows by those keys)."""
     bad: list[tuple[int, str]] = []
     flat: list[int] = []
     # nothing to embed (every photo came from the store): no empty "0img" bar
     bar = tqdm(total=len(paths), desc=f"embed ({scorer.name})", unit="img", disable=not progress or len(paths) == 0,
                file=sys.stderr)
-    batches = decoded_batches(paths, batch_size, decode_workers)
+    batches = decoded_batches(paths, batch_size, decode_workers, keyed=on_read is not None)
     while True:
         t = time.perf_counter()
         batch = next(batches, None)
         timings["decode_wait"] = timings.get("decode_wait", 0.0) + time.perf_counter() - t
         if batch is None:
             break
+        if on_read is not None:
+            on_read(batch)
         t = time.perf_counter()
         is_flat = blank.is_blank(batch.images) if batch.indices else np.zeros(0, bool)
         flat.extend(k for k, f in zip(batch.indices, is_flat, strict=True) if f)
@@ -404,30 +427,50 @@ def embed_photos(
             keys.append(None)
             reasons[k] = f"cannot read file ({type(exc).__name__}: {exc.strerror or exc})"
     timings["content_keys"] = time.perf_counter() - t
-    first_of: dict[str, int] = {}
-    for k, key in enumerate(keys):
-        if key is not None and key not in store:
-            first_of.setdefault(key, k)
-    todo = sorted(first_of.values())
-    todo_paths = [paths[k] for k in todo]
+    blank_keys: set[str] = set()
+    embedded = 0
+    # Decode what the store lacks. The row of a decoded photo is filed under the key of the bytes decoded; a
+    # photo that changed since its key was taken gets that new key, and a photo sharing its old key is then
+    # missing from the store: it is decoded in the next round (a file that keeps changing is skipped).
+    for _ in range(MAX_DECODE_ROUNDS):
+        first_of: dict[str, int] = {}
+        for k, key in enumerate(keys):
+            if key is not None and k not in reasons and key not in store and key not in blank_keys:
+                first_of.setdefault(key, k)
+        todo = sorted(first_of.values())
+        if not todo:
+            break
+        read_keys: dict[int, str] = {}
 
-    def add(indices: list[int], fields: dict[str, np.ndarray]) -> None:
-        store.add([keys[todo[i]] for i in indices], fields)  # type: ignore[misc]
+        def on_read(batch: DecodedBatch, todo: list[int] = todo, read_keys: dict[int, str] = read_keys) -> None:
+            for i, key, st in zip(batch.indices, batch.keys, batch.stats, strict=True):
+                read_keys[i] = key
+                keys[todo[i]] = key
+                store.remember(paths[todo[i]], st, key)
 
-    bad, flat_todo = _stream_embed(todo_paths, scorer, add, batch_size, progress, decode_workers, timings)
-    unreadable = {keys[todo[i]]: reason for i, reason in bad}
-    blank_keys = {keys[todo[i]] for i in flat_todo}
+        def add(indices: list[int], fields: dict[str, np.ndarray], read_keys: dict[int, str] = read_keys) -> None:
+            store.add([read_keys[i] for i in indices], fields)
+
+        bad, flat_todo = _stream_embed([paths[k] for k in todo], scorer, add, batch_size, progress, decode_workers,
+                                       timings, on_read)
+        for i, reason in bad:
+            reasons[todo[i]] = reason
+        blank_keys |= {read_keys[i] for i in flat_todo}
+        embedded += len(todo) - len(bad) - len(flat_todo)
+        unreadable = {keys[todo[i]]: reason for i, reason in bad if keys[todo[i]] is not None}
+        for k, key in enumerate(keys):
+            if key in unreadable and k not in reasons:
+                reasons[k] = unreadable[key]  # same bytes, same failure
     for k, key in enumerate(keys):
-        if key in unreadable:
-            reasons[k] = unreadable[key]  # same bytes, same failure
-    flat = [k for k, key in enumerate(keys) if key in blank_keys]
+        if key is not None and k not in reasons and key not in store and key not in blank_keys:
+            reasons[k] = "the file changed while it was being read; run again"
+    flat = [k for k, key in enumerate(keys) if key in blank_keys and k not in reasons]
     kept = [k for k, key in enumerate(keys) if key is not None and k not in reasons and key not in blank_keys]
     t = time.perf_counter()
     if kept and fill_scorer:
         scorer.add_embeddings(store.get([keys[k] for k in kept]))  # type: ignore[misc]
     timings["from_store"] = time.perf_counter() - t
     skipped = [{"path": str(paths[k]), "reason": reasons[k]} for k in sorted(reasons)]
-    embedded = len(todo) - len(bad) - len(flat_todo)
     return Embedded(kept, skipped, embedded, len(kept) - embedded, flat)
 
 
