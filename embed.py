@@ -78,7 +78,7 @@ def embed_share(
             if entry is not None and entry[2] in known:
                 part.record(path, *entry)
         report(start + len(chunk_paths), len(paths))
-    new_keys = sorted({key for _, _, key in part.stat_entries().values()})
+    new_keys = sorted({entry.key for entry in part.stat_entries().values()})
     if new_keys:
         part.add(new_keys, known.get(new_keys))
     return part, embedded, skipped

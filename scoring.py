@@ -50,6 +50,7 @@ import grouping
 import local_scaling
 import neighbours
 import verification
+from embedding_store import FieldSpec
 
 HASH_BITS = 64
 THRESHOLD_FILE = "samespace_threshold.json"  # written into a checkpoint folder by model_inference.py
@@ -137,6 +138,13 @@ def l2_normalise(features: torch.Tensor | np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
+def unit_vectors(extractor: object) -> FieldSpec:
+    """The store field of a backbone's L2-normalised pooled features: float32 unit rows of its ``out_dim``
+    (any length when the extractor does not say)."""
+    dim = getattr(extractor, "out_dim", None)
+    return FieldSpec("float32", (dim,) if isinstance(dim, int) else None, unit_norm=True)
+
+
 def cosine_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise cosine of L2-normalised vectors ``a[k] . b[k]`` as float64."""
     return np.einsum("ij,ij->i", a, b, dtype=np.float64).clip(-1.0, 1.0)
@@ -222,8 +230,9 @@ class PairScorer:
             self._parts.append(self._embed(images, _aspects(images, aspects)))
             self._n += len(images)
 
-    # Per-image embeddings as named arrays (what embedding_store.py saves): field name -> dtype.
-    fields: dict[str, str] = {}
+    # Per-image embeddings as named arrays (what embedding_store.py saves): field name -> its dtype, row shape and
+    # value checks, so that a store whose rows this scorer could not have made is refused.
+    fields: dict[str, FieldSpec] = {}
 
     def embed(self, images: np.ndarray, aspects: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """The per-image embeddings of a batch as named arrays (one row per image), without keeping them."""
@@ -281,7 +290,7 @@ class HashScorer(PairScorer):
         self.name = kind
         self.codes = np.zeros(0, np.uint64)
 
-    fields = {"codes": "uint64"}
+    fields = {"codes": FieldSpec("uint64", ())}
 
     def _embed(self, images: np.ndarray, aspects: np.ndarray) -> np.ndarray:
         return HASH_FUNCTIONS[self.name](images)
@@ -318,7 +327,9 @@ class CosineScorer(PairScorer):
         self.device = device
         self.vectors = np.zeros((0, 0), np.float32)
 
-    fields = {"vectors": "float32"}
+    @property
+    def fields(self) -> dict[str, FieldSpec]:  # type: ignore[override]
+        return {"vectors": unit_vectors(self.extractor)}
 
     def _embed(self, images: np.ndarray, aspects: np.ndarray) -> np.ndarray:
         return l2_normalise(pooled_features(self.extractor, images, self.batch_size, self.device))
@@ -440,8 +451,11 @@ class VerifiedScorer(RelativeScorer):
 
     name = "verified"
 
-    fields = {"vectors": "float32", "keypoint_count": "int32", "keypoint_xy": "float32",
-              "keypoint_descriptors": "uint8"}
+    @property
+    def fields(self) -> dict[str, FieldSpec]:  # type: ignore[override]
+        k = verification.MAX_KEYPOINTS
+        return {"vectors": unit_vectors(self.extractor), "keypoint_count": FieldSpec("int32", (), bounds=(0, k)),
+                "keypoint_xy": FieldSpec("float32", (k, 2)), "keypoint_descriptors": FieldSpec("uint8", (k, 128))}
 
     def __init__(self, extractor: torch.nn.Module, batch_size: int = 64, device: str = "cpu") -> None:
         super().__init__(extractor, batch_size, device)
@@ -542,7 +556,15 @@ class ModelScorer(PairScorer):
         self.first = torch.zeros(0)
         self.second = torch.zeros(0)
 
-    fields = {"vectors": "float32", "first": "float32", "second": "float32"}
+    @property
+    def fields(self) -> dict[str, FieldSpec]:  # type: ignore[override]
+        # concatenation head: each image's share of the first classifier layer; cosine head: unit projections
+        if getattr(self.model, "head_kind", "concat") == "cosine":
+            projection = unit_vectors(self.model.features)
+        else:
+            layer = getattr(getattr(self.model, "classifier", [None])[0], "out_features", None)
+            projection = FieldSpec("float32", None if layer is None else (layer,))
+        return {"vectors": unit_vectors(self.model.features), "first": projection, "second": projection}
 
     def _embed(self, images: np.ndarray, aspects: np.ndarray) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         pooled = pooled_features(self.model.features, images, self.batch_size, self.device)

@@ -117,10 +117,16 @@ def test_store_round_trip_validates_and_writes_the_same_bytes(tmp_path: Path) ->
         assert json.loads(bytes(z["header"]))["rows"] == 3
     nan = vectors.copy()
     nan[0, 0] = np.nan
-    bad = embedding_store.EmbeddingStore("f" * 64, "cosine", fields)
-    bad.add(keys, {"vectors": nan, "codes": np.arange(3, dtype=np.uint64)})
-    bad.save(path)
-    with pytest.raises(embedding_store.StoreError, match="non-finite"):
+    bad = embedding_store.EmbeddingStore("f" * 64, "cosine", fields, path)
+    with pytest.raises(embedding_store.StoreError, match=f"^{path}: cannot add rows: field vectors: non-finite"):
+        bad.add(keys, {"vectors": nan, "codes": np.arange(3, dtype=np.uint64)})  # never written: it would be refused
+    assert len(bad) == 0
+    with np.load(path, allow_pickle=False) as z:  # a file holding them anyway is refused when read
+        members = {name: z[name] for name in z.files}
+    members["field_vectors"] = nan
+    with open(path, "wb") as f:
+        np.savez(f, **members)
+    with pytest.raises(embedding_store.StoreError, match=f"^{path}: unusable embedding store .*non-finite"):
         embedding_store.EmbeddingStore.load(path, "f" * 64, "cosine", fields)
 
 
