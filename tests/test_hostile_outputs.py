@@ -23,6 +23,7 @@ import pytest
 
 import data
 import embed
+import embedding_store
 import find_duplicates as fd
 import outputs
 
@@ -297,4 +298,19 @@ def test_embed_writes_a_store_and_refuses_a_foreign_file(photos: Path, tmp_path:
     assert foreign.read_bytes() == np.arange(3).tobytes()
     store = tmp_path / "s.npz"
     assert embed.main([str(photos), "--method", "phash", "--output", str(store)]) == 0
-    assert outputs.is_ours(store) and sorted(p.name for p in tmp_path.iterdir()) == ["mine.npz", "photos", "s.npz"]
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert outputs.is_ours(store) and names == [embedding_store.LOCK_NAME, "mine.npz", "photos", "s.npz"]
+
+
+def test_a_store_row_whose_photo_became_a_fifo_never_blocks_the_report(photos: Path, tmp_path: Path) -> None:
+    store = tmp_path / "store.npz"
+    assert fd.main([str(photos), *FAST, "--store", str(store)]) == 0
+    victim = sorted(photos.iterdir())[0]
+    victim.unlink()
+    os.mkfifo(victim)  # opening it for reading would wait for a writer forever
+    page = tmp_path / "r.html"
+    run = subprocess.run([sys.executable, str(REPO / "find_duplicates.py"), "--embeddings", str(store), *FAST,
+                          "--html", str(page)], capture_output=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr.decode()
+    assert "4 images" in run.stdout.decode() and page.stat().st_size > 0
+    assert stat.S_ISFIFO(os.lstat(victim).st_mode)
