@@ -41,8 +41,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFile, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-import cli
-import outputs
+from samespace import cli, outputs
 
 if TYPE_CHECKING:
     import torch

@@ -34,12 +34,10 @@ import yaml
 from determined import core, pytorch
 from torch.nn import functional as F
 
-import cli
 import data
-import hparams as hparams_table
-import outputs
-import sharding
-from model import BackboneWeightsError, SiameseNetwork, extract_features, pair_rows, variant_view
+from samespace import cli, outputs, sharding
+from samespace import hparams as hparams_table
+from samespace.model import BackboneWeightsError, SiameseNetwork, extract_features, pair_rows, variant_view
 
 log = logging.getLogger("samespace.trial")
 
@@ -273,8 +271,7 @@ class SiameseTrial(pytorch.PyTorchTrial):
     def _reshoot_pairs(self, split: str, shard: sharding.Shard) -> PairRows:
         """``views: reshoot``: training pairs over re-shoot views with mined negatives (mining.py); validation on
         every unique pair of the plain images (the honest evaluation, natural class balance)."""
-        import mining
-        import views
+        from samespace import mining, views
 
         training = split == TRAIN_SPLIT
         n_views = int(self.hparams["n_views"])

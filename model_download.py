@@ -20,8 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cli
-import outputs
+from samespace import cli, outputs
 
 
 class DownloadError(RuntimeError):

@@ -35,10 +35,8 @@ import torch
 from sklearn import metrics
 from tqdm import tqdm
 
-import cli
 import data
-import outputs
-import scoring
+from samespace import cli, outputs, scoring
 
 PAIRING_CHOICES = ("faithful", "unique", "both")
 PLOT_FILES = ("roc.png", "precision_recall.png")
@@ -91,7 +89,7 @@ def faithful_logits(
     model: torch.nn.Module, features: torch.Tensor, pairs: data.PairSet, batch_size: int = 4096, device: str = "cpu"
 ) -> np.ndarray:
     """The model's logit of every pair, each image in its pair's variant (features: N x 8 x D)."""
-    from model import pair_rows
+    from samespace.model import pair_rows
 
     out = np.empty(len(pairs), dtype=np.float64)
     table = features.flatten(0, 1)
@@ -146,7 +144,7 @@ def evaluate(
     cache_dir: str | Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate ``model`` on a split directory. Returns (report for JSON, unique pairs and their scores)."""
-    from model import extract_features
+    from samespace.model import extract_features
 
     data_dir = Path(data_dir)
     folders: list[tuple[Path, str]] = []
@@ -378,8 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> None:
     """Check the options and outputs, evaluate, write the outputs (errors are raised, main prints them)."""
-    from model import resolve_device
     from model_def import DEFAULT_CACHE_DIR, load_model
+    from samespace.model import resolve_device
 
     cache_dir = None if (args.cache_dir or "").lower() == "none" else (args.cache_dir or DEFAULT_CACHE_DIR)
     device = resolve_device(args.device)

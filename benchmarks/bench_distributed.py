@@ -33,8 +33,8 @@ def worker(image_dir: Path, limit: int) -> None:
     import torch.distributed as dist
 
     import data
-    import sharding
-    from model import build_feature_extractor, extract_features
+    from samespace import sharding
+    from samespace.model import build_feature_extractor, extract_features
 
     torch.set_num_threads(1)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 from bench_find_duplicates import _photo, generate  # noqa: E402
 from PIL import Image  # noqa: E402
 
-import scoring  # noqa: E402
+from samespace import scoring  # noqa: E402
 
 SPEEDUP_TARGET = 10.0
 

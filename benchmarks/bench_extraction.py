@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import data  # noqa: E402
-import model  # noqa: E402
+from samespace import model  # noqa: E402
 
 BACKBONES = (("mobilenet_v3_large", "none"), ("efficientnet_lite0", "imagenet"))
 

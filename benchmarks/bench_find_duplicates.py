@@ -82,15 +82,15 @@ def generate(folder: Path, n: int, seed: int = 0) -> Path:
 def _scorer(method: str, batch_size: int):
     import torch
 
-    import scoring
+    from samespace import scoring
 
     if method == "model":
-        from model import SiameseNetwork
+        from samespace.model import SiameseNetwork
 
         torch.manual_seed(0)
         return scoring.ModelScorer(SiameseNetwork(backbone_weights="none"), batch_size=batch_size)
     if method == "cosine":
-        from model import build_feature_extractor
+        from samespace.model import build_feature_extractor
 
         return scoring.CosineScorer(build_feature_extractor("mobilenet_v3_large", "none"), batch_size=batch_size)
     return scoring.HashScorer(method)
@@ -98,12 +98,11 @@ def _scorer(method: str, batch_size: int):
 
 def run_one(folder: Path, method: str, batch_size: int) -> dict:
     """One find_duplicates run in this process; the summary plus peak RSS."""
-    import find_duplicates
-    import scoring
+    from samespace import finder, scoring
 
     scorer = _scorer(method, batch_size)
     threshold = 0.5 if method == "model" else scoring.DEFAULT_THRESHOLDS[method]
-    result = find_duplicates.find_duplicates([folder], scorer, threshold, batch_size=batch_size, progress=False)
+    result = finder.find_duplicates([folder], scorer, threshold, batch_size=batch_size, progress=False)
     out = result.summary
     out["peak_rss_gb"] = peak_rss_gb()
     return out

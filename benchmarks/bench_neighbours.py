@@ -129,7 +129,7 @@ def search_params(n: int, overrides: list[str]) -> Any:
     """neighbours.params_for(n) with ``name=value`` overrides (integers), e.g. ``ef_search=96``."""
     import dataclasses
 
-    import neighbours
+    from samespace import neighbours
 
     values = {}
     for item in overrides:
@@ -139,7 +139,7 @@ def search_params(n: int, overrides: list[str]) -> Any:
 
 
 def cmd_recall(args: argparse.Namespace) -> int:
-    import neighbours
+    from samespace import neighbours
 
     t = time.perf_counter()
     vectors, _ = synthetic(args.n)
@@ -184,9 +184,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     """
     import faiss
 
-    import local_scaling
-    import neighbours
-    import scoring
+    from samespace import local_scaling, neighbours, scoring
 
     k = scoring.DEFAULT_TOP_K
     vectors, groups = synthetic(args.n)
@@ -283,9 +281,7 @@ def run_size(n: int, params: Any, method: str = "relative") -> dict:
     """
     import torch
 
-    import grouping
-    import neighbours
-    import scoring
+    from samespace import grouping, neighbours, scoring
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     threshold = scoring.DEFAULT_THRESHOLDS[method]

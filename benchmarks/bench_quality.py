@@ -36,12 +36,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import data  # noqa: E402
-import default_model  # noqa: E402
-import find_duplicates  # noqa: E402
-import grouping  # noqa: E402
 import model_def  # noqa: E402
 import model_inference  # noqa: E402
-import scoring  # noqa: E402
+from samespace import default_model, finder, grouping, scoring  # noqa: E402
 
 RECIPES = {
     "published": ("const.yaml", ["--hparam", "backbone=efficientnet_lite0"]),
@@ -66,7 +63,7 @@ def different_shot_mask(paths: list[Path], test_dir: Path, labels: np.ndarray, l
                         right: np.ndarray) -> np.ndarray | None:
     """Pairs to keep for "AP on different-shot pairs": every negative and the positives that are different shots."""
     try:
-        import real_photos
+        from samespace.devsets import real_photos
     except ImportError:
         return None
     try:
@@ -94,7 +91,7 @@ def run_find_duplicates(test_dir: Path, workdir: Path, extra: list[str]) -> dict
     """find_duplicates.py on the split with its defaults (plus ``extra``); its JSON document."""
     out = workdir / f"dups-{len(list(workdir.glob('dups-*')))}.json"
     with contextlib.redirect_stdout(io.StringIO()):
-        code = find_duplicates.main([str(test_dir), "--json", str(out), "--no-progress", *extra])
+        code = finder.main([str(test_dir), "--json", str(out), "--no-progress", *extra])
     if code != 0:
         raise SystemExit(f"find_duplicates.py {' '.join(extra)} failed")
     return json.loads(out.read_text())

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import data  # noqa: E402
 import model_def  # noqa: E402
-from model import SiameseNetwork, extract_features  # noqa: E402
+from samespace.model import SiameseNetwork, extract_features  # noqa: E402
 
 BATCH = 64
 TARGET = 20.0

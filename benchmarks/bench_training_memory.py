@@ -42,7 +42,7 @@ def _light_backbone(backbone: str = "mobilenet_v3_large", weights: str = "imagen
     ``model.build_feature_extractor``, which it replaces."""
     from torch import nn
 
-    import model
+    from samespace import model
 
     body = nn.Sequential(nn.AvgPool2d(32), nn.Conv2d(3, 960, 1), nn.AdaptiveAvgPool2d(1))
     # Named as the backbone it stands in for: its input normalisation (data.INPUT_NORMALISATION) applies.
@@ -53,8 +53,8 @@ def child(data_dir: Path, batches: int, light: bool, work: Path) -> None:
     """One training run in this process; prints its peak RSS."""
     import contextlib
 
-    import model
     import model_def
+    from samespace import model
 
     if light:
         model.build_feature_extractor = _light_backbone

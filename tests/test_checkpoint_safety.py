@@ -12,10 +12,10 @@ import pytest
 import torch
 import yaml
 
-import find_duplicates as fd
 import model_def
 import model_inference
-from model import SiameseNetwork
+from samespace import finder as fd
+from samespace.model import SiameseNetwork
 
 HPARAMS = {
     **{k: v["val"] if isinstance(v, dict) else v for k, v in yaml.safe_load(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import data
-import outputs
+from samespace import outputs
 
 
 def _files(root: Path) -> list[str]:

@@ -20,8 +20,8 @@ import pytest
 import torch
 
 import data
-import model
 import model_def
+from samespace import model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 DRIVER = """
 import json, os, sys
 sys.path.insert(0, {repo!r})
-import model
+from samespace import model
 model.TWIN_DROPOUT = 0.0
 import model_def
 record = model_def.RunLog.on_validation_end

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-import embedding_store
-import find_duplicates as fd
+from samespace import embedding_store
+from samespace import finder as fd
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import embedding_store
-import find_duplicates as fd
-import scoring
+from samespace import embedding_store, scoring
+from samespace import finder as fd
 
 
 @pytest.fixture()

@@ -17,9 +17,8 @@ import torch
 from PIL import Image
 
 import data
-import find_duplicates as fd
-import report
-import scoring
+from samespace import finder as fd
+from samespace import report, scoring
 
 # Four photos of four different rooms (one per room type) from the conftest sample set, chosen so that no
 # two of them reach the default threshold of any reference method (checked in test_distinct_*).
@@ -60,7 +59,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory, test_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cosine_extractor() -> torch.nn.Module:
-    from model import build_feature_extractor
+    from samespace.model import build_feature_extractor
 
     return build_feature_extractor("efficientnet_lite0", "imagenet")
 
@@ -158,7 +157,7 @@ def test_top_k_candidates_give_the_exhaustive_groups(
 
 
 def test_model_path_runs_from_an_in_memory_network(photos: Path) -> None:
-    from model import SiameseNetwork
+    from samespace.model import SiameseNetwork
 
     torch.manual_seed(0)
     model = SiameseNetwork(backbone_weights="none")
@@ -335,7 +334,7 @@ def test_checkpoint_threshold_file_is_the_model_default(
     import sys
     import types
 
-    from model import SiameseNetwork
+    from samespace.model import SiameseNetwork
 
     torch.manual_seed(0)
     network = SiameseNetwork(backbone_weights="none").eval()

@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import blank
 import data
-import find_duplicates as fd
-import outputs
+from samespace import blank, outputs
+from samespace import finder as fd
 
 
 @pytest.fixture(scope="module")

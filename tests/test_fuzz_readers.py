@@ -19,9 +19,9 @@ import torch
 from PIL import Image
 
 import data
-import find_duplicates as fd
 import model_inference
-import scoring
+from samespace import finder as fd
+from samespace import scoring
 
 N_FILES = 240
 

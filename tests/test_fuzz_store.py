@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import embedding_store
-from embedding_store import EmbeddingStore, FieldSpec, StoreError
+from samespace import embedding_store
+from samespace.embedding_store import EmbeddingStore, FieldSpec, StoreError
 
 FP = "a" * 64
 N_MUTATIONS = 640

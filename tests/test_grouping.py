@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import grouping
+from samespace import grouping
 
 
 def test_connected_groups_are_transitive_components_largest_first() -> None:

@@ -24,9 +24,8 @@ import pytest
 from PIL import Image
 
 import data
-import find_duplicates as fd
-import report
-import scoring
+from samespace import finder as fd
+from samespace import report, scoring
 
 T = TypeVar("T")
 

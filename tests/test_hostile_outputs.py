@@ -22,10 +22,8 @@ import numpy as np
 import pytest
 
 import data
-import embed
-import embedding_store
-import find_duplicates as fd
-import outputs
+from samespace import embed, embedding_store, outputs
+from samespace import finder as fd
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--method", "phash", "--no-progress"]

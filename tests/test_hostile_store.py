@@ -25,10 +25,9 @@ import numpy as np
 import pytest
 import torch
 
-import embedding_store
-import find_duplicates as fd
-import scoring
-from embedding_store import EmbeddingStore, FieldSpec, StoreError
+from samespace import embedding_store, scoring
+from samespace import finder as fd
+from samespace.embedding_store import EmbeddingStore, FieldSpec, StoreError
 
 FP = "f" * 64
 DIM = 8
@@ -261,7 +260,7 @@ class _Extractor(torch.nn.Module):
 
 
 def test_scorers_declare_row_shapes_and_unit_rows() -> None:
-    from model import SiameseNetwork
+    from samespace.model import SiameseNetwork
 
     assert scoring.HashScorer("phash").fields == {"codes": FieldSpec("uint64", ())}
     unit = FieldSpec("float32", (1280,), unit_norm=True)

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 import data
-import hparams
 import model_def
+from samespace import hparams
 
 PUBLISHED = {k: v for k, v in yaml.safe_load((Path(model_def.__file__).parent / "const.yaml").read_text())[
     "hyperparameters"].items()}

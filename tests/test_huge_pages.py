@@ -6,8 +6,7 @@ import faiss
 import numpy as np
 import pytest
 
-import huge_pages
-import neighbours
+from samespace import huge_pages, neighbours
 
 
 def _vma_flags(address: int) -> dict[str, str]:

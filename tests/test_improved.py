@@ -13,11 +13,8 @@ import torch
 from PIL import Image
 
 import data
-import mining
-import model
 import model_def
-import scoring
-import views
+from samespace import mining, model, scoring, views
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -143,13 +140,13 @@ def test_a_photo_and_its_25_degree_rotated_zoomed_copy_are_duplicates_by_default
     The default is the relative method (no trained default is shipped: README). Plain cosine scores this pair 0.856,
     under its threshold 0.8883; alone in a collection, the pair's neighbourhoods are completed with R0.
     """
-    import find_duplicates
+    from samespace import finder
 
     photo = Image.open(data.find_images(train_dir)[0]).convert("RGB").resize((640, 480))
     photo.save(tmp_path / "a.jpg", quality=92)
     _rotated_zoomed(photo, 25).save(tmp_path / "b.jpg", quality=92)
-    args = find_duplicates.build_parser().parse_args([str(tmp_path)])
-    scorer, threshold, _ = find_duplicates.build_scorer(args, "cpu")
+    args = finder.build_parser().parse_args([str(tmp_path)])
+    scorer, threshold, _ = finder.build_scorer(args, "cpu")
     scorer.add(np.stack([data.load_image(tmp_path / n) for n in ("a.jpg", "b.jpg")]))
     scorer.finish()
     score = float(scorer.score(np.array([0]), np.array([1]))[0])

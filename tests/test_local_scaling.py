@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-import local_scaling
-import neighbours
-import scoring
+from samespace import local_scaling, neighbours, scoring
 
 
 def _unit(rows: list[list[float]]) -> np.ndarray:

@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 
 import data
-import model
+from samespace import model
 
 TRAINABLE = {
     *(f"twins.{t}.0.{p}" for t in (0, 1) for p in ("weight", "bias")),

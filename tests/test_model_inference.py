@@ -15,8 +15,7 @@ from sklearn import metrics
 import data
 import model_def
 import model_inference
-import outputs
-import scoring
+from samespace import outputs, scoring
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +90,7 @@ def test_two_runs_give_identical_numbers(evaluated: dict, trained_checkpoint: Pa
 def test_model_score_averages_both_input_orders(trained_checkpoint: Path, test_dir: Path) -> None:
     network = model_def.load_model(trained_checkpoint)
     images, _, _ = data.load_images(data.find_images(test_dir)[:6], progress=False)
-    from model import extract_features
+    from samespace.model import extract_features
 
     pooled = extract_features(network.features, images, variants=(0,), progress=False)[:, 0]
     left, right = np.triu_indices(6, k=1)

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import data
-import real_photos as rp
+from samespace.devsets import real_photos as rp
 
 TRAIN, TEST = data.SPLITS
 

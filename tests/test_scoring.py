@@ -13,8 +13,7 @@ import torch
 from PIL import Image
 
 import data
-import local_scaling
-import scoring
+from samespace import local_scaling, scoring
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +98,7 @@ def test_exhaustive_dense_and_pairwise_paths_agree() -> None:
 
 @pytest.fixture(scope="module")
 def siamese() -> torch.nn.Module:
-    from model import SiameseNetwork
+    from samespace.model import SiameseNetwork
 
     torch.manual_seed(0)
     return SiameseNetwork(backbone_weights="none").eval()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import sharding
+from samespace import sharding
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,7 +41,7 @@ import sys
 import torch
 import torch.distributed as dist
 sys.path.insert(0, {repo!r})
-import sharding
+from samespace import sharding
 dist.init_process_group("gloo")
 shard = sharding.current()
 for n in (0, 1, 5, 6, 7, 100):

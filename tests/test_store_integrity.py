@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import data
-import embedding_store
-import find_duplicates as fd
+from samespace import embedding_store
+from samespace import finder as fd
 
 FAST = ["--method", "phash", "--no-progress"]
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import data
-import model
+from samespace import model
 
 
 def _small_extractor() -> model.FrozenFeatureExtractor:

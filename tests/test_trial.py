@@ -13,8 +13,8 @@ import yaml
 from determined import pytorch
 
 import data
-import model
 import model_def
+from samespace import model
 
 HPARAMS = {"global_batch_size": 64, "learning_rate": 0.002061, "alpha": 0.926,
            "dropout1": 0.306, "dropout2": 0.491, "dropout3": 0.562}

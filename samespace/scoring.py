@@ -44,13 +44,9 @@ import imagehash
 import numpy as np
 import torch
 
-import cli
 import data
-import grouping
-import local_scaling
-import neighbours
-import verification
-from embedding_store import FieldSpec
+from samespace import cli, grouping, local_scaling, neighbours, verification
+from samespace.embedding_store import FieldSpec
 
 HASH_BITS = 64
 THRESHOLD_FILE = "samespace_threshold.json"  # written into a checkpoint folder by model_inference.py
@@ -155,7 +151,7 @@ def pooled_features(
     extractor: torch.nn.Module, images: np.ndarray, batch_size: int = 64, device: str = "cpu"
 ) -> torch.Tensor:
     """Pooled backbone features (N, out_dim) of uint8 images, no augmentation, on the CPU."""
-    from model import extract_features  # imported here: the hash methods need no model code
+    from samespace.model import extract_features  # imported here: the hash methods need no model code
 
     feats = extract_features(extractor, images, variants=(0,), batch_size=batch_size, device=device, progress=False)
     return feats[:, 0].float().cpu()
@@ -877,7 +873,7 @@ def reference_scorer(
     if method in HASH_FUNCTIONS:
         return HashScorer(method)
     if method in ("cosine", "relative", "verified"):
-        from model import build_feature_extractor
+        from samespace.model import build_feature_extractor
 
         pooling = "avg" if method == "cosine" else RELATIVE_POOLING
         extractor = build_feature_extractor(backbone, weights, pooling=pooling).to(device)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import data
-import scoring
+from samespace import scoring
 
 REPO = Path(__file__).resolve().parent
 WEIGHTS = REPO / "default_model.pt"
@@ -47,7 +47,7 @@ def available() -> bool:
 
 def load(device: str = "cpu", weights: Path = WEIGHTS, meta: Path = META) -> tuple[torch.nn.Module, float]:
     """(the default SiameseNetwork in eval mode, its default threshold). Needs no network access."""
-    from model import SiameseNetwork
+    from samespace.model import SiameseNetwork
 
     try:
         info = json.loads(meta.read_text())
@@ -72,9 +72,9 @@ def training_split_scores(
     The plain features are read as training computed them (the table's variant / view 0 is the plain image),
     so with training's ``cache_dir`` this runs no backbone pass.
     """
-    import views
-    from model import extract_features
     from model_def import IMPROVED_HPARAMS, OPTIONAL_HPARAMS, load_model
+    from samespace import views
+    from samespace.model import extract_features
 
     net = load_model(checkpoint)
     saved = json.loads((Path(checkpoint) / "load_data.json").read_text()).get("hparams", {})

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import data
-import model
-import views
+from samespace import model, views
 
 REQUIRED = object()  # a config must give this hyperparameter (the published ones)
 BACKBONES = model.BACKBONES

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import neighbours
+from samespace import neighbours
 
 K = 10  # neighbours averaged into r (CSLS uses 10)
 BETA = 0.75  # how much of the neighbourhood similarity is subtracted (CSLS: 1)

@@ -33,7 +33,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-import huge_pages
+from samespace import huge_pages
 
 # Above this many vectors candidate search is approximate by default. Exact flat search costs N^2 * D
 # multiply-adds: about a minute for 50,000 1280-d vectors on 2 CPU cores, and 4x that at 100,000, when the

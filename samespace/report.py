@@ -16,7 +16,7 @@ from typing import Any
 from PIL import Image, ImageOps
 
 import data
-import outputs
+from samespace import outputs
 
 THUMB_BOX = (240, 180)
 MAX_PAIRS_SHOWN = 60  # per group; the JSON / CSV hold every pair

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 import data
-import sharding
+from samespace import sharding
 
 log = logging.getLogger("samespace.model")
 

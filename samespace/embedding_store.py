@@ -231,7 +231,7 @@ def decode_identity() -> str:
 
 def preprocessing_identity() -> str:
     """The backbone input preprocessing's identity, from the one place model.py defines it."""
-    import model
+    from samespace import model
 
     return model._transform_identity()
 
@@ -251,7 +251,7 @@ def _state_digest(module: object) -> str:
 def scorer_fingerprint(scorer: object) -> str:
     """Identity of what ``scorer`` computes per image: the decoder plus its hash function, or its backbone
     (weights + preprocessing), or the whole Siamese network's weights + preprocessing."""
-    import scoring
+    from samespace import scoring
 
     name = type(scorer).__name__
     if isinstance(scorer, scoring.HashScorer):
@@ -267,7 +267,7 @@ def scorer_fingerprint(scorer: object) -> str:
         if isinstance(scorer, scoring.VerifiedScorer):  # its keypoints too: the detector, its settings, OpenCV
             import cv2
 
-            import verification
+            from samespace import verification
 
             parts += [inspect.getsource(verification.local_features), inspect.getsource(verification.unsquashed),
                       inspect.getsource(verification.pack), str(verification.MAX_KEYPOINTS),

@@ -1,0 +1,186 @@
+"""Embed a photo collection into an embedding store, across the processes of a distributed run.
+
+    python embed.py PHOTOS_DIR [...] --output STORE.npz [--method relative|verified|... | --checkpoint DIR]
+    torchrun --nproc_per_node 2 embed.py PHOTOS_DIR --output STORE.npz          # locally, CPU (gloo)
+    det experiment create embed.yaml .                                          # on a cluster (embed.yaml)
+
+Every process walks the same folders (same sorted list), takes its contiguous share (sharding.Shard), and
+embeds the photos of its share that ``--output`` does not already hold, with the scorer find_duplicates.py
+would use for the same options. Each rank writes its new rows to ``<output>.part-<rank>-of-<size>``; after a
+barrier the chief merges the parts into ``--output`` (atomically) and deletes them. Rows are stored sorted by
+content key, so the merged store does not depend on the number of processes. Progress goes to the
+Determined master (``core_context.train.report_progress``) on a cluster, to the log locally. The last line
+on stdout is the store's path. Then:
+
+    python find_duplicates.py --embeddings STORE.npz [--method ... | --checkpoint DIR] [--json groups.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import determined as det
+import torch
+import torch.distributed as dist
+from determined import core
+
+from samespace import cli, embedding_store, outputs, sharding
+from samespace import finder as fd
+from samespace.embedding_store import EmbeddingStore
+
+log = logging.getLogger("samespace.embed")
+CHUNK_BATCHES = 8  # batches embedded between two progress reports
+
+
+def distributed_context() -> core.DistributedContext | None:
+    """The process group of torchrun / determined.launch.torch_distributed (gloo on CPU), None with one process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return core.DistributedContext.from_torch_distributed()
+
+
+def part_path(output: Path, shard: sharding.Shard) -> Path:
+    """Where a rank writes its new rows before the chief merges them."""
+    return output.with_name(f"{output.name}.part-{shard.rank}-of-{shard.size}")
+
+
+def embed_share(
+    paths: Sequence[Path],
+    scorer: fd.scoring.PairScorer,
+    known: EmbeddingStore,
+    batch_size: int,
+    report: Callable[[int, int], None],
+) -> tuple[EmbeddingStore, int, list[dict[str, str]]]:
+    """Embed the photos of ``paths`` that ``known`` lacks. Returns (a store of this share's new rows and stat
+    entries, photos embedded, skipped files). ``report(done, total)`` is called after every chunk."""
+    part = EmbeddingStore(known.fingerprint, known.method, scorer.fields)
+    skipped: list[dict[str, str]] = []
+    embedded = 0
+    chunk = CHUNK_BATCHES * batch_size
+    for start in range(0, len(paths), chunk):
+        chunk_paths = paths[start : start + chunk]
+        result = fd.embed_photos(chunk_paths, scorer, known, batch_size, progress=False, fill_scorer=False)
+        embedded += result.embedded
+        skipped.extend(result.skipped)
+        for path in chunk_paths:
+            entry = known.stat_entry(path)
+            if entry is not None and entry[2] in known:
+                part.record(path, *entry)
+        report(start + len(chunk_paths), len(paths))
+    new_keys = sorted({entry.key for entry in part.stat_entries().values()})
+    if new_keys:
+        part.add(new_keys, known.get(new_keys))
+    return part, embedded, skipped
+
+
+def run(args: argparse.Namespace, core_context: core.Context, shard: sharding.Shard) -> Path:
+    """Embed this rank's share, then (chief) merge every share into ``args.output``."""
+    output = Path(args.output)
+    scorer, _, _ = fd.build_scorer(args, fd._device(args.device))
+    fingerprint = embedding_store.scorer_fingerprint(scorer)
+    paths = fd.image_files(args.folders)
+    start, stop = shard.bounds(len(paths))
+    known = embedding_store.open_store(output, fingerprint, scorer.name, scorer.fields)
+    t0 = time.perf_counter()
+
+    def report(done: int, total: int) -> None:
+        log.info("rank %d: %d / %d photos (%.0f s)", shard.rank, done, total, time.perf_counter() - t0)
+        if shard.is_chief:  # shares differ by at most one photo: the chief's progress is the job's
+            core_context.train.report_progress(done / max(total, 1))
+
+    part, embedded, skipped = embed_share(paths[start:stop], scorer, known, args.batch_size, report)
+    for s in skipped:
+        log.warning("skipped %s: %s", s["path"], s["reason"])
+    log.info("rank %d: embedded %d of its %d photos, %d skipped", shard.rank, embedded, stop - start, len(skipped))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    part.save(part_path(output, shard))
+    sharding.barrier(shard)
+    if shard.is_chief:
+        parts = [part_path(output, sharding.Shard(r, shard.size)) for r in range(shard.size)]
+        merged = embedding_store.merge_files(parts, fingerprint, scorer.name, scorer.fields)
+        known.merge(merged)
+        known.save(output)
+        for p in parts:
+            p.unlink()
+        listed = len(known.listed_paths())
+        log.info("%s: %d photos, %d distinct contents, %d new", output, listed, len(known), len(merged))
+        core_context.train.report_validation_metrics(
+            steps_completed=len(paths), metrics={"photos": listed, "photos_embedded": len(merged)}
+        )
+    sharding.barrier(shard)
+    return output
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(prog="embed.py", description=__doc__.split("\n")[0])
+    parser.add_argument("folders", nargs="+", metavar="PHOTOS_DIR", help="folders searched recursively")
+    parser.add_argument("--output", required=True, metavar="FILE", help="the embedding store to create or extend")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--checkpoint", metavar="DIR", help="embed for the trained model in this checkpoint")
+    how.add_argument("--method", choices=fd.scoring.REFERENCE_METHODS, help="a reference method (default: relative)")
+    parser.add_argument("--backbone", choices=("mobilenet_v3_large", "efficientnet_lite0"))
+    parser.add_argument("--backbone-weights", default="imagenet", metavar="imagenet|none|PATH")
+    parser.add_argument("--batch-size", type=int, default=fd.DEFAULT_BATCH_SIZE, metavar="N")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an --output file that exists and was not written by SameSpace (never a photo)")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return parser
+
+
+def check_output(args: argparse.Namespace, size: int) -> None:
+    """Refuse, before any work, an --output (or a rank's part file) that is a photo, a folder, a link, a device
+    or a file SameSpace did not write (outputs.check_outputs); raises outputs.OutputError."""
+    output = Path(args.output)
+    targets = [outputs.Target("--output", output)]
+    targets += [outputs.Target("--output", part_path(output, sharding.Shard(r, size))) for r in range(size)]
+    outputs.check_outputs(targets, inputs=args.folders, overwrite=args.overwrite,
+                          image_extensions=fd.readable_extensions())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format=det.LOG_FORMAT)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be positive")
+    args.threshold = None  # build_scorer's option; embedding needs no threshold
+    try:
+        for folder in args.folders:
+            if not Path(folder).is_dir():
+                raise fd.FindDuplicatesError(f"{folder}: not a directory")
+        check_output(args, int(os.environ.get("WORLD_SIZE", "1")))
+    except (fd.FindDuplicatesError, outputs.OutputError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {outputs.printable_name(str(exc), quote=False)}", file=sys.stderr)
+        return fd.EXIT_ERROR
+    distributed = distributed_context()
+    shard = sharding.Shard()
+    try:
+        with core.init(distributed=distributed) as core_context:
+            shard = sharding.current()
+            output = run(args, core_context, shard)
+    except (fd.FindDuplicatesError, embedding_store.StoreError, ValueError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {outputs.printable_name(str(exc), quote=False)}", file=sys.stderr)
+        return fd.EXIT_ERROR
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if shard.is_chief:
+        print(output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
