@@ -34,9 +34,9 @@ import yaml
 from determined import core, pytorch
 from torch.nn import functional as F
 
-import data
-from samespace import cli, outputs, sharding
+from samespace import cli, kaggle_data, labelling, outputs, pair_dataset, pair_sampling, preprocess, sharding
 from samespace import hparams as hparams_table
+from samespace.devsets import sample_set
 from samespace.model import BackboneWeightsError, SiameseNetwork, extract_features, pair_rows, variant_view
 
 log = logging.getLogger("samespace.trial")
@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent
 DEFAULT_SAMPLE_DIR = REPO / "data" / "sample"
 DEFAULT_CACHE_DIR = Path(appdirs.user_cache_dir("samespace")) / "features"
 DOWNLOAD_DIR = Path("data")  # on a cluster, relative to the trial's working directory
-TRAIN_SPLIT, VALIDATION_SPLIT = data.SPLITS
+TRAIN_SPLIT, VALIDATION_SPLIT = labelling.SPLITS
 # Hyperparameters a config may leave out, with the values SiameseNetwork and data.py default to (hparams.py).
 OPTIONAL_HPARAMS: dict[str, Any] = hparams_table.optional_defaults()
 # The improved recipe's hyperparameters (improved.yaml); their defaults are the published behaviour.
@@ -63,7 +63,7 @@ class UsageError(ValueError):
 class PairRows(torch.utils.data.Dataset):
     """A split's pairs as ``(row1, row2, label)``: rows of its feature table (``image * width + variant``)."""
 
-    def __init__(self, pairs: data.PairSet, width: int = data.N_VARIANTS) -> None:
+    def __init__(self, pairs: pair_sampling.PairSet, width: int = preprocess.N_VARIANTS) -> None:
         first, second = pair_rows(pairs, width)
         self.first = torch.from_numpy(first)
         self.second = torch.from_numpy(second)
@@ -223,7 +223,7 @@ class SiameseTrial(pytorch.PyTorchTrial):
 
     def _data_root(self) -> Path:
         if self.data_dir is None:
-            self.data_dir = data.download_data(DOWNLOAD_DIR)  # a file lock makes one worker per node download
+            self.data_dir = kaggle_data.download_data(DOWNLOAD_DIR)  # a file lock makes one worker per node download
         return self.data_dir
 
     def _seed(self) -> int:
@@ -250,7 +250,7 @@ class SiameseTrial(pytorch.PyTorchTrial):
     def _published_pairs(self, split: str, shard: sharding.Shard) -> torch.utils.data.Dataset:
         """The published pairs (8 flip / rotation variants, hash-weighted negatives), as feature-table rows."""
         # Photos are decoded, hashed and dropped: the dataset keeps hashes and pairs, never a split's pixels.
-        dataset: torch.utils.data.Dataset = data.DuplicateImageDataset(
+        dataset: torch.utils.data.Dataset = pair_dataset.DuplicateImageDataset(
             self._data_root() / split,
             pairing=self.hparams["pairing"],
             progress=shard.is_chief,
@@ -275,7 +275,7 @@ class SiameseTrial(pytorch.PyTorchTrial):
 
         training = split == TRAIN_SPLIT
         n_views = int(self.hparams["n_views"])
-        dataset = data.DuplicateImageDataset(self._data_root() / split, pairing="unique", balanced=training,
+        dataset = pair_dataset.DuplicateImageDataset(self._data_root() / split, pairing="unique", balanced=training,
                                              progress=shard.is_chief, keep_images=False)
         features = extract_features(
             self.network.features, dataset.paths, range(n_views) if training else (0,),
@@ -603,9 +603,9 @@ def local_distributed() -> core.DistributedContext | None:
 
 def _sample_root(folder: Path, shard: sharding.Shard) -> Path:
     """The generated sample set in ``folder``, written first (by the chief) unless both splits are there."""
-    if shard.is_chief and not all((folder / split).is_dir() for split in data.SPLITS):
+    if shard.is_chief and not all((folder / split).is_dir() for split in labelling.SPLITS):
         log.info("writing the sample dataset to %s", folder)
-        data.write_sample_dataset(folder, seed=0)
+        sample_set.write_sample_dataset(folder, seed=0)
     sharding.barrier(shard)  # the other processes read it once it is complete
     return folder
 
@@ -656,9 +656,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The command line: bad input (options, hyperparameters, data, weights) is one line, exit status 2."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        with data.clean_warnings():
+        with cli.clean_warnings():
             return _main(argv)
-    except (UsageError, CheckpointError, data.DataError, BackboneWeightsError, outputs.OutputError) as exc:
+    except (UsageError, CheckpointError, labelling.DataError, BackboneWeightsError, outputs.OutputError) as exc:
         if "--debug" in argv:
             raise
         print(f"error: {exc}", file=sys.stderr)
@@ -667,8 +667,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def check_inputs(args: argparse.Namespace, data_dir: Path | None) -> None:
     """Before any work: the data folder's layout and the output folder (one line, exit 2, on a problem)."""
-    if data_dir is not None and not (args.sample_data and not all((data_dir / s).is_dir() for s in data.SPLITS)):
-        data.check_dataset_root(data_dir)
+    if data_dir is not None and not (args.sample_data and not all((data_dir / s).is_dir() for s in labelling.SPLITS)):
+        labelling.check_dataset_root(data_dir)
     if args.checkpoint_dir is not None:
         outputs.check_outputs([outputs.Target("--checkpoint-dir", args.checkpoint_dir, is_dir=True)])
 

@@ -35,8 +35,7 @@ import torch
 from sklearn import metrics
 from tqdm import tqdm
 
-import data
-from samespace import cli, outputs, scoring
+from samespace import cli, decoding, hashing, labelling, outputs, pair_sampling, preprocess, scoring
 
 PAIRING_CHOICES = ("faithful", "unique", "both")
 PLOT_FILES = ("roc.png", "precision_recall.png")
@@ -86,7 +85,8 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) ->
 
 @torch.no_grad()
 def faithful_logits(
-    model: torch.nn.Module, features: torch.Tensor, pairs: data.PairSet, batch_size: int = 4096, device: str = "cpu"
+    model: torch.nn.Module, features: torch.Tensor, pairs: pair_sampling.PairSet, batch_size: int = 4096,
+    device: str = "cpu"
 ) -> np.ndarray:
     """The model's logit of every pair, each image in its pair's variant (features: N x 8 x D)."""
     from samespace.model import pair_rows
@@ -113,7 +113,7 @@ def unique_scores(
 ) -> dict[str, np.ndarray]:
     """Scores of the pairs (left[k], right[k]) by each method; cosine uses the model's own frozen backbone, relative
     and verified their own (scoring.reference_scorer) with the split as the collection; verified uses the photos'
-    aspect ratios (data.decode_images; square when not given)."""
+    aspect ratios (decoding.decode_images; square when not given)."""
     out: dict[str, np.ndarray] = {}
     for method in tqdm(methods, desc=f"score {len(left):,} pairs", unit="method", disable=not progress):
         if method == "model":
@@ -148,22 +148,23 @@ def evaluate(
 
     data_dir = Path(data_dir)
     folders: list[tuple[Path, str]] = []
-    paths = data.find_images(data_dir, unreadable=folders)
+    paths = labelling.find_images(data_dir, unreadable=folders)
     if not paths:
         raise EvaluationError(f"{data_dir}: no images found")
-    images, aspects, kept, skipped = data.decode_images(paths, progress=progress)
-    skipped += data.skipped_folders(folders)
+    images, aspects, kept, skipped = decoding.decode_images(paths, progress=progress)
+    skipped += decoding.skipped_folders(folders)
     paths = [paths[k] for k in kept]
-    groups = data.group_ids(paths, data_dir)
-    _check_classes(data_dir, *data.count_pairs(groups, "unique"))
-    variants = range(data.N_VARIANTS) if pairing in ("faithful", "both") else (0,)
+    groups = labelling.group_ids(paths, data_dir)
+    _check_classes(data_dir, *pair_sampling.count_pairs(groups, "unique"))
+    variants = range(preprocess.N_VARIANTS) if pairing in ("faithful", "both") else (0,)
     features = extract_features(
         model.features, images, variants, batch_size=batch_size, device=device, progress=progress, cache_dir=cache_dir
     ).float()
     report: dict[str, Any] = {"data_dir": str(data_dir), "images": len(paths), "skipped": skipped}
 
     if pairing in ("faithful", "both"):
-        pairs = data.build_pairs(groups, data.whash_codes(images), pairing="faithful", balanced=True, seed=0)
+        hashes = hashing.whash_codes(images)
+        pairs = pair_sampling.build_pairs(groups, hashes, pairing="faithful", balanced=True, seed=0)
         logits = faithful_logits(model, features, pairs, device=device)
         report["faithful"] = {
             "pairs": len(pairs),
@@ -267,10 +268,10 @@ def check_split(data_dir: Path, write_threshold: bool = False) -> None:
     """
     with warnings.catch_warnings():  # evaluate() reports unparsed names; counting here stays quiet
         warnings.simplefilter("ignore")
-        paths = data.find_images(data_dir)
+        paths = labelling.find_images(data_dir)
         if not paths:
             raise EvaluationError(f"{data_dir}: no images found")
-        positives, negatives = data.count_pairs(data.group_ids(paths, data_dir), "unique")
+        positives, negatives = pair_sampling.count_pairs(labelling.group_ids(paths, data_dir), "unique")
     _check_classes(data_dir, positives, negatives)
     if write_threshold:
         check_calibration_size(data_dir, positives, negatives)
@@ -326,7 +327,7 @@ def write_threshold(checkpoint_dir: Path, report: dict[str, Any]) -> tuple[Path,
         "note": "Best-F1 threshold of the model's symmetric score on every unique pair of data_dir "
         "(written by model_inference.py; find_duplicates.py --checkpoint uses it by default).",
     }
-    data.atomic_write(path, json.dumps(document, indent=2) + "\n")
+    outputs.atomic_write(path, json.dumps(document, indent=2) + "\n")
     return path, replaced
 
 
@@ -364,9 +365,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
-        with data.clean_warnings():
+        with cli.clean_warnings():
             _run(args)
-    except (EvaluationError, data.DataError, ValueError, OSError) as exc:  # OSError: e.g. the disk filled up
+    except (EvaluationError, labelling.DataError, ValueError, OSError) as exc:  # OSError: e.g. the disk filled up
         if args.debug:
             raise
         print(f"error: {outputs.printable_name(str(exc), quote=False)}", file=sys.stderr)

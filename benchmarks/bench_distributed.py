@@ -21,6 +21,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from samespace import labelling
+from samespace.devsets import sample_set
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -32,7 +35,6 @@ def worker(image_dir: Path, limit: int) -> None:
     import torch
     import torch.distributed as dist
 
-    import data
     from samespace import sharding
     from samespace.model import build_feature_extractor, extract_features
 
@@ -40,7 +42,7 @@ def worker(image_dir: Path, limit: int) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("gloo")
     shard = sharding.current()
-    paths = data.find_images(image_dir)[:limit]
+    paths = labelling.find_images(image_dir)[:limit]
     torch.manual_seed(0)
     extractor = build_feature_extractor("mobilenet_v3_large", "none")
     sharding.barrier(shard)
@@ -78,10 +80,9 @@ def main() -> int:
     if args.worker is not None:
         worker(args.worker, args.images)
         return 0
-    import data
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = data.write_sample_dataset(Path(tmp) / "sample", seed=0)
+        root = sample_set.write_sample_dataset(Path(tmp) / "sample", seed=0)
         times = {procs: run(procs, root / "Training Data", args.images) for procs in args.procs}
     if 1 in times:
         for procs, seconds in times.items():

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import torch
 
+from samespace import preprocess
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import data  # noqa: E402
 from samespace import model  # noqa: E402
 
 BACKBONES = (("mobilenet_v3_large", "none"), ("efficientnet_lite0", "imagenet"))
@@ -37,7 +38,7 @@ def ms_per_image(forward, images: torch.Tensor) -> float:  # noqa: ANN001 - any 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--size", type=int, default=256, help="input side (data.IMAGE_SIZE is 256)")
+    parser.add_argument("--size", type=int, default=256, help="input side (decoding.IMAGE_SIZE is 256)")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -50,7 +51,7 @@ def main() -> int:
             return extractor(x)
 
         def default_layout(x: torch.Tensor, body: torch.nn.Module = default_body, name: str = backbone) -> torch.Tensor:
-            return body(data.normalise(x, name)).flatten(1)
+            return body(preprocess.normalise(x, name)).flatten(1)
 
         with torch.inference_mode():
             difference = (channels_last(images[:8]) - default_layout(images[:8])).abs().max().item()

@@ -27,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from samespace import decoding
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -110,14 +112,13 @@ def run_one(folder: Path, method: str, batch_size: int) -> dict:
 
 def time_one_batch(folder: Path, method: str, batch_size: int, batches: int = 3) -> float:
     """Seconds per image of decode + embed, the mean of ``batches`` batches after a warm-up batch."""
-    import data
 
     paths = sorted(folder.rglob("*.jpg"))[: (batches + 1) * batch_size]
     scorer = _scorer(method, batch_size)
-    scorer.add(np.stack([data.load_image(p) for p in paths[:batch_size]]))
+    scorer.add(np.stack([decoding.load_image(p) for p in paths[:batch_size]]))
     t = time.perf_counter()
     for start in range(batch_size, len(paths), batch_size):
-        scorer.add(np.stack([data.load_image(p) for p in paths[start : start + batch_size]]))
+        scorer.add(np.stack([decoding.load_image(p) for p in paths[start : start + batch_size]]))
     return (time.perf_counter() - t) / max(len(paths) - batch_size, 1)
 
 

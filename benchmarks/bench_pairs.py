@@ -6,8 +6,8 @@
 Inputs per N (seed 0): random 64-bit hashes and group ids with a realistic group-size mix of 1-4 photos per
 room (P = 5%, 65%, 20%, 10%: about 2.6 positive pairs per image, the real split has 1,559 / 631 = 2.5).
 
-- ours:  ``data.positive_pairs`` + ``data.sample_negative_pairs`` with n = 64 x positives, as
-  ``data.build_pairs`` does (a streamed Efraimidis-Spirakis sample, never N^2 in memory).
+- ours:  ``pair_sampling.positive_pairs`` + ``pair_sampling.sample_negative_pairs`` with n = 64 x positives, as
+  ``pair_sampling.build_pairs`` does (a streamed Efraimidis-Spirakis sample, never N^2 in memory).
 - naive: the way the published project did it, for N <= 2,000 only: a pandas DataFrame of all N^2 ordered
   pairs with imagehash ``ImageHash`` objects, a label column, a row-wise ``DataFrame.apply`` computing
   ``hash1 - hash2`` (Hamming distance) per row, weight = exp(-d), then
@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
+from samespace import hashing, pair_sampling
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _rss import peak_rss_mb  # noqa: E402  (benchmarks/ is on sys.path: the scripts run from it)
-
-import data  # noqa: E402
 
 GROUP_SIZES = (1, 2, 3, 4)
 GROUP_SIZE_P = (0.05, 0.65, 0.20, 0.10)
@@ -58,8 +58,8 @@ def make_case(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def ours(hashes: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(positive pairs, sampled negative pairs), each (P, 2) image indices."""
-    positives = data.positive_pairs(groups)
-    negatives = data.sample_negative_pairs(hashes, groups, data.N_PAIR_FLAGS * len(positives), seed=0)
+    positives = pair_sampling.positive_pairs(groups)
+    negatives = pair_sampling.sample_negative_pairs(hashes, groups, pair_sampling.N_PAIR_FLAGS * len(positives), seed=0)
     return positives, negatives
 
 
@@ -84,7 +84,7 @@ def naive(hashes: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarra
     # refuses it (n x the largest normalised weight > 1), so make the same call pandas 2 made.
     weights = negatives["weight"].to_numpy()
     rows = np.random.RandomState(0).choice(
-        len(negatives), size=data.N_PAIR_FLAGS * len(positives), replace=False, p=weights / weights.sum()
+        len(negatives), size=pair_sampling.N_PAIR_FLAGS * len(positives), replace=False, p=weights / weights.sum()
     )
     sampled = negatives.take(rows)
     return positives[["img1", "img2"]].to_numpy(), sampled[["img1", "img2"]].to_numpy()
@@ -115,7 +115,7 @@ def worker(impl: str, n: int) -> dict[str, float]:
     peak = peak_rss_mb() - baseline
     assert np.all(groups[negatives[:, 0]] != groups[negatives[:, 1]])
     assert len(np.unique(negatives, axis=0)) == len(negatives)  # without replacement
-    mean_d = float(data.hamming(hashes[negatives[:, 0]], hashes[negatives[:, 1]]).mean())
+    mean_d = float(hashing.hamming(hashes[negatives[:, 0]], hashes[negatives[:, 1]]).mean())
     return {"seconds": min(times), "peak_mb": peak, "positives": len(positives), "negatives": len(negatives),
             "mean_d": mean_d}
 

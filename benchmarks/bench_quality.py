@@ -32,10 +32,12 @@ import numpy as np
 import torch
 from sklearn import metrics
 
+from samespace import labelling, outputs
+from samespace.devsets import sample_set
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import data  # noqa: E402
 import model_def  # noqa: E402
 import model_inference  # noqa: E402
 from samespace import default_model, finder, grouping, scoring  # noqa: E402
@@ -76,12 +78,12 @@ def different_shot_mask(paths: list[Path], test_dir: Path, labels: np.ndarray, l
 def pairwise_group_scores(document: dict[str, Any], test_dir: Path) -> dict[str, float]:
     """Precision / recall / F1 of "same group" over every unique pair of the split's images (what
     ``scoring.group_f1_at`` measures on the training splits, here from find_duplicates.py's own output)."""
-    paths = data.find_images(test_dir)
+    paths = labelling.find_images(test_dir)
     index = {str(p): k for k, p in enumerate(paths)}
     found = [np.array([index[m] for m in group["members"]]) for group in document["groups"]]
     n = len(paths)
     left, right = scoring.upper_pairs(0, n, n)
-    truth = data.group_ids(paths, test_dir)
+    truth = labelling.group_ids(paths, test_dir)
     point = scoring.f1_at(grouping.same_group(n, found, left, right).astype(np.float64),
                           truth[left] == truth[right], 0.5)
     return {"precision": point.precision, "recall": point.recall, "f1": point.f1, "groups": len(found)}
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         root = args.data_dir or (REPO / "data" / "real" if args.dataset == "real" else None)
         if root is None:
-            root = data.write_sample_dataset(workdir / "sample", seed=0)
+            root = sample_set.write_sample_dataset(workdir / "sample", seed=0)
         test_dir = root / "Test Data"
         cache = args.cache_dir or workdir / "cache"
         improved_epochs = args.epochs_improved or int(
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"best-F1 threshold on the training split: {name} {c['threshold']:.4f} (F1 {c['f1']:.3f})")
     print("training seconds: " + ", ".join(f"{r} {results[f'train_seconds_{r}']}" for r in args.recipes))
     if args.json:
-        data.atomic_write(args.json, json.dumps(results, indent=2) + "\n")
+        outputs.atomic_write(args.json, json.dumps(results, indent=2) + "\n")
     return 0
 
 

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_stats_memory.py [--rooms-per-type 333] [--cache /tmp/samespace_bench_stats]
 
-Writes (once) a generated split of about 4,000 photos (data.write_sample_dataset: 4 room types, 2-4 photos
+Writes (once) a generated split of about 4,000 photos (sample_set.write_sample_dataset: 4 room types, 2-4 photos
 per room), then computes its stats twice, each in its own process so each peak RSS is its own: the way
 ``data.py stats`` runs now (``keep_images=False``: one photo decoded at a time) and the way it ran before
 (every photo held decoded, ``keep_images=True``). Prints both peaks, both times and whether the counts agree.
@@ -20,6 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from samespace import pair_dataset
+from samespace.devsets import sample_set
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -29,11 +32,10 @@ TARGET_MB = 600
 
 
 def run_one(split: Path, keep_images: bool) -> dict:
-    import data  # without torch and torchvision (they are imported by the functions that make tensors)
 
     import_mb = peak_rss_mb()
     t = time.perf_counter()
-    dataset = data.DuplicateImageDataset(split, progress=False, keep_images=keep_images)
+    dataset = pair_dataset.DuplicateImageDataset(split, progress=False, keep_images=keep_images)
     return {"summary": dataset.summary(), "seconds": time.perf_counter() - t, "import_mb": import_mb,
             "peak_mb": peak_rss_mb(), "torch_imported": "torch" in sys.modules}
 
@@ -48,12 +50,11 @@ def main() -> int:
     if args.run_one:
         print(json.dumps(run_one(args.run_one, args.keep_images)))
         return 0
-    import data
 
     root = args.cache / f"rooms{args.rooms_per_type}"
     if not (root / "Training Data").is_dir():
         t = time.perf_counter()
-        data.write_sample_dataset(root, seed=0, rooms={"Training Data": args.rooms_per_type})
+        sample_set.write_sample_dataset(root, seed=0, rooms={"Training Data": args.rooms_per_type})
         print(f"generated in {time.perf_counter() - t:.0f} s")
     split = root / "Training Data"
     results = {}

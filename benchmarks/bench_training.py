@@ -20,9 +20,11 @@ from pathlib import Path
 import torch
 from determined import pytorch
 
+from samespace import pair_dataset
+from samespace.devsets import sample_set
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import data  # noqa: E402
 import model_def  # noqa: E402
 from samespace.model import SiameseNetwork, extract_features  # noqa: E402
 
@@ -75,13 +77,13 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = data.write_sample_dataset(Path(tmp) / "sample", seed=0, rooms={"Training Data": 6, "Test Data": 1})
+        root = sample_set.write_sample_dataset(Path(tmp) / "sample", seed=0, rooms={"Training Data": 6, "Test Data": 1})
         cache = Path(tmp) / "cache"
         # Stopping writes a checkpoint of the working directory: keep both in the temporary folder.
         os.environ["XDG_DATA_HOME"] = str(Path(tmp) / "xdg")
         (Path(tmp) / "cwd").mkdir()
         os.chdir(Path(tmp) / "cwd")
-        images = data.DuplicateImageDataset(root / "Training Data", progress=False).images
+        images = pair_dataset.DuplicateImageDataset(root / "Training Data", progress=False).images
         torch.manual_seed(0)
         extractor = SiameseNetwork(backbone_weights="none").features  # the trials' backbone (same seed)
         start = time.perf_counter()

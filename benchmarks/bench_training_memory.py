@@ -3,7 +3,7 @@
     python benchmarks/bench_training_memory.py [--photos 20000] [--batches 100] [--data DIR] [--backbone-photos 500]
     python benchmarks/bench_training_memory.py --real-backbone [--photos 20000] [--data DIR]   # over an hour
 
-Writes a generated dataset in the sample set's layout (a cheap variant of ``data.write_sample_dataset``: about
+Writes a generated dataset in the sample set's layout (a cheap variant of ``sample_set.write_sample_dataset``: about
 3 small photos per room, one test room per type) unless DIR already holds one, then runs ``model_def.main``
 (decode -> hash -> pairs, feature extraction streamed from the files, ``--batches`` training steps,
 validation, checkpoint) in a fresh process and prints that process's peak RSS.
@@ -28,6 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from samespace import labelling
+from samespace.devsets import sample_set
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -45,7 +48,7 @@ def _light_backbone(backbone: str = "mobilenet_v3_large", weights: str = "imagen
     from samespace import model
 
     body = nn.Sequential(nn.AvgPool2d(32), nn.Conv2d(3, 960, 1), nn.AdaptiveAvgPool2d(1))
-    # Named as the backbone it stands in for: its input normalisation (data.INPUT_NORMALISATION) applies.
+    # Named as the backbone it stands in for: its input normalisation (preprocess.INPUT_NORMALISATION) applies.
     return model.FrozenFeatureExtractor(body, out_dim=960, backbone=backbone)
 
 
@@ -80,9 +83,9 @@ def measure(data_dir: Path, batches: int, light: bool) -> dict:
 
 
 def write_photos(folder: Path, photos: int, seed: int = 0) -> None:
-    """A cheap variant of ``data.write_sample_dataset``: the same rooms and names, small photos.
+    """A cheap variant of ``sample_set.write_sample_dataset``: the same rooms and names, small photos.
 
-    Each room is drawn once (``data._draw_room``) and photographed 2-4 times as random crops saved as small
+    Each room is drawn once (``sample_set.draw_room``) and photographed 2-4 times as random crops saved as small
     JPEGs (128x96), with no rotation or exposure edits: about 10x faster to write than the sample set.
     """
     import io
@@ -90,19 +93,18 @@ def write_photos(folder: Path, photos: int, seed: int = 0) -> None:
     import numpy as np
     from PIL import Image
 
-    import data
 
     rng = np.random.default_rng(seed)
-    rooms = {"Training Data": -(-photos // (len(data.ROOM_TYPES) * PHOTOS_PER_ROOM)), "Test Data": 1}
+    rooms = {"Training Data": -(-photos // (len(sample_set.ROOM_TYPES) * PHOTOS_PER_ROOM)), "Test Data": 1}
     room_id = 10_000_000
     for split, per_type in rooms.items():
         staging = folder / f".{split}.partial"
-        for room_type in data.ROOM_TYPES:
+        for room_type in sample_set.ROOM_TYPES:
             (staging / room_type).mkdir(parents=True, exist_ok=True)
             for _ in range(per_type):
                 room_id += 1
-                city = data.CITIES[int(rng.integers(len(data.CITIES)))]
-                scene = data._draw_room(room_type, rng).resize((240, 180), Image.Resampling.BILINEAR)
+                city = sample_set.CITIES[int(rng.integers(len(sample_set.CITIES)))]
+                scene = sample_set.draw_room(room_type, rng).resize((240, 180), Image.Resampling.BILINEAR)
                 for n in range(1, int(rng.integers(2, 5)) + 1):
                     scale = rng.uniform(0.75, 0.95)
                     w, h = int(240 * scale), int(180 * scale)
@@ -116,13 +118,12 @@ def write_photos(folder: Path, photos: int, seed: int = 0) -> None:
 
 def dataset(folder: Path, photos: int) -> int:
     """Write (unless present) a generated dataset of about ``photos`` training photos; returns the count."""
-    import data
 
     if not (folder / "Training Data").is_dir():
         start = time.perf_counter()
         write_photos(folder, photos)
         print(f"generated {folder} in {time.perf_counter() - start:.0f} s", flush=True)
-    return len(data.find_images(folder / "Training Data"))
+    return len(labelling.find_images(folder / "Training Data"))
 
 
 def main() -> int:

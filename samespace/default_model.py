@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-import data
-from samespace import scoring
+from samespace import decoding, labelling, outputs, preprocess, scoring
 
 REPO = Path(__file__).resolve().parent
 WEIGHTS = REPO / "default_model.pt"
@@ -79,15 +78,16 @@ def training_split_scores(
     net = load_model(checkpoint)
     saved = json.loads((Path(checkpoint) / "load_data.json").read_text()).get("hparams", {})
     hparams = {**OPTIONAL_HPARAMS, **IMPROVED_HPARAMS, **saved}
-    paths = data.find_images(split_dir)
-    images, kept, _ = data.load_images(paths, progress=False)
-    groups = data.group_ids([paths[k] for k in kept], split_dir)
+    paths = labelling.find_images(split_dir)
+    images, kept, _ = decoding.load_images(paths, progress=False)
+    groups = labelling.group_ids([paths[k] for k in kept], split_dir)
     if hparams["views"] == "reshoot":
         n = int(hparams["n_views"])
         table = extract_features(net.features, images, range(n), progress=False, cache_dir=cache_dir,
                                  view=views.ReshootViews(seed=0, n_views=n))
     else:
-        table = extract_features(net.features, images, range(data.N_VARIANTS), progress=False, cache_dir=cache_dir)
+        table = extract_features(net.features, images, range(preprocess.N_VARIANTS), progress=False,
+                                 cache_dir=cache_dir)
     pooled = table[:, 0].float()
     left, right = scoring.upper_pairs(0, len(images), len(images))
     first, second = scoring.model_projections(net, pooled)
@@ -113,7 +113,7 @@ def export(
     head = {f"head.{k}": v.detach().cpu().contiguous() for k, v in net.head.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(head, buffer)
-    data.atomic_write(weights, buffer.getvalue())
+    outputs.atomic_write(weights, buffer.getvalue())
     info = {
         "backbone": net.features.backbone,
         "pooling": net.features.pooling,
@@ -124,7 +124,7 @@ def export(
                         "recall": round(point.recall, 4)},
         "made_by": "make default-model (see default_model.py)",
     }
-    data.atomic_write(meta, json.dumps(info, indent=2) + "\n")
+    outputs.atomic_write(meta, json.dumps(info, indent=2) + "\n")
     return info
 
 
@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         info = export(args.checkpoint, args.calibrate_on, args.cache_dir or DEFAULT_CACHE_DIR)
-    except (DefaultModelError, ValueError, data.DataError) as exc:
+    except (DefaultModelError, ValueError, labelling.DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(info, indent=2))

@@ -27,7 +27,7 @@ compressed, inside the file, not overlapping) and so is each member's ``.npy`` h
 shape fills the member exactly), so memory never exceeds the file's size; then the header, identity, shapes,
 keys, values (finite, in range, unit-length where the scorer says so; :class:`FieldSpec`) and the stat index.
 Anything wrong is one :class:`StoreError` line naming the file; a damaged or foreign store is ignored with one
-warning and rebuilt. Writes are atomic (``data.atomic_write``) and made under a file lock in the store's folder,
+warning and rebuilt. Writes are atomic (``outputs.atomic_write``) and made under a file lock in the store's folder,
 merging in what another run wrote meanwhile (:meth:`EmbeddingStore.save`).
 """
 
@@ -54,7 +54,7 @@ import filelock
 import numpy as np
 from numpy.lib import format as npy_format
 
-import data
+from samespace import decoding, hashing, outputs
 
 FORMAT = "samespace-embeddings"
 VERSION = 2
@@ -222,10 +222,10 @@ def default_store_path(method: str, fingerprint: str) -> Path:
 
 
 def decode_identity() -> str:
-    """The decoder's identity: data.decode_image's code, the image size and Pillow's version."""
+    """The decoder's identity: decoding.decode_image's code, the image size and Pillow's version."""
     from PIL import __version__ as pillow_version
 
-    return _sha(inspect.getsource(data.decode_image), inspect.getsource(data._to_rgb), str(data.IMAGE_SIZE),
+    return _sha(inspect.getsource(decoding.decode_image), inspect.getsource(decoding.to_rgb), str(decoding.IMAGE_SIZE),
                 pillow_version)
 
 
@@ -259,7 +259,7 @@ def scorer_fingerprint(scorer: object) -> str:
 
         function = scoring.HASH_FUNCTIONS[scorer.name]
         return _sha(name, scorer.name, decode_identity(), inspect.getsource(function),
-                    inspect.getsource(data.hash_codes), imagehash.__version__)
+                    inspect.getsource(hashing.hash_codes), imagehash.__version__)
     if isinstance(scorer, scoring.CosineScorer):
         extractor = scorer.extractor
         weights = extractor.fingerprint() if hasattr(extractor, "fingerprint") else _state_digest(extractor)
@@ -615,7 +615,7 @@ class EmbeddingStore:
         try:
             _remove_stale_temporaries(path)
             self._merge_from(path)
-            data.atomic_write(path, self.to_bytes())
+            outputs.atomic_write(path, self.to_bytes())
             self._seen = (os.path.abspath(path), _signature(os.stat(path)))
         finally:
             lock.release()
@@ -736,7 +736,7 @@ class EmbeddingStore:
 
 
 def _remove_stale_temporaries(path: Path) -> None:
-    """Remove ``.<name>.<8 characters>.tmp`` files beside the store: data.atomic_write's temporary files of it,
+    """Remove ``.<name>.<8 characters>.tmp`` files beside the store: outputs.atomic_write's temporary files of it,
     left by a killed run (the caller holds the store's lock, so no other writer has one open)."""
     pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
     with os.scandir(path.parent) as entries:

@@ -3,7 +3,7 @@
     python find_duplicates.py PHOTOS_DIR [PHOTOS_DIR ...] [--checkpoint DIR | --method whash|phash|cosine|relative]
         [--threshold T] [--json FILE] [--csv FILE] [--html FILE] [--top-k K | --exhaustive] ...
 
-Every image under the folders (recursively, any format PIL can read) is decoded once with data.load_image,
+Every image under the folders (recursively, any format PIL can read) is decoded once with decoding.load_image,
 embedded once (backbone features, the Siamese head's projections, or a hash), and dropped; pairs are scored
 from the embeddings (scoring.py) and duplicate groups are formed from the pairs scoring at or above the
 threshold by average linkage (grouping.py: groups do not chain). Photos are only ever opened for reading.
@@ -30,8 +30,18 @@ import numpy as np
 from PIL import Image, ImageFile
 from tqdm import tqdm
 
-import data
-from samespace import blank, cli, embedding_store, grouping, neighbours, outputs, scoring, verification
+from samespace import (
+    blank,
+    cli,
+    decoding,
+    embedding_store,
+    grouping,
+    labelling,
+    neighbours,
+    outputs,
+    scoring,
+    verification,
+)
 from samespace.embedding_store import EmbeddingStore
 
 EXIT_ERROR = 2
@@ -92,8 +102,8 @@ def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | N
         root = Path(folder)
         unreadable: list[tuple[Path, str]] = []
         try:
-            files = data.find_images(root, extensions=extensions | undecodable, unreadable=unreadable)
-        except data.DataError as exc:
+            files = labelling.find_images(root, extensions=extensions | undecodable, unreadable=unreadable)
+        except labelling.DataError as exc:
             raise FindDuplicatesError(str(exc)) from exc
         if skipped is not None:
             skipped.extend({"path": str(p), "reason": reason} for p, reason in unreadable)
@@ -119,12 +129,12 @@ def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | N
 
 
 def _decode(path: Path) -> tuple[np.ndarray, float] | str:
-    """The 256x256 uint8 image and its photo's aspect ratio, or the reason it cannot be read (data.decode_image
+    """The 256x256 uint8 image and its photo's aspect ratio, or the reason it cannot be read (decoding.decode_image
     turns every decoder failure into UnreadableImageError, so a file never stops the run and every reader gives
     the same reason)."""
     try:
-        return data.decode_image(path)
-    except data.UnreadableImageError as exc:
+        return decoding.decode_image(path)
+    except decoding.UnreadableImageError as exc:
         message = str(exc)
         prefix = f"{path}: "
         return message[len(prefix) :] if message.startswith(prefix) else message
@@ -135,9 +145,9 @@ def _decode_keyed(path: Path) -> tuple[np.ndarray, float, str, os.stat_result] |
     reading them, so a photo changed or swapped between hashing and decoding can never file one photo's
     embedding under another photo's key."""
     try:
-        content, st = data.read_photo(path)
-        image, aspect = data.decode_image(path, content=content)
-    except data.UnreadableImageError as exc:
+        content, st = decoding.read_photo(path)
+        image, aspect = decoding.decode_image(path, content=content)
+    except decoding.UnreadableImageError as exc:
         message, prefix = str(exc), f"{path}: "
         return message[len(prefix) :] if message.startswith(prefix) else message
     return image, aspect, embedding_store.content_key_of(content), st
@@ -176,7 +186,7 @@ def decoded_batches(paths: Sequence[Path], batch_size: int, workers: int = 2,
             bad = [(start + k, r) for k, r in enumerate(results) if isinstance(r, str)]
             images = (
                 np.stack([r[0] for _, r in ok]) if ok
-                else np.zeros((0, data.IMAGE_SIZE, data.IMAGE_SIZE, 3), np.uint8)
+                else np.zeros((0, decoding.IMAGE_SIZE, decoding.IMAGE_SIZE, 3), np.uint8)
             )
             yield DecodedBatch([k for k, _ in ok], images, np.array([r[1] for _, r in ok], np.float64), bad,
                                [r[2] for _, r in ok] if keyed else [], [r[3] for _, r in ok] if keyed else [])
@@ -901,7 +911,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.approximate and args.exhaustive:
         parser.error("--approximate and --exhaustive exclude each other")
     try:
-        with data.clean_warnings():
+        with cli.clean_warnings():
             return _run(args)
     except (FindDuplicatesError, ValueError, OSError) as exc:  # OSError: e.g. the disk filled up while writing
         if args.debug:

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import data
-from samespace import model, views
+from samespace import model, pair_sampling, views
 
 REQUIRED = object()  # a config must give this hyperparameter (the published ones)
 BACKBONES = model.BACKBONES
-PAIRINGS = data.PAIRINGS
+PAIRINGS = pair_sampling.PAIRINGS
 
 
 class HparamError(ValueError):

@@ -2,7 +2,7 @@
 
 Each image has ``n_views`` (at most 8) views in the feature table (view 0 the plain image, the others random
 re-shoots, see ``views.py``). A pair's flags hold the view of each side, as the published variants do
-(``data.pair_variants``), so ``model.pair_rows`` finds its rows.
+(``pair_sampling.pair_variants``), so ``model.pair_rows`` finds its rows.
 
 - **Positives**: every unordered pair i < j of a group with each of the n_views^2 view combinations, and
   every image with itself under two *different* views (n_views^2 - n_views): a self-pair is a positive only when
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import data
+from samespace import pair_sampling, preprocess
 
 NEGATIVE_MINING = ("whash", "cosine")
 
@@ -48,20 +48,20 @@ def reshoot_pairs(
     negatives: str = "cosine",
     hard_per_image: int = 10,
     seed: int = 0,
-    n_views: int = data.N_VARIANTS,
-) -> data.PairSet:
+    n_views: int = preprocess.N_VARIANTS,
+) -> pair_sampling.PairSet:
     """The training pairs described in the module docstring. ``unit``: L2-normalised plain-view features
     (N, D), needed for ``negatives="cosine"``; ``hashes``: wHash codes for the published sampler."""
     if negatives not in NEGATIVE_MINING:
         raise ValueError(f"negatives must be one of {NEGATIVE_MINING}, got {negatives!r}")
     groups = np.asarray(groups)
     rng = np.random.default_rng(seed)
-    if not 1 <= n_views <= data.N_VARIANTS:
-        raise ValueError(f"n_views must be in 1..{data.N_VARIANTS}, got {n_views}")
+    if not 1 <= n_views <= preprocess.N_VARIANTS:
+        raise ValueError(f"n_views must be in 1..{preprocess.N_VARIANTS}, got {n_views}")
     views1, views2 = np.meshgrid(np.arange(n_views), np.arange(n_views), indexing="ij")
-    combos = (views1 + data.N_VARIANTS * views2).ravel().astype(np.uint8)  # view1 | view2 << 3
-    distinct = combos[combos % data.N_VARIANTS != combos // data.N_VARIANTS]
-    others = data.positive_pairs(groups, "unique")
+    combos = (views1 + preprocess.N_VARIANTS * views2).ravel().astype(np.uint8)  # view1 | view2 << 3
+    distinct = combos[combos % preprocess.N_VARIANTS != combos // preprocess.N_VARIANTS]
+    others = pair_sampling.positive_pairs(groups, "unique")
     selves = np.arange(len(groups), dtype=np.int64)
     pos_left = np.concatenate([np.repeat(others[:, 0], len(combos)), np.repeat(selves, len(distinct))])
     pos_right = np.concatenate([np.repeat(others[:, 1], len(combos)), np.repeat(selves, len(distinct))])
@@ -75,12 +75,12 @@ def reshoot_pairs(
         mined = hard_negative_pairs(unit, groups, hard_per_image)
         if len(mined):
             hard = mined[rng.integers(0, len(mined), wanted // 2)]  # each mined pair under many random views
-    sampled = data.sample_negative_pairs(hashes, groups, wanted - len(hard), pairing="unique", seed=seed)
+    sampled = pair_sampling.sample_negative_pairs(hashes, groups, wanted - len(hard), pairing="unique", seed=seed)
     if len(sampled) and len(sampled) < wanted - len(hard):  # small splits: fewer negatives than asked, reuse them
         sampled = sampled[rng.integers(0, len(sampled), wanted - len(hard))]
     neg = np.concatenate([hard, sampled])
     neg_flags = rng.integers(0, len(combos), len(neg)).astype(np.uint8)
-    return data.PairSet(
+    return pair_sampling.PairSet(
         left=np.concatenate([pos_left, neg[:, 0]]).astype(np.int64),
         right=np.concatenate([pos_right, neg[:, 1]]).astype(np.int64),
         label=np.concatenate([np.ones(len(pos_left), np.uint8), np.zeros(len(neg), np.uint8)]),

@@ -30,8 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-import data
-from samespace import sharding
+from samespace import decoding, outputs, pair_sampling, preprocess, sharding
 
 log = logging.getLogger("samespace.model")
 
@@ -80,17 +79,18 @@ class FrozenFeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``(N, 3, H, W)`` in [0, 1] (:func:`data.to_model_input`) -> pooled features ``(N, out_dim)``.
+        """Images ``(N, 3, H, W)`` in [0, 1] (:func:`preprocess.to_model_input`) -> pooled features ``(N, out_dim)``.
 
         The input is normalised here, with the mean / std this backbone's weights were trained with
-        (:data:`data.INPUT_NORMALISATION`), so no caller can feed it another backbone's preprocessing.
+        (:data:`preprocess.INPUT_NORMALISATION`), so no caller can feed it another backbone's preprocessing.
         """
-        return self.body(data.normalise(images, self.backbone).contiguous(memory_format=torch.channels_last)).flatten(1)
+        inputs = preprocess.normalise(images, self.backbone).contiguous(memory_format=torch.channels_last)
+        return self.body(inputs).flatten(1)
 
     def fingerprint(self) -> str:
         """SHA-256 of the backbone name, its input normalisation and every weight and buffer: its identity."""
         digest = hashlib.sha256(self.backbone.encode())
-        digest.update(repr(data.INPUT_NORMALISATION[self.backbone]).encode())
+        digest.update(repr(preprocess.INPUT_NORMALISATION[self.backbone]).encode())
         if self.pooling != "avg":  # keeps the published extractors' keys as they were
             digest.update(f"pooling={self.pooling},p={GEM_P}".encode())
         for name, tensor in sorted(self.state_dict().items()):
@@ -392,13 +392,13 @@ class SiameseNetwork(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
-def pair_rows(pairs: data.PairSet, width: int = data.N_VARIANTS) -> tuple[np.ndarray, np.ndarray]:
+def pair_rows(pairs: pair_sampling.PairSet, width: int = preprocess.N_VARIANTS) -> tuple[np.ndarray, np.ndarray]:
     """Rows of a flattened feature table (``image * width + variant``) for each pair's two images.
 
-    Decodes the pair flags as :class:`data.DuplicateImageDataset` does: variant 1 low bits, variant 2 high.
+    Decodes the pair flags as :class:`pair_dataset.DuplicateImageDataset` does: variant 1 low bits, variant 2 high.
     ``width``: variants (or views) per image in the table.
     """
-    variant1, variant2 = data.pair_variants(pairs.flags)
+    variant1, variant2 = pair_sampling.pair_variants(pairs.flags)
     first = pairs.left * width + variant1
     second = pairs.right * width + variant2
     return first, second
@@ -414,13 +414,13 @@ ImageSource = np.ndarray | Sequence[str | Path]
 
 def variant_view(images: np.ndarray, variant: int, indices: np.ndarray) -> torch.Tensor:
     """The published views: variant ``variant`` (a flip / rotation mask) of every image, the same for all."""
-    return data.to_model_input(images, variant)
+    return preprocess.to_model_input(images, variant)
 
 
 def _transform_identity(view: ViewFn = variant_view) -> str:
     """What the cached features depend on besides images and weights: the preprocessing code and versions."""
-    parts = [inspect.getsource(data.to_model_input), inspect.getsource(data.apply_variant),
-             inspect.getsource(data.normalise), repr(data.ROTATION_DEGREES),
+    parts = [inspect.getsource(preprocess.to_model_input), inspect.getsource(preprocess.apply_variant),
+             inspect.getsource(preprocess.normalise), repr(preprocess.ROTATION_DEGREES),
              torch.__version__, torchvision.__version__]
     if view is not variant_view:  # keeps the keys of existing cache files for the published views
         parts.append(_code_identity(view))
@@ -449,7 +449,8 @@ def _content_digest(images: ImageSource) -> tuple[hashlib._Hash, dict]:
         content = Path(path).read_bytes()
         digest.update(len(content).to_bytes(8, "little"))
         digest.update(content)
-    decoder = hashlib.sha256((inspect.getsource(data.decode_image) + repr(data.IMAGE_SIZE)).encode()).hexdigest()
+    decoder_source = inspect.getsource(decoding.decode_image) + repr(decoding.IMAGE_SIZE)
+    decoder = hashlib.sha256(decoder_source.encode()).hexdigest()
     return digest, {"files": len(images), "decoder": decoder}
 
 
@@ -488,7 +489,7 @@ def _write_cache(path: Path, features: torch.Tensor) -> bool:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Streamed to the file: a BytesIO and its getvalue() would add two copies of the table to the peak.
-        data.atomic_write(path, lambda f: torch.save(features, f))
+        outputs.atomic_write(path, lambda f: torch.save(features, f))
     except OSError as exc:
         warnings.warn(f"feature cache not written: {path} ({exc.strerror or exc})", stacklevel=2)
         return False
@@ -499,14 +500,14 @@ def _decoded(images: ImageSource, rows: np.ndarray) -> np.ndarray:
     """uint8 ``(len(rows), H, W, 3)`` of some images: sliced, or decoded from their files now."""
     if isinstance(images, np.ndarray):
         return images[rows[0] : rows[-1] + 1] if len(rows) else images[:0]
-    return np.stack([data.load_image(images[int(k)]) for k in rows])
+    return np.stack([decoding.load_image(images[int(k)]) for k in rows])
 
 
 @torch.no_grad()
 def extract_features(
     extractor: FrozenFeatureExtractor,
     images: ImageSource,
-    variants: Sequence[int] = range(data.N_VARIANTS),
+    variants: Sequence[int] = range(preprocess.N_VARIANTS),
     batch_size: int = 64,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -517,7 +518,7 @@ def extract_features(
     """Pooled features of every (image, view): float32 CPU tensor ``(N, len(variants), out_dim)``.
 
     ``images`` are decoded uint8 ``(N, H, W, 3)`` or N image files; files are decoded ``batch_size`` at a
-    time with :func:`data.load_image` and the pixels dropped once their views are extracted, so memory holds
+    time with :func:`decoding.load_image` and the pixels dropped once their views are extracted, so memory holds
     the feature table and one batch of pixels, never a whole split. ``view(batch, variant, indices)`` makes
     the backbone inputs of each view id in ``variants`` (default: the published 8 flip / rotation variants,
     :func:`variant_view`); plug in other views without touching this loop.

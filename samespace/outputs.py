@@ -53,7 +53,7 @@ MARKERS: tuple[bytes, ...] = (
     f"Software\x00{GENERATOR}".encode(),  # model_inference.py --plots (PNG tEXt chunk)
 )
 HEAD_BYTES = 4096
-# data.atomic_write writes ".<name>.<8 random characters>.tmp" beside the target first.
+# outputs.atomic_write writes ".<name>.<8 random characters>.tmp" beside the target first.
 TEMP_NAME_EXTRA = len("..") + 8 + len(".tmp")
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 # Names of standard output, for the outputs that may stream there (Target.stream).

@@ -15,8 +15,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-import data
-from samespace import outputs
+from samespace import decoding, outputs
 
 THUMB_BOX = (240, 180)
 MAX_PAIRS_SHOWN = 60  # per group; the JSON / CSV hold every pair
@@ -74,18 +73,18 @@ def _label(k: int) -> str:
 def thumbnail_uri(path: str | Path, box: tuple[int, int] = THUMB_BOX) -> str:
     """A JPEG data URI of the photo shrunk to fit ``box`` with its aspect ratio and EXIF orientation.
 
-    The file is read as the decoder reads it (data.read_photo, data.open_image): read-only, only a regular file
+    The file is read as the decoder reads it (decoding.read_photo, decoding.open_image): read-only, only a regular file
     (a FIFO is never waited on), within the decoder's size and pixel limits. On failure, an empty string (the
     page shows a grey frame).
     """
     try:
-        content, _ = data.read_photo(path)
+        content, _ = decoding.read_photo(path)
         with warnings.catch_warnings():
             # PIL's warnings (its own pixel limit, a damaged EXIF tag) name no file and change nothing here
             warnings.filterwarnings("ignore", module=r"PIL\.")
-            with data.open_image(path, content) as img:
+            with decoding.open_image(path, content) as img:
                 img.draft("RGB", (2 * box[0], 2 * box[1]))
-                img = data.load_within_budget(img, (2 * box[0], 2 * box[1]))
+                img = decoding.load_within_budget(img, (2 * box[0], 2 * box[1]))
                 img = ImageOps.exif_transpose(img)
                 if img.mode in ("RGBA", "LA", "PA", "P"):
                     rgba = img.convert("RGBA")

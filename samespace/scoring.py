@@ -44,8 +44,8 @@ import imagehash
 import numpy as np
 import torch
 
-import data
-from samespace import cli, grouping, local_scaling, neighbours, verification
+from samespace import cli, decoding, grouping, hashing, labelling, local_scaling, neighbours, verification
+from samespace.devsets import sample_set
 from samespace.embedding_store import FieldSpec
 
 HASH_BITS = 64
@@ -65,7 +65,7 @@ COSINE_BACKBONE = "efficientnet_lite0"
 RELATIVE_POOLING = "gem"  # chosen on the training splits: AP 0.879 / 0.889 against avg's 0.868 / 0.824 (README)
 
 # Best-F1 thresholds of the reference methods on the unique pairs of the generated sample set's
-# "Training Data" (data.write_sample_dataset seed 0: 233 photos, 27,028 pairs of which 251 duplicates); cosine with
+# "Training Data" (the generated sample set, seed 0: 233 photos, 27,028 pairs of which 251 duplicates); cosine with
 # efficientnet_lite0 ImageNet weights. Reproduce with `python scoring.py calibrate`; tests/test_scoring.py
 # checks the numbers. The real-photo training split's best-F1 thresholds (whash 0.8594, phash 0.7031, cosine
 # 0.6996; `python scoring.py calibrate --sample-root data/real`) do not transfer: see README "Default thresholds".
@@ -115,16 +115,16 @@ SCORE_RANGES: dict[str, tuple[float, float]] = {
 
 
 def phash_codes(images: np.ndarray) -> np.ndarray:
-    """64-bit pHash (imagehash, 8x8 DCT) of each 256x256 uint8 image, packed into uint64 like data.whash_codes."""
-    return data.hash_codes(images, imagehash.phash)
+    """64-bit pHash (imagehash, 8x8 DCT) of each 256x256 uint8 image, packed into uint64 like hashing.whash_codes."""
+    return hashing.hash_codes(images, imagehash.phash)
 
 
-HASH_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"whash": data.whash_codes, "phash": phash_codes}
+HASH_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"whash": hashing.whash_codes, "phash": phash_codes}
 
 
 def hash_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``1 - hamming / 64`` between packed uint64 codes (broadcasting); 1.0 means identical hashes."""
-    return 1.0 - data.hamming(a, b) / HASH_BITS
+    return 1.0 - hashing.hamming(a, b) / HASH_BITS
 
 
 def l2_normalise(features: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -220,7 +220,7 @@ class PairScorer:
         self._n = 0
 
     def add(self, images: np.ndarray, aspects: np.ndarray | None = None) -> None:
-        """Embed a batch of uint8 images (B, 256, 256, 3) with their photos' aspect ratios (data.decode_image;
+        """Embed a batch of uint8 images (B, 256, 256, 3) with their photos' aspect ratios (decoding.decode_image;
         default square); the images are not kept."""
         if len(images):
             self._parts.append(self._embed(images, _aspects(images, aspects)))
@@ -891,9 +891,9 @@ def split_pair_scores(
     given, receives ``r/<method>`` and ``r_augmented/<method>``: each image's neighbourhood similarity among the
     original and the augmented vectors, for the relative and verified methods.
     """
-    paths = data.find_images(split_dir)
-    images, aspects, kept, _ = data.decode_images(paths, progress=False)
-    groups = data.group_ids([paths[k] for k in kept], split_dir)
+    paths = labelling.find_images(split_dir)
+    images, aspects, kept, _ = decoding.decode_images(paths, progress=False)
+    groups = labelling.group_ids([paths[k] for k in kept], split_dir)
     n = len(images)
     left, right = upper_pairs(0, n, n)
     out = {}
@@ -969,7 +969,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         roots = [Path(r) for r in args.sample_root or []]
         if args.generated or not roots:
-            roots.append(data.write_sample_dataset(Path(tmp) / "generated", seed=args.seed))
+            roots.append(sample_set.write_sample_dataset(Path(tmp) / "generated", seed=args.seed))
         results = calibrate(roots, args.methods)
     print("default thresholds: best pair F1 on the training pairs, or best mean group F1 over the training splits "
           f"({', '.join(GROUP_CALIBRATED)}); test F1 at that threshold")
@@ -1003,7 +1003,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.func(args)
-    except data.DataError as exc:  # e.g. a --sample-root without both splits: one line, as every command
+    except labelling.DataError as exc:  # e.g. a --sample-root without both splits: one line, as every command
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -8,7 +8,7 @@ or any scene from one centre), matches between two different scenes do not. This
 instance retrieval (Philbin et al. 2007, "Object retrieval with large vocabularies and fast spatial matching").
 
 - Each photo: up to :data:`MAX_KEYPOINTS` SIFT keypoints (OpenCV) of its decoded 256 x 256 image, the same array
-  the backbone sees (``data.decode_image``: one decode path), resized back to the photo's aspect ratio with the
+  the backbone sees (``decoding.decode_image``: one decode path), resized back to the photo's aspect ratio with the
   same pixel count (:func:`unsquashed`); descriptors kept as uint8.
 - Each pair: RootSIFT descriptors (Arandjelovic and Zisserman 2012) matched by nearest neighbour with Lowe's ratio
   test (:data:`RATIO`), then a RANSAC homography (:data:`REPROJECTION` pixels); the evidence is the number of

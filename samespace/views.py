@@ -25,9 +25,9 @@ import torch
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
-import data
+from samespace import preprocess
 
-N_VIEWS = data.N_VARIANTS  # 8: a pair's flags keep one view per image in 3 bits, as the published variants
+N_VIEWS = preprocess.N_VARIANTS  # 8: a pair's flags keep one view per image in 3 bits, as the published variants
 MAX_ROTATION = 25.0
 AREA = (0.5, 0.95)
 
@@ -107,7 +107,7 @@ class ReshootViews:
     """``views(batch, view, image_indices)``: view ``view`` of each image of a uint8 batch, as [0, 1] floats
     (a :data:`model.ViewFn`).
 
-    View 0 is :func:`data.to_model_input` of the image (no transform); view k >= 1 of image i is
+    View 0 is :func:`preprocess.to_model_input` of the image (no transform); view k >= 1 of image i is
     :func:`reshoot` with a generator seeded by (seed, i, k), so it does not depend on batching.
     """
 
@@ -118,7 +118,7 @@ class ReshootViews:
         self.n_views = n_views
 
     def __call__(self, images: np.ndarray, view: int, indices: np.ndarray) -> torch.Tensor:
-        x = data.to_model_input(images)
+        x = preprocess.to_model_input(images)
         if view == 0:
             return x
         return reshoot(x, [np.random.default_rng([self.seed, int(i), int(view)]) for i in indices])

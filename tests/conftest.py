@@ -11,10 +11,12 @@ import torch
 import torchvision
 from torch import nn
 
+from samespace import decoding, labelling, preprocess
+from samespace.devsets import sample_set
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-import data  # noqa: E402
 import model_def  # noqa: E402
 
 
@@ -22,7 +24,7 @@ import model_def  # noqa: E402
 def sample_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small sample dataset root holding 'Training Data/' and 'Test Data/' (4 and 2 rooms per type)."""
     root = tmp_path_factory.mktemp("sample")
-    data.write_sample_dataset(root, seed=0, rooms={"Training Data": 4, "Test Data": 2})
+    sample_set.write_sample_dataset(root, seed=0, rooms={"Training Data": 4, "Test Data": 2})
     return root
 
 
@@ -48,9 +50,9 @@ def write_calibrated_backbone(path: Path, image_dir: Path, seed: int = 0) -> Pat
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None  # cumulative average over the calibration batch
             module.reset_running_stats()
-    images = np.stack([data.load_image(p) for p in data.find_images(image_dir)[:16]])
+    images = np.stack([decoding.load_image(p) for p in labelling.find_images(image_dir)[:16]])
     with torch.no_grad():
-        net.train()(data.normalise(data.to_model_input(images), "mobilenet_v3_large"))
+        net.train()(preprocess.normalise(preprocess.to_model_input(images), "mobilenet_v3_large"))
     torch.save(net.state_dict(), path)
     return path
 

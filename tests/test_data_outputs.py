@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 import data
-from samespace import outputs
+from samespace import kaggle_data, outputs
+from samespace.devsets import sample_set
 
 
 def _files(root: Path) -> list[str]:
@@ -25,7 +26,7 @@ def test_sample_with_one_split_present_writes_nothing(tmp_path: Path, capsys) ->
 
 def test_a_sample_run_failing_midway_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     calls = {"n": 0}
-    real = data._photograph
+    real = sample_set.photograph
 
     def fail_late(scene, rng):
         calls["n"] += 1
@@ -33,10 +34,10 @@ def test_a_sample_run_failing_midway_leaves_nothing(tmp_path: Path, monkeypatch)
             raise OSError(28, "No space left on device")
         return real(scene, rng)
 
-    monkeypatch.setattr(data, "_photograph", fail_late)
+    monkeypatch.setattr(sample_set, "photograph", fail_late)
     target = tmp_path / "new" / "sample"
     with pytest.raises(OSError, match="No space left"):
-        data.write_sample_dataset(target, rooms={"Training Data": 2, "Test Data": 2})
+        sample_set.write_sample_dataset(target, rooms={"Training Data": 2, "Test Data": 2})
     assert _files(tmp_path) == []  # not even the folders this run created
 
     kept = tmp_path / "kept"
@@ -44,14 +45,14 @@ def test_a_sample_run_failing_midway_leaves_nothing(tmp_path: Path, monkeypatch)
     (kept / "mine.txt").write_text("x")
     calls["n"] = 0
     with pytest.raises(OSError):
-        data.write_sample_dataset(kept, rooms={"Training Data": 2, "Test Data": 2})
+        sample_set.write_sample_dataset(kept, rooms={"Training Data": 2, "Test Data": 2})
     assert _files(kept) == ["mine.txt"]
 
 
 def test_bad_sample_and_download_folders_are_one_line(tmp_path: Path, capsys, monkeypatch) -> None:
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    monkeypatch.setattr(data, "download_data", lambda path: pytest.fail("download started"))
+    monkeypatch.setattr(kaggle_data, "download_data", lambda path: pytest.fail("download started"))
     for argv, words in [
         (["sample", str(a_file / "sample")], f"{a_file} is not a folder"),
         (["sample", str(a_file)], "is a file, expected a folder"),

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 import torch
 
-import data
 import model_def
 from samespace import model
+from samespace.devsets import sample_set
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,7 @@ sys.exit(model_def.main(sys.argv[1:]))
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
-    data.write_sample_dataset(root, seed=0, rooms={"Training Data": 2, "Test Data": 1})
+    sample_set.write_sample_dataset(root, seed=0, rooms={"Training Data": 2, "Test Data": 1})
     return root
 
 

@@ -16,9 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-import data
+from samespace import decoding, outputs, report, scoring
 from samespace import finder as fd
-from samespace import report, scoring
 
 # Four photos of four different rooms (one per room type) from the conftest sample set, chosen so that no
 # two of them reach the default threshold of any reference method (checked in test_distinct_*).
@@ -133,7 +132,7 @@ def test_distinct_photos_stay_below_every_default_threshold(
     photos: Path, method: str, cosine_extractor: torch.nn.Module
 ) -> None:
     scorer = scoring.CosineScorer(cosine_extractor) if method == "cosine" else scoring.HashScorer(method)
-    scorer.add(np.stack([data.load_image(photos / f"{name}.jpg") for name in "ABD"]))
+    scorer.add(np.stack([decoding.load_image(photos / f"{name}.jpg") for name in "ABD"]))
     scorer.finish()
     left, right = scoring.upper_pairs(0, 3, 3)
     assert scorer.score(left, right).max() < scoring.DEFAULT_THRESHOLDS[method]
@@ -308,14 +307,14 @@ def test_only_unreadable_files_is_an_error(tmp_path: Path, capsys: pytest.Captur
 def test_outputs_are_replaced_atomically(tmp_path: Path) -> None:
     target = tmp_path / "out.json"
     target.write_text("old")
-    data.atomic_write(target, "new")
+    outputs.atomic_write(target, "new")
     assert target.read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]  # no temporary file left behind
 
 
 def test_atomic_write_streams_a_writer_and_keeps_the_old_file_if_it_fails(tmp_path: Path) -> None:
     target = tmp_path / "table.bin"
-    data.atomic_write(target, lambda f: f.write(b"abc") and f.write(b"def"))  # e.g. torch.save(table, f)
+    outputs.atomic_write(target, lambda f: f.write(b"abc") and f.write(b"def"))  # e.g. torch.save(table, f)
     assert target.read_bytes() == b"abcdef"
 
     def fails(f) -> None:  # noqa: ANN001
@@ -323,7 +322,7 @@ def test_atomic_write_streams_a_writer_and_keeps_the_old_file_if_it_fails(tmp_pa
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        data.atomic_write(target, fails)
+        outputs.atomic_write(target, fails)
     assert target.read_bytes() == b"abcdef"  # the old file, no partial write
     assert [p.name for p in tmp_path.iterdir()] == ["table.bin"]
 

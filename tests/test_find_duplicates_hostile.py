@@ -16,16 +16,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import data
-from samespace import blank, outputs
+from samespace import blank, decoding, labelling, outputs, pair_dataset
 from samespace import finder as fd
 
 
 @pytest.fixture(scope="module")
 def three(test_dir: Path) -> list[Path]:
     """Three sample photos: two of one room, one of another."""
-    paths = data.find_images(test_dir)
-    groups = data.group_ids(paths, test_dir)
+    paths = labelling.find_images(test_dir)
+    groups = labelling.group_ids(paths, test_dir)
     room = [p for p, g in zip(paths, groups, strict=True) if g == groups[0]][:2]
     other = next(p for p, g in zip(paths, groups, strict=True) if g != groups[0])
     return [*room, other]
@@ -92,8 +91,8 @@ def test_blank_photos_are_their_own_category_for_every_method(three: list[Path],
     _uniform(photos / "scan.png", (245, 245, 245), seed=99, fmt="PNG")
     shutil.copyfile(photos / "flat_00.jpg", photos / "flat_00_copy.jpg")  # byte-identical: still duplicates
     flat_names = {p.name for p in photos.iterdir() if p.name.startswith(("flat", "scan"))}
-    assert blank.is_blank(np.stack([data.load_image(photos / n) for n in sorted(flat_names)])).all()
-    assert not blank.is_blank(np.stack([data.load_image(p) for p in three])).any()
+    assert blank.is_blank(np.stack([decoding.load_image(photos / n) for n in sorted(flat_names)])).all()
+    assert not blank.is_blank(np.stack([decoding.load_image(p) for p in three])).any()
 
     monkeypatch.setattr(fd, "MAX_GROUP_SIZE", 1)  # every group is "too large": each gets one warning
     for method in ("phash", "whash", "cosine"):
@@ -141,7 +140,7 @@ def test_unreadable_folders_and_undecodable_formats_are_listed_as_skipped(three:
     for k, path in enumerate(three[:2]):
         shutil.copyfile(path, dataset_split / "room" / f"boston_1_{k}.jpg")
     with pytest.warns(UserWarning, match="cannot list folder"):
-        dataset = data.DuplicateImageDataset(dataset_split, progress=False)
+        dataset = pair_dataset.DuplicateImageDataset(dataset_split, progress=False)
     assert dataset.skipped == [f"{dataset_split / 'locked'}: cannot list folder (Permission denied)"]
 
 

@@ -2,7 +2,7 @@
 
 A few hundred mutated JPEG / PNG files (seeded bit flips, truncations, corrupt EXIF) are read by `data.py stats`,
 the training dataset, model_inference.evaluate and find_duplicates; none may raise, and all four must agree on
-which files decode and why each other file is skipped (they share data.load_image).
+which files decode and why each other file is skipped (they share decoding.load_image).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from PIL import Image
 import data
 import model_inference
 from samespace import finder as fd
-from samespace import scoring
+from samespace import labelling, pair_dataset, scoring
 
 N_FILES = 240
 
@@ -57,7 +57,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory, test_dir: Path) -> Path:
     root = tmp_path_factory.mktemp("fuzz") / "split"
     (root / "room").mkdir(parents=True)
     rng = np.random.default_rng(8)
-    sources = data.find_images(test_dir)[:3]
+    sources = labelling.find_images(test_dir)[:3]
     bases = []
     for path in sources:
         with Image.open(path) as img:
@@ -95,7 +95,7 @@ class _TinyExtractor(torch.nn.Module):
 
 
 def test_every_reader_decodes_or_skips_the_same_files_for_the_same_reason(fuzzed: Path, capsys) -> None:
-    files = sorted(p.relative_to(fuzzed).as_posix() for p in data.find_images(fuzzed))
+    files = sorted(p.relative_to(fuzzed).as_posix() for p in labelling.find_images(fuzzed))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # 1. data.py stats
@@ -104,7 +104,7 @@ def test_every_reader_decodes_or_skips_the_same_files_for_the_same_reason(fuzzed
         stats_skipped = dict(_split(line.removeprefix("skipped: "), fuzzed) for line in lines
                              if line.startswith("skipped: "))
         # 2. the training dataset
-        dataset = data.DuplicateImageDataset(fuzzed, progress=False, augment_negatives=True)
+        dataset = pair_dataset.DuplicateImageDataset(fuzzed, progress=False, augment_negatives=True)
         train_kept = {p.relative_to(fuzzed).as_posix() for p in dataset.paths}
         train_skipped = dict(_split(m, fuzzed) for m in dataset.skipped)
         # 3. model_inference

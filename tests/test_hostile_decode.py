@@ -1,4 +1,4 @@
-"""Hostile files meet data.decode_image, the one decoding path: FIFOs and devices are refused at once, huge
+"""Hostile files meet decoding.decode_image, the one decoding path: FIFOs and devices are refused at once, huge
 photos decode within a memory budget, decompression bombs are refused with the reason, and ordinary photos
 decode to exactly the pixels the thresholds were calibrated on."""
 
@@ -24,8 +24,8 @@ import pytest
 from PIL import Image
 
 import data
+from samespace import decoding, labelling, report, scoring
 from samespace import finder as fd
-from samespace import report, scoring
 
 T = TypeVar("T")
 
@@ -132,7 +132,7 @@ def ordinary_photos(folder: Path) -> list[Path]:
 
 def decoded_digest(path: Path) -> str:
     """sha256 of the decoded array (shape, dtype, bytes) and the aspect ratio: equal only for identical pixels."""
-    image, aspect = data.decode_image(path)
+    image, aspect = decoding.decode_image(path)
     digest = hashlib.sha256(repr((image.shape, image.dtype.str, aspect)).encode())
     digest.update(image.tobytes())
     return digest.hexdigest()
@@ -204,16 +204,16 @@ def test_ordinary_photos_decode_to_the_pinned_pixels(ordinary: list[Path]) -> No
     assert {p.name: decoded_digest(p) for p in paths} == PINNED
     # decoding bytes the caller read is the same decode
     for path in paths[:3]:
-        image, aspect = data.decode_image(path, content=data.read_photo(path)[0])
-        reference, reference_aspect = data.decode_image(path)
+        image, aspect = decoding.decode_image(path, content=decoding.read_photo(path)[0])
+        reference, reference_aspect = decoding.decode_image(path)
         assert np.array_equal(image, reference) and aspect == reference_aspect
 
 
 def test_sample_dataset_decodes_to_the_pinned_pixels(sample_root: Path) -> None:
     total = hashlib.sha256()
     count = 0
-    for split in data.SPLITS:
-        for path in data.find_images(sample_root / split):
+    for split in labelling.SPLITS:
+        for path in labelling.find_images(sample_root / split):
             total.update(f"{path.relative_to(sample_root).as_posix()} {decoded_digest(path)}\n".encode())
             count += 1
     assert (count, total.hexdigest()) == PINNED_SAMPLE
@@ -226,8 +226,8 @@ def test_uncompressed_tiff_orientation_is_applied_once(tmp_path: Path) -> None:
     array[:, 20:] = 200
     for fmt in ("TIFF", "PNG"):
         Image.fromarray(array).save(tmp_path / f"o.{fmt.lower()}", fmt, exif=_exif(6))
-    tiff, tiff_aspect = data.decode_image(tmp_path / "o.tiff")
-    png, png_aspect = data.decode_image(tmp_path / "o.png")
+    tiff, tiff_aspect = decoding.decode_image(tmp_path / "o.tiff")
+    png, png_aspect = decoding.decode_image(tmp_path / "o.png")
     assert tiff_aspect == png_aspect == 0.5
     assert np.array_equal(tiff, png)
     assert tiff[20, 128, 0] == 0 and tiff[235, 128, 0] == 200  # left half on top after turning clockwise
@@ -239,8 +239,8 @@ def test_uncompressed_tiff_orientation_is_applied_once(tmp_path: Path) -> None:
 
 
 def test_fifo_is_refused_at_once(fifo: Path) -> None:
-    for read in (data.read_photo, data.decode_image, data.load_image):
-        with pytest.raises(data.UnreadableImageError) as info:
+    for read in (decoding.read_photo, decoding.decode_image, decoding.load_image):
+        with pytest.raises(decoding.UnreadableImageError) as info:
             _within(1.0, lambda read=read: read(fifo))
         assert str(info.value) == f"{fifo}: not a regular file (FIFO)"
     assert _within(1.0, lambda: report.thumbnail_uri(fifo)) == ""
@@ -258,19 +258,19 @@ def test_file_swapped_for_a_fifo_after_the_check_is_refused(tmp_path: Path, monk
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", swap_then_open)
-    with pytest.raises(data.UnreadableImageError) as info:
-        _within(1.0, lambda: data.decode_image(photo))
+    with pytest.raises(decoding.UnreadableImageError) as info:
+        _within(1.0, lambda: decoding.decode_image(photo))
     monkeypatch.undo()
     os.close(os.open(photo, os.O_RDWR | os.O_NONBLOCK))  # releases a reader a regression left blocked
     assert str(info.value) == f"{photo}: not a regular file (FIFO)"
 
 
 def test_devices_and_folders_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(data.UnreadableImageError) as info:
-        _within(1.0, lambda: data.decode_image("/dev/zero"))  # never ends: reading it would exhaust memory
+    with pytest.raises(decoding.UnreadableImageError) as info:
+        _within(1.0, lambda: decoding.decode_image("/dev/zero"))  # never ends: reading it would exhaust memory
     assert str(info.value) == "/dev/zero: not a regular file (character device)"
-    with pytest.raises(data.UnreadableImageError) as info:
-        data.decode_image(tmp_path)
+    with pytest.raises(decoding.UnreadableImageError) as info:
+        decoding.decode_image(tmp_path)
     assert str(info.value) == f"{tmp_path}: not a regular file (directory)"
 
 
@@ -278,49 +278,49 @@ def test_symlinked_photo_is_read(tmp_path: Path) -> None:
     photo = tmp_path / "a.png"
     Image.new("RGB", (8, 8), (9, 99, 199)).save(photo)
     (tmp_path / "link.png").symlink_to(photo)
-    assert data.decode_image(tmp_path / "link.png")[0][0, 0].tolist() == [9, 99, 199]
+    assert decoding.decode_image(tmp_path / "link.png")[0][0, 0].tolist() == [9, 99, 199]
     assert report.thumbnail_uri(tmp_path / "link.png").startswith("data:image/jpeg;base64,")
-    assert [p.name for p in data.find_images(tmp_path)] == ["a.png", "link.png"]
+    assert [p.name for p in labelling.find_images(tmp_path)] == ["a.png", "link.png"]
 
 
 def test_read_photo_returns_the_bytes_and_the_stat_and_changes_nothing(tmp_path: Path) -> None:
     photo = tmp_path / "a.jpg"
     photo.write_bytes(_jpeg_declaring(64, 64))
     before = photo.stat()
-    content, info = data.read_photo(photo)
+    content, info = decoding.read_photo(photo)
     assert content == photo.read_bytes()
     assert (info.st_ino, info.st_size, info.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
     assert photo.stat().st_mtime_ns == before.st_mtime_ns
 
 
 def test_file_above_the_size_cap_is_refused_before_it_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(data, "MAX_PHOTO_BYTES", 100)
+    monkeypatch.setattr(decoding, "MAX_PHOTO_BYTES", 100)
     photo = tmp_path / "a.jpg"
     photo.write_bytes(_jpeg_declaring(64, 64))
     size = photo.stat().st_size
-    with pytest.raises(data.UnreadableImageError) as info:
-        data.decode_image(photo)
+    with pytest.raises(decoding.UnreadableImageError) as info:
+        decoding.decode_image(photo)
     assert str(info.value) == f"{photo}: file too large ({size:,} bytes; the limit is 100)"
 
 
 def test_content_is_decoded_and_the_path_named(tmp_path: Path) -> None:
     buffer = io.BytesIO()
     Image.new("RGB", (30, 10), (200, 10, 10)).save(buffer, "PNG")
-    image, aspect = data.decode_image(tmp_path / "not-there.png", content=buffer.getvalue())  # never opened
+    image, aspect = decoding.decode_image(tmp_path / "not-there.png", content=buffer.getvalue())  # never opened
     assert aspect == 3.0 and image[5, 5].tolist() == [200, 10, 10]
-    with pytest.raises(data.UnreadableImageError) as info:
-        data.decode_image(tmp_path / "junk.png", content=b"junk")
+    with pytest.raises(decoding.UnreadableImageError) as info:
+        decoding.decode_image(tmp_path / "junk.png", content=b"junk")
     name = tmp_path / "junk.png"
     assert str(info.value) == f"{name}: cannot read image (UnidentifiedImageError: cannot identify image file '{name}')"
 
 
 def test_fifo_in_a_folder_is_skipped_with_the_reason(fifo: Path, test_dir: Path) -> None:
     folder = fifo.parent
-    for path in data.find_images(test_dir)[:3]:
+    for path in labelling.find_images(test_dir)[:3]:
         shutil.copyfile(path, folder / path.name)
     unreadable: list[tuple[Path, str]] = []
-    listed = data.find_images(folder, unreadable=unreadable)
-    assert [p.name for p in listed] == sorted(p.name for p in data.find_images(test_dir)[:3])
+    listed = labelling.find_images(folder, unreadable=unreadable)
+    assert [p.name for p in listed] == sorted(p.name for p in labelling.find_images(test_dir)[:3])
     assert unreadable == [(fifo, "not a regular file (FIFO)")]
     # the duplicate finder reports it as skipped, with the reason; a path list naming it (a store row) too
     result = _within(20.0, lambda: fd.find_duplicates([folder], scoring.HashScorer("whash"), 0.9, progress=False))
@@ -349,10 +349,10 @@ image.save(sys.argv[1], "JPEG", quality=90)
 _DECODE_MEASURED = """
 import json, resource, sys, time
 import numpy as np
-import data
+from samespace import decoding
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
-image, aspect = data.decode_image(sys.argv[1])
+image, aspect = decoding.decode_image(sys.argv[1])
 seconds = time.perf_counter() - start
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 np.save(sys.argv[2], image)
@@ -400,8 +400,8 @@ def test_decompression_bombs_are_refused_with_the_reason(tmp_path: Path) -> None
         path = tmp_path / name
         path.write_bytes(content)
         assert len(content) < 1000
-        with pytest.raises(data.UnreadableImageError) as info:
-            _within(1.0, lambda path=path: data.decode_image(path))  # refused from the header, nothing allocated
+        with pytest.raises(decoding.UnreadableImageError) as info:
+            _within(1.0, lambda path=path: decoding.decode_image(path))  # refused from the header, nothing allocated
         assert str(info.value) == f"{path}: cannot read image (DecompressionBombError: {reason})"
         assert _within(1.0, lambda path=path: report.thumbnail_uri(path)) == ""
 
@@ -420,13 +420,13 @@ def test_large_rasters_are_reduced_as_soon_as_loaded(tmp_path: Path, monkeypatch
     }
     for name, (image, options) in photos.items():
         image.save(tmp_path / name, **options)
-    full = {name: data.decode_image(tmp_path / name) for name in photos}
-    monkeypatch.setattr(data, "_FULL_SIZE_PIXELS", 1_000_000)
+    full = {name: decoding.decode_image(tmp_path / name) for name in photos}
+    monkeypatch.setattr(decoding, "_FULL_SIZE_PIXELS", 1_000_000)
     with Image.open(tmp_path / "rgb.png") as opened:
-        assert data.load_within_budget(opened, (512, 512)).size == (600, 550)  # halved: still at least 512 x 512
+        assert decoding.load_within_budget(opened, (512, 512)).size == (600, 550)  # halved: still at least 512 x 512
     assert full["exif6.png"][1] == 1100 / 1200 and full["lzw.tiff"][1] == 1100 / 1200  # upright
     for name in photos:
-        image, aspect = data.decode_image(tmp_path / name)
+        image, aspect = decoding.decode_image(tmp_path / name)
         assert abs(aspect - full[name][1]) < 0.005, name
         assert np.abs(image.astype(int) - full[name][0]).mean() < 4, name
 
@@ -442,7 +442,7 @@ def test_threads_decode_bombs_and_photos_independently(tmp_path: Path, ordinary:
     def one(path: Path) -> str:
         try:
             return decoded_digest(path)
-        except data.UnreadableImageError as exc:
+        except decoding.UnreadableImageError as exc:
             return str(exc)
 
     with ThreadPoolExecutor(4) as pool:

@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data
-from samespace import embed, embedding_store, outputs
+from samespace import embed, embedding_store, labelling, outputs
 from samespace import finder as fd
 
 REPO = Path(__file__).resolve().parent.parent
@@ -34,7 +33,7 @@ def photos(tmp_path: Path, test_dir: Path) -> Path:
     """Four sample photos (two of one room) in a folder of their own."""
     root = tmp_path / "photos"
     root.mkdir()
-    for path in data.find_images(test_dir)[:4]:
+    for path in labelling.find_images(test_dir)[:4]:
         shutil.copyfile(path, root / path.name)
     return root
 
@@ -146,7 +145,6 @@ def test_the_writer_itself_refuses_special_paths(tmp_path: Path, kind: str) -> N
         outputs.atomic_write(target, "x")
     assert os.lstat(target).st_mode == mode and sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["out", *(["photo.jpg"] if kind == "symlink" else [])])  # no temporary file left
-    assert data.atomic_write is outputs.atomic_write
 
 
 def test_a_full_disk_names_the_file(tmp_path: Path, monkeypatch) -> None:

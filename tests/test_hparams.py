@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-import data
 import model_def
-from samespace import hparams
+from samespace import decoding, hparams
 
 PUBLISHED = {k: v for k, v in yaml.safe_load((Path(model_def.__file__).parent / "const.yaml").read_text())[
     "hyperparameters"].items()}
@@ -57,8 +56,8 @@ def no_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("photos were decoded before the inputs were checked")
 
-    monkeypatch.setattr(data, "load_images", refuse)
-    monkeypatch.setattr(data, "load_image", refuse)
+    monkeypatch.setattr(decoding, "load_images", refuse)
+    monkeypatch.setattr(decoding, "load_image", refuse)
 
 
 @pytest.mark.parametrize(

@@ -12,9 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-import data
 import model_def
-from samespace import mining, model, scoring, views
+from samespace import decoding, labelling, mining, model, pair_sampling, preprocess, scoring, views
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -59,7 +58,7 @@ def test_trained_cosine_head_stays_symmetric() -> None:
 def test_reshoot_views_are_seeded_per_image_and_view_zero_is_the_image() -> None:
     images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
     source = views.ReshootViews(seed=0)
-    torch.testing.assert_close(source(images, 0, np.arange(3)), data.to_model_input(images))
+    torch.testing.assert_close(source(images, 0, np.arange(3)), preprocess.to_model_input(images))
     batch = source(images, 5, np.arange(3))
     assert batch.shape == (3, 3, 64, 64) and 0 <= float(batch.min()) and float(batch.max()) <= 1
     torch.testing.assert_close(source(images[1:2], 5, np.array([1])), batch[1:2])  # independent of batching
@@ -73,7 +72,7 @@ def test_reshoot_pairs_have_no_identical_positives_and_no_view_shortcut() -> Non
     unit = scoring.l2_normalise(rng.normal(size=(30, 8)))
     hashes = rng.integers(0, 2**63, 30, dtype=np.uint64)
     pairs = mining.reshoot_pairs(groups, hashes, unit, negatives="cosine")
-    v1, v2 = data.pair_variants(pairs.flags)
+    v1, v2 = pair_sampling.pair_variants(pairs.flags)
     positive = pairs.label == 1
     assert positive.sum() == (positive == 0).sum() == 30 * 64 + 30 * 56
     assert not ((pairs.left == pairs.right) & (v1 == v2)).any()  # a self-pair only across two different views
@@ -142,12 +141,12 @@ def test_a_photo_and_its_25_degree_rotated_zoomed_copy_are_duplicates_by_default
     """
     from samespace import finder
 
-    photo = Image.open(data.find_images(train_dir)[0]).convert("RGB").resize((640, 480))
+    photo = Image.open(labelling.find_images(train_dir)[0]).convert("RGB").resize((640, 480))
     photo.save(tmp_path / "a.jpg", quality=92)
     _rotated_zoomed(photo, 25).save(tmp_path / "b.jpg", quality=92)
     args = finder.build_parser().parse_args([str(tmp_path)])
     scorer, threshold, _ = finder.build_scorer(args, "cpu")
-    scorer.add(np.stack([data.load_image(tmp_path / n) for n in ("a.jpg", "b.jpg")]))
+    scorer.add(np.stack([decoding.load_image(tmp_path / n) for n in ("a.jpg", "b.jpg")]))
     scorer.finish()
     score = float(scorer.score(np.array([0]), np.array([1]))[0])
     print(f"score {score:.4f} threshold {threshold}")

@@ -11,8 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-import data
-from samespace import model
+from samespace import decoding, labelling, model, pair_dataset, preprocess
 
 TRAINABLE = {
     *(f"twins.{t}.0.{p}" for t in (0, 1) for p in ("weight", "bias")),
@@ -21,8 +20,8 @@ TRAINABLE = {
 
 
 @pytest.fixture(scope="module")
-def test_split(test_dir: Path) -> data.DuplicateImageDataset:
-    return data.DuplicateImageDataset(test_dir, progress=False)
+def test_split(test_dir: Path) -> pair_dataset.DuplicateImageDataset:
+    return pair_dataset.DuplicateImageDataset(test_dir, progress=False)
 
 
 def test_exactly_twin_heads_and_classifier_train() -> None:
@@ -81,7 +80,7 @@ def test_twin_heads_start_from_the_pretrained_classifier(calibrated: Path) -> No
 
 
 def test_cached_features_give_the_per_pair_network_logits(
-    calibrated: Path, test_split: data.DuplicateImageDataset
+    calibrated: Path, test_split: pair_dataset.DuplicateImageDataset
 ) -> None:
     torch.manual_seed(0)
     net = model.SiameseNetwork(backbone_weights=str(calibrated)).eval()
@@ -119,7 +118,7 @@ def test_efficientnet_lite0_loads_its_pretrained_weights(train_dir: Path) -> Non
     assert set(loaded) == set(state) - {"_fc.weight", "_fc.bias"}
     assert all(torch.equal(loaded[k], state[k]) for k in loaded)
 
-    images = data.to_model_input(np.stack([data.load_image(p) for p in data.find_images(train_dir)[:6]]))
+    images = preprocess.to_model_input(np.stack([decoding.load_image(p) for p in labelling.find_images(train_dir)[:6]]))
     torch.manual_seed(0)
     pretrained = extractor(images)
     random = model.build_feature_extractor("efficientnet_lite0", "none")(images)
@@ -160,7 +159,7 @@ def test_state_dict_file_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_feature_cache_file_is_reused_and_keyed_by_content(tmp_path: Path, train_dir: Path) -> None:
-    images = np.stack([data.load_image(p) for p in data.find_images(train_dir)[:3]])
+    images = np.stack([decoding.load_image(p) for p in labelling.find_images(train_dir)[:3]])
     torch.manual_seed(0)
     extractor = model.build_feature_extractor("mobilenet_v3_large", "none")
     first = model.extract_features(extractor, images, variants=[0, 3], progress=False, cache_dir=tmp_path)
@@ -184,18 +183,18 @@ def test_feature_cache_file_is_reused_and_keyed_by_content(tmp_path: Path, train
 
 @pytest.mark.parametrize("backbone", model.BACKBONES)
 def test_the_extractor_normalises_its_input_for_its_own_weights(backbone: str) -> None:
-    """Every caller hands the backbone [0, 1] images; it applies its own mean / std (data.INPUT_NORMALISATION)."""
+    """Every caller hands the backbone [0, 1] images; it applies its own mean / std (preprocess.INPUT_NORMALISATION)."""
     torch.manual_seed(0)
     extractor = model.build_feature_extractor(backbone, "none")
-    x = data.to_model_input(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
+    x = preprocess.to_model_input(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
     with torch.no_grad():
-        expected = extractor.body(data.normalise(x, backbone)).flatten(1)
+        expected = extractor.body(preprocess.normalise(x, backbone)).flatten(1)
         assert torch.equal(extractor(x), expected)
-    other = dict(data.INPUT_NORMALISATION)
+    other = dict(preprocess.INPUT_NORMALISATION)
     key = extractor.fingerprint()
     try:  # the normalisation is part of the extractor's identity, hence of the feature-cache key
-        data.INPUT_NORMALISATION[backbone] = ((0.5,) * 3, (0.5,) * 3)
+        preprocess.INPUT_NORMALISATION[backbone] = ((0.5,) * 3, (0.5,) * 3)
         assert extractor.fingerprint() != key
     finally:
-        data.INPUT_NORMALISATION.clear()
-        data.INPUT_NORMALISATION.update(other)
+        preprocess.INPUT_NORMALISATION.clear()
+        preprocess.INPUT_NORMALISATION.update(other)

@@ -12,10 +12,9 @@ import pytest
 import torch
 from sklearn import metrics
 
-import data
 import model_def
 import model_inference
-from samespace import outputs, scoring
+from samespace import decoding, labelling, outputs, pair_dataset, pair_sampling, scoring
 
 
 @pytest.fixture(scope="module")
@@ -35,17 +34,17 @@ def evaluated(trained_checkpoint: Path, test_dir: Path, tmp_path_factory: pytest
 
 def test_json_keys_and_ranges(evaluated: dict, test_dir: Path) -> None:
     report = evaluated["report"]
-    n = len(data.find_images(test_dir))
+    n = len(labelling.find_images(test_dir))
     assert report["images"] == n and report["skipped"] == []
     faithful = report["faithful"]
-    summary = data.DuplicateImageDataset(test_dir, progress=False).summary()
+    summary = pair_dataset.DuplicateImageDataset(test_dir, progress=False).summary()
     assert faithful["pairs"] == summary["total_pairs"]
     assert faithful["positive_pairs"] == summary["upsampled_positive_pairs"]
     assert 0 < faithful["loss"] < 5 and 0 <= faithful["accuracy"] <= 1
     unique = report["unique"]
     assert unique["pairs"] == n * (n - 1) // 2
-    groups = data.group_ids(data.find_images(test_dir), test_dir)
-    assert unique["positive_pairs"] == data.count_pairs(groups, "unique")[0]
+    groups = labelling.group_ids(labelling.find_images(test_dir), test_dir)
+    assert unique["positive_pairs"] == pair_sampling.count_pairs(groups, "unique")[0]
     assert set(unique["methods"]) == {"model", "whash", "phash", "cosine", "relative", "verified"}
     for method in unique["methods"].values():
         assert 0 <= method["roc_auc"] <= 1 and 0 <= method["average_precision"] <= 1
@@ -89,7 +88,7 @@ def test_two_runs_give_identical_numbers(evaluated: dict, trained_checkpoint: Pa
 
 def test_model_score_averages_both_input_orders(trained_checkpoint: Path, test_dir: Path) -> None:
     network = model_def.load_model(trained_checkpoint)
-    images, _, _ = data.load_images(data.find_images(test_dir)[:6], progress=False)
+    images, _, _ = decoding.load_images(labelling.find_images(test_dir)[:6], progress=False)
     from samespace.model import extract_features
 
     pooled = extract_features(network.features, images, variants=(0,), progress=False)[:, 0]
@@ -107,7 +106,7 @@ def test_reference_methods_rank_an_exact_duplicate_first(
 ) -> None:
     split = tmp_path / "split"
     shutil.copytree(test_dir, split)
-    original = data.find_images(split)[0]
+    original = labelling.find_images(split)[0]
     shutil.copy(original, original.with_name("zz_copy.jpg"))  # unparsed name: its own group, so label 0
     network = model_def.load_model(trained_checkpoint)
     _, unique = model_inference.evaluate(network, split, pairing="unique", progress=False)
@@ -128,8 +127,8 @@ def test_errors_name_the_path(trained_checkpoint: Path, tmp_path: Path, test_dir
 
     no_positives = tmp_path / "singles"
     (no_positives / "bedroom").mkdir(parents=True)
-    paths = data.find_images(test_dir)
-    _, first_of_each_room = np.unique(data.group_ids(paths, test_dir), return_index=True)
+    paths = labelling.find_images(test_dir)
+    _, first_of_each_room = np.unique(labelling.group_ids(paths, test_dir), return_index=True)
     for k in first_of_each_room[:3]:
         shutil.copy(paths[k], no_positives / "bedroom" / paths[k].name)
     assert model_inference.main(["--checkpoint", str(trained_checkpoint), "--data-dir", str(no_positives)]) == 2
@@ -142,8 +141,8 @@ def test_errors_name_the_path(trained_checkpoint: Path, tmp_path: Path, test_dir
 
 def _room_split(test_dir: Path, folder: Path, rooms: int) -> Path:
     """A split of the first ``rooms`` rooms of test_dir that have at least three photos."""
-    paths = data.find_images(test_dir)
-    groups = data.group_ids(paths, test_dir)
+    paths = labelling.find_images(test_dir)
+    groups = labelling.group_ids(paths, test_dir)
     big = [g for g in dict.fromkeys(groups.tolist()) if (groups == g).sum() >= 3][:rooms]
     for path, g in zip(paths, groups, strict=True):
         if g in big:

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data
+from samespace import decoding, labelling, outputs
 from samespace import finder as fd
-from samespace import outputs
 
 
 @pytest.fixture()
@@ -22,9 +21,9 @@ def photos(tmp_path: Path, test_dir: Path) -> Path:
     """Five sample photos, two of one room, in a folder of their own; one photo is read-only."""
     root = tmp_path / "photos"
     (root / "sub").mkdir(parents=True)
-    for k, path in enumerate(data.find_images(test_dir)[:5]):
+    for k, path in enumerate(labelling.find_images(test_dir)[:5]):
         shutil.copyfile(path, (root if k % 2 else root / "sub") / path.name)
-    readonly = data.find_images(root)[0]
+    readonly = labelling.find_images(root)[0]
     readonly.chmod(0o444)
     return root
 
@@ -37,7 +36,7 @@ def _digests(root: Path) -> dict[str, str]:
 @pytest.mark.parametrize("option", ["--json", "--csv", "--html"])
 def test_an_output_naming_a_photo_is_refused_and_the_photo_kept(photos: Path, option: str, capsys) -> None:
     before = _digests(photos)
-    for photo in (data.find_images(photos)[0], data.find_images(photos)[-1]):  # read-only and writable
+    for photo in (labelling.find_images(photos)[0], labelling.find_images(photos)[-1]):  # read-only and writable
         code = fd.main([str(photos), "--method", "phash", "--no-progress", option, str(photo)])
         err = capsys.readouterr().err
         assert code == 2, err
@@ -57,7 +56,7 @@ def test_a_new_image_name_inside_an_input_folder_is_refused(photos: Path, capsys
 
 def test_a_symlink_to_a_photo_is_refused(photos: Path, tmp_path: Path, capsys) -> None:
     link = tmp_path / "link.json"
-    link.symlink_to(data.find_images(photos)[1])
+    link.symlink_to(labelling.find_images(photos)[1])
     before = _digests(photos)
     assert fd.main([str(photos), "--method", "phash", "--no-progress", "--json", str(link)]) == 2
     assert "input photos" in capsys.readouterr().err
@@ -164,7 +163,7 @@ def test_model_inference_checks_its_outputs_before_loading_anything(test_dir: Pa
     monkeypatch.setattr(model_def, "load_model", lambda *a, **k: pytest.fail("loaded the checkpoint first"))
     split = tmp_path / "split"
     shutil.copytree(test_dir, split)
-    photo = data.find_images(split)[0]
+    photo = labelling.find_images(split)[0]
     before = _digests(split)
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
@@ -190,7 +189,7 @@ def test_an_unwritable_feature_cache_is_a_warning_not_a_failure(test_dir: Path, 
     a_file = tmp_path / "file"
     a_file.write_text("x")
     extractor = build_feature_extractor("efficientnet_lite0", "none")
-    images = np.stack([data.load_image(p) for p in data.find_images(test_dir)[:2]])
+    images = np.stack([decoding.load_image(p) for p in labelling.find_images(test_dir)[:2]])
     with pytest.warns(UserWarning, match=f"feature cache not written: {a_file}/"):
         features = extract_features(extractor, images, variants=(0,), progress=False, cache_dir=a_file / "cache")
     assert features.shape == (2, 1, extractor.out_dim) and a_file.read_text() == "x"

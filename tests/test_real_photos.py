@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import data
+from samespace import decoding, labelling
 from samespace.devsets import real_photos as rp
 
-TRAIN, TEST = data.SPLITS
+TRAIN, TEST = labelling.SPLITS
 
 
 def _photo(rng: np.random.Generator, size: tuple[int, int] = (160, 120)) -> Image.Image:
@@ -88,13 +88,13 @@ def test_layout_parses_into_the_intended_groups(built: tuple[Path, dict]) -> Non
     out, summary = built
     rows = rp.read_manifest(out)
     all_sizes = []
-    for split in data.SPLITS:
+    for split in labelling.SPLITS:
         split_dir = out / split
-        paths = data.find_images(split_dir)
-        assert all(data.parse_name(p.name) is not None for p in paths)
+        paths = labelling.find_images(split_dir)
+        assert all(labelling.parse_name(p.name) is not None for p in paths)
         by_path = {r["path"]: r for r in rows}
         intended = [by_path[f"{split}/{p.relative_to(split_dir).as_posix()}"]["group"] for p in paths]
-        groups = data.group_ids(paths, split_dir)
+        groups = labelling.group_ids(paths, split_dir)
         # Same partition: equal group ids exactly where the manifest's groups are equal.
         for i in range(len(paths)):
             for j in range(len(paths)):
@@ -106,7 +106,7 @@ def test_layout_parses_into_the_intended_groups(built: tuple[Path, dict]) -> Non
         for path in paths:  # moderate JPEGs the one decode path reads
             with Image.open(path) as img:
                 assert img.format == "JPEG" and max(img.size) <= rp.MAX_SIDE
-            assert data.load_image(path).shape == (data.IMAGE_SIZE, data.IMAGE_SIZE, 3)
+            assert decoding.load_image(path).shape == (decoding.IMAGE_SIZE, decoding.IMAGE_SIZE, 3)
     assert min(all_sizes) == 1 and max(all_sizes) == rp.GROUP_SIZE[1]  # singletons, and groups of 2 to 4
 
 
@@ -171,7 +171,7 @@ def test_a_rotation_leaves_no_empty_corners() -> None:
 def test_manifest_is_complete(built: tuple[Path, dict], sources: list[rp.Source]) -> None:
     out, _ = built
     rows = rp.read_manifest(out)
-    written = {p.relative_to(out).as_posix() for split in data.SPLITS for p in data.find_images(out / split)}
+    written = {p.relative_to(out).as_posix() for split in labelling.SPLITS for p in labelling.find_images(out / split)}
     assert {r["path"] for r in rows} == written
     folders = {s.name: Path(s.package) for s in sources}
     for row in rows:
@@ -191,7 +191,7 @@ def test_verify_finds_changed_missing_and_stray_files(
     assert rp.main(["verify", str(out)]) == 0
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    paths = data.find_images(copy / TEST)
+    paths = labelling.find_images(copy / TEST)
     paths[0].write_bytes(paths[0].read_bytes()[:-10])
     paths[1].unlink()
     (paths[2].parent / "stray_1_1.jpg").write_bytes(paths[2].read_bytes())
@@ -208,10 +208,10 @@ def test_verify_finds_changed_missing_and_stray_files(
 
 def test_shot_ids_and_different_shot_pairs(built: tuple[Path, dict]) -> None:
     out, summary = built
-    for split in data.SPLITS:
+    for split in labelling.SPLITS:
         split_dir = out / split
-        paths = data.find_images(split_dir)
-        groups = data.group_ids(paths, split_dir)
+        paths = labelling.find_images(split_dir)
+        groups = labelling.group_ids(paths, split_dir)
         shots = rp.shot_ids(paths, split_dir)
         expected = {
             frozenset((paths[i].relative_to(split_dir).as_posix(), paths[j].relative_to(split_dir).as_posix()))

@@ -12,18 +12,19 @@ import pytest
 import torch
 from PIL import Image
 
-import data
-from samespace import local_scaling, scoring
+from samespace import decoding, labelling, local_scaling, preprocess, scoring
+from samespace.devsets import sample_set
 
 
 @pytest.fixture(scope="module")
 def calibration_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The generated sample set exactly as `python data.py sample` writes it (seed 0, default sizes)."""
-    return data.write_sample_dataset(tmp_path_factory.mktemp("calibration"), seed=0)
+    return sample_set.write_sample_dataset(tmp_path_factory.mktemp("calibration"), seed=0)
 
 
 def _random_images(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, data.IMAGE_SIZE, data.IMAGE_SIZE, 3), dtype=np.uint8)
+    side = decoding.IMAGE_SIZE
+    return np.random.default_rng(seed).integers(0, 256, (n, side, side, 3), dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -38,7 +39,7 @@ def test_hash_similarity_is_one_minus_hamming_over_64() -> None:
 
 
 def test_phash_codes_pack_the_imagehash_bits_like_whash(test_dir: Path) -> None:
-    images = data.load_images(data.find_images(test_dir)[:3], progress=False)[0]
+    images = decoding.load_images(labelling.find_images(test_dir)[:3], progress=False)[0]
     codes = scoring.phash_codes(images)
     assert codes.dtype == np.uint64 and codes.shape == (3,)
     for image, code in zip(images, codes, strict=True):
@@ -128,7 +129,7 @@ def test_model_scorer_from_images_equals_forward_on_images(siamese: torch.nn.Mod
     left, right = scoring.upper_pairs(0, 4, 4)
     scores = scorer.score(left, right)
     np.testing.assert_array_equal(scores, scorer.score(right, left))
-    x = data.to_model_input(images)
+    x = preprocess.to_model_input(images)
     with torch.no_grad():
         expected = torch.sigmoid((siamese(x[left], x[right]) + siamese(x[right], x[left])) / 2).numpy()
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import data
-from samespace import embedding_store
+from samespace import decoding, embedding_store, labelling
 from samespace import finder as fd
 
 FAST = ["--method", "phash", "--no-progress"]
@@ -22,7 +21,7 @@ def photos(tmp_path: Path, test_dir: Path) -> Path:
     """Six sample photos padded to one size (a JPEG decoder ignores bytes after the image's end)."""
     root = tmp_path / "photos"
     root.mkdir()
-    sources = data.find_images(test_dir)[:6]
+    sources = labelling.find_images(test_dir)[:6]
     size = max(p.stat().st_size for p in sources) + 16
     for path in sources:
         content = path.read_bytes()
@@ -52,7 +51,7 @@ def test_a_photo_swapped_while_decoding_never_poisons_the_store(photos: Path, tm
     store = tmp_path / "store.npz"
     victim, other = sorted(photos.iterdir())[1], sorted(photos.iterdir())[4]
     expected = _pairs([str(photos), "--no-cache"], tmp_path / "ref.json")
-    read_photo = data.read_photo
+    read_photo = decoding.read_photo
     swapped = []
 
     def swap_during_read(path: str | Path) -> tuple[bytes, os.stat_result]:
@@ -68,7 +67,7 @@ def test_a_photo_swapped_while_decoding_never_poisons_the_store(photos: Path, tm
                 swapped.append(path)
         return read_photo(path)
 
-    monkeypatch.setattr(data, "read_photo", swap_during_read)
+    monkeypatch.setattr(decoding, "read_photo", swap_during_read)
     _pairs([str(photos), "--store", str(store)], tmp_path / "a.json")  # this run may see the swapped bytes
     assert swapped
     monkeypatch.undo()

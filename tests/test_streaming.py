@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-import data
-from samespace import model
+from samespace import decoding, labelling, model, pair_dataset, preprocess
 
 
 def _small_extractor() -> model.FrozenFeatureExtractor:
@@ -22,8 +21,8 @@ def _small_extractor() -> model.FrozenFeatureExtractor:
 
 
 def test_a_dataset_without_pixels_has_the_same_pairs_and_items(train_dir: Path) -> None:
-    held = data.DuplicateImageDataset(train_dir, progress=False)
-    streamed = data.DuplicateImageDataset(train_dir, progress=False, keep_images=False)
+    held = pair_dataset.DuplicateImageDataset(train_dir, progress=False)
+    streamed = pair_dataset.DuplicateImageDataset(train_dir, progress=False, keep_images=False)
     assert streamed.images is None and held.images is not None
     assert np.array_equal(streamed.hashes, held.hashes) and streamed.paths == held.paths
     for field in ("left", "right", "label", "flags"):
@@ -35,12 +34,12 @@ def test_a_dataset_without_pixels_has_the_same_pairs_and_items(train_dir: Path) 
 
 
 def test_extraction_from_files_equals_extraction_from_pixels(train_dir: Path, tmp_path: Path) -> None:
-    paths = data.find_images(train_dir)[:10]
-    pixels = np.stack([data.load_image(p) for p in paths])
+    paths = labelling.find_images(train_dir)[:10]
+    pixels = np.stack([decoding.load_image(p) for p in paths])
     extractor = _small_extractor()
     expected = model.extract_features(extractor, pixels, progress=False)
     streamed = model.extract_features(extractor, paths, batch_size=3, progress=False, cache_dir=tmp_path)
-    assert streamed.shape == (10, data.N_VARIANTS, 16)
+    assert streamed.shape == (10, preprocess.N_VARIANTS, 16)
     torch.testing.assert_close(streamed, expected, atol=1e-6, rtol=0)
     assert len(list(tmp_path.iterdir())) == 1
     assert torch.equal(model.extract_features(extractor, paths, progress=False, cache_dir=tmp_path), streamed)
@@ -54,18 +53,18 @@ def _crop_view(images: np.ndarray, view: int, indices: np.ndarray, size: int) ->
     out = []
     for image, index in zip(images, indices, strict=True):
         offset = (int(index) * 7 + view * 13) % (image.shape[0] - size)
-        out.append(data.to_model_input(image[offset : offset + size, offset : offset + size]))
+        out.append(preprocess.to_model_input(image[offset : offset + size, offset : offset + size]))
     return torch.stack(out)
 
 
 def test_views_are_pluggable(train_dir: Path, tmp_path: Path) -> None:
-    paths = data.find_images(train_dir)[:5]
+    paths = labelling.find_images(train_dir)[:5]
     extractor = _small_extractor()
     view = functools.partial(_crop_view, size=200)
     table = model.extract_features(extractor, paths, variants=[0, 1, 2], view=view, batch_size=2, progress=False,
                                    cache_dir=tmp_path)
     assert table.shape == (5, 3, 16)
-    image = data.load_image(paths[3])
+    image = decoding.load_image(paths[3])
     with torch.no_grad():
         expected = extractor(_crop_view(image[None], 2, np.array([3]), 200))[0]
     torch.testing.assert_close(table[3, 2], expected, atol=1e-6, rtol=0)
@@ -78,7 +77,7 @@ def test_views_are_pluggable(train_dir: Path, tmp_path: Path) -> None:
 def test_extraction_holds_one_batch_of_pixels(train_dir: Path, batch_size: int,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """Files are decoded batch by batch: never more than batch_size images at once."""
-    paths = data.find_images(train_dir)[:6]
+    paths = labelling.find_images(train_dir)[:6]
     sizes: list[int] = []
 
     def view(images: np.ndarray, variant: int, indices: np.ndarray) -> torch.Tensor:

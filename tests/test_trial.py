@@ -12,9 +12,8 @@ import torch
 import yaml
 from determined import pytorch
 
-import data
 import model_def
-from samespace import model
+from samespace import model, pair_dataset
 
 HPARAMS = {"global_batch_size": 64, "learning_rate": 0.002061, "alpha": 0.926,
            "dropout1": 0.306, "dropout2": 0.491, "dropout3": 0.562}
@@ -39,7 +38,8 @@ def test_fit_writes_a_checkpoint_that_loads_back(
         pytorch.Trainer(trial, context).fit(max_length=pytorch.Epoch(1), validation_period=pytorch.Epoch(1),
                                             checkpoint_period=pytorch.Epoch(1), checkpoint_policy="all")
     batches = len(trial.run_log.training)
-    assert batches == math.ceil(len(data.DuplicateImageDataset(sample_root / "Training Data", progress=False)) / 64)
+    pairs = pair_dataset.DuplicateImageDataset(sample_root / "Training Data", progress=False)
+    assert batches == math.ceil(len(pairs) / 64)
     # The Trainer adds `epochs` (adaptive.yaml's time_metric) and `batches` to the validation metrics.
     assert len(trial.run_log.validation) == 1
     assert trial.run_log.validation[0].keys() == {"validation_loss", "validation_accuracy", "epochs", "batches"}
@@ -79,7 +79,7 @@ def test_script_trains_and_prints_the_checkpoint_last(
     assert (path / "code" / "model_def.py").is_file() and not (path / "code" / "data" / "sample").exists()
 
     network = model_def.load_model(path)
-    dataset = data.DuplicateImageDataset(sample_root / "Training Data", progress=False)
+    dataset = pair_dataset.DuplicateImageDataset(sample_root / "Training Data", progress=False)
     labels = torch.from_numpy(dataset.pairs.label.astype(np.float32))
     prior = labels.mean().item()
     prior_loss = -(prior * math.log(prior) + (1 - prior) * math.log(1 - prior))

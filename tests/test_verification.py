@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 from test_improved import _rotated_zoomed
 
-import data
-from samespace import embedding_store, finder, local_scaling, scoring, verification
+from samespace import decoding, embedding_store, finder, labelling, local_scaling, scoring, verification
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +17,7 @@ def tilted_files(train_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> l
     """A generated room photo (640 x 480), its 25-degree rotated and zoomed copy, and the next five photos of the
     split."""
     folder = tmp_path_factory.mktemp("tilted")
-    paths = data.find_images(train_dir)
+    paths = labelling.find_images(train_dir)
     photo = Image.open(paths[0]).convert("RGB").resize((640, 480))
     photo.save(folder / "a.jpg", quality=92)
     _rotated_zoomed(photo, 25).save(folder / "b.jpg", quality=92)
@@ -28,7 +27,7 @@ def tilted_files(train_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> l
 @pytest.fixture(scope="module")
 def tilted(tilted_files: list[Path]) -> list[np.ndarray]:
     """The decoded squares of :func:`tilted_files`."""
-    return [data.load_image(p) for p in tilted_files]
+    return [decoding.load_image(p) for p in tilted_files]
 
 
 def test_a_tilted_copy_shares_inliers_and_other_rooms_do_not(tilted: list[np.ndarray]) -> None:
@@ -43,7 +42,7 @@ def test_a_tilted_copy_shares_inliers_and_other_rooms_do_not(tilted: list[np.nda
 
 
 def test_photos_are_matched_in_their_own_shape(tilted_files: list[Path]) -> None:
-    decoded = [data.decode_image(p) for p in tilted_files]
+    decoded = [decoding.decode_image(p) for p in tilted_files]
     assert [round(aspect, 4) for _, aspect in decoded] == [1.3333] * 7
     square = decoded[0][0]
     assert verification.unsquashed(square, 4 / 3).shape == (222, 296, 3)  # 256 x 256 pixels' worth, 4:3
@@ -68,7 +67,7 @@ def test_find_duplicates_hands_each_photos_aspect_to_the_scorer(tmp_path: Path) 
     assert batch.indices == [0, 2] and [k for k, _ in batch.skipped] == [1]
     np.testing.assert_allclose(batch.aspects, [3.0, 0.25])
     with pytest.warns(UserWarning, match="skipped .*unreadable.jpg"):
-        images, aspects, kept, skipped = data.decode_images(paths, progress=False)
+        images, aspects, kept, skipped = decoding.decode_images(paths, progress=False)
     np.testing.assert_allclose(aspects, [3.0, 0.25])
     assert kept == [0, 2] and len(skipped) == 1 and images.shape == (2, 256, 256, 3)
     with pytest.raises(ValueError, match="2 images but aspect ratios of shape"):
@@ -120,7 +119,7 @@ def _scorers(images: np.ndarray) -> tuple[scoring.RelativeScorer, scoring.Verifi
 def test_verified_is_relative_plus_the_bonus_of_neighbour_pairs(train_dir: Path) -> None:
     """Pairs among either photo's K nearest get the bonus of their inliers, every other pair its relative score;
     the dense rows (exhaustive search) equal the pair scores."""
-    images = np.stack([data.load_image(p) for p in data.find_images(train_dir)[:40]])
+    images = np.stack([decoding.load_image(p) for p in labelling.find_images(train_dir)[:40]])
     relative, verified = _scorers(images)
     n = len(images)
     left, right = scoring.upper_pairs(0, n, n)
@@ -140,7 +139,7 @@ def test_verified_is_relative_plus_the_bonus_of_neighbour_pairs(train_dir: Path)
 
 
 def test_pairs_the_bonus_cannot_lift_are_not_verified(train_dir: Path) -> None:
-    images = np.stack([data.load_image(p) for p in data.find_images(train_dir)[:20]])
+    images = np.stack([decoding.load_image(p) for p in labelling.find_images(train_dir)[:20]])
     relative, verified = _scorers(images)
     verified.verify_from = 10.0  # above every relative score: nothing is verified
     left, right = scoring.upper_pairs(0, 20, 20)
@@ -149,7 +148,7 @@ def test_pairs_the_bonus_cannot_lift_are_not_verified(train_dir: Path) -> None:
 
 
 def test_verified_embeddings_round_trip_through_the_store(train_dir: Path, tmp_path: Path) -> None:
-    images = np.stack([data.load_image(p) for p in data.find_images(train_dir)[:12]])
+    images = np.stack([decoding.load_image(p) for p in labelling.find_images(train_dir)[:12]])
     direct = scoring.reference_scorer("verified")
     direct.add(images)
     direct.finish()
@@ -212,7 +211,7 @@ def test_method_verified_refuses_up_front_a_collection_whose_keypoints_do_not_fi
     """Keypoints of every photo stay in memory until scoring: a run that needs more than half the machine's memory is
     refused before any photo is decoded (exit 2, one line naming the count), not after hours of embedding."""
     folder = tilted_files[0].parent
-    n = len(data.find_images(folder))
+    n = len(labelling.find_images(folder))
     need = n * verification.BYTES_PER_PHOTO
     assert verification.BYTES_PER_PHOTO == 68_000
     decoded = []

@@ -40,11 +40,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-import data
+from samespace import decoding, labelling, outputs
 
 log = logging.getLogger("samespace.real_photos")
 
-TRAIN, TEST = data.SPLITS
+TRAIN, TEST = labelling.SPLITS
 MANIFEST = "manifest.csv"
 MANIFEST_FIELDS = (
     "split", "path", "group", "shot", "source", "package", "version", "original", "licence", "source_sha256",
@@ -75,7 +75,7 @@ GROUP_SIZE = (2, 4)
 SINGLETON_RATE = 0.3  # share of single-shot places written as one photo without duplicates
 
 
-class RealPhotosError(data.DataError):
+class RealPhotosError(labelling.DataError):
     """A source that cannot be fetched or read, or a bad option, with the reason."""
 
 
@@ -597,8 +597,8 @@ def check_sources(sources: Sequence[Source]) -> None:
         for name in (source.name, source.package):
             if name in HELD_OUT or Path(name).name in HELD_OUT:
                 raise RealPhotosError(f"{name}: held out for independent evaluation; it must not be used")
-        if source.split not in data.SPLITS:
-            raise RealPhotosError(f"{source.name}: split must be one of {data.SPLITS}, got {source.split!r}")
+        if source.split not in labelling.SPLITS:
+            raise RealPhotosError(f"{source.name}: split must be one of {labelling.SPLITS}, got {source.split!r}")
         previous = split_of.setdefault(source.package, source.split)
         if previous != source.split:
             raise RealPhotosError(
@@ -697,11 +697,11 @@ def fetch(source: Source, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
 
 
 def _open_rgb(path: Path) -> Image.Image:
-    """A source photo as 8-bit RGB (EXIF orientation applied, transparency on white, as data.load_image)."""
+    """A source photo as 8-bit RGB (EXIF orientation applied, transparency on white, as decoding.load_image)."""
     try:
         with Image.open(path) as img:
             img.load()
-            return data._to_rgb(ImageOps.exif_transpose(img))  # the project's one mode conversion
+            return decoding.to_rgb(ImageOps.exif_transpose(img))  # the project's one mode conversion
     except (OSError, ValueError, SyntaxError) as exc:
         raise RealPhotosError(f"{path}: cannot read photo ({type(exc).__name__}: {exc})") from exc
 
@@ -834,7 +834,7 @@ def build(
     out_dir = Path(out_dir)
     sources = list(SOURCES if sources is None else sources)
     check_sources(sources)
-    for split in data.SPLITS:
+    for split in labelling.SPLITS:
         if (out_dir / split).exists():
             raise RealPhotosError(f"{out_dir / split}: already exists; choose an empty output folder")
     if (out_dir / MANIFEST).exists():
@@ -850,7 +850,7 @@ def build(
     summary: dict[str, dict[str, int]] = {}
     staged: list[tuple[Path, Path]] = []
     try:
-        for split in data.SPLITS:
+        for split in labelling.SPLITS:
             staging = out_dir / f".{split}.partial"
             if staging.exists():
                 shutil.rmtree(staging)
@@ -923,7 +923,7 @@ def _write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(sorted(rows, key=lambda r: r["path"]))
-    data.atomic_write(path, buffer.getvalue())
+    outputs.atomic_write(path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------------------------
@@ -949,8 +949,8 @@ def _split_rows(split_dir: Path) -> dict[str, dict[str, str]]:
 
 
 def shot_ids(paths: Sequence[Path], split_dir: str | Path) -> np.ndarray:
-    """One integer per image (aligned with ``paths``, e.g. ``data.find_images(split_dir)``): equal integers
-    mean re-shoots of one photo. Two duplicates (equal ``data.group_ids``) with different shot ids are
+    """One integer per image (aligned with ``paths``, e.g. ``labelling.find_images(split_dir)``): equal integers
+    mean re-shoots of one photo. Two duplicates (equal ``labelling.group_ids``) with different shot ids are
     genuinely different shots. An image missing from the manifest is an error naming it."""
     split_dir = Path(split_dir)
     rows = _split_rows(split_dir)
@@ -995,9 +995,9 @@ def verify(set_dir: str | Path) -> list[str]:
         elif _sha256(path.read_bytes()) != row["sha256"]:
             problems.append(f"{path}: sha256 differs from the manifest")
     listed = {row["path"] for row in rows}
-    for split in data.SPLITS:
+    for split in labelling.SPLITS:
         if (set_dir / split).is_dir():
-            for path in data.find_images(set_dir / split):
+            for path in labelling.find_images(set_dir / split):
                 if path.relative_to(set_dir).as_posix() not in listed:
                     problems.append(f"{path}: not in the manifest")
     return problems
@@ -1060,7 +1060,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.func(args)
-    except data.DataError as exc:
+    except labelling.DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -1,0 +1,1 @@
+"""The ``samespace`` subcommands that live apart from the module doing their work."""
