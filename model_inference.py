@@ -35,14 +35,26 @@ import torch
 from sklearn import metrics
 from tqdm import tqdm
 
-from samespace import cli, decoding, hashing, labelling, outputs, pair_sampling, preprocess, scoring
+from samespace import (
+    cli,
+    decoding,
+    hashing,
+    labelling,
+    model_scorer,
+    outputs,
+    pair_sampling,
+    preprocess,
+    scorers,
+    scoring_methods,
+    threshold_calibration,
+)
 
 PAIRING_CHOICES = ("faithful", "unique", "both")
 PLOT_FILES = ("roc.png", "precision_recall.png")
 # --write-threshold refuses to calibrate on fewer duplicate or non-duplicate unique pairs than this: a best-F1
 # threshold from a handful of pairs (one room of four photos) says nothing about other photos.
 MIN_CALIBRATION_PAIRS = 20
-METHOD_CHOICES = ("model", *scoring.REFERENCE_METHODS)
+METHOD_CHOICES = ("model", *scoring_methods.REFERENCE_METHODS)
 
 
 class EvaluationError(ValueError):
@@ -64,8 +76,8 @@ def faithful_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]
 
 def default_threshold(method: str) -> float:
     """The threshold a method is used at without one given: the model's 0.5 (a probability; find_duplicates
-    reads the checkpoint's best-F1 file once --write-threshold has made it), else scoring.DEFAULT_THRESHOLDS."""
-    return scoring.MODEL_DEFAULT_THRESHOLD if method == "model" else scoring.DEFAULT_THRESHOLDS[method]
+    reads the checkpoint's best-F1 file once --write-threshold has made it), else scoring_methods.DEFAULT_THRESHOLDS."""
+    return scoring_methods.MODEL_DEFAULT_THRESHOLD if method == "model" else scoring_methods.DEFAULT_THRESHOLDS[method]
 
 
 def ranking_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, Any]:
@@ -73,8 +85,8 @@ def ranking_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) ->
     return {
         "roc_auc": float(metrics.roc_auc_score(labels, scores)),
         "average_precision": float(metrics.average_precision_score(labels, scores)),
-        "at_default": asdict(scoring.f1_at(scores, labels, threshold)),
-        "best_f1": asdict(scoring.best_f1_threshold(scores, labels)),
+        "at_default": asdict(threshold_calibration.f1_at(scores, labels, threshold)),
+        "best_f1": asdict(threshold_calibration.best_f1_threshold(scores, labels)),
     }
 
 
@@ -112,24 +124,24 @@ def unique_scores(
     aspects: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Scores of the pairs (left[k], right[k]) by each method; cosine uses the model's own frozen backbone, relative
-    and verified their own (scoring.reference_scorer) with the split as the collection; verified uses the photos'
+    and verified their own (scorers.reference_scorer) with the split as the collection; verified uses the photos'
     aspect ratios (decoding.decode_images; square when not given)."""
     out: dict[str, np.ndarray] = {}
     for method in tqdm(methods, desc=f"score {len(left):,} pairs", unit="method", disable=not progress):
         if method == "model":
-            first, second = scoring.model_projections(model, pooled, device)
-            out[method] = scoring.model_pair_scores(model, first, second, left, right, device=device)
+            first, second = model_scorer.model_projections(model, pooled, device)
+            out[method] = model_scorer.model_pair_scores(model, first, second, left, right, device=device)
         elif method == "cosine":
-            unit = scoring.l2_normalise(pooled)
-            out[method] = scoring.cosine_similarity(unit[left], unit[right])
+            unit = scorers.l2_normalise(pooled)
+            out[method] = scorers.cosine_similarity(unit[left], unit[right])
         elif method in ("relative", "verified"):  # their own backbone (Lite0, GeM); the split is the collection
-            scorer = scoring.reference_scorer(method, device=device)
+            scorer = scorers.reference_scorer(method, device=device)
             scorer.add(images, aspects)
             scorer.finish()
             out[method] = scorer.score(left, right)
         else:
-            codes = scoring.HASH_FUNCTIONS[method](images)
-            out[method] = scoring.hash_similarity(codes[left], codes[right])
+            codes = hashing.HASH_FUNCTIONS[method](images)
+            out[method] = hashing.hash_similarity(codes[left], codes[right])
     return out
 
 
@@ -304,7 +316,7 @@ def write_threshold(checkpoint_dir: Path, report: dict[str, Any]) -> tuple[Path,
     unique = report["unique"]
     check_calibration_size(report["data_dir"], unique["positive_pairs"], unique["pairs"] - unique["positive_pairs"])
     best = unique["methods"]["model"]["best_f1"]
-    path = checkpoint_dir / scoring.THRESHOLD_FILE
+    path = checkpoint_dir / scoring_methods.THRESHOLD_FILE
     replaced = None
     if path.is_file():
         try:
@@ -351,10 +363,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", help="write the metrics as JSON (keys 'faithful' and 'unique')")
     parser.add_argument("--plots", help="folder for roc.png and precision_recall.png (unique pairs)")
     parser.add_argument("--scores", help="CSV of every unique pair: image1,image2,label,<score per method>")
-    parser.add_argument("--write-threshold", action="store_true",
-                        help=f"store the model's best-F1 threshold in <checkpoint>/{scoring.THRESHOLD_FILE} for "
-                        f"find_duplicates.py (needs at least {MIN_CALIBRATION_PAIRS} duplicate and "
-                        "non-duplicate unique pairs)")
+    parser.add_argument(
+        "--write-threshold",
+        action="store_true",
+        help=f"store the model's best-F1 threshold in <checkpoint>/{scoring_methods.THRESHOLD_FILE} for "
+        f"find_duplicates.py (needs at least {MIN_CALIBRATION_PAIRS} duplicate and "
+        "non-duplicate unique pairs)",
+    )
     parser.add_argument("--overwrite", action="store_true",
                         help="replace output files that exist and were not written by SameSpace")
     parser.add_argument("--methods", nargs="+", choices=METHOD_CHOICES, default=list(METHOD_CHOICES))

@@ -28,14 +28,14 @@ import sys
 import time
 from pathlib import Path
 
+from samespace import scoring_methods
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 import numpy as np  # noqa: E402
 from bench_find_duplicates import _photo, generate  # noqa: E402
 from PIL import Image  # noqa: E402
-
-from samespace import scoring  # noqa: E402
 
 SPEEDUP_TARGET = 10.0
 
@@ -62,7 +62,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=5000)
     parser.add_argument("--new", type=int, default=250)
     parser.add_argument("--against", type=int, default=100)
-    parser.add_argument("--method", choices=scoring.REFERENCE_METHODS, default="relative",
+    parser.add_argument("--method", choices=scoring_methods.REFERENCE_METHODS, default="relative",
                         help="default: relative, find_duplicates' default")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/samespace_bench_store"))
     args = parser.parse_args()

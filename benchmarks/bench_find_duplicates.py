@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from samespace import decoding
+from samespace import decoding, model_scorer, scorers, scoring_methods
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -84,26 +84,25 @@ def generate(folder: Path, n: int, seed: int = 0) -> Path:
 def _scorer(method: str, batch_size: int):
     import torch
 
-    from samespace import scoring
 
     if method == "model":
         from samespace.model import SiameseNetwork
 
         torch.manual_seed(0)
-        return scoring.ModelScorer(SiameseNetwork(backbone_weights="none"), batch_size=batch_size)
+        return model_scorer.ModelScorer(SiameseNetwork(backbone_weights="none"), batch_size=batch_size)
     if method == "cosine":
         from samespace.model import build_feature_extractor
 
-        return scoring.CosineScorer(build_feature_extractor("mobilenet_v3_large", "none"), batch_size=batch_size)
-    return scoring.HashScorer(method)
+        return scorers.CosineScorer(build_feature_extractor("mobilenet_v3_large", "none"), batch_size=batch_size)
+    return scorers.HashScorer(method)
 
 
 def run_one(folder: Path, method: str, batch_size: int) -> dict:
     """One find_duplicates run in this process; the summary plus peak RSS."""
-    from samespace import finder, scoring
+    from samespace import finder
 
     scorer = _scorer(method, batch_size)
-    threshold = 0.5 if method == "model" else scoring.DEFAULT_THRESHOLDS[method]
+    threshold = 0.5 if method == "model" else scoring_methods.DEFAULT_THRESHOLDS[method]
     result = finder.find_duplicates([folder], scorer, threshold, batch_size=batch_size, progress=False)
     out = result.summary
     out["peak_rss_gb"] = peak_rss_gb()

@@ -8,9 +8,9 @@
 No photos: embeddings are drawn to look like L2-normalised pooled CNN features (see :func:`synthetic`), with
 planted duplicate groups. ``scale`` runs each size in its own process (so peak RSS is its own) and times
 what find_duplicates does after embedding, by default for its default method (relative): one candidate
-search (scoring.candidate_search: approximate neighbours.knn, whose first K neighbours also give the relative
+search (matching.candidate_search: approximate neighbours.knn, whose first K neighbours also give the relative
 scorer's r), scoring the candidate pairs and keeping those at the method's default threshold
-(scoring.DEFAULT_THRESHOLDS), and grouping (grouping.linked_groups, as find_duplicates.py). ``--method cosine``
+(scoring_methods.DEFAULT_THRESHOLDS), and grouping (grouping.linked_groups, as find_duplicates.py). ``--method cosine``
 measures the cosine method instead. With ``--results`` each size's figures are appended to a JSON-lines file, so
 sizes can run one per command (each under ``flock /tmp/samespace-heavy.lock`` on a shared machine) and ``report``
 prints the targets from the file (each size's fastest run; ``--repeat R`` alternates the sizes R times, so a
@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from samespace import matching, scorers, scoring_methods
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -46,7 +48,10 @@ MINUTES_TARGET = 15.0
 MEMORY_TARGET_GB = 8.0
 PLANTED_TARGET = 0.99
 GROWTH_TOLERANCE = 1.3
-METHODS = ("relative", "cosine")  # find_duplicates' default method first; thresholds: scoring.DEFAULT_THRESHOLDS
+METHODS = (
+    "relative",
+    "cosine",
+)  # find_duplicates' default method first; thresholds: scoring_methods.DEFAULT_THRESHOLDS
 # diagnose scores sampled rows only, so it cannot follow the relative method's augmentation (neighbours of
 # neighbours): it uses plain local scaling at that score's threshold (sessions 3-11), as its figures always have.
 PLAIN_RELATIVE_THRESHOLD = 0.2251
@@ -184,9 +189,9 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     """
     import faiss
 
-    from samespace import local_scaling, neighbours, scoring
+    from samespace import local_scaling, neighbours
 
-    k = scoring.DEFAULT_TOP_K
+    k = scoring_methods.DEFAULT_TOP_K
     vectors, groups = synthetic(args.n)
     rng = np.random.default_rng(2)
     planted_groups = np.unique(groups[groups >= 0])
@@ -202,7 +207,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     cos = np.einsum("id,id->i", vectors[pairs[:, 0]], vectors[pairs[:, 1]])
     rel = local_scaling.scaled(cos, np.array([r[a] for a in pairs[:, 0]]), np.array([r[b] for b in pairs[:, 1]]))
     above = {"relative": rel >= PLAIN_RELATIVE_THRESHOLD,
-             "cosine": cos >= scoring.DEFAULT_THRESHOLDS["cosine"]}
+             "cosine": cos >= scoring_methods.DEFAULT_THRESHOLDS["cosine"]}
     print(f"{args.n:,} vectors, {len(chosen):,} planted groups sampled: {len(rows):,} rows, {len(pairs):,} pairs; "
           f"exact search of the rows {exact_s:.0f} s; load {os.getloadavg()[0]:.1f}")
     print(f"planted pairs at or above the threshold: relative {above['relative'].mean():.2%}, "
@@ -276,26 +281,26 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 def run_size(n: int, params: Any, method: str = "relative") -> dict:
     """One size in this process: generate (not timed), then what find_duplicates does after embedding.
 
-    Candidate search is scoring.candidate_search (the relative scorer's augmentation and r come from the same
+    Candidate search is matching.candidate_search (the relative scorer's augmentation and r come from the same
     search), the pairs are scored and kept at the method's default threshold, then grouped (grouping.linked_groups).
     """
     import torch
 
-    from samespace import grouping, neighbours, scoring
+    from samespace import grouping, neighbours
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    threshold = scoring.DEFAULT_THRESHOLDS[method]
+    threshold = scoring_methods.DEFAULT_THRESHOLDS[method]
     t = time.perf_counter()
     vectors, groups = synthetic(n)
     generate_s = time.perf_counter() - t
     rss_data = peak_rss_gb()
-    scorer = (scoring.RelativeScorer if method == "relative" else scoring.CosineScorer)(torch.nn.Identity())
+    scorer = (scorers.RelativeScorer if method == "relative" else scorers.CosineScorer)(torch.nn.Identity())
     scorer.add_embeddings({"vectors": vectors})
     scorer.finish()
     del vectors
     load_start = os.getloadavg()
     t0 = time.perf_counter()
-    pairs = scoring.candidate_search(scorer, scoring.DEFAULT_TOP_K, approximate=True, params=params)
+    pairs = matching.candidate_search(scorer, scoring_methods.DEFAULT_TOP_K, approximate=True, params=params)
     search_s = time.perf_counter() - t0
     steps = {f"{name}_s": seconds for name, seconds in neighbours.LAST_TIMINGS.items()}
     t = time.perf_counter()

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from sklearn import metrics
 
-from samespace import labelling, outputs
+from samespace import labelling, matching, outputs, scoring_methods, threshold_calibration
 from samespace.devsets import sample_set
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 
 import model_def  # noqa: E402
 import model_inference  # noqa: E402
-from samespace import default_model, finder, grouping, scoring  # noqa: E402
+from samespace import default_model, finder, grouping  # noqa: E402
 
 RECIPES = {
     "published": ("const.yaml", ["--hparam", "backbone=efficientnet_lite0"]),
@@ -77,14 +77,14 @@ def different_shot_mask(paths: list[Path], test_dir: Path, labels: np.ndarray, l
 
 def pairwise_group_scores(document: dict[str, Any], test_dir: Path) -> dict[str, float]:
     """Precision / recall / F1 of "same group" over every unique pair of the split's images (what
-    ``scoring.group_f1_at`` measures on the training splits, here from find_duplicates.py's own output)."""
+    ``threshold_calibration.group_f1_at`` measures on the training splits, here from the finder's own output)."""
     paths = labelling.find_images(test_dir)
     index = {str(p): k for k, p in enumerate(paths)}
     found = [np.array([index[m] for m in group["members"]]) for group in document["groups"]]
     n = len(paths)
-    left, right = scoring.upper_pairs(0, n, n)
+    left, right = matching.upper_pairs(0, n, n)
     truth = labelling.group_ids(paths, test_dir)
-    point = scoring.f1_at(grouping.same_group(n, found, left, right).astype(np.float64),
+    point = threshold_calibration.f1_at(grouping.same_group(n, found, left, right).astype(np.float64),
                           truth[left] == truth[right], 0.5)
     return {"precision": point.precision, "recall": point.recall, "f1": point.f1, "groups": len(found)}
 
@@ -134,11 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         for k, (recipe, checkpoint) in enumerate(checkpoints.items()):
             train_scores = default_model.training_split_scores(checkpoint, root / "Training Data", cache)
             # find_duplicates' default for a model: the best-F1 threshold on the training split (what
-            # default_model.py export writes); cosine's is scoring.DEFAULT_THRESHOLDS["cosine"].
-            calibration[recipe] = scoring.best_f1_threshold(train_scores["model"], train_scores["labels"])
-            calibration["cosine"] = scoring.best_f1_threshold(train_scores["cosine"], train_scores["labels"])
+            # default_model.py export writes); cosine's is scoring_methods.DEFAULT_THRESHOLDS["cosine"].
+            calibration[recipe] = threshold_calibration.best_f1_threshold(train_scores["model"], train_scores["labels"])
+            calibration["cosine"] = threshold_calibration.best_f1_threshold(
+                train_scores["cosine"], train_scores["labels"]
+            )
             model = model_def.load_model(checkpoint)
-            methods = ["model", *scoring.REFERENCE_METHODS] if k == 0 else ["model"]
+            methods = ["model", *scoring_methods.REFERENCE_METHODS] if k == 0 else ["model"]
             report, unique = model_inference.evaluate(model, test_dir, pairing="unique", methods=methods,
                                                       progress=False, cache_dir=cache)
             labels, left, right = unique["labels"], unique["left"], unique["right"]
@@ -146,12 +148,20 @@ def main(argv: list[str] | None = None) -> int:
             for method, scores in unique["scores"].items():
                 name = f"SameSpace, {recipe} recipe" if method == "model" else method
                 m = report["unique"]["methods"][method]
-                default = calibration[recipe].threshold if method == "model" else scoring.DEFAULT_THRESHOLDS[method]
+                default = (
+                    calibration[recipe].threshold if method == "model" else scoring_methods.DEFAULT_THRESHOLDS[method]
+                )
                 rows[name] = {
-                    "roc_auc": m["roc_auc"], "ap": m["average_precision"], "best_f1": m["best_f1"]["f1"],
-                    "default_threshold": default, "f1_at_default": scoring.f1_at(scores, labels, default).f1,
-                    "ap_different_shots": (float(metrics.average_precision_score(labels[mask], scores[mask]))
-                                           if mask is not None and labels[mask].any() else None),
+                    "roc_auc": m["roc_auc"],
+                    "ap": m["average_precision"],
+                    "best_f1": m["best_f1"]["f1"],
+                    "default_threshold": default,
+                    "f1_at_default": threshold_calibration.f1_at(scores, labels, default).f1,
+                    "ap_different_shots": (
+                        float(metrics.average_precision_score(labels[mask], scores[mask]))
+                        if mask is not None and labels[mask].any()
+                        else None
+                    ),
                 }
         results["pairs"] = int(len(labels))
         results["positive_pairs"] = int(labels.sum())

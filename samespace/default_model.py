@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from samespace import decoding, labelling, outputs, preprocess, scoring
+from samespace import decoding, labelling, matching, model_scorer, outputs, preprocess, scorers, threshold_calibration
 
 REPO = Path(__file__).resolve().parent
 WEIGHTS = REPO / "default_model.pt"
@@ -89,11 +89,11 @@ def training_split_scores(
         table = extract_features(net.features, images, range(preprocess.N_VARIANTS), progress=False,
                                  cache_dir=cache_dir)
     pooled = table[:, 0].float()
-    left, right = scoring.upper_pairs(0, len(images), len(images))
-    first, second = scoring.model_projections(net, pooled)
-    unit = scoring.l2_normalise(pooled)
-    return {"model": scoring.model_pair_scores(net, first, second, left, right),
-            "cosine": scoring.cosine_similarity(unit[left], unit[right]),
+    left, right = matching.upper_pairs(0, len(images), len(images))
+    first, second = model_scorer.model_projections(net, pooled)
+    unit = scorers.l2_normalise(pooled)
+    return {"model": model_scorer.model_pair_scores(net, first, second, left, right),
+            "cosine": scorers.cosine_similarity(unit[left], unit[right]),
             "labels": (groups[left] == groups[right]).astype(np.uint8)}
 
 
@@ -109,7 +109,7 @@ def export(
         raise DefaultModelError(f"{checkpoint}: not a head: cosine checkpoint (train it with improved.yaml)")
     scores = training_split_scores(checkpoint, calibrate_on, cache_dir)
     labels = scores["labels"]
-    point = scoring.best_f1_threshold(scores["model"], labels)
+    point = threshold_calibration.best_f1_threshold(scores["model"], labels)
     head = {f"head.{k}": v.detach().cpu().contiguous() for k, v in net.head.state_dict().items()}
     buffer = io.BytesIO()
     torch.save(head, buffer)

@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from determined import core
 
-from samespace import cli, embedding_store, outputs, sharding
+from samespace import cli, embedding_store, outputs, scorers, scoring_methods, sharding
 from samespace import finder as fd
 from samespace.embedding_store import EmbeddingStore
 
@@ -54,7 +54,7 @@ def part_path(output: Path, shard: sharding.Shard) -> Path:
 
 def embed_share(
     paths: Sequence[Path],
-    scorer: fd.scoring.PairScorer,
+    scorer: scorers.PairScorer,
     known: EmbeddingStore,
     batch_size: int,
     report: Callable[[int, int], None],
@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, metavar="FILE", help="the embedding store to create or extend")
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--checkpoint", metavar="DIR", help="embed for the trained model in this checkpoint")
-    how.add_argument("--method", choices=fd.scoring.REFERENCE_METHODS, help="a reference method (default: relative)")
+    how.add_argument(
+        "--method", choices=scoring_methods.REFERENCE_METHODS, help="a reference method (default: relative)"
+    )
     parser.add_argument("--backbone", choices=("mobilenet_v3_large", "efficientnet_lite0"))
     parser.add_argument("--backbone-weights", default="imagenet", metavar="imagenet|none|PATH")
     parser.add_argument("--batch-size", type=int, default=fd.DEFAULT_BATCH_SIZE, metavar="N")

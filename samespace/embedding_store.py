@@ -251,20 +251,20 @@ def _state_digest(module: object) -> str:
 def scorer_fingerprint(scorer: object) -> str:
     """Identity of what ``scorer`` computes per image: the decoder plus its hash function, or its backbone
     (weights + preprocessing), or the whole Siamese network's weights + preprocessing."""
-    from samespace import scoring
+    from samespace import model_scorer, scorers  # imported here: the scorers declare their rows with FieldSpec
 
     name = type(scorer).__name__
-    if isinstance(scorer, scoring.HashScorer):
+    if isinstance(scorer, scorers.HashScorer):
         import imagehash
 
-        function = scoring.HASH_FUNCTIONS[scorer.name]
+        function = hashing.HASH_FUNCTIONS[scorer.name]
         return _sha(name, scorer.name, decode_identity(), inspect.getsource(function),
                     inspect.getsource(hashing.hash_codes), imagehash.__version__)
-    if isinstance(scorer, scoring.CosineScorer):
+    if isinstance(scorer, scorers.CosineScorer):
         extractor = scorer.extractor
         weights = extractor.fingerprint() if hasattr(extractor, "fingerprint") else _state_digest(extractor)
-        parts = [name, decode_identity(), preprocessing_identity(), weights, inspect.getsource(scoring.l2_normalise)]
-        if isinstance(scorer, scoring.VerifiedScorer):  # its keypoints too: the detector, its settings, OpenCV
+        parts = [name, decode_identity(), preprocessing_identity(), weights, inspect.getsource(scorers.l2_normalise)]
+        if isinstance(scorer, scorers.VerifiedScorer):  # its keypoints too: the detector, its settings, OpenCV
             import cv2
 
             from samespace import verification
@@ -273,9 +273,9 @@ def scorer_fingerprint(scorer: object) -> str:
                       inspect.getsource(verification.pack), str(verification.MAX_KEYPOINTS),
                       str(verification.MAX_ASPECT), cv2.__version__]
         return _sha(*parts)
-    if isinstance(scorer, scoring.ModelScorer):
+    if isinstance(scorer, model_scorer.ModelScorer):
         return _sha(name, decode_identity(), preprocessing_identity(), _state_digest(scorer.model),
-                    inspect.getsource(scoring.l2_normalise))
+                    inspect.getsource(scorers.l2_normalise))
     raise TypeError(f"no embedding-store fingerprint for {name}")
 
 

@@ -37,9 +37,12 @@ from samespace import (
     embedding_store,
     grouping,
     labelling,
+    matching,
+    model_scorer,
     neighbours,
     outputs,
-    scoring,
+    scorers,
+    scoring_methods,
     verification,
 )
 from samespace.embedding_store import EmbeddingStore
@@ -234,7 +237,7 @@ class Result:
 
 def find_duplicates(
     folders: Sequence[str | Path],
-    scorer: scoring.PairScorer,
+    scorer: scorers.PairScorer,
     threshold: float,
     top_k: int | None = None,
     exhaustive: bool = False,
@@ -250,7 +253,7 @@ def find_duplicates(
 
     Streams the photos: decode a batch, embed it, drop it (see :func:`embed_photos`; with a ``store`` only
     photos it does not hold are decoded). ``top_k`` / ``exhaustive`` / ``approximate`` choose the candidate
-    pairs (see scoring.find_matches). ``paths`` replaces the folder walk and ``keys`` gives their content keys
+    pairs (see matching.find_matches). ``paths`` replaces the folder walk and ``keys`` gives their content keys
     (photos listed by a store: they are not opened). The summary holds counts and the time spent in each stage.
     """
     t0 = time.perf_counter()
@@ -264,7 +267,7 @@ def find_duplicates(
     t = time.perf_counter()
     if kept:
         scorer.finish()
-        left, right, scores, n_scored, candidates = scoring.find_matches(scorer, threshold, top_k, exhaustive,
+        left, right, scores, n_scored, candidates = matching.find_matches(scorer, threshold, top_k, exhaustive,
                                                                           approximate)
     else:  # every readable photo is blank
         left, right, scores, n_scored, candidates = _NO_MATCHES
@@ -329,7 +332,7 @@ class Embedded:
 
 def _stream_embed(
     paths: Sequence[Path],
-    scorer: scoring.PairScorer,
+    scorer: scorers.PairScorer,
     sink: Callable[[list[int], dict[str, np.ndarray]], None],
     batch_size: int,
     progress: bool,
@@ -377,11 +380,11 @@ def physical_memory() -> int | None:
         return None
 
 
-def check_memory(n_photos: int, scorer: scoring.PairScorer) -> None:
+def check_memory(n_photos: int, scorer: scorers.PairScorer) -> None:
     """Refuse, before any photo is decoded, a run whose keypoints (``--method verified``: every photo's, held until
     the pairs are scored) would take more than half of the machine's memory: it would fail hours later."""
     total = physical_memory()
-    if not isinstance(scorer, scoring.VerifiedScorer) or not total:
+    if not isinstance(scorer, scorers.VerifiedScorer) or not total:
         return
     need = n_photos * verification.BYTES_PER_PHOTO
     if need > total // 2:
@@ -393,7 +396,7 @@ def check_memory(n_photos: int, scorer: scoring.PairScorer) -> None:
 
 def embed_photos(
     paths: Sequence[Path],
-    scorer: scoring.PairScorer,
+    scorer: scorers.PairScorer,
     store: EmbeddingStore | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = True,
@@ -485,7 +488,7 @@ def embed_photos(
 def find_against(
     new_folders: Sequence[str | Path],
     library_folders: Sequence[str | Path],
-    scorer: scoring.PairScorer,
+    scorer: scorers.PairScorer,
     threshold: float,
     top_k: int | None = None,
     exhaustive: bool = False,
@@ -514,7 +517,7 @@ def find_against(
     t = time.perf_counter()
     if kept:
         scorer.finish()
-        left, right, scores, n_scored, candidates = scoring.cross_matches(
+        left, right, scores, n_scored, candidates = matching.cross_matches(
             scorer, n_new, threshold, top_k, exhaustive, approximate
         )
     else:
@@ -691,7 +694,7 @@ def _default_method(args: argparse.Namespace) -> str:
     return "default" if plain and default_model.available() else "relative"
 
 
-def build_scorer(args: argparse.Namespace, device: str) -> tuple[scoring.PairScorer, float, str]:
+def build_scorer(args: argparse.Namespace, device: str) -> tuple[scorers.PairScorer, float, str]:
     """The scorer the options ask for, its threshold, and where the threshold came from."""
     method = "model" if args.checkpoint else (args.method or _default_method(args))
     if method == "default":
@@ -702,57 +705,66 @@ def build_scorer(args: argparse.Namespace, device: str) -> tuple[scoring.PairSco
         except default_model.DefaultModelError as exc:
             raise FindDuplicatesError(str(exc)) from exc
         source = f"shipped default model ({default_model.META.name})"
-        scorer: scoring.PairScorer = scoring.ModelScorer(model, batch_size=args.batch_size, device=device)
+        scorer: scorers.PairScorer = model_scorer.ModelScorer(model, batch_size=args.batch_size, device=device)
     elif method == "model":
         if not Path(args.checkpoint).is_dir():
             raise FindDuplicatesError(f"{args.checkpoint}: checkpoint folder not found")
         from model_def import load_model
 
         model = load_model(args.checkpoint, device=device)  # a CheckpointError (ValueError) names the folder
-        threshold, source = scoring.read_model_threshold(args.checkpoint)
-        scorer = scoring.ModelScorer(model, batch_size=args.batch_size, device=device)
+        threshold, source = scoring_methods.read_model_threshold(args.checkpoint)
+        scorer = model_scorer.ModelScorer(model, batch_size=args.batch_size, device=device)
     elif method in BACKBONE_METHODS:
         from samespace.model import BackboneWeightsError
 
-        backbone = args.backbone or scoring.COSINE_BACKBONE
+        backbone = args.backbone or scoring_methods.COSINE_BACKBONE
         try:
-            scorer = scoring.reference_scorer(method, backbone, args.backbone_weights, device, args.batch_size)
+            scorer = scorers.reference_scorer(method, backbone, args.backbone_weights, device, args.batch_size)
         except BackboneWeightsError as exc:
             raise FindDuplicatesError(str(exc)) from exc
-        threshold, source = scoring.DEFAULT_THRESHOLDS[method], f"calibrated default ({scoring.COSINE_BACKBONE})"
-        if (backbone, args.backbone_weights) != (scoring.COSINE_BACKBONE, "imagenet") and args.threshold is None:
+        threshold, source = (
+            scoring_methods.DEFAULT_THRESHOLDS[method],
+            f"calibrated default ({scoring_methods.COSINE_BACKBONE})",
+        )
+        if (backbone, args.backbone_weights) != (
+            scoring_methods.COSINE_BACKBONE,
+            "imagenet",
+        ) and args.threshold is None:
             print(
-                f"warning: the default {method} threshold {threshold} was calibrated with {scoring.COSINE_BACKBONE} "
+                f"warning: the default {method} threshold {threshold} was calibrated with "
+                f"{scoring_methods.COSINE_BACKBONE} "
                 f"ImageNet weights, not {backbone} / {args.backbone_weights}; consider --threshold",
                 file=sys.stderr,
             )
-            source = f"calibrated for {scoring.COSINE_BACKBONE} imagenet, used with {backbone} {args.backbone_weights}"
+            source = (f"calibrated for {scoring_methods.COSINE_BACKBONE} imagenet, used with {backbone} "
+                      f"{args.backbone_weights}")
     else:
-        scorer = scoring.HashScorer(method)
-        threshold, source = scoring.DEFAULT_THRESHOLDS[method], "calibrated default"
+        scorer = scorers.HashScorer(method)
+        threshold, source = scoring_methods.DEFAULT_THRESHOLDS[method], "calibrated default"
     if args.threshold is not None:
         threshold, source = args.threshold, "--threshold"
-    if isinstance(scorer, scoring.VerifiedScorer):  # pairs the largest bonus cannot lift to the threshold: unverified
+    if isinstance(scorer, scorers.VerifiedScorer):  # pairs the largest bonus cannot lift to the threshold: unverified
         scorer.verify_from = threshold - verification.MAX_BONUS
     return scorer, threshold, source
 
 
 def build_parser() -> argparse.ArgumentParser:
-    t, limits = scoring.DEFAULT_THRESHOLDS, scoring.EXHAUSTIVE_LIMITS
+    t, limits = scoring_methods.DEFAULT_THRESHOLDS, scoring_methods.EXHAUSTIVE_LIMITS
     parser = cli.ArgumentParser(
         prog="find_duplicates.py",
         description="Find duplicate photos of the same space (re-shot, cropped, edited) in folders of photos. "
         "Photos are only read, never modified, moved or deleted.",
         epilog=(
             "Default thresholds (a pair is a duplicate when its score >= threshold): model: the best-F1 threshold in "
-            f"<checkpoint>/{scoring.THRESHOLD_FILE} if present, else {scoring.MODEL_DEFAULT_THRESHOLD}; "
+            f"<checkpoint>/{scoring_methods.THRESHOLD_FILE} if present, else "
+            f"{scoring_methods.MODEL_DEFAULT_THRESHOLD}; "
             f"whash {t['whash']}, phash {t['phash']}, cosine {t['cosine']} (best F1 on the generated sample set), "
             f"relative {t['relative']} and verified {t['verified']} (the best F1 of the groups, averaged over the "
             f"real-photo and generated training splits); cosine, relative and verified with "
-            f"{scoring.COSINE_BACKBONE} ImageNet weights. "
+            f"{scoring_methods.COSINE_BACKBONE} ImageNet weights. "
             f"Candidate pairs: every pair up to "
             f"{limits['model']:,} images for the model and {limits['cosine']:,} for the reference methods, else "
-            f"each image's {scoring.DEFAULT_TOP_K} nearest neighbours. "
+            f"each image's {scoring_methods.DEFAULT_TOP_K} nearest neighbours. "
             f"Exit status: 0 on success, {EXIT_ERROR} on an error (no images, bad options)."
         ),
     )
@@ -761,7 +773,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--checkpoint", metavar="DIR", help="score pairs with this trained model checkpoint")
     how.add_argument(
         "--method",
-        choices=scoring.REFERENCE_METHODS,
+        choices=scoring_methods.REFERENCE_METHODS,
         help="score pairs with a reference method instead (default without --checkpoint: the shipped default model "
         "default_model.pt when present, else relative: local_scaling.py)",
     )
@@ -783,15 +795,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--top-k",
         type=int,
         metavar="K",
-        help=f"score each image's K nearest neighbours only (default, with K={scoring.DEFAULT_TOP_K}, above "
-        f"{scoring.EXHAUSTIVE_LIMITS['model']:,} images for the model, {scoring.EXHAUSTIVE_LIMITS['cosine']:,} for the "
+        help=f"score each image's K nearest neighbours only (default, with K={scoring_methods.DEFAULT_TOP_K}, above "
+        f"{scoring_methods.EXHAUSTIVE_LIMITS['model']:,} images for the model, "
+        f"{scoring_methods.EXHAUSTIVE_LIMITS['cosine']:,} for the "
         "reference methods)",
     )
     search.add_argument("--exhaustive", action="store_true", help="score every pair, however many images")
     parser.add_argument(
         "--backbone",
         choices=("mobilenet_v3_large", "efficientnet_lite0"),
-        help=f"backbone of the cosine and relative methods (default: {scoring.COSINE_BACKBONE})",
+        help=f"backbone of the cosine and relative methods (default: {scoring_methods.COSINE_BACKBONE})",
     )
     parser.add_argument(
         "--backbone-weights",
@@ -843,7 +856,7 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def open_store_for(args: argparse.Namespace, scorer: scoring.PairScorer) -> tuple[EmbeddingStore | None, Path | None]:
+def open_store_for(args: argparse.Namespace, scorer: scorers.PairScorer) -> tuple[EmbeddingStore | None, Path | None]:
     """The embedding store the options ask for (None with --no-cache) and its file."""
     if args.no_cache:
         return None, None
@@ -867,7 +880,7 @@ def save_store(store: EmbeddingStore | None, path: Path | None) -> None:
         print(f"warning: {path}: cannot write the embedding store ({exc})", file=sys.stderr)
 
 
-def run(args: argparse.Namespace, scorer: scoring.PairScorer, threshold: float, store: EmbeddingStore | None) -> Result:
+def run(args: argparse.Namespace, scorer: scorers.PairScorer, threshold: float, store: EmbeddingStore | None) -> Result:
     """The run the options ask for: folders, new photos --against a library, or the photos a store lists."""
     options = dict(top_k=args.top_k, exhaustive=args.exhaustive, batch_size=args.batch_size,
                    progress=not args.no_progress, store=store, approximate=args.approximate)
@@ -884,10 +897,10 @@ def run(args: argparse.Namespace, scorer: scoring.PairScorer, threshold: float, 
 
 
 def check_threshold(threshold: float | None, method: str) -> None:
-    """--threshold must be a number in the method's score range (scoring.SCORE_RANGES), [0, 1] by default."""
+    """--threshold must be a number in the method's score range (scoring_methods.SCORE_RANGES), [0, 1] by default."""
     if threshold is None:
         return
-    low, high = scoring.SCORE_RANGES.get(method, (0.0, 1.0))
+    low, high = scoring_methods.SCORE_RANGES.get(method, (0.0, 1.0))
     if not (low <= threshold <= high):  # also refuses nan
         raise FindDuplicatesError(
             f"--threshold {threshold:g}: expected a number in [{low:g}, {high:g}] for {method} scores")
@@ -933,7 +946,7 @@ def _run(args: argparse.Namespace) -> int:
     result.summary["store"] = str(store_path) if store_path else None
     result.summary["threshold_source"] = source
     if scorer.name in BACKBONE_METHODS:
-        result.summary["backbone"] = args.backbone or scoring.COSINE_BACKBONE
+        result.summary["backbone"] = args.backbone or scoring_methods.COSINE_BACKBONE
         result.summary["backbone_weights"] = args.backbone_weights
     if args.checkpoint:
         result.summary["checkpoint"] = str(args.checkpoint)

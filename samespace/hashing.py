@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from samespace import decoding
+from samespace import decoding, scoring_methods
 
 # --------------------------------------------------------------------------------------------
 # Hashes
@@ -61,3 +61,16 @@ def stream_hashes(paths: Sequence[Path], progress: bool = True) -> tuple[np.ndar
             warnings.warn(f"skipped {exc}", stacklevel=3)
             skipped.append(str(exc))
     return (np.concatenate(codes) if codes else np.zeros(0, np.uint64)), kept, skipped
+
+
+def phash_codes(images: np.ndarray) -> np.ndarray:
+    """64-bit pHash (imagehash, 8x8 DCT) of each 256x256 uint8 image, packed into uint64 like hashing.whash_codes."""
+    return hash_codes(images, imagehash.phash)
+
+
+HASH_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"whash": whash_codes, "phash": phash_codes}
+
+
+def hash_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``1 - hamming / 64`` between packed uint64 codes (broadcasting); 1.0 means identical hashes."""
+    return 1.0 - hamming(a, b) / scoring_methods.HASH_BITS

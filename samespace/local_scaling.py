@@ -1,6 +1,6 @@
 """Local scaling: a pair's cosine, minus how alike each of its two photos is to the rest of the collection.
 
-The ``relative`` scoring method (``scoring.RelativeScorer``, the default of ``find_duplicates.py``)::
+The ``relative`` scoring method (``scorers.RelativeScorer``, the default of ``find_duplicates.py``)::
 
     score(i, j) = cos(i, j) - BETA * (r_i + r_j) / 2,   r_i = mean cosine of photo i to its K nearest other photos
 
@@ -13,7 +13,7 @@ each neighbour stands above the photo's own neighbourhood, ``clip((cos - r_i) / 
 (:func:`augmentation`). A re-shoot that is its original's nearest neighbour is pulled towards it (and both towards
 their other copies); a neighbour no closer than the photo's typical neighbours adds nothing, so two unrelated photos
 alone in a small folder are not made alike. ``r`` is then recomputed over the same neighbours from the augmented
-vectors. The neighbours are those of one search (:func:`scoring.candidate_search` at a million photos), and the
+vectors. The neighbours are those of one search (:func:`matching.candidate_search` at a million photos), and the
 augmented vectors are never stored: a pair's cosine is a weighted sum of the original rows' inner products
 (:func:`augmented_cosine`), so memory stays that of the original vectors.
 Why SameSpace needs it: how high the cosine of two *unrelated* photos runs depends on the collection. In a set of

@@ -13,7 +13,7 @@ instance retrieval (Philbin et al. 2007, "Object retrieval with large vocabulari
 - Each pair: RootSIFT descriptors (Arandjelovic and Zisserman 2012) matched by nearest neighbour with Lowe's ratio
   test (:data:`RATIO`), then a RANSAC homography (:data:`REPROJECTION` pixels); the evidence is the number of
   inlier matches. OpenCV's RANSAC draws from a fixed seed, so a pair always gets the same count.
-- The ``verified`` score (``scoring.VerifiedScorer``) is the relative score plus :func:`bonus`, which grows with the
+- The ``verified`` score (``scorers.VerifiedScorer``) is the relative score plus :func:`bonus`, which grows with the
   inliers above :data:`FLOOR`. The bonus only adds, so it is computed only for pairs that it can lift over a
   threshold: those within :data:`MAX_BONUS` below it.
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samespace import embedding_store, scoring
+from samespace import embedding_store, scorers
 from samespace import finder as fd
 
 
@@ -91,12 +91,12 @@ def test_foreign_store_is_never_used(library: Path, tmp_path: Path) -> None:
     _cli([str(library), "--store", str(store)], tmp_path)  # phash
     code = fd.main([str(library), "--method", "whash", "--no-progress", "--store", str(store)])
     assert code == 0  # the whash run ignored the phash store (one warning) and replaced it
-    fingerprint = embedding_store.scorer_fingerprint(scoring.HashScorer("whash"))
-    reread = embedding_store.EmbeddingStore.load(store, fingerprint, "whash", scoring.HashScorer.fields)
+    fingerprint = embedding_store.scorer_fingerprint(scorers.HashScorer("whash"))
+    reread = embedding_store.EmbeddingStore.load(store, fingerprint, "whash", scorers.HashScorer.fields)
     assert len(reread) == len(list(library.rglob("*.jpg")))
     with pytest.raises(embedding_store.StoreError, match="another scorer"):
-        embedding_store.EmbeddingStore.load(store, embedding_store.scorer_fingerprint(scoring.HashScorer("phash")),
-                                            "phash", scoring.HashScorer.fields)
+        embedding_store.EmbeddingStore.load(store, embedding_store.scorer_fingerprint(scorers.HashScorer("phash")),
+                                            "phash", scorers.HashScorer.fields)
 
 
 def test_store_round_trip_validates_and_writes_the_same_bytes(tmp_path: Path) -> None:

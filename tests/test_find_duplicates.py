@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from samespace import decoding, outputs, report, scoring
+from samespace import decoding, matching, model_scorer, outputs, report, scorers, scoring_methods
 from samespace import finder as fd
 
 # Four photos of four different rooms (one per room type) from the conftest sample set, chosen so that no
@@ -67,7 +67,7 @@ def _names(groups: list[np.ndarray], paths: list[str]) -> list[set[str]]:
     return [{Path(paths[k]).name for k in g} for g in groups]
 
 
-def _run(folder: Path, scorer: scoring.PairScorer, threshold: float, **kwargs) -> fd.Result:
+def _run(folder: Path, scorer: scorers.PairScorer, threshold: float, **kwargs) -> fd.Result:
     return fd.find_duplicates([folder], scorer, threshold, progress=False, **kwargs)
 
 
@@ -109,7 +109,7 @@ def test_image_files_any_pil_format_recursively(photos: Path) -> None:
 
 @pytest.mark.parametrize("method", ["whash", "phash"])
 def test_hash_methods_find_exact_resized_and_reencoded_copies(photos: Path, method: str) -> None:
-    result = _run(photos, scoring.HashScorer(method), scoring.DEFAULT_THRESHOLDS[method])
+    result = _run(photos, scorers.HashScorer(method), scoring_methods.DEFAULT_THRESHOLDS[method])
     assert _names(result.groups, result.paths) == EXPECTED_GROUPS
     assert result.summary["candidates"] == "exhaustive" and result.summary["pairs_scored"] == 7 * 6 // 2
     exact = [
@@ -121,7 +121,7 @@ def test_hash_methods_find_exact_resized_and_reencoded_copies(photos: Path, meth
 
 
 def test_cosine_finds_exact_resized_and_reencoded_copies(photos: Path, cosine_extractor: torch.nn.Module) -> None:
-    result = _run(photos, scoring.CosineScorer(cosine_extractor), scoring.DEFAULT_THRESHOLDS["cosine"])
+    result = _run(photos, scorers.CosineScorer(cosine_extractor), scoring_methods.DEFAULT_THRESHOLDS["cosine"])
     assert _names(result.groups, result.paths) == EXPECTED_GROUPS
     assert result.scores.min() > 0.9  # copies: well above the threshold
     assert result.scores.max() == pytest.approx(1.0, abs=1e-5)
@@ -131,11 +131,11 @@ def test_cosine_finds_exact_resized_and_reencoded_copies(photos: Path, cosine_ex
 def test_distinct_photos_stay_below_every_default_threshold(
     photos: Path, method: str, cosine_extractor: torch.nn.Module
 ) -> None:
-    scorer = scoring.CosineScorer(cosine_extractor) if method == "cosine" else scoring.HashScorer(method)
+    scorer = scorers.CosineScorer(cosine_extractor) if method == "cosine" else scorers.HashScorer(method)
     scorer.add(np.stack([decoding.load_image(photos / f"{name}.jpg") for name in "ABD"]))
     scorer.finish()
-    left, right = scoring.upper_pairs(0, 3, 3)
-    assert scorer.score(left, right).max() < scoring.DEFAULT_THRESHOLDS[method]
+    left, right = matching.upper_pairs(0, 3, 3)
+    assert scorer.score(left, right).max() < scoring_methods.DEFAULT_THRESHOLDS[method]
 
 
 @pytest.mark.parametrize("method", ["phash", "cosine"])
@@ -144,9 +144,9 @@ def test_top_k_candidates_give_the_exhaustive_groups(
 ) -> None:
     folder = sample_root / "Test Data"
     make = (
-        (lambda: scoring.CosineScorer(cosine_extractor)) if method == "cosine" else (lambda: scoring.HashScorer(method))
+        (lambda: scorers.CosineScorer(cosine_extractor)) if method == "cosine" else (lambda: scorers.HashScorer(method))
     )
-    threshold = scoring.DEFAULT_THRESHOLDS[method]
+    threshold = scoring_methods.DEFAULT_THRESHOLDS[method]
     full = _run(folder, make(), threshold, exhaustive=True)
     knn = _run(folder, make(), threshold, top_k=3)
     assert full.summary["candidates"] == "exhaustive" and knn.summary["candidates"] == "top-3"
@@ -160,11 +160,11 @@ def test_model_path_runs_from_an_in_memory_network(photos: Path) -> None:
 
     torch.manual_seed(0)
     model = SiameseNetwork(backbone_weights="none")
-    result = _run(photos, scoring.ModelScorer(model, batch_size=4), threshold=0.0)
+    result = _run(photos, model_scorer.ModelScorer(model, batch_size=4), threshold=0.0)
     assert result.summary["method"] == "model" and result.summary["candidates"] == "exhaustive"
     assert len(result.groups) == 1 and len(result.groups[0]) == 7  # threshold 0: everything is one group
     assert len(result.left) == result.summary["pairs_scored"] == 21
-    knn = _run(photos, scoring.ModelScorer(model, batch_size=4), threshold=0.0, top_k=2)
+    knn = _run(photos, model_scorer.ModelScorer(model, batch_size=4), threshold=0.0, top_k=2)
     assert knn.summary["candidates"] == "top-2" and knn.summary["pairs_scored"] < 21
     np.testing.assert_array_equal(result.scores >= 0, True)
 
@@ -198,7 +198,7 @@ def test_json_has_exactly_the_documented_shape(cli_run: dict, photos: Path) -> N
         assert set(group) == {"members", "pairs"}
         for a, b, s in group["pairs"]:
             assert isinstance(a, str) and isinstance(b, str) and isinstance(s, float)
-            assert a in group["members"] and b in group["members"] and s >= scoring.DEFAULT_THRESHOLDS["whash"]
+            assert a in group["members"] and b in group["members"] and s >= scoring_methods.DEFAULT_THRESHOLDS["whash"]
     assert sorted(map(tuple, doc["pairs"])) == sorted(tuple(p) for g in doc["groups"] for p in g["pairs"])
     assert len(doc["pairs"]) == 3 + 1  # A: 3 pairs, B: 1 pair
     assert [p[2] for p in doc["pairs"]] == sorted((p[2] for p in doc["pairs"]), reverse=True)
@@ -211,7 +211,7 @@ def test_json_has_exactly_the_documented_shape(cli_run: dict, photos: Path) -> N
         "duplicate_pairs": 4,
         "groups": 2,
     }
-    assert summary["method"] == "whash" and summary["threshold"] == scoring.DEFAULT_THRESHOLDS["whash"]
+    assert summary["method"] == "whash" and summary["threshold"] == scoring_methods.DEFAULT_THRESHOLDS["whash"]
     assert summary["seconds"] > 0 and set(summary["timings"]) >= {"decode_wait", "embed", "pairs", "group"}
 
 
@@ -346,19 +346,19 @@ def test_checkpoint_threshold_file_is_the_model_default(
     monkeypatch.setitem(sys.modules, "model_def", types.SimpleNamespace(load_model=load_model))
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
-    (checkpoint / scoring.THRESHOLD_FILE).write_text(json.dumps({"threshold": 0.25, "metric": "best_f1"}))
+    (checkpoint / scoring_methods.THRESHOLD_FILE).write_text(json.dumps({"threshold": 0.25, "metric": "best_f1"}))
     out = tmp_path / "d.json"
     argv = [str(photos), "--checkpoint", str(checkpoint), "--device", "cpu", "--no-progress", "--json", str(out)]
     assert fd.main(argv) == 0
     summary = json.loads(out.read_text())["summary"]
     assert loaded == [(str(checkpoint), "cpu")]
     assert summary["method"] == "model" and summary["threshold"] == 0.25
-    assert summary["threshold_source"] == str(checkpoint / scoring.THRESHOLD_FILE)
+    assert summary["threshold_source"] == str(checkpoint / scoring_methods.THRESHOLD_FILE)
     assert fd.main([*argv, "--threshold", "0.75"]) == 0
     assert json.loads(out.read_text())["summary"]["threshold"] == 0.75
-    (checkpoint / scoring.THRESHOLD_FILE).unlink()
+    (checkpoint / scoring_methods.THRESHOLD_FILE).unlink()
     assert fd.main(argv) == 0
-    assert json.loads(out.read_text())["summary"]["threshold"] == scoring.MODEL_DEFAULT_THRESHOLD
+    assert json.loads(out.read_text())["summary"]["threshold"] == scoring_methods.MODEL_DEFAULT_THRESHOLD
     capsys.readouterr()
 
 
@@ -380,7 +380,7 @@ def test_checkpoint_scores_equal_model_inference_scores(trained_checkpoint: Path
     import model_def
     import model_inference
 
-    scorer = scoring.ModelScorer(model_def.load_model(trained_checkpoint))
+    scorer = model_scorer.ModelScorer(model_def.load_model(trained_checkpoint))
     result = _run(test_dir, scorer, threshold=0.0, exhaustive=True)
     pairs = zip(result.left, result.right, result.scores, strict=True)
     found = {(result.paths[i], result.paths[j]): s for i, j, s in pairs}

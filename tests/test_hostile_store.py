@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import torch
 
-from samespace import embedding_store, scoring
+from samespace import embedding_store, model_scorer, scorers
 from samespace import finder as fd
 from samespace.embedding_store import EmbeddingStore, FieldSpec, StoreError
 
@@ -35,7 +35,7 @@ COSINE = {"vectors": FieldSpec("float32", (DIM,), unit_norm=True)}
 
 
 def _unit(n: int, dim: int = DIM, seed: int = 0) -> np.ndarray:
-    return scoring.l2_normalise(np.random.default_rng(seed).normal(size=(n, dim)))
+    return scorers.l2_normalise(np.random.default_rng(seed).normal(size=(n, dim)))
 
 
 def _keys(n: int, start: int = 0) -> list[str]:
@@ -262,18 +262,18 @@ class _Extractor(torch.nn.Module):
 def test_scorers_declare_row_shapes_and_unit_rows() -> None:
     from samespace.model import SiameseNetwork
 
-    assert scoring.HashScorer("phash").fields == {"codes": FieldSpec("uint64", ())}
+    assert scorers.HashScorer("phash").fields == {"codes": FieldSpec("uint64", ())}
     unit = FieldSpec("float32", (1280,), unit_norm=True)
-    assert scoring.CosineScorer(_Extractor()).fields == {"vectors": unit}
-    assert scoring.RelativeScorer(_Extractor()).fields == {"vectors": unit}
-    assert scoring.CosineScorer(torch.nn.Identity()).fields == {"vectors": FieldSpec("float32", None, unit_norm=True)}
-    verified = scoring.VerifiedScorer(_Extractor()).fields
+    assert scorers.CosineScorer(_Extractor()).fields == {"vectors": unit}
+    assert scorers.RelativeScorer(_Extractor()).fields == {"vectors": unit}
+    assert scorers.CosineScorer(torch.nn.Identity()).fields == {"vectors": FieldSpec("float32", None, unit_norm=True)}
+    verified = scorers.VerifiedScorer(_Extractor()).fields
     assert verified["vectors"] == unit and verified["keypoint_count"] == FieldSpec("int32", (), bounds=(0, 500))
     assert verified["keypoint_descriptors"] == FieldSpec("uint8", (500, 128))
     images = np.random.default_rng(0).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
     torch.manual_seed(0)
     for head, projection in (("concat", FieldSpec("float32", (2048,))), ("cosine", unit)):
-        scorer = scoring.ModelScorer(SiameseNetwork("efficientnet_lite0", "none", head=head))
+        scorer = model_scorer.ModelScorer(SiameseNetwork("efficientnet_lite0", "none", head=head))
         assert scorer.fields == {"vectors": unit, "first": projection, "second": projection}
         rows = scorer.embed(images)  # what the model makes passes its own declaration
         assert all(spec.problem(name, rows[name]) is None for name, spec in scorer.fields.items())
@@ -297,7 +297,7 @@ def _rows_case(tmp_path: Path, vectors: np.ndarray) -> Path:
     (_unit(21, 640), "field vectors: rows of shape (640,), this scorer makes (1280,)"),
 ])
 def test_rows_the_scorer_cannot_make_are_refused(tmp_path: Path, vectors: np.ndarray, reason: str) -> None:
-    fields = scoring.CosineScorer(_Extractor()).fields
+    fields = scorers.CosineScorer(_Extractor()).fields
     assert _refused(_rows_case(tmp_path, vectors), fields) == reason
 
 
@@ -306,7 +306,7 @@ def test_keypoint_counts_beyond_the_limit_are_refused(tmp_path: Path) -> None:
     store = EmbeddingStore(FP, "cosine", fields)
     store.add(_keys(2), {"keypoint_count": np.array([3, 501], np.int32)})
     store.save(tmp_path / "s.npz")
-    declared = {"keypoint_count": scoring.VerifiedScorer(_Extractor()).fields["keypoint_count"]}
+    declared = {"keypoint_count": scorers.VerifiedScorer(_Extractor()).fields["keypoint_count"]}
     assert _refused(tmp_path / "s.npz", declared) == "field keypoint_count: value 501 outside [0, 500]"
 
 
@@ -317,7 +317,7 @@ def test_new_rows_of_another_shape_are_refused_naming_the_store(tmp_path: Path) 
         store.add(_keys(2, start=10), {"vectors": _unit(2, 1280)})
     assert str(caught.value) == f"{path}: new rows of field vectors have shape (1280,), the store's rows (640,)"
     assert len(store) == 3 and not store.changed  # nothing added
-    declared = EmbeddingStore(FP, "cosine", scoring.CosineScorer(_Extractor()).fields)
+    declared = EmbeddingStore(FP, "cosine", scorers.CosineScorer(_Extractor()).fields)
     with pytest.raises(StoreError, match=r"^embedding store: new rows of field vectors have shape \(640,\)"):
         declared.add(_keys(1), {"vectors": _unit(1, 640)})
     with pytest.raises(StoreError, match="^embedding store: cannot add rows: field vectors: row 0 has length 2,"):
@@ -332,7 +332,7 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 
 def test_embeddings_of_absurd_rows_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    scorer = scoring.reference_scorer("relative")
+    scorer = scorers.reference_scorer("relative")
     fingerprint = embedding_store.scorer_fingerprint(scorer)
     dim = scorer.fields["vectors"].shape[0]
     store = EmbeddingStore(fingerprint, "relative", {"vectors": "float32"})
@@ -347,9 +347,9 @@ def test_embeddings_of_absurd_rows_is_one_error_line(tmp_path: Path, capsys: pyt
 
 
 def test_embeddings_of_another_method_names_its_scorer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    phash = embedding_store.scorer_fingerprint(scoring.HashScorer("phash"))
-    whash = embedding_store.scorer_fingerprint(scoring.HashScorer("whash"))
-    store = EmbeddingStore(phash, "phash", scoring.HashScorer.fields)
+    phash = embedding_store.scorer_fingerprint(scorers.HashScorer("phash"))
+    whash = embedding_store.scorer_fingerprint(scorers.HashScorer("whash"))
+    store = EmbeddingStore(phash, "phash", scorers.HashScorer.fields)
     store.add(_keys(2), {"codes": np.arange(2, dtype=np.uint64)})
     store.save(tmp_path / "phash.npz")
     assert fd.main(["--embeddings", str(tmp_path / "phash.npz"), "--method", "whash", "--no-progress"]) == 2

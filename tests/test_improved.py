@@ -13,7 +13,18 @@ import torch
 from PIL import Image
 
 import model_def
-from samespace import decoding, labelling, mining, model, pair_sampling, preprocess, scoring, views
+from samespace import (
+    decoding,
+    labelling,
+    matching,
+    mining,
+    model,
+    model_scorer,
+    pair_sampling,
+    preprocess,
+    scorers,
+    views,
+)
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -25,13 +36,13 @@ def test_untrained_cosine_head_scores_exactly_the_backbone_cosine() -> None:
     torch.manual_seed(0)
     net = model.SiameseNetwork(backbone_weights="none", head="cosine").eval()
     pooled = torch.randn(7, net.features.out_dim, generator=torch.Generator().manual_seed(1)).abs()
-    left, right = scoring.upper_pairs(0, 7, 7)
+    left, right = matching.upper_pairs(0, 7, 7)
     cos = _cosine(pooled[left], pooled[right])
     with torch.no_grad():
         logits = net.logits_from_features(pooled[left], pooled[right])
     torch.testing.assert_close(logits, 10.0 * (cos - 0.8), atol=1e-5, rtol=0)
-    first, second = scoring.model_projections(net, pooled)
-    scores = scoring.model_pair_scores(net, first, second, left, right)
+    first, second = model_scorer.model_projections(net, pooled)
+    scores = model_scorer.model_pair_scores(net, first, second, left, right)
     np.testing.assert_allclose(scores, torch.sigmoid(10.0 * (cos - 0.8)).numpy(), atol=1e-6)
     assert np.array_equal(np.argsort(scores, kind="stable"), np.argsort(cos.numpy(), kind="stable"))
     assert {n for n, p in net.named_parameters() if p.requires_grad} == {
@@ -69,7 +80,7 @@ def test_reshoot_views_are_seeded_per_image_and_view_zero_is_the_image() -> None
 def test_reshoot_pairs_have_no_identical_positives_and_no_view_shortcut() -> None:
     groups = np.repeat(np.arange(10), 3)  # 10 rooms x 3 photos
     rng = np.random.default_rng(0)
-    unit = scoring.l2_normalise(rng.normal(size=(30, 8)))
+    unit = scorers.l2_normalise(rng.normal(size=(30, 8)))
     hashes = rng.integers(0, 2**63, 30, dtype=np.uint64)
     pairs = mining.reshoot_pairs(groups, hashes, unit, negatives="cosine")
     v1, v2 = pair_sampling.pair_variants(pairs.flags)
@@ -102,10 +113,10 @@ def test_improved_recipe_trains_and_scores_symmetrically(sample_root: Path, cach
     assert net.head_kind == "cosine" and net.features.backbone == "efficientnet_lite0"
     assert net.head.up.weight.abs().max() > 0  # trained away from the identity start
     pooled = torch.rand(5, 1280)
-    left, right = scoring.upper_pairs(0, 5, 5)
-    first, second = scoring.model_projections(net, pooled)
-    np.testing.assert_array_equal(scoring.model_pair_scores(net, first, second, left, right),
-                                  scoring.model_pair_scores(net, first, second, right, left))
+    left, right = matching.upper_pairs(0, 5, 5)
+    first, second = model_scorer.model_projections(net, pooled)
+    np.testing.assert_array_equal(model_scorer.model_pair_scores(net, first, second, left, right),
+                                  model_scorer.model_pair_scores(net, first, second, right, left))
 
 
 @pytest.mark.parametrize("pooling", ["gem"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from samespace import local_scaling, neighbours, scoring
+from samespace import local_scaling, matching, neighbours, scorers, scoring_methods
 
 
 def _unit(rows: list[list[float]]) -> np.ndarray:
@@ -75,16 +75,16 @@ def _dba_reference(unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def test_relative_scorer_rows_equal_pair_scores(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = np.random.default_rng(1)
     features = rng.normal(size=(15, 8)).astype(np.float32)
-    monkeypatch.setattr(scoring, "pooled_features", lambda _e, images, *a: torch.from_numpy(images))
-    scorer = scoring.RelativeScorer(_Identity())
+    monkeypatch.setattr(scorers, "pooled_features", lambda _e, images, *a: torch.from_numpy(images))
+    scorer = scorers.RelativeScorer(_Identity())
     scorer.add(features[:9])
     scorer.add(features[9:])
     scorer.finish()
-    unit = scoring.l2_normalise(features)
+    unit = scorers.l2_normalise(features)
     np.testing.assert_allclose(scorer.cosine_r, local_scaling.neighbourhood_similarity(unit))
     augmented, r_augmented = _dba_reference(unit)
     np.testing.assert_allclose(scorer.r, r_augmented, atol=1e-6)
-    left, right = scoring.upper_pairs(0, 15, 15)
+    left, right = matching.upper_pairs(0, 15, 15)
     expected = local_scaling.scaled((augmented[left] * augmented[right]).sum(1), r_augmented[left], r_augmented[right])
     np.testing.assert_allclose(scorer.score(left, right), expected, atol=1e-6)
     np.testing.assert_allclose(scorer.score_rows(0, 15)[left, right], expected, atol=1e-6)
@@ -105,7 +105,7 @@ def test_augmentation_adds_only_neighbours_above_the_photos_own_neighbourhood() 
     vectors = local_scaling.augmented_vectors(unit, recipe)
     np.testing.assert_allclose(vectors[2], unit[2], atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-6)
-    left, right = scoring.upper_pairs(0, 4, 4)
+    left, right = matching.upper_pairs(0, 4, 4)
     np.testing.assert_allclose(local_scaling.augmented_cosine(unit, recipe, left, right),
                                (vectors[left] * vectors[right]).sum(1), atol=1e-6)
 
@@ -129,11 +129,11 @@ def test_augmentation_pulls_copies_of_one_photo_together_and_leaves_unrelated_pa
 def test_an_all_zero_vector_scores_zero_cosine_and_leaves_the_others_finite() -> None:
     """A photo whose features are all zero (cosine 0 to every photo) must not turn the collection's scores into NaN."""
     unit = np.zeros((6, 4), np.float32)
-    unit[1:] = scoring.l2_normalise(np.random.default_rng(5).normal(size=(5, 4)))
-    scorer = scoring.RelativeScorer(_Identity())
+    unit[1:] = scorers.l2_normalise(np.random.default_rng(5).normal(size=(5, 4)))
+    scorer = scorers.RelativeScorer(_Identity())
     scorer.add_embeddings({"vectors": unit})
     scorer.finish()
-    left, right = scoring.upper_pairs(0, 6, 6)
+    left, right = matching.upper_pairs(0, 6, 6)
     scores = scorer.score(left, right)
     assert np.isfinite(scores).all() and np.isfinite(scorer.score_rows(0, 6)).all()
     np.testing.assert_allclose(local_scaling.augmented_cosine(unit, scorer.augmented, left[:5], right[:5]), 0.0)
@@ -144,7 +144,7 @@ def test_a_pair_alone_scores_as_in_a_typical_collection() -> None:
     from a cosine of about 0.69 (0.73 without the augmentation): unrelated-looking pairs stay under the default."""
     scores = {}
     for c in (0.6, 0.65, 0.75, 0.95):
-        scorer = scoring.RelativeScorer(_Identity())
+        scorer = scorers.RelativeScorer(_Identity())
         scorer.add_embeddings({"vectors": _unit([[1, 0], [c, np.sqrt(1 - c * c)]])})
         scorer.finish()
         scores[c] = scorer.score(np.array([0]), np.array([1]))[0]
@@ -152,7 +152,7 @@ def test_a_pair_alone_scores_as_in_a_typical_collection() -> None:
         r = (c + (local_scaling.K - 1) * local_scaling.R0) / local_scaling.K
         if c <= r:
             assert scorer.augmented.weights[:, 1].tolist() == [0.0, 0.0]
-    threshold = scoring.DEFAULT_THRESHOLDS["relative"]
+    threshold = scoring_methods.DEFAULT_THRESHOLDS["relative"]
     assert scores[0.6] < scores[0.65] < threshold < scores[0.75] < scores[0.95]  # reported from cosine ~0.69
 
 
@@ -162,22 +162,22 @@ def test_candidate_search_gives_r_and_pairs_of_separate_searches_in_one_search(
 ) -> None:
     """The relative scorer's r and the candidate pairs share one search and equal two separate exact searches."""
     rng = np.random.default_rng(3)
-    unit = scoring.l2_normalise(rng.normal(size=(400, 24)).astype(np.float32) + 1.0)
+    unit = scorers.l2_normalise(rng.normal(size=(400, 24)).astype(np.float32) + 1.0)
     expected_r = local_scaling.neighbourhood_similarity(unit, approximate=False)
     expected_pairs = neighbours.knn_pairs(unit, top_k, approximate=False)
     augmented, r_augmented = _dba_reference(unit)
     calls = []
     real_knn = neighbours.knn
     monkeypatch.setattr(neighbours, "knn", lambda *a, **kw: calls.append(a[1]) or real_knn(*a, **kw))
-    scorer = scoring.RelativeScorer(_Identity())
+    scorer = scorers.RelativeScorer(_Identity())
     scorer.add_embeddings({"vectors": unit})
     scorer.finish()
-    pairs = scoring.candidate_search(scorer, top_k, approximate=False)
+    pairs = matching.candidate_search(scorer, top_k, approximate=False)
     assert calls == [max(top_k, local_scaling.K)]  # one search, deep enough for both
     np.testing.assert_array_equal(pairs, expected_pairs)
     np.testing.assert_allclose(scorer.cosine_r, expected_r, rtol=0, atol=1e-12)
     np.testing.assert_allclose(scorer.r, r_augmented, rtol=0, atol=1e-6)
-    left, right, scores, n_scored = scoring.candidate_matches(scorer, -10.0, top_k, approximate=False)
+    left, right, scores, n_scored = matching.candidate_matches(scorer, -10.0, top_k, approximate=False)
     assert n_scored == len(expected_pairs) and len(calls) == 2
     np.testing.assert_allclose(scores, local_scaling.scaled(np.einsum("ij,ij->i", augmented[left], augmented[right]),
                                                             r_augmented[left], r_augmented[right]), atol=1e-6)

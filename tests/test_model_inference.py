@@ -14,7 +14,7 @@ from sklearn import metrics
 
 import model_def
 import model_inference
-from samespace import decoding, labelling, outputs, pair_dataset, pair_sampling, scoring
+from samespace import decoding, labelling, outputs, pair_dataset, pair_sampling, scoring_methods
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +68,17 @@ def test_metrics_agree_with_scikit_learn_on_the_scores_file(evaluated: dict) -> 
         f1 = metrics.f1_score(labels, scores >= reported["best_f1"]["threshold"])
         assert reported["best_f1"]["f1"] == pytest.approx(f1, abs=1e-3)
         assert reported["best_f1"]["f1"] >= reported["at_default"]["f1"] - 1e-9
-        default = scoring.MODEL_DEFAULT_THRESHOLD if name == "model" else scoring.DEFAULT_THRESHOLDS[name]
+        default = (
+            scoring_methods.MODEL_DEFAULT_THRESHOLD if name == "model" else scoring_methods.DEFAULT_THRESHOLDS[name]
+        )
         assert reported["at_default"]["threshold"] == default
         assert reported["at_default"]["f1"] == pytest.approx(metrics.f1_score(labels, scores >= default), abs=1e-3)
 
 
 def test_threshold_file_is_written_for_find_duplicates(evaluated: dict) -> None:
-    threshold, source = scoring.read_model_threshold(evaluated["checkpoint"])
+    threshold, source = scoring_methods.read_model_threshold(evaluated["checkpoint"])
     assert threshold == evaluated["report"]["unique"]["methods"]["model"]["best_f1"]["threshold"]
-    assert source.endswith(scoring.THRESHOLD_FILE)
+    assert source.endswith(scoring_methods.THRESHOLD_FILE)
 
 
 def test_two_runs_give_identical_numbers(evaluated: dict, trained_checkpoint: Path, test_dir: Path) -> None:
@@ -154,7 +156,7 @@ def _room_split(test_dir: Path, folder: Path, rooms: int) -> Path:
 def test_one_room_is_refused_and_the_calibrated_threshold_kept(evaluated: dict, test_dir: Path, tmp_path: Path,
                                                                capsys) -> None:
     one_room = _room_split(test_dir, tmp_path / "one-room", 1)
-    threshold_file = evaluated["checkpoint"] / scoring.THRESHOLD_FILE
+    threshold_file = evaluated["checkpoint"] / scoring_methods.THRESHOLD_FILE
     before = threshold_file.read_bytes()
     base = ["--checkpoint", str(evaluated["checkpoint"]), "--device", "cpu", "--cache-dir", "none"]
     for extra in ([], ["--write-threshold"]):
@@ -177,7 +179,7 @@ def test_the_threshold_is_written_only_when_asked_and_a_replacement_is_said(
 ) -> None:
     checkpoint = tmp_path / "checkpoint"
     shutil.copytree(evaluated["checkpoint"], checkpoint)
-    threshold_file = checkpoint / scoring.THRESHOLD_FILE
+    threshold_file = checkpoint / scoring_methods.THRESHOLD_FILE
     before = threshold_file.read_bytes()
     previous = json.loads(before)
     other = shutil.copytree(test_dir, tmp_path / "another copy")  # same photos, another folder

@@ -8,13 +8,13 @@ import faiss
 import numpy as np
 import pytest
 
-from samespace import neighbours, scoring
+from samespace import matching, neighbours, scorers, scoring_methods
 
 
 @pytest.mark.parametrize("approximate", [False, True])
 def test_knn_pairs_are_unique_unordered_without_self_pairs(approximate: bool) -> None:
     rng = np.random.default_rng(0)
-    vectors = scoring.l2_normalise(rng.normal(size=(300, 16)))
+    vectors = scorers.l2_normalise(rng.normal(size=(300, 16)))
     vectors[10] = vectors[3]  # an exact duplicate: ties with self
     pairs = neighbours.knn_pairs(vectors, 4, approximate=approximate)
     assert (pairs[:, 0] < pairs[:, 1]).all()
@@ -36,7 +36,7 @@ def test_approximate_search_recalls_the_exact_top_k_with_pca() -> None:
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(40, 64))
     spectrum = np.arange(1, 65) ** -0.5  # decaying, as CNN features
-    vectors = scoring.l2_normalise(centres[rng.integers(0, 40, 2000)] + rng.normal(size=(2000, 64)) * spectrum)
+    vectors = scorers.l2_normalise(centres[rng.integers(0, 40, 2000)] + rng.normal(size=(2000, 64)) * spectrum)
     params = neighbours.SearchParams(pca_dim=32, pool=3)
     exact = neighbours.knn(vectors, 10, approximate=False)
     approx = neighbours.knn(vectors, 10, approximate=True, params=params)
@@ -49,7 +49,7 @@ def test_approximate_search_recalls_the_exact_top_k_with_pca() -> None:
 
 def test_cross_pairs_only_join_queries_to_the_base() -> None:
     rng = np.random.default_rng(2)
-    base = scoring.l2_normalise(rng.normal(size=(100, 8)))
+    base = scorers.l2_normalise(rng.normal(size=(100, 8)))
     queries = base[[5, 50]] + 1e-3  # near copies of two base rows
     for approximate in (False, True):
         pairs = neighbours.cross_knn_pairs(queries, base, 3, approximate=approximate)
@@ -70,9 +70,9 @@ def test_large_collections_use_the_fast_parameters_and_still_find_near_duplicate
     # the fast parameters (a smaller graph; 8 projected axes of 32 here) on 1,500 rows with 50 planted near copies
     rng = np.random.default_rng(3)
     spectrum = np.arange(1, 33) ** -0.5
-    vectors = scoring.l2_normalise(1.0 + rng.normal(size=(1500, 32)) * spectrum)
+    vectors = scorers.l2_normalise(1.0 + rng.normal(size=(1500, 32)) * spectrum)
     copies = rng.choice(1500, 100, replace=False)
-    vectors[copies[50:]] = scoring.l2_normalise(vectors[copies[:50]] + rng.normal(size=(50, 32)) * spectrum * 0.05)
+    vectors[copies[50:]] = scorers.l2_normalise(vectors[copies[:50]] + rng.normal(size=(50, 32)) * spectrum * 0.05)
     fast = dataclasses.replace(neighbours.FAST, pca_dim=8)
     pairs = {tuple(p) for p in neighbours.knn_pairs(vectors, 5, approximate=True, params=fast).tolist()}
     planted = {(min(a, b), max(a, b)) for a, b in zip(copies[:50].tolist(), copies[50:].tolist(), strict=True)}
@@ -89,20 +89,24 @@ def test_find_matches_switches_between_exhaustive_exact_and_approximate_candidat
     from samespace import finder
 
     rng = np.random.default_rng(4)
-    vectors = scoring.l2_normalise(1.0 + rng.normal(size=(600, 24)))
-    vectors[300:320] = scoring.l2_normalise(vectors[:20] + rng.normal(size=(20, 24)) * 0.02)  # 20 near copies
-    scorer = scoring.CosineScorer(torch.nn.Identity())
+    vectors = scorers.l2_normalise(1.0 + rng.normal(size=(600, 24)))
+    vectors[300:320] = scorers.l2_normalise(vectors[:20] + rng.normal(size=(20, 24)) * 0.02)  # 20 near copies
+    scorer = scorers.CosineScorer(torch.nn.Identity())
     scorer.add_embeddings({"vectors": vectors.astype(np.float32)})
     scorer.finish()
     results = {
-        approximate: scoring.find_matches(scorer, 0.95, approximate=approximate) for approximate in (None, False, True)
+        approximate: matching.find_matches(scorer, 0.95, approximate=approximate) for approximate in (None, False, True)
     }
-    assert [r[4] for r in results.values()] == ["exhaustive", "exhaustive", f"top-{scoring.DEFAULT_TOP_K} approximate"]
+    assert [r[4] for r in results.values()] == [
+        "exhaustive",
+        "exhaustive",
+        f"top-{scoring_methods.DEFAULT_TOP_K} approximate",
+    ]
     exhaustive = set(zip(results[None][0].tolist(), results[None][1].tolist(), strict=True))
     assert {(i, 300 + i) for i in range(20)} <= exhaustive
     approx = set(zip(results[True][0].tolist(), results[True][1].tolist(), strict=True))
     assert approx == exhaustive and np.allclose(results[True][2], results[None][2])  # same pairs, exact scores
-    exact_top_k = scoring.find_matches(scorer, 0.95, top_k=5, approximate=False)
+    exact_top_k = matching.find_matches(scorer, 0.95, top_k=5, approximate=False)
     assert exact_top_k[4] == "top-5"
     assert set(zip(exact_top_k[0].tolist(), exact_top_k[1].tolist(), strict=True)) == exhaustive
     parser = finder.build_parser()
@@ -168,7 +172,7 @@ def test_pair_and_neighbour_inner_products_equal_numpy_and_check_indices() -> No
 def test_float16_graph_holds_half_the_bytes_and_finds_the_float32_graphs_neighbours() -> None:
     rng = np.random.default_rng(6)
     spectrum = np.arange(1, 33) ** -0.5
-    vectors = scoring.l2_normalise(1.0 + rng.normal(size=(2000, 32)) * spectrum).astype(np.float32)
+    vectors = scorers.l2_normalise(1.0 + rng.normal(size=(2000, 32)) * spectrum).astype(np.float32)
     params = neighbours.SearchParams(pca_dim=32, hnsw_m=16, ef_construction=40, ef_search=32, pool=3)
     half = dataclasses.replace(params, float16=True)
     graph = neighbours.build_graph(vectors, None, half)
@@ -186,7 +190,7 @@ def test_float16_graph_holds_half_the_bytes_and_finds_the_float32_graphs_neighbo
 def test_graph_is_added_in_few_large_blocks_with_rows_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
     """faiss sets up a lock per node of the whole index on every add call: rows go in add_block at a time, in order."""
     rng = np.random.default_rng(7)
-    vectors = scoring.l2_normalise(rng.normal(size=(2000, 16))).astype(np.float32)
+    vectors = scorers.l2_normalise(rng.normal(size=(2000, 16))).astype(np.float32)
     calls: list[int] = []
     project = neighbours._project
 

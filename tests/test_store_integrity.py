@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from samespace import decoding, embedding_store, labelling
+from samespace import decoding, embedding_store, labelling, scorers
 from samespace import finder as fd
 
 FAST = ["--method", "phash", "--no-progress"]
@@ -83,5 +83,5 @@ def test_a_photo_swapped_while_decoding_never_poisons_the_store(photos: Path, tm
 
 def _identity(store: Path) -> tuple[str, str, dict[str, str]]:
     """(fingerprint, method, fields) of the phash scorer that wrote ``store``."""
-    scorer = fd.scoring.HashScorer("phash")
+    scorer = scorers.HashScorer("phash")
     return embedding_store.scorer_fingerprint(scorer), scorer.name, scorer.fields

@@ -1,4 +1,4 @@
-"""Spatial verification (verification.py) and the verified scorer (scoring.VerifiedScorer)."""
+"""Spatial verification (verification.py) and the verified scorer (scorers.VerifiedScorer)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,17 @@ import pytest
 from PIL import Image
 from test_improved import _rotated_zoomed
 
-from samespace import decoding, embedding_store, finder, labelling, local_scaling, scoring, verification
+from samespace import (
+    decoding,
+    embedding_store,
+    finder,
+    labelling,
+    local_scaling,
+    matching,
+    scorers,
+    scoring_methods,
+    verification,
+)
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +81,7 @@ def test_find_duplicates_hands_each_photos_aspect_to_the_scorer(tmp_path: Path) 
     np.testing.assert_allclose(aspects, [3.0, 0.25])
     assert kept == [0, 2] and len(skipped) == 1 and images.shape == (2, 256, 256, 3)
     with pytest.raises(ValueError, match="2 images but aspect ratios of shape"):
-        scoring.HashScorer("whash").add(images, np.ones(3))
+        scorers.HashScorer("whash").add(images, np.ones(3))
 
 
 def test_features_are_deterministic_and_bounded(tilted: list[np.ndarray]) -> None:
@@ -107,9 +117,9 @@ def test_bonus_is_zero_up_to_the_floor_then_grows_to_its_cap() -> None:
     assert np.all(np.diff(b) >= 0) and b[-1] == b[-2] == pytest.approx(verification.MAX_BONUS)
 
 
-def _scorers(images: np.ndarray) -> tuple[scoring.RelativeScorer, scoring.VerifiedScorer]:
-    relative, verified = scoring.reference_scorer("relative"), scoring.reference_scorer("verified")
-    assert isinstance(relative, scoring.RelativeScorer) and isinstance(verified, scoring.VerifiedScorer)
+def _scorers(images: np.ndarray) -> tuple[scorers.RelativeScorer, scorers.VerifiedScorer]:
+    relative, verified = scorers.reference_scorer("relative"), scorers.reference_scorer("verified")
+    assert isinstance(relative, scorers.RelativeScorer) and isinstance(verified, scorers.VerifiedScorer)
     for scorer in (relative, verified):
         scorer.add(images)
         scorer.finish()
@@ -122,7 +132,7 @@ def test_verified_is_relative_plus_the_bonus_of_neighbour_pairs(train_dir: Path)
     images = np.stack([decoding.load_image(p) for p in labelling.find_images(train_dir)[:40]])
     relative, verified = _scorers(images)
     n = len(images)
-    left, right = scoring.upper_pairs(0, n, n)
+    left, right = matching.upper_pairs(0, n, n)
     base, scores = relative.score(left, right), verified.score(left, right)
     codes = verified.neighbour_codes()
     assert len(codes) >= n * local_scaling.K // 2
@@ -142,26 +152,26 @@ def test_pairs_the_bonus_cannot_lift_are_not_verified(train_dir: Path) -> None:
     images = np.stack([decoding.load_image(p) for p in labelling.find_images(train_dir)[:20]])
     relative, verified = _scorers(images)
     verified.verify_from = 10.0  # above every relative score: nothing is verified
-    left, right = scoring.upper_pairs(0, 20, 20)
+    left, right = matching.upper_pairs(0, 20, 20)
     np.testing.assert_array_equal(verified.score(left, right), relative.score(left, right))
     assert verified._inliers == {}
 
 
 def test_verified_embeddings_round_trip_through_the_store(train_dir: Path, tmp_path: Path) -> None:
     images = np.stack([decoding.load_image(p) for p in labelling.find_images(train_dir)[:12]])
-    direct = scoring.reference_scorer("verified")
+    direct = scorers.reference_scorer("verified")
     direct.add(images)
     direct.finish()
     fingerprint = embedding_store.scorer_fingerprint(direct)
-    assert fingerprint != embedding_store.scorer_fingerprint(scoring.reference_scorer("relative"))
+    assert fingerprint != embedding_store.scorer_fingerprint(scorers.reference_scorer("relative"))
     store = embedding_store.EmbeddingStore(fingerprint, "verified", direct.fields)
     store.add([f"k{i}" for i in range(12)], direct.embed(images))
     store.save(tmp_path / "store.npz")
     loaded = embedding_store.open_store(tmp_path / "store.npz", fingerprint, "verified", direct.fields, strict=True)
-    again = scoring.reference_scorer("verified")
+    again = scorers.reference_scorer("verified")
     again.add_embeddings(loaded.get([f"k{i}" for i in range(12)]))
     again.finish()
-    left, right = scoring.upper_pairs(0, 12, 12)
+    left, right = matching.upper_pairs(0, 12, 12)
     np.testing.assert_array_equal(again.score(left, right), direct.score(left, right))
 
 
@@ -179,12 +189,14 @@ def test_find_duplicates_method_verified_with_and_without_the_store(test_dir: Pa
         return {(min(p[0], p[1]), max(p[0], p[1])) for p in document["pairs"]}
 
     plain = run("--method", "verified", "--no-cache")
-    assert plain["summary"]["threshold"] == scoring.DEFAULT_THRESHOLDS["verified"]
+    assert plain["summary"]["threshold"] == scoring_methods.DEFAULT_THRESHOLDS["verified"]
     first = run("--method", "verified", "--store", str(tmp_path / "store.npz"))
     second = run("--method", "verified", "--store", str(tmp_path / "store.npz"))
     assert second["summary"]["embedded"] == 0 and second["summary"]["from_store"] == plain["summary"]["images"]
     assert pairs(plain) == pairs(first) == pairs(second) and len(plain["groups"]) >= 5
-    lower = run("--method", "verified", "--no-cache", "--threshold", str(scoring.DEFAULT_THRESHOLDS["relative"]))
+    lower = run(
+        "--method", "verified", "--no-cache", "--threshold", str(scoring_methods.DEFAULT_THRESHOLDS["relative"])
+    )
     relative = run("--method", "relative", "--no-cache")
     assert pairs(relative) <= pairs(lower)  # at relative's own threshold, verified keeps every relative pair
 
@@ -194,7 +206,7 @@ def test_a_tilted_copy_is_a_duplicate_with_method_verified(tilted_files: list[Pa
     the bonus of its inliers (15 with OpenCV 5.0, 14 with 4.10), over the default threshold."""
     args = finder.build_parser().parse_args(["photos", "--method", "verified"])
     scorer, threshold, _ = finder.build_scorer(args, "cpu")
-    assert isinstance(scorer, scoring.VerifiedScorer) and threshold == scoring.DEFAULT_THRESHOLDS["verified"]
+    assert isinstance(scorer, scorers.VerifiedScorer) and threshold == scoring_methods.DEFAULT_THRESHOLDS["verified"]
     assert scorer.verify_from == pytest.approx(threshold - verification.MAX_BONUS)
     (batch,) = finder.decoded_batches(tilted_files[:2], batch_size=2)
     scorer.add(batch.images, batch.aspects)
@@ -223,6 +235,6 @@ def test_method_verified_refuses_up_front_a_collection_whose_keypoints_do_not_fi
     assert "\nerror: --method verified holds about 68 KB" in "\n" + err and f"{n:,} photos" in err
     assert decoded == [] and not out.exists()
     monkeypatch.setattr(finder, "physical_memory", lambda: 2 * need)  # exactly half: allowed
-    finder.check_memory(n, scoring.reference_scorer("verified"))
+    finder.check_memory(n, scorers.reference_scorer("verified"))
     monkeypatch.setattr(finder, "physical_memory", lambda: 1)  # the relative default keeps no keypoints
-    finder.check_memory(10**9, scoring.reference_scorer("relative"))
+    finder.check_memory(10**9, scorers.reference_scorer("relative"))

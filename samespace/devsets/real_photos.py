@@ -567,7 +567,7 @@ SOURCES: tuple[Source, ...] = (
 )  # fmt: skip
 
 
-# The sources of the set that the real-photo thresholds (scoring.REAL_PHOTO_THRESHOLDS, the relative default and
+# The sources of the set that the real-photo thresholds (scoring_methods.REAL_PHOTO_THRESHOLDS, the relative default and
 # local_scaling.R0) were calibrated on, sessions 2-4: `build DIR --sources <these>` writes that set byte for byte
 # (places are keyed by name, so the sources added since leave its files unchanged). Its Test Data is today's.
 CALIBRATION_SOURCES = (
