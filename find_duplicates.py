@@ -2,7 +2,7 @@
 
 import sys
 
-from samespace.finder import main
+from samespace.commands.find import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,7 +27,7 @@ class DownloadError(RuntimeError):
     """A download that cannot proceed, with one line saying why and what to do."""
 
 
-EXIT_ERROR = 2
+
 
 
 def _master_url() -> str:
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except DownloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return cli.EXIT_ERROR
     print(path)
     return 0
 

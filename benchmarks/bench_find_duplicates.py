@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from samespace import decoding, model_scorer, scorers, scoring_methods
+from samespace import decoding, finder, model_scorer, scorers, scoring_methods
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -99,7 +99,6 @@ def _scorer(method: str, batch_size: int):
 
 def run_one(folder: Path, method: str, batch_size: int) -> dict:
     """One find_duplicates run in this process; the summary plus peak RSS."""
-    from samespace import finder
 
     scorer = _scorer(method, batch_size)
     threshold = 0.5 if method == "model" else scoring_methods.DEFAULT_THRESHOLDS[method]

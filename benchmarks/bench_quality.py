@@ -33,6 +33,7 @@ import torch
 from sklearn import metrics
 
 from samespace import labelling, matching, outputs, scoring_methods, threshold_calibration
+from samespace.commands import find
 from samespace.devsets import sample_set
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 import model_def  # noqa: E402
 import model_inference  # noqa: E402
-from samespace import default_model, finder, grouping  # noqa: E402
+from samespace import default_model, grouping  # noqa: E402
 
 RECIPES = {
     "published": ("const.yaml", ["--hparam", "backbone=efficientnet_lite0"]),
@@ -93,7 +94,7 @@ def run_find_duplicates(test_dir: Path, workdir: Path, extra: list[str]) -> dict
     """find_duplicates.py on the split with its defaults (plus ``extra``); its JSON document."""
     out = workdir / f"dups-{len(list(workdir.glob('dups-*')))}.json"
     with contextlib.redirect_stdout(io.StringIO()):
-        code = finder.main([str(test_dir), "--json", str(out), "--no-progress", *extra])
+        code = find.main([str(test_dir), "--json", str(out), "--no-progress", *extra])
     if code != 0:
         raise SystemExit(f"find_duplicates.py {' '.join(extra)} failed")
     return json.loads(out.read_text())

@@ -30,8 +30,9 @@ import torch
 import torch.distributed as dist
 from determined import core
 
-from samespace import cli, embedding_store, outputs, scorers, scoring_methods, sharding
+from samespace import cli, embedding_store, errors, outputs, photo_files, scorers, scoring_methods, sharding
 from samespace import finder as fd
+from samespace.commands import find
 from samespace.embedding_store import EmbeddingStore
 
 log = logging.getLogger("samespace.embed")
@@ -84,9 +85,9 @@ def embed_share(
 def run(args: argparse.Namespace, core_context: core.Context, shard: sharding.Shard) -> Path:
     """Embed this rank's share, then (chief) merge every share into ``args.output``."""
     output = Path(args.output)
-    scorer, _, _ = fd.build_scorer(args, fd._device(args.device))
+    scorer, _, _ = find.build_scorer(args, find.device_for(args.device))
     fingerprint = embedding_store.scorer_fingerprint(scorer)
-    paths = fd.image_files(args.folders)
+    paths = photo_files.image_files(args.folders)
     start, stop = shard.bounds(len(paths))
     known = embedding_store.open_store(output, fingerprint, scorer.name, scorer.fields)
     t0 = time.perf_counter()
@@ -130,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--backbone", choices=("mobilenet_v3_large", "efficientnet_lite0"))
     parser.add_argument("--backbone-weights", default="imagenet", metavar="imagenet|none|PATH")
-    parser.add_argument("--batch-size", type=int, default=fd.DEFAULT_BATCH_SIZE, metavar="N")
+    parser.add_argument("--batch-size", type=int, default=scoring_methods.DEFAULT_BATCH_SIZE, metavar="N")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an --output file that exists and was not written by SameSpace (never a photo)")
@@ -145,7 +146,7 @@ def check_output(args: argparse.Namespace, size: int) -> None:
     targets = [outputs.Target("--output", output)]
     targets += [outputs.Target("--output", part_path(output, sharding.Shard(r, size))) for r in range(size)]
     outputs.check_outputs(targets, inputs=args.folders, overwrite=args.overwrite,
-                          image_extensions=fd.readable_extensions())
+                          image_extensions=photo_files.readable_extensions())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -158,24 +159,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for folder in args.folders:
             if not Path(folder).is_dir():
-                raise fd.FindDuplicatesError(f"{folder}: not a directory")
+                raise errors.FindDuplicatesError(f"{folder}: not a directory")
         check_output(args, int(os.environ.get("WORLD_SIZE", "1")))
-    except (fd.FindDuplicatesError, outputs.OutputError) as exc:
+    except (errors.FindDuplicatesError, outputs.OutputError) as exc:
         if args.debug:
             raise
         print(f"error: {outputs.printable_name(str(exc), quote=False)}", file=sys.stderr)
-        return fd.EXIT_ERROR
+        return cli.EXIT_ERROR
     distributed = distributed_context()
     shard = sharding.Shard()
     try:
         with core.init(distributed=distributed) as core_context:
             shard = sharding.current()
             output = run(args, core_context, shard)
-    except (fd.FindDuplicatesError, embedding_store.StoreError, ValueError, OSError) as exc:
+    except (errors.FindDuplicatesError, embedding_store.StoreError, ValueError, OSError) as exc:
         if args.debug:
             raise
         print(f"error: {outputs.printable_name(str(exc), quote=False)}", file=sys.stderr)
-        return fd.EXIT_ERROR
+        return cli.EXIT_ERROR
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

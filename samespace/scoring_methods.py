@@ -24,6 +24,8 @@ from pathlib import Path
 from samespace import local_scaling, verification
 
 HASH_BITS = 64
+DEFAULT_BATCH_SIZE = 64  # images embedded per batch
+BACKBONE_METHODS = ("cosine", "relative", "verified")  # the methods that run a backbone (--backbone applies to them)
 THRESHOLD_FILE = "samespace_threshold.json"  # written into a checkpoint folder by model_inference.py
 MODEL_DEFAULT_THRESHOLD = 0.5  # the model's threshold when the checkpoint has no THRESHOLD_FILE
 # Up to this many images every pair i < j is scored, above it each image's DEFAULT_TOP_K nearest neighbours.

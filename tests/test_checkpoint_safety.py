@@ -14,7 +14,7 @@ import yaml
 
 import model_def
 import model_inference
-from samespace import finder as fd
+from samespace.commands import find
 from samespace.model import SiameseNetwork
 
 HPARAMS = {
@@ -76,7 +76,7 @@ def test_a_pickle_payload_is_refused_and_never_runs(network_state: dict, tmp_pat
         model_def.load_model(folder)
     assert not marker.exists()
 
-    assert fd.main([str(test_dir), "--checkpoint", str(folder), "--no-progress"]) == 2
+    assert find.main([str(test_dir), "--checkpoint", str(folder), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"{folder / 'state_dict.pth'}: refused to load" in err and err.count("\n") == 1
     assert model_inference.main(["--checkpoint", str(folder), "--data-dir", str(test_dir), "--cache-dir", "none"]) == 2
@@ -97,6 +97,6 @@ def test_a_truncated_state_dict_and_a_corrupt_load_data_name_the_file(network_st
 
     corrupt = write_checkpoint(tmp_path / "corrupt", network_state)
     (corrupt / "load_data.json").write_text('{"trial_cls_spec": "model_def:SiameseTrial", ')
-    assert fd.main([str(test_dir), "--checkpoint", str(corrupt), "--no-progress"]) == 2
+    assert find.main([str(test_dir), "--checkpoint", str(corrupt), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"{corrupt / 'load_data.json'}: cannot read" in err and err.count("\n") == 1

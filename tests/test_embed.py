@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from samespace import embedding_store
-from samespace import finder as fd
+from samespace.commands import find
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,7 +48,7 @@ def test_two_processes_give_the_store_and_groups_of_one(test_dir: Path, tmp_path
     groups = []
     for store in (one, two):
         out = tmp_path / f"{store.stem}.json"
-        assert fd.main(["--embeddings", str(store), "--method", "whash", "--no-progress", "--json", str(out)]) == 0
+        assert find.main(["--embeddings", str(store), "--method", "whash", "--no-progress", "--json", str(out)]) == 0
         document = json.loads(out.read_text())
         assert document["summary"]["embedded"] == 0
         groups.append([g["members"] for g in document["groups"]])

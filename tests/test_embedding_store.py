@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samespace import embedding_store, scorers
-from samespace import finder as fd
+from samespace import cli, embedding_store, scorers
+from samespace.commands import find
 
 
 @pytest.fixture()
@@ -23,7 +23,7 @@ def library(tmp_path: Path, test_dir: Path) -> Path:
 
 def _cli(argv: list[str], tmp_path: Path, name: str = "out.json") -> dict:
     out = tmp_path / name
-    code = fd.main([*argv, "--method", "phash", "--no-progress", "--json", str(out)])
+    code = find.main([*argv, "--method", "phash", "--no-progress", "--json", str(out)])
     assert code == 0
     return json.loads(out.read_text())
 
@@ -73,7 +73,7 @@ def test_damaged_store_is_ignored_with_one_warning_and_rebuilt(library: Path, tm
         # a file without the store's header is somebody else's file: replaced only with --overwrite
         foreign = ["--overwrite"] if kind == "garbage" else []
         if foreign:
-            assert fd.main([str(library), "--store", str(store), "--method", "phash", "--no-progress"]) == 2
+            assert find.main([str(library), "--store", str(store), "--method", "phash", "--no-progress"]) == 2
             assert store.read_bytes() == payload
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -89,7 +89,7 @@ def test_damaged_store_is_ignored_with_one_warning_and_rebuilt(library: Path, tm
 def test_foreign_store_is_never_used(library: Path, tmp_path: Path) -> None:
     store = tmp_path / "store.npz"
     _cli([str(library), "--store", str(store)], tmp_path)  # phash
-    code = fd.main([str(library), "--method", "whash", "--no-progress", "--store", str(store)])
+    code = find.main([str(library), "--method", "whash", "--no-progress", "--store", str(store)])
     assert code == 0  # the whash run ignored the phash store (one warning) and replaced it
     fingerprint = embedding_store.scorer_fingerprint(scorers.HashScorer("whash"))
     reread = embedding_store.EmbeddingStore.load(store, fingerprint, "whash", scorers.HashScorer.fields)
@@ -159,4 +159,4 @@ def test_embeddings_store_alone_groups_without_opening_photos(library: Path, tmp
     document = _cli(["--embeddings", str(store)], tmp_path, "e.json")
     assert document["summary"]["embedded"] == 0 and document["summary"]["skipped"] == 0
     assert _groups(document, library.resolve()) == _groups(first, library)
-    assert fd.main(["--embeddings", str(tmp_path / "missing.npz"), "--method", "phash"]) == fd.EXIT_ERROR
+    assert find.main(["--embeddings", str(tmp_path / "missing.npz"), "--method", "phash"]) == cli.EXIT_ERROR

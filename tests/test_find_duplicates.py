@@ -16,8 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from samespace import decoding, matching, model_scorer, outputs, report, scorers, scoring_methods
-from samespace import finder as fd
+from samespace import decoding, finder, matching, model_scorer, outputs, photo_files, report, scorers, scoring_methods
+from samespace.commands import find
 
 # Four photos of four different rooms (one per room type) from the conftest sample set, chosen so that no
 # two of them reach the default threshold of any reference method (checked in test_distinct_*).
@@ -67,8 +67,8 @@ def _names(groups: list[np.ndarray], paths: list[str]) -> list[set[str]]:
     return [{Path(paths[k]).name for k in g} for g in groups]
 
 
-def _run(folder: Path, scorer: scorers.PairScorer, threshold: float, **kwargs) -> fd.Result:
-    return fd.find_duplicates([folder], scorer, threshold, progress=False, **kwargs)
+def _run(folder: Path, scorer: scorers.PairScorer, threshold: float, **kwargs) -> finder.Result:
+    return finder.find_duplicates([folder], scorer, threshold, progress=False, **kwargs)
 
 
 def _tree_state(root: Path) -> dict[str, tuple[str, int, int]]:
@@ -90,10 +90,10 @@ def _tree_state(root: Path) -> dict[str, tuple[str, int, int]]:
 
 
 def test_image_files_any_pil_format_recursively(photos: Path) -> None:
-    extensions = fd.readable_extensions()
+    extensions = photo_files.readable_extensions()
     assert {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp", ".gif"} <= extensions
     assert not {".pdf", ".h5", ".txt", ".mpg"} & extensions
-    found = [p.relative_to(photos).as_posix() for p in fd.image_files([photos, photos / "sub"])]
+    found = [p.relative_to(photos).as_posix() for p in photo_files.image_files([photos, photos / "sub"])]
     assert found == [
         "A.jpg",
         "B.jpg",
@@ -181,7 +181,7 @@ def cli_run(photos: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     before = _tree_state(photos)
     argv = [str(photos), "--method", "whash", "--no-progress"]
     argv += ["--json", str(out / "d.json"), "--csv", str(out / "d.csv"), "--html", str(out / "d.html")]
-    code = fd.main(argv)
+    code = find.main(argv)
     return {"code": code, "out": out, "before": before, "after": _tree_state(photos)}
 
 
@@ -279,7 +279,7 @@ def test_html_is_self_contained_and_embeds_every_group_member(cli_run: dict) -> 
 
 
 def test_summary_line_on_stdout(photos: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert fd.main([str(photos), "--method", "phash", "--no-progress"]) == 0
+    assert find.main([str(photos), "--method", "phash", "--no-progress"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1].startswith("7 images, 2 skipped, 21 pairs scored (exhaustive), 4 duplicate pairs in 2 groups")
     assert "group 1 (3 photos)" in lines  # without output files, the groups are printed
@@ -290,16 +290,16 @@ def test_empty_folder_is_an_error_naming_it(tmp_path: Path, capsys: pytest.Captu
     empty.mkdir()
     (empty / "notes.txt").write_text("no photos here")
     with pytest.warns(UserWarning, match="no image files"):
-        code = fd.main([str(empty), "--method", "whash", "--no-progress"])
+        code = find.main([str(empty), "--method", "whash", "--no-progress"])
     assert code != 0
     assert f"no image files found in {empty}" in capsys.readouterr().err
-    assert fd.main([str(tmp_path / "missing"), "--method", "whash"]) != 0
+    assert find.main([str(tmp_path / "missing"), "--method", "whash"]) != 0
     assert f"{tmp_path / 'missing'}: not a directory" in capsys.readouterr().err
 
 
 def test_only_unreadable_files_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    assert fd.main([str(tmp_path), "--method", "phash", "--no-progress"]) != 0
+    assert find.main([str(tmp_path), "--method", "phash", "--no-progress"]) != 0
     err = capsys.readouterr().err
     assert "none of the 1 image files" in err and "broken.png" in err
 
@@ -349,15 +349,15 @@ def test_checkpoint_threshold_file_is_the_model_default(
     (checkpoint / scoring_methods.THRESHOLD_FILE).write_text(json.dumps({"threshold": 0.25, "metric": "best_f1"}))
     out = tmp_path / "d.json"
     argv = [str(photos), "--checkpoint", str(checkpoint), "--device", "cpu", "--no-progress", "--json", str(out)]
-    assert fd.main(argv) == 0
+    assert find.main(argv) == 0
     summary = json.loads(out.read_text())["summary"]
     assert loaded == [(str(checkpoint), "cpu")]
     assert summary["method"] == "model" and summary["threshold"] == 0.25
     assert summary["threshold_source"] == str(checkpoint / scoring_methods.THRESHOLD_FILE)
-    assert fd.main([*argv, "--threshold", "0.75"]) == 0
+    assert find.main([*argv, "--threshold", "0.75"]) == 0
     assert json.loads(out.read_text())["summary"]["threshold"] == 0.75
     (checkpoint / scoring_methods.THRESHOLD_FILE).unlink()
-    assert fd.main(argv) == 0
+    assert find.main(argv) == 0
     assert json.loads(out.read_text())["summary"]["threshold"] == scoring_methods.MODEL_DEFAULT_THRESHOLD
     capsys.readouterr()
 
@@ -371,7 +371,7 @@ def test_option_conflicts_are_usage_errors(photos: Path) -> None:
         ["--top-k", "0"],
     ):
         with pytest.raises(SystemExit) as exit_info:
-            fd.main([str(photos), *argv])
+            find.main([str(photos), *argv])
         assert exit_info.value.code == 2
 
 

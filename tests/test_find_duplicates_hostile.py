@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from samespace import blank, decoding, labelling, outputs, pair_dataset
+from samespace import blank, decoding, errors, finder, labelling, outputs, pair_dataset, photo_files
 from samespace import finder as fd
+from samespace.commands import find
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +50,7 @@ def test_odd_file_names_are_written_losslessly_and_listed_one_per_line(three: li
     out = tmp_path / "out"
     out.mkdir()
     args = [str(photos), "--method", "phash", "--no-progress"]
-    assert fd.main([*args, "--json", str(out / "d.json"), "--csv", str(out / "d.csv"), "--html",
+    assert find.main([*args, "--json", str(out / "d.json"), "--csv", str(out / "d.csv"), "--html",
                     str(out / "d.html")]) == 0
     capsys.readouterr()
     expected = {os.fsencode(photos) + b"/" + raw_name, os.fsencode(photos / "two\nlines.jpg"),
@@ -61,7 +62,7 @@ def test_odd_file_names_are_written_losslessly_and_listed_one_per_line(three: li
     page = (out / "d.html").read_bytes().decode("utf-8")  # the page stays valid UTF-8
     assert "caf\\xe9_\\xff.jpg" in page and "two\\nlines.jpg" in page
 
-    assert fd.main(args) == 0  # the plain-text listing: one line per photo, odd names quoted
+    assert find.main(args) == 0  # the plain-text listing: one line per photo, odd names quoted
     lines = capsys.readouterr().out.splitlines()
     members = lines[1:4]
     assert sorted(members) == sorted([f"  {photos}/plain.jpg", f"  '{photos}/two\\nlines.jpg'",
@@ -70,13 +71,13 @@ def test_odd_file_names_are_written_losslessly_and_listed_one_per_line(three: li
 
 @pytest.mark.parametrize("value", ["nan", "2", "-1", "inf"])
 def test_a_threshold_outside_the_score_range_is_refused(value: str, three: list[Path], capsys) -> None:
-    assert fd.main([str(three[0].parent), "--method", "phash", "--threshold", value, "--no-progress"]) == 2
+    assert find.main([str(three[0].parent), "--method", "phash", "--threshold", value, "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"--threshold {float(value):g}: expected a number in [0, 1] for phash scores" in err
     assert err.count("\n") == 1
-    fd.check_threshold(-0.5, "cosine")  # cosine scores go down to -1
-    with pytest.raises(fd.FindDuplicatesError, match=r"\[-1, 1\] for cosine"):
-        fd.check_threshold(1.5, "cosine")
+    find.check_threshold(-0.5, "cosine")  # cosine scores go down to -1
+    with pytest.raises(errors.FindDuplicatesError, match=r"\[-1, 1\] for cosine"):
+        find.check_threshold(1.5, "cosine")
 
 
 def test_blank_photos_are_their_own_category_for_every_method(three: list[Path], tmp_path: Path,
@@ -97,9 +98,9 @@ def test_blank_photos_are_their_own_category_for_every_method(three: list[Path],
     monkeypatch.setattr(fd, "MAX_GROUP_SIZE", 1)  # every group is "too large": each gets one warning
     for method in ("phash", "whash", "cosine"):
         with pytest.warns(UserWarning, match=r"group \d has \d photos \(more than 1\)") as caught:
-            scorer, threshold, _ = fd.build_scorer(fd.build_parser().parse_args([str(photos), "--method", method]),
+            scorer, threshold, _ = find.build_scorer(find.build_parser().parse_args([str(photos), "--method", method]),
                                                    "cpu")
-            result = fd.find_duplicates([photos], scorer, threshold, progress=False).to_dict()
+            result = finder.find_duplicates([photos], scorer, threshold, progress=False).to_dict()
         assert len(caught) == len(result["groups"])
         assert {Path(p).name for p in result["blank"]} == flat_names, method
         assert result["summary"]["blank"] == len(flat_names) and result["summary"]["images"] == 3 + len(flat_names)
@@ -127,10 +128,10 @@ def test_unreadable_folders_and_undecodable_formats_are_listed_as_skipped(three:
         return real_scandir(path, *args, **kwargs)
 
     monkeypatch.setattr(os, "scandir", scandir)  # root can read any folder: simulate one it cannot
-    assert fd.main([str(photos), "--method", "phash", "--no-progress"]) == 0
+    assert find.main([str(photos), "--method", "phash", "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert f"skipped {photos / 'locked'}: cannot list folder (Permission denied)" in captured.out
-    if ".heic" not in fd.readable_extensions():
+    if ".heic" not in photo_files.readable_extensions():
         assert f"skipped {photos / 'IMG_0001.HEIC'}: no decoder for .heic installed" in captured.out
     assert "3 images, 2 skipped" in captured.out.splitlines()[-1]
 
@@ -156,7 +157,7 @@ def test_warnings_and_errors_are_one_clean_line(three: list[Path], tmp_path: Pat
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
     monkeypatch.setattr(warnings, "showwarning", show)
-    assert fd.main([str(photos), str(tmp_path / "empty"), "--method", "phash", "--no-progress"]) == 0
+    assert find.main([str(photos), str(tmp_path / "empty"), "--method", "phash", "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert captured.err.splitlines() == [f"warning: {tmp_path / 'empty'}: no image files"]
     assert f"skipped {photos / 'broken.jpg'}: cannot read image" in captured.out
@@ -167,19 +168,19 @@ def test_warnings_and_errors_are_one_clean_line(three: list[Path], tmp_path: Pat
 
     monkeypatch.setattr(outputs, "atomic_write", disk_full)
     # --no-cache: monkeypatch.undo() also undid the private user cache (conftest), and the store is not the point
-    assert fd.main([str(photos), "--method", "phash", "--no-progress", "--no-cache", "--json",
+    assert find.main([str(photos), "--method", "phash", "--no-progress", "--no-cache", "--json",
                     str(tmp_path / "d.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: [Errno 28] No space left on device") and err.count("\n") == 1
     with pytest.raises(OSError):
-        fd.main([str(photos), "--method", "phash", "--no-progress", "--no-cache", "--json", str(tmp_path / "d.json"),
+        find.main([str(photos), "--method", "phash", "--no-progress", "--no-cache", "--json", str(tmp_path / "d.json"),
                  "--debug"])
 
 
 @pytest.mark.parametrize("argv", [["--threshold", "abc"], ["--method", "md5"], ["--batch-size", "0"]])
 def test_option_errors_are_one_line(argv: list[str], three: list[Path], capsys) -> None:
     with pytest.raises(SystemExit) as info:
-        fd.main([str(three[0].parent), *argv])
+        find.main([str(three[0].parent), *argv])
     err = capsys.readouterr().err
     assert info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     assert err.rstrip().endswith("(see find_duplicates.py --help)")

@@ -20,8 +20,7 @@ from PIL import Image
 
 import data
 import model_inference
-from samespace import finder as fd
-from samespace import labelling, pair_dataset, scorers
+from samespace import finder, labelling, pair_dataset, scorers
 
 N_FILES = 240
 
@@ -113,7 +112,7 @@ def test_every_reader_decodes_or_skips_the_same_files_for_the_same_reason(fuzzed
         eval_kept = {p.relative_to(fuzzed).as_posix() for p in unique["paths"]}
         eval_skipped = dict(_split(m, fuzzed) for m in report["skipped"])
         # 4. find_duplicates
-        result = fd.find_duplicates([fuzzed], scorers.HashScorer("whash"), 0.95, progress=False)
+        result = finder.find_duplicates([fuzzed], scorers.HashScorer("whash"), 0.95, progress=False)
         find_kept = {Path(p).relative_to(fuzzed).as_posix() for p in result.paths}
         find_skipped = {Path(s["path"]).relative_to(fuzzed).as_posix(): s["reason"] for s in result.skipped}
 

@@ -24,8 +24,7 @@ import pytest
 from PIL import Image
 
 import data
-from samespace import decoding, labelling, report, scorers
-from samespace import finder as fd
+from samespace import decoding, finder, labelling, report, scorers
 
 T = TypeVar("T")
 
@@ -323,10 +322,10 @@ def test_fifo_in_a_folder_is_skipped_with_the_reason(fifo: Path, test_dir: Path)
     assert [p.name for p in listed] == sorted(p.name for p in labelling.find_images(test_dir)[:3])
     assert unreadable == [(fifo, "not a regular file (FIFO)")]
     # the duplicate finder reports it as skipped, with the reason; a path list naming it (a store row) too
-    result = _within(20.0, lambda: fd.find_duplicates([folder], scorers.HashScorer("whash"), 0.9, progress=False))
+    result = _within(20.0, lambda: finder.find_duplicates([folder], scorers.HashScorer("whash"), 0.9, progress=False))
     assert result.skipped == [{"path": str(fifo), "reason": "not a regular file (FIFO)"}]
     assert len(result.paths) == 3
-    named = _within(20.0, lambda: fd.find_duplicates([folder], scorers.HashScorer("whash"), 0.9, progress=False,
+    named = _within(20.0, lambda: finder.find_duplicates([folder], scorers.HashScorer("whash"), 0.9, progress=False,
                                                      paths=[*listed, fifo]))
     assert named.skipped == [{"path": str(fifo), "reason": "not a regular file (FIFO)"}]
 

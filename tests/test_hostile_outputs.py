@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from samespace import embed, embedding_store, labelling, outputs
-from samespace import finder as fd
+from samespace.commands import find
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--method", "phash", "--no-progress"]
@@ -46,7 +46,7 @@ def _tree(root: Path) -> dict[str, str]:
     return {p.relative_to(root).as_posix(): _digest(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def _refused(argv: list[str], capsys: pytest.CaptureFixture[str], main=fd.main) -> str:
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str], main=find.main) -> str:
     """Run a command that must refuse: exit status 2 and one line on stderr; returns that line."""
     code = main(argv)
     err = capsys.readouterr().err
@@ -171,26 +171,26 @@ def test_store_over_a_foreign_file_needs_overwrite_and_json_cannot_share_the_sto
     assert "exists and was not written by SameSpace; pass --overwrite" in line
     assert document.read_bytes() == b"PK\x03\x04 somebody's archive"
     store = tmp_path / "store.npz"
-    assert fd.main([str(photos), *FAST, "--store", str(store)]) == 0
+    assert find.main([str(photos), *FAST, "--store", str(store)]) == 0
     assert outputs.is_ours(store)  # a store SameSpace wrote is recognised: the next run needs no flag
-    assert fd.main([str(photos), *FAST, "--store", str(store)]) == 0
+    assert find.main([str(photos), *FAST, "--store", str(store)]) == 0
     capsys.readouterr()
     line = _refused([str(photos), *FAST, "--store", str(store), "--json", str(store)], capsys)
     assert "both name" in line
-    assert fd.main([str(photos), *FAST, "--store", str(document), "--overwrite"]) == 0
+    assert find.main([str(photos), *FAST, "--store", str(document), "--overwrite"]) == 0
     assert outputs.is_ours(document)
 
 
 def test_embeddings_never_rewrites_its_input(photos: Path, tmp_path: Path, capsys) -> None:
     store = tmp_path / "store.npz"
-    assert fd.main([str(photos), *FAST, "--store", str(store)]) == 0
+    assert find.main([str(photos), *FAST, "--store", str(store)]) == 0
     before, stat_before = _digest(store), os.stat(store)
     extra = tmp_path / "more"
     extra.mkdir()
     source = next(photos.iterdir())
     (extra / "new.jpg").write_bytes(source.read_bytes() + b"\0")  # a photo the store lacks
     out = tmp_path / "out.json"
-    assert fd.main([str(photos), str(extra), *FAST, "--embeddings", str(store), "--json", str(out)]) == 0
+    assert find.main([str(photos), str(extra), *FAST, "--embeddings", str(store), "--json", str(out)]) == 0
     summary = json.loads(out.read_text())["summary"]
     assert summary["embedded"] == 1 and summary["images"] == 5
     assert _digest(store) == before and os.stat(store).st_mtime_ns == stat_before.st_mtime_ns
@@ -218,7 +218,7 @@ def test_csv_cells_are_escaped_against_formula_injection(photos: Path, tmp_path:
         shutil.copyfile(source, photos / name)
     out = tmp_path / "pairs.csv"
     monkeypatch.chdir(photos)  # the folder given as "." makes each path the bare file name
-    assert fd.main([".", *FAST, "--no-cache", "--csv", str(out)]) == 0
+    assert find.main([".", *FAST, "--no-cache", "--csv", str(out)]) == 0
     cells = {cell for row in list(csv.reader(io.StringIO(out.read_text())))[1:] for cell in row[1:3]}
     assert {"'" + name for name in names[:-1]} | {"plain.jpg"} <= cells
     assert not any(cell[:1] in "=+-@\t" for cell in cells)
@@ -238,7 +238,7 @@ def test_a_library_inside_the_photos_folder_counts_as_library(photos: Path, tmp_
     out = tmp_path / "out.json"
     with pytest.warns(UserWarning, match=r"1 photos under .*library are also under a PHOTOS_DIR folder; they count "
                                          r"as library photos"):
-        assert fd.main([str(photos), "--against", str(library), *FAST, "--no-cache", "--json", str(out)]) == 0
+        assert find.main([str(photos), "--against", str(library), *FAST, "--no-cache", "--json", str(out)]) == 0
     document = json.loads(out.read_text())
     assert document["summary"]["new_images"] == 4 and document["summary"]["library_images"] == 1
     assert [str(source), str(library / "archived.jpg"), 1.0] in document["pairs"]
@@ -252,7 +252,7 @@ def test_photos_inside_a_library_folder_count_as_new(photos: Path, tmp_path: Pat
     out = tmp_path / "out.json"
     with pytest.warns(UserWarning, match="1 photos under .*incoming are also under a --against folder; they count as "
                                          "new photos"):
-        assert fd.main([str(new), "--against", str(photos), *FAST, "--no-cache", "--json", str(out)]) == 0
+        assert find.main([str(new), "--against", str(photos), *FAST, "--no-cache", "--json", str(out)]) == 0
     document = json.loads(out.read_text())
     assert document["summary"]["new_images"] == 1 and document["summary"]["library_images"] == 4
     assert [str(new / "again.jpg"), str(source), 1.0] in document["pairs"]
@@ -300,7 +300,7 @@ def test_embed_writes_a_store_and_refuses_a_foreign_file(photos: Path, tmp_path:
 
 def test_a_store_row_whose_photo_became_a_fifo_never_blocks_the_report(photos: Path, tmp_path: Path) -> None:
     store = tmp_path / "store.npz"
-    assert fd.main([str(photos), *FAST, "--store", str(store)]) == 0
+    assert find.main([str(photos), *FAST, "--store", str(store)]) == 0
     victim = sorted(photos.iterdir())[0]
     victim.unlink()
     os.mkfifo(victim)  # opening it for reading would wait for a writer forever

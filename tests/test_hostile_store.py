@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from samespace import embedding_store, model_scorer, scorers
-from samespace import finder as fd
+from samespace.commands import find
 from samespace.embedding_store import EmbeddingStore, FieldSpec, StoreError
 
 FP = "f" * 64
@@ -340,7 +340,7 @@ def test_embeddings_of_absurd_rows_is_one_error_line(tmp_path: Path, capsys: pyt
     for k, key in enumerate(_keys(21)):
         store.record(tmp_path / f"{k}.jpg", 1, 1, key)
     store.save(tmp_path / "absurd.npz")
-    assert fd.main(["--embeddings", str(tmp_path / "absurd.npz"), "--method", "relative", "--no-progress"]) == 2
+    assert find.main(["--embeddings", str(tmp_path / "absurd.npz"), "--method", "relative", "--no-progress"]) == 2
     assert _one_error_line(capsys) == (
         f"error: {tmp_path / 'absurd.npz'}: unusable embedding store (field vectors: row 0 has length 1.07331e+40, "
         "expected unit length (L2-normalised vectors, within 0.001))")
@@ -352,7 +352,7 @@ def test_embeddings_of_another_method_names_its_scorer(tmp_path: Path, capsys: p
     store = EmbeddingStore(phash, "phash", scorers.HashScorer.fields)
     store.add(_keys(2), {"codes": np.arange(2, dtype=np.uint64)})
     store.save(tmp_path / "phash.npz")
-    assert fd.main(["--embeddings", str(tmp_path / "phash.npz"), "--method", "whash", "--no-progress"]) == 2
+    assert find.main(["--embeddings", str(tmp_path / "phash.npz"), "--method", "whash", "--no-progress"]) == 2
     assert _one_error_line(capsys) == (
         f"error: {tmp_path / 'phash.npz'}: unusable embedding store (made by another scorer: phash, fingerprint "
         f"{phash[:12]}...; this run: whash, {whash[:12]}...)")

@@ -25,6 +25,7 @@ from samespace import (
     scorers,
     views,
 )
+from samespace.commands import find
 
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -150,13 +151,12 @@ def test_a_photo_and_its_25_degree_rotated_zoomed_copy_are_duplicates_by_default
     The default is the relative method (no trained default is shipped: README). Plain cosine scores this pair 0.856,
     under its threshold 0.8883; alone in a collection, the pair's neighbourhoods are completed with R0.
     """
-    from samespace import finder
 
     photo = Image.open(labelling.find_images(train_dir)[0]).convert("RGB").resize((640, 480))
     photo.save(tmp_path / "a.jpg", quality=92)
     _rotated_zoomed(photo, 25).save(tmp_path / "b.jpg", quality=92)
-    args = finder.build_parser().parse_args([str(tmp_path)])
-    scorer, threshold, _ = finder.build_scorer(args, "cpu")
+    args = find.build_parser().parse_args([str(tmp_path)])
+    scorer, threshold, _ = find.build_scorer(args, "cpu")
     scorer.add(np.stack([decoding.load_image(tmp_path / n) for n in ("a.jpg", "b.jpg")]))
     scorer.finish()
     score = float(scorer.score(np.array([0]), np.array([1]))[0])

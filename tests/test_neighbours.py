@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from samespace import matching, neighbours, scorers, scoring_methods
+from samespace.commands import find
 
 
 @pytest.mark.parametrize("approximate", [False, True])
@@ -86,7 +87,6 @@ def test_large_collections_use_the_fast_parameters_and_still_find_near_duplicate
 def test_find_matches_switches_between_exhaustive_exact_and_approximate_candidates() -> None:
     import torch
 
-    from samespace import finder
 
     rng = np.random.default_rng(4)
     vectors = scorers.l2_normalise(1.0 + rng.normal(size=(600, 24)))
@@ -109,7 +109,7 @@ def test_find_matches_switches_between_exhaustive_exact_and_approximate_candidat
     exact_top_k = matching.find_matches(scorer, 0.95, top_k=5, approximate=False)
     assert exact_top_k[4] == "top-5"
     assert set(zip(exact_top_k[0].tolist(), exact_top_k[1].tolist(), strict=True)) == exhaustive
-    parser = finder.build_parser()
+    parser = find.build_parser()
     assert parser.parse_args(["x", "--approximate"]).approximate is True
     assert parser.parse_args(["x", "--exact"]).approximate is False
     assert parser.parse_args(["x"]).approximate is None

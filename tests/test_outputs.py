@@ -14,6 +14,7 @@ import pytest
 
 from samespace import decoding, labelling, outputs
 from samespace import finder as fd
+from samespace.commands import find
 
 
 @pytest.fixture()
@@ -37,19 +38,19 @@ def _digests(root: Path) -> dict[str, str]:
 def test_an_output_naming_a_photo_is_refused_and_the_photo_kept(photos: Path, option: str, capsys) -> None:
     before = _digests(photos)
     for photo in (labelling.find_images(photos)[0], labelling.find_images(photos)[-1]):  # read-only and writable
-        code = fd.main([str(photos), "--method", "phash", "--no-progress", option, str(photo)])
+        code = find.main([str(photos), "--method", "phash", "--no-progress", option, str(photo)])
         err = capsys.readouterr().err
         assert code == 2, err
         assert f"{option} {photo}: is one of the input photos" in err and err.count("\n") == 1
     assert _digests(photos) == before
     # --overwrite never extends to photos
-    assert fd.main([str(photos), "--method", "phash", "--no-progress", "--overwrite", option, str(photo)]) == 2
+    assert find.main([str(photos), "--method", "phash", "--no-progress", "--overwrite", option, str(photo)]) == 2
     assert _digests(photos) == before
 
 
 def test_a_new_image_name_inside_an_input_folder_is_refused(photos: Path, capsys) -> None:
     target = photos / "sub" / "report.PNG"
-    assert fd.main([str(photos), "--method", "phash", "--no-progress", "--json", str(target)]) == 2
+    assert find.main([str(photos), "--method", "phash", "--no-progress", "--json", str(target)]) == 2
     assert "has an image extension inside the input folder" in capsys.readouterr().err
     assert not target.exists()
 
@@ -58,7 +59,7 @@ def test_a_symlink_to_a_photo_is_refused(photos: Path, tmp_path: Path, capsys) -
     link = tmp_path / "link.json"
     link.symlink_to(labelling.find_images(photos)[1])
     before = _digests(photos)
-    assert fd.main([str(photos), "--method", "phash", "--no-progress", "--json", str(link)]) == 2
+    assert find.main([str(photos), "--method", "phash", "--no-progress", "--json", str(link)]) == 2
     assert "input photos" in capsys.readouterr().err
     assert _digests(photos) == before and link.is_symlink()
 
@@ -70,19 +71,19 @@ def test_a_foreign_file_needs_overwrite_and_our_own_files_do_not(photos: Path, t
     json_out.write_text("my own notes\n")
     args = [str(photos), "--method", "phash", "--no-progress", "--json", str(json_out), "--csv", str(csv_out),
             "--html", str(html_out)]
-    assert fd.main(args) == 2
+    assert find.main(args) == 2
     err = capsys.readouterr().err
     assert f"--json {json_out}: exists and was not written by SameSpace; pass --overwrite" in err
     assert json_out.read_text() == "my own notes\n" and not csv_out.exists()
-    assert fd.main([*args, "--overwrite"]) == 0
+    assert find.main([*args, "--overwrite"]) == 0
     for path in (json_out, csv_out, html_out):
         assert outputs.is_ours(path), path  # each writer's output carries a signature outputs.py knows
-    assert fd.main(args) == 0  # running again over our own outputs needs no flag
+    assert find.main(args) == 0  # running again over our own outputs needs no flag
 
 
 def test_two_outputs_naming_one_path_are_an_error(photos: Path, tmp_path: Path, capsys) -> None:
     same = tmp_path / "x"
-    assert fd.main([str(photos), "--method", "phash", "--no-progress", "--json", str(same), "--csv",
+    assert find.main([str(photos), "--method", "phash", "--no-progress", "--json", str(same), "--csv",
                     str(tmp_path / "." / "x")]) == 2
     assert f"--json and --csv both name {same}" in capsys.readouterr().err
     assert not same.exists()
@@ -102,7 +103,7 @@ def test_bad_locations_are_one_line_before_any_work(photos: Path, tmp_path: Path
         str(tmp_path / ("n" * 250 + ".json")): "file name too long",
     }
     for target, words in cases.items():
-        assert fd.main([str(photos), "--method", "phash", "--no-progress", "--json", target]) == 2
+        assert find.main([str(photos), "--method", "phash", "--no-progress", "--json", target]) == 2
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1 and "Traceback" not in err, (target, err)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from samespace import decoding, embedding_store, labelling, scorers
-from samespace import finder as fd
+from samespace.commands import find
 
 FAST = ["--method", "phash", "--no-progress"]
 
@@ -30,7 +30,7 @@ def photos(tmp_path: Path, test_dir: Path) -> Path:
 
 
 def _pairs(argv: list[str], out: Path) -> set[tuple[str, str, float]]:
-    assert fd.main([*argv, *FAST, "--json", str(out)]) == 0
+    assert find.main([*argv, *FAST, "--json", str(out)]) == 0
     return {(Path(a).name, Path(b).name, s) for a, b, s in json.loads(out.read_text())["pairs"]}
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 from test_improved import _rotated_zoomed
 
 from samespace import (
+    batch_decoding,
     decoding,
     embedding_store,
     finder,
@@ -20,6 +21,7 @@ from samespace import (
     scoring_methods,
     verification,
 )
+from samespace.commands import find
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def test_find_duplicates_hands_each_photos_aspect_to_the_scorer(tmp_path: Path) 
         else:
             Image.new("RGB", size, (90, 120, 150)).save(tmp_path / name)
     paths = [tmp_path / n for n in ("wide.jpg", "unreadable.jpg", "tall.jpg")]
-    (batch,) = finder.decoded_batches(paths, batch_size=3)
+    (batch,) = batch_decoding.decoded_batches(paths, batch_size=3)
     assert batch.indices == [0, 2] and [k for k, _ in batch.skipped] == [1]
     np.testing.assert_allclose(batch.aspects, [3.0, 0.25])
     with pytest.warns(UserWarning, match="skipped .*unreadable.jpg"):
@@ -182,7 +184,7 @@ def test_find_duplicates_method_verified_with_and_without_the_store(test_dir: Pa
 
     def run(*argv: str) -> dict:
         out = tmp_path / f"out{len(list(tmp_path.glob('out*')))}.json"
-        assert finder.main([str(test_dir), "--no-progress", "--json", str(out), *argv]) == 0
+        assert find.main([str(test_dir), "--no-progress", "--json", str(out), *argv]) == 0
         return json.loads(out.read_text())
 
     def pairs(document: dict) -> set[tuple[str, str]]:
@@ -204,11 +206,11 @@ def test_find_duplicates_method_verified_with_and_without_the_store(test_dir: Pa
 def test_a_tilted_copy_is_a_duplicate_with_method_verified(tilted_files: list[Path]) -> None:
     """The 25-degree rotated, zoomed copy, in its 4:3 shape as find_duplicates.py decodes it: relative 0.426 plus
     the bonus of its inliers (15 with OpenCV 5.0, 14 with 4.10), over the default threshold."""
-    args = finder.build_parser().parse_args(["photos", "--method", "verified"])
-    scorer, threshold, _ = finder.build_scorer(args, "cpu")
+    args = find.build_parser().parse_args(["photos", "--method", "verified"])
+    scorer, threshold, _ = find.build_scorer(args, "cpu")
     assert isinstance(scorer, scorers.VerifiedScorer) and threshold == scoring_methods.DEFAULT_THRESHOLDS["verified"]
     assert scorer.verify_from == pytest.approx(threshold - verification.MAX_BONUS)
-    (batch,) = finder.decoded_batches(tilted_files[:2], batch_size=2)
+    (batch,) = batch_decoding.decoded_batches(tilted_files[:2], batch_size=2)
     scorer.add(batch.images, batch.aspects)
     scorer.finish()
     score = float(scorer.score(np.array([0]), np.array([1]))[0])
@@ -230,7 +232,7 @@ def test_method_verified_refuses_up_front_a_collection_whose_keypoints_do_not_fi
     monkeypatch.setattr(finder, "_decode", lambda path: decoded.append(path) or "not reached")
     monkeypatch.setattr(finder, "physical_memory", lambda: 2 * need - 2)
     out = tmp_path / "dups.json"
-    assert finder.main([str(folder), "--method", "verified", "--no-cache", "--json", str(out)]) == 2
+    assert find.main([str(folder), "--method", "verified", "--no-cache", "--json", str(out)]) == 2
     err = capsys.readouterr().err
     assert "\nerror: --method verified holds about 68 KB" in "\n" + err and f"{n:,} photos" in err
     assert decoded == [] and not out.exists()

@@ -1,0 +1,349 @@
+"""``samespace find`` (and ``python find_duplicates.py``): the duplicate finder's command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from samespace import (
+    cli,
+    embedding_store,
+    errors,
+    finder,
+    model_scorer,
+    neighbours,
+    outputs,
+    photo_files,
+    result_formats,
+    scorers,
+    scoring_methods,
+    verification,
+)
+from samespace.embedding_store import EmbeddingStore
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def check_output_paths(args: argparse.Namespace, store: Path | None = None) -> None:
+    """Refuse, before any work, outputs that would replace a photo, a link, a device or a file we did not write
+    (outputs.py): the reports (``-`` or ``/dev/stdout``: standard output) and the store file this run writes."""
+    targets = [outputs.Target(f"--{o}", Path(getattr(args, o)), stream=True) for o in ("json", "csv", "html")
+               if getattr(args, o)]
+    if store is not None:
+        targets.append(outputs.Target("--store", store))
+    try:
+        outputs.check_outputs(
+            targets,
+            inputs=[*args.folders, *(args.against or [])],
+            overwrite=args.overwrite,
+            input_files=[args.embeddings] if args.embeddings else [],
+            image_extensions=photo_files.readable_extensions(),
+        )
+    except outputs.OutputError as exc:
+        raise errors.FindDuplicatesError(str(exc)) from exc
+
+
+def device_for(name: str) -> str:
+    from samespace.model import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise errors.FindDuplicatesError(str(exc)) from exc
+
+
+def _default_method(args: argparse.Namespace) -> str:
+    """Without --checkpoint / --method: the shipped default model (default_model.py) when present, else relative."""
+    from samespace import default_model
+
+    plain = args.backbone is None and args.backbone_weights == "imagenet"
+    return "default" if plain and default_model.available() else "relative"
+
+
+def build_scorer(args: argparse.Namespace, device: str) -> tuple[scorers.PairScorer, float, str]:
+    """The scorer the options ask for, its threshold, and where the threshold came from."""
+    method = "model" if args.checkpoint else (args.method or _default_method(args))
+    if method == "default":
+        from samespace import default_model
+
+        try:
+            model, threshold = default_model.load(device)
+        except default_model.DefaultModelError as exc:
+            raise errors.FindDuplicatesError(str(exc)) from exc
+        source = f"shipped default model ({default_model.META.name})"
+        scorer: scorers.PairScorer = model_scorer.ModelScorer(model, batch_size=args.batch_size, device=device)
+    elif method == "model":
+        if not Path(args.checkpoint).is_dir():
+            raise errors.FindDuplicatesError(f"{args.checkpoint}: checkpoint folder not found")
+        from model_def import load_model
+
+        model = load_model(args.checkpoint, device=device)  # a CheckpointError (ValueError) names the folder
+        threshold, source = scoring_methods.read_model_threshold(args.checkpoint)
+        scorer = model_scorer.ModelScorer(model, batch_size=args.batch_size, device=device)
+    elif method in scoring_methods.BACKBONE_METHODS:
+        from samespace.model import BackboneWeightsError
+
+        backbone = args.backbone or scoring_methods.COSINE_BACKBONE
+        try:
+            scorer = scorers.reference_scorer(method, backbone, args.backbone_weights, device, args.batch_size)
+        except BackboneWeightsError as exc:
+            raise errors.FindDuplicatesError(str(exc)) from exc
+        threshold, source = (
+            scoring_methods.DEFAULT_THRESHOLDS[method],
+            f"calibrated default ({scoring_methods.COSINE_BACKBONE})",
+        )
+        if (backbone, args.backbone_weights) != (
+            scoring_methods.COSINE_BACKBONE,
+            "imagenet",
+        ) and args.threshold is None:
+            print(
+                f"warning: the default {method} threshold {threshold} was calibrated with "
+                f"{scoring_methods.COSINE_BACKBONE} "
+                f"ImageNet weights, not {backbone} / {args.backbone_weights}; consider --threshold",
+                file=sys.stderr,
+            )
+            source = (f"calibrated for {scoring_methods.COSINE_BACKBONE} imagenet, used with {backbone} "
+                      f"{args.backbone_weights}")
+    else:
+        scorer = scorers.HashScorer(method)
+        threshold, source = scoring_methods.DEFAULT_THRESHOLDS[method], "calibrated default"
+    if args.threshold is not None:
+        threshold, source = args.threshold, "--threshold"
+    if isinstance(scorer, scorers.VerifiedScorer):  # pairs the largest bonus cannot lift to the threshold: unverified
+        scorer.verify_from = threshold - verification.MAX_BONUS
+    return scorer, threshold, source
+
+
+def build_parser() -> argparse.ArgumentParser:
+    t, limits = scoring_methods.DEFAULT_THRESHOLDS, scoring_methods.EXHAUSTIVE_LIMITS
+    parser = cli.ArgumentParser(
+        prog="find_duplicates.py",
+        description="Find duplicate photos of the same space (re-shot, cropped, edited) in folders of photos. "
+        "Photos are only read, never modified, moved or deleted.",
+        epilog=(
+            "Default thresholds (a pair is a duplicate when its score >= threshold): model: the best-F1 threshold in "
+            f"<checkpoint>/{scoring_methods.THRESHOLD_FILE} if present, else "
+            f"{scoring_methods.MODEL_DEFAULT_THRESHOLD}; "
+            f"whash {t['whash']}, phash {t['phash']}, cosine {t['cosine']} (best F1 on the generated sample set), "
+            f"relative {t['relative']} and verified {t['verified']} (the best F1 of the groups, averaged over the "
+            f"real-photo and generated training splits); cosine, relative and verified with "
+            f"{scoring_methods.COSINE_BACKBONE} ImageNet weights. "
+            f"Candidate pairs: every pair up to "
+            f"{limits['model']:,} images for the model and {limits['cosine']:,} for the reference methods, else "
+            f"each image's {scoring_methods.DEFAULT_TOP_K} nearest neighbours. "
+            f"Exit status: 0 on success, {cli.EXIT_ERROR} on an error (no images, bad options)."
+        ),
+    )
+    parser.add_argument("folders", nargs="*", metavar="PHOTOS_DIR", help="folders searched recursively")
+    how = parser.add_mutually_exclusive_group()
+    how.add_argument("--checkpoint", metavar="DIR", help="score pairs with this trained model checkpoint")
+    how.add_argument(
+        "--method",
+        choices=scoring_methods.REFERENCE_METHODS,
+        help="score pairs with a reference method instead (default without --checkpoint: the shipped default model "
+        "default_model.pt when present, else relative: local_scaling.py)",
+    )
+    parser.add_argument("--threshold", type=float, metavar="T", help="duplicate when score >= T (default: see below)")
+    parser.add_argument("--json", metavar="FILE", help="write groups, pairs, skipped files and the summary as JSON")
+    parser.add_argument("--csv", metavar="FILE", help="write every duplicate pair as CSV (group,path1,path2,score)")
+    parser.add_argument("--html", metavar="FILE", help="write a self-contained review page with thumbnails")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace output files that exist and were not written by SameSpace (photos are never replaced)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=scoring_methods.DEFAULT_BATCH_SIZE,
+        metavar="N",
+        help="images per batch (default: 64)",
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
+    search = parser.add_mutually_exclusive_group()
+    search.add_argument(
+        "--top-k",
+        type=int,
+        metavar="K",
+        help=f"score each image's K nearest neighbours only (default, with K={scoring_methods.DEFAULT_TOP_K}, above "
+        f"{scoring_methods.EXHAUSTIVE_LIMITS['model']:,} images for the model, "
+        f"{scoring_methods.EXHAUSTIVE_LIMITS['cosine']:,} for the "
+        "reference methods)",
+    )
+    search.add_argument("--exhaustive", action="store_true", help="score every pair, however many images")
+    parser.add_argument(
+        "--backbone",
+        choices=("mobilenet_v3_large", "efficientnet_lite0"),
+        help=f"backbone of the cosine and relative methods (default: {scoring_methods.COSINE_BACKBONE})",
+    )
+    parser.add_argument(
+        "--backbone-weights",
+        default="imagenet",
+        metavar="imagenet|none|PATH",
+        help="weights of the cosine / relative backbone (default: imagenet)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_store_options(parser)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return parser
+
+
+def add_store_options(parser: argparse.ArgumentParser) -> None:
+    """The options of the embedding store, approximate search and library queries."""
+    parser.add_argument(
+        "--against",
+        nargs="+",
+        metavar="LIBRARY_DIR",
+        help="report only duplicates between the photos in PHOTOS_DIR (new) and these library folders, one "
+        "group per new photo; the library's embeddings come from the store",
+    )
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--no-cache", action="store_true", help="do not read or write an embedding store")
+    cache.add_argument(
+        "--store",
+        metavar="FILE",
+        help="the embedding store file (default: one per scorer in the user cache folder, "
+        f"{embedding_store.default_store_dir()})",
+    )
+    cache.add_argument(
+        "--embeddings",
+        metavar="FILE",
+        help="group from this store (e.g. written by embed.py); without PHOTOS_DIR, every photo it lists, "
+        "without opening them. It must exist and match the scorer. It is only read: photos it lacks are embedded "
+        "for this run alone (use --store FILE to add them to it)",
+    )
+    approximate = parser.add_mutually_exclusive_group()
+    approximate.add_argument(
+        "--approximate",
+        action="store_const",
+        const=True,
+        dest="approximate",
+        help="approximate nearest-neighbour candidate search (faiss HNSW; the default above "
+        f"{neighbours.EXACT_LIMIT:,} images)",
+    )
+    approximate.add_argument(
+        "--exact", action="store_const", const=False, dest="approximate", help="exact candidate search, any size"
+    )
+
+
+def open_store_for(args: argparse.Namespace, scorer: scorers.PairScorer) -> tuple[EmbeddingStore | None, Path | None]:
+    """The embedding store the options ask for (None with --no-cache) and its file."""
+    if args.no_cache:
+        return None, None
+    fingerprint = embedding_store.scorer_fingerprint(scorer)
+    path = Path(args.embeddings or args.store or embedding_store.default_store_path(scorer.name, fingerprint))
+    try:
+        store = embedding_store.open_store(path, fingerprint, scorer.name, scorer.fields, strict=bool(args.embeddings))
+    except embedding_store.StoreError as exc:
+        raise errors.FindDuplicatesError(str(exc)) from exc
+    return store, path
+
+
+def save_store(store: EmbeddingStore | None, path: Path | None) -> None:
+    """Write the store when this run changed it; a store that cannot be written is a warning, not a failure
+    (a link, a device or a FIFO at the store's path is never replaced: outputs.atomic_write)."""
+    if store is None or path is None or not store.changed:
+        return
+    try:
+        store.save(path)
+    except (OSError, outputs.OutputError) as exc:
+        print(f"warning: {path}: cannot write the embedding store ({exc})", file=sys.stderr)
+
+
+def run(
+    args: argparse.Namespace, scorer: scorers.PairScorer, threshold: float, store: EmbeddingStore | None
+) -> finder.Result:
+    """The run the options ask for: folders, new photos --against a library, or the photos a store lists."""
+    options = dict(top_k=args.top_k, exhaustive=args.exhaustive, batch_size=args.batch_size,
+                   progress=not args.no_progress, store=store, approximate=args.approximate)
+    if args.against:
+        return finder.find_against(args.folders, args.against, scorer, threshold, **options)
+    if not args.folders:  # --embeddings alone: the photos the store lists
+        listed = store.listed_paths() if store is not None else []
+        if not listed:
+            raise errors.FindDuplicatesError(f"{args.embeddings}: the store lists no photos")
+        entries = store.stat_entries()  # type: ignore[union-attr]
+        return finder.find_duplicates([args.embeddings], scorer, threshold, paths=[Path(p) for p in listed],
+                               keys=[entries[p][2] for p in listed], **options)
+    return finder.find_duplicates(args.folders, scorer, threshold, **options)
+
+
+def check_threshold(threshold: float | None, method: str) -> None:
+    """--threshold must be a number in the method's score range (scoring_methods.SCORE_RANGES), [0, 1] by default."""
+    if threshold is None:
+        return
+    low, high = scoring_methods.SCORE_RANGES.get(method, (0.0, 1.0))
+    if not (low <= threshold <= high):  # also refuses nan
+        raise errors.FindDuplicatesError(
+            f"--threshold {threshold:g}: expected a number in [{low:g}, {high:g}] for {method} scores")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line. Bad input is one ``error:`` line on stderr and exit status 2 (``--debug``: the traceback)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if (args.backbone or args.backbone_weights != "imagenet") and (
+        args.method or "relative"
+    ) not in scoring_methods.BACKBONE_METHODS:
+        parser.error("--backbone / --backbone-weights apply to --method cosine, relative or verified")
+    if args.checkpoint and (args.backbone or args.backbone_weights != "imagenet"):
+        parser.error("--backbone / --backbone-weights apply to --method cosine, relative or verified (a checkpoint "
+                     "brings its own)")
+    if args.batch_size < 1 or (args.top_k is not None and args.top_k < 1):
+        parser.error("--batch-size and --top-k must be positive")
+    if not args.folders and not args.embeddings:
+        parser.error("give PHOTOS_DIR (or --embeddings FILE)")
+    if args.against and not args.folders:
+        parser.error("--against needs the new photos' folders (PHOTOS_DIR)")
+    if args.approximate and args.exhaustive:
+        parser.error("--approximate and --exhaustive exclude each other")
+    try:
+        with cli.clean_warnings():
+            return _run(args)
+    except (errors.FindDuplicatesError, ValueError, OSError) as exc:  # OSError: e.g. the disk filled up while writing
+        if args.debug:
+            raise
+        print(f"error: {outputs.printable_name(str(exc), quote=False)}", file=sys.stderr)
+        return cli.EXIT_ERROR
+
+
+def _run(args: argparse.Namespace) -> int:
+    check_threshold(args.threshold, "model" if args.checkpoint else (args.method or _default_method(args)))
+    check_output_paths(args, Path(args.store) if args.store else None)
+    for folder in [*args.folders, *(args.against or [])]:  # fail fast, before loading a model
+        if not Path(folder).is_dir():
+            raise errors.FindDuplicatesError(f"{folder}: not a directory")
+    scorer, threshold, source = build_scorer(args, device_for(args.device))
+    store, store_path = open_store_for(args, scorer)
+    result = run(args, scorer, threshold, store)
+    save_store(store, None if args.embeddings else store_path)  # --embeddings is an input: never rewritten
+    result.summary["store"] = str(store_path) if store_path else None
+    result.summary["threshold_source"] = source
+    if scorer.name in scoring_methods.BACKBONE_METHODS:
+        result.summary["backbone"] = args.backbone or scoring_methods.COSINE_BACKBONE
+        result.summary["backbone_weights"] = args.backbone_weights
+    if args.checkpoint:
+        result.summary["checkpoint"] = str(args.checkpoint)
+    document = result.to_dict()
+    if args.json:
+        outputs.atomic_write(args.json, json.dumps(document, indent=1) + "\n")
+    if args.csv:
+        outputs.atomic_write(args.csv, result_formats.csv_text(document))
+    if args.html:
+        from samespace import report
+
+        outputs.atomic_write(args.html, report.render_html(document))
+    # An output streamed to standard output keeps it for itself: the text goes to stderr then.
+    streamed = any(outputs.is_stdout(o) for o in (args.json, args.csv, args.html) if o)
+    console = sys.stderr if streamed else sys.stdout
+    if not (args.json or args.csv or args.html):
+        text = result_formats.groups_text(document)
+        if text:
+            print(text, file=console)
+    print(result_formats.summary_line(result.summary), file=console)
+    return 0
