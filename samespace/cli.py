@@ -10,7 +10,7 @@ import argparse
 import contextlib
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 EXIT_ERROR = 2
@@ -41,3 +41,52 @@ def clean_warnings() -> Iterator[None]:
         yield
     finally:
         warnings.formatwarning = previous
+
+
+# The subcommands of `samespace`: (module, summary, leading arguments given to the module's main). A module is
+# imported only when its subcommand runs, so `samespace --help` loads no model code.
+COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "find": ("samespace.commands.find", "find duplicate photos of the same space in folders", ()),
+    "embed": ("samespace.embed", "embed photos into a store (one shard of a job per process)", ()),
+    "evaluate": ("samespace.commands.evaluate", "evaluate a checkpoint and the reference methods on a split", ()),
+    "calibrate": ("samespace.threshold_calibration", "reproduce the default thresholds", ("calibrate",)),
+    "sample": ("samespace.commands.dataset", "write the generated sample set", ("sample",)),
+    "stats": ("samespace.commands.dataset", "count the images, groups and pairs of a split", ("stats",)),
+    "download": ("samespace.commands.dataset", "download the Kaggle dataset (needs Kaggle credentials)", ("download",)),
+    "devset": ("samespace.devsets.real_photos", "build or verify the real-photo development set", ()),
+}
+
+EXAMPLES = """examples:
+  samespace find ~/Pictures/listing --html report.html     # duplicates in a folder, as a page with thumbnails
+  samespace find new/ --against library/ --json new.json   # new photos that duplicate a library's
+  samespace find photos/ --method cosine --threshold 0.9   # another method, a stricter threshold
+  samespace sample data/sample                             # a generated set to try things on
+  samespace evaluate --checkpoint checkpoints/<id> --data-dir "data/sample/Test Data"
+
+`samespace COMMAND --help` shows a command's options.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``samespace`` command: dispatch to a subcommand's ``main``; its exit status."""
+    import importlib
+
+    from samespace import __version__
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    listing = "\n".join(f"  {name:<10} {summary}" for name, (_, summary, _) in COMMANDS.items())
+    parser = ArgumentParser(
+        prog="samespace",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"Find photos of the same space (re-shot, cropped, edited).\n\ncommands:\n{listing}",
+    )
+    parser.add_argument("--version", action="version", version=f"samespace {__version__}")
+    parser.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of the commands above")
+    parser.add_argument("arguments", nargs=argparse.REMAINDER, help="the command's arguments")
+    if not args or args[0] in ("-h", "--help", "--version") or args[0] not in COMMANDS:
+        parser.parse_args(args[:1] or ["--help"])  # prints the help, the version or the error, and exits
+    name, rest = args[0], args[1:]
+    module_name, _, leading = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    return module.main([*leading, *rest], prog=f"samespace {name}" if not leading else "samespace")

@@ -18,34 +18,69 @@ on stdout is the store's path. Then:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import determined as det
 import torch
 import torch.distributed as dist
-from determined import core
 
-from samespace import cli, embedding_store, errors, outputs, photo_files, scorers, scoring_methods, sharding
+from samespace import (
+    cli,
+    embedding_store,
+    errors,
+    outputs,
+    photo_files,
+    scorer_choice,
+    scorers,
+    scoring_methods,
+    sharding,
+)
 from samespace import finder as fd
 from samespace.commands import find
 from samespace.embedding_store import EmbeddingStore
 
 log = logging.getLogger("samespace.embed")
+LOG_FORMAT = "%(levelname)s: [%(process)s] %(name)s: %(message)s"  # Determined's, so cluster logs read alike
 CHUNK_BATCHES = 8  # batches embedded between two progress reports
 
 
-def distributed_context() -> core.DistributedContext | None:
-    """The process group of torchrun / determined.launch.torch_distributed (gloo on CPU), None with one process."""
+def start_process_group() -> bool:
+    """The process group of torchrun / determined.launch.torch_distributed (gloo on CPU); False with one process."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
+        return False
     if not dist.is_initialized():
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return core.DistributedContext.from_torch_distributed()
+    return True
+
+
+@dataclass
+class Reports:
+    """Where a run reports its progress (a fraction) and its final counts: the Determined master on a cluster."""
+
+    progress: Callable[[float], None]
+    metrics: Callable[[int, dict[str, int]], None]
+
+
+@contextlib.contextmanager
+def reports(distributed: bool) -> Iterator[Reports]:
+    """Determined's core context when Determined is installed (``pip install 'samespace[train]'``; on a cluster it
+    reports to the master), else the log only: embedding needs nothing of Determined."""
+    try:
+        from determined import core
+    except ImportError:
+        yield Reports(lambda fraction: None, lambda steps, metrics: log.info("metrics: %s", metrics))
+        return
+    context = core.DistributedContext.from_torch_distributed() if distributed else None
+    with core.init(distributed=context) as core_context:
+        yield Reports(core_context.train.report_progress,
+                      lambda steps, metrics: core_context.train.report_validation_metrics(
+                          steps_completed=steps, metrics=metrics))
 
 
 def part_path(output: Path, shard: sharding.Shard) -> Path:
@@ -82,10 +117,10 @@ def embed_share(
     return part, embedded, skipped
 
 
-def run(args: argparse.Namespace, core_context: core.Context, shard: sharding.Shard) -> Path:
+def run(args: argparse.Namespace, reporter: Reports, shard: sharding.Shard) -> Path:
     """Embed this rank's share, then (chief) merge every share into ``args.output``."""
     output = Path(args.output)
-    scorer, _, _ = find.build_scorer(args, find.device_for(args.device))
+    scorer, _, _ = find.build_scorer(args, scorer_choice.device_for(args.device))
     fingerprint = embedding_store.scorer_fingerprint(scorer)
     paths = photo_files.image_files(args.folders)
     start, stop = shard.bounds(len(paths))
@@ -95,7 +130,7 @@ def run(args: argparse.Namespace, core_context: core.Context, shard: sharding.Sh
     def report(done: int, total: int) -> None:
         log.info("rank %d: %d / %d photos (%.0f s)", shard.rank, done, total, time.perf_counter() - t0)
         if shard.is_chief:  # shares differ by at most one photo: the chief's progress is the job's
-            core_context.train.report_progress(done / max(total, 1))
+            reporter.progress(done / max(total, 1))
 
     part, embedded, skipped = embed_share(paths[start:stop], scorer, known, args.batch_size, report)
     for s in skipped:
@@ -113,15 +148,13 @@ def run(args: argparse.Namespace, core_context: core.Context, shard: sharding.Sh
             p.unlink()
         listed = len(known.listed_paths())
         log.info("%s: %d photos, %d distinct contents, %d new", output, listed, len(known), len(merged))
-        core_context.train.report_validation_metrics(
-            steps_completed=len(paths), metrics={"photos": listed, "photos_embedded": len(merged)}
-        )
+        reporter.metrics(len(paths), {"photos": listed, "photos_embedded": len(merged)})
     sharding.barrier(shard)
     return output
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(prog="embed.py", description=__doc__.split("\n")[0])
+def build_parser(prog: str = "embed.py") -> argparse.ArgumentParser:
+    parser = cli.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument("folders", nargs="+", metavar="PHOTOS_DIR", help="folders searched recursively")
     parser.add_argument("--output", required=True, metavar="FILE", help="the embedding store to create or extend")
     how = parser.add_mutually_exclusive_group()
@@ -149,9 +182,9 @@ def check_output(args: argparse.Namespace, size: int) -> None:
                           image_extensions=photo_files.readable_extensions())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format=det.LOG_FORMAT)
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, prog: str = "embed.py") -> int:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch-size must be positive")
@@ -166,12 +199,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {outputs.printable_name(str(exc), quote=False)}", file=sys.stderr)
         return cli.EXIT_ERROR
-    distributed = distributed_context()
+    distributed = start_process_group()
     shard = sharding.Shard()
     try:
-        with core.init(distributed=distributed) as core_context:
+        with reports(distributed) as reporter:
             shard = sharding.current()
-            output = run(args, core_context, shard)
+            output = run(args, reporter, shard)
     except (errors.FindDuplicatesError, embedding_store.StoreError, ValueError, OSError) as exc:
         if args.debug:
             raise

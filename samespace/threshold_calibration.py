@@ -223,8 +223,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
                   f"r0_augmented {r['r0_augmented']:.4f}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = cli.ArgumentParser(prog="scoring.py", description=__doc__.split("\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str = "samespace") -> int:
+    """``samespace calibrate ...``: 0 on success, 2 with a one-line error."""
+    parser = cli.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cal = sub.add_parser("calibrate", help="default thresholds of the reference methods: best F1 of pairs or groups")
     cal.add_argument("--sample-root", action="append", help="a folder with 'Training Data/' and 'Test Data/', e.g. "

@@ -7,22 +7,13 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from samespace import (
-    cli,
-    embedding_store,
-    errors,
-    finder,
-    model_scorer,
-    neighbours,
-    outputs,
-    photo_files,
-    result_formats,
-    scorers,
-    scoring_methods,
-    verification,
-)
-from samespace.embedding_store import EmbeddingStore
+from samespace import cli, errors, outputs, photo_files, result_formats, scoring_methods
+
+if TYPE_CHECKING:
+    from samespace import embedding_store, finder, scorers
+
 
 # --------------------------------------------------------------------------------------------
 # Command line
@@ -48,81 +39,19 @@ def check_output_paths(args: argparse.Namespace, store: Path | None = None) -> N
         raise errors.FindDuplicatesError(str(exc)) from exc
 
 
-def device_for(name: str) -> str:
-    from samespace.model import resolve_device
-
-    try:
-        return resolve_device(name)
-    except ValueError as exc:
-        raise errors.FindDuplicatesError(str(exc)) from exc
-
-
-def _default_method(args: argparse.Namespace) -> str:
-    """Without --checkpoint / --method: the shipped default model (default_model.py) when present, else relative."""
-    from samespace import default_model
-
-    plain = args.backbone is None and args.backbone_weights == "imagenet"
-    return "default" if plain and default_model.available() else "relative"
-
-
 def build_scorer(args: argparse.Namespace, device: str) -> tuple[scorers.PairScorer, float, str]:
     """The scorer the options ask for, its threshold, and where the threshold came from."""
-    method = "model" if args.checkpoint else (args.method or _default_method(args))
-    if method == "default":
-        from samespace import default_model
+    from samespace import scorer_choice
 
-        try:
-            model, threshold = default_model.load(device)
-        except default_model.DefaultModelError as exc:
-            raise errors.FindDuplicatesError(str(exc)) from exc
-        source = f"shipped default model ({default_model.META.name})"
-        scorer: scorers.PairScorer = model_scorer.ModelScorer(model, batch_size=args.batch_size, device=device)
-    elif method == "model":
-        if not Path(args.checkpoint).is_dir():
-            raise errors.FindDuplicatesError(f"{args.checkpoint}: checkpoint folder not found")
-        from model_def import load_model
-
-        model = load_model(args.checkpoint, device=device)  # a CheckpointError (ValueError) names the folder
-        threshold, source = scoring_methods.read_model_threshold(args.checkpoint)
-        scorer = model_scorer.ModelScorer(model, batch_size=args.batch_size, device=device)
-    elif method in scoring_methods.BACKBONE_METHODS:
-        from samespace.model import BackboneWeightsError
-
-        backbone = args.backbone or scoring_methods.COSINE_BACKBONE
-        try:
-            scorer = scorers.reference_scorer(method, backbone, args.backbone_weights, device, args.batch_size)
-        except BackboneWeightsError as exc:
-            raise errors.FindDuplicatesError(str(exc)) from exc
-        threshold, source = (
-            scoring_methods.DEFAULT_THRESHOLDS[method],
-            f"calibrated default ({scoring_methods.COSINE_BACKBONE})",
-        )
-        if (backbone, args.backbone_weights) != (
-            scoring_methods.COSINE_BACKBONE,
-            "imagenet",
-        ) and args.threshold is None:
-            print(
-                f"warning: the default {method} threshold {threshold} was calibrated with "
-                f"{scoring_methods.COSINE_BACKBONE} "
-                f"ImageNet weights, not {backbone} / {args.backbone_weights}; consider --threshold",
-                file=sys.stderr,
-            )
-            source = (f"calibrated for {scoring_methods.COSINE_BACKBONE} imagenet, used with {backbone} "
-                      f"{args.backbone_weights}")
-    else:
-        scorer = scorers.HashScorer(method)
-        threshold, source = scoring_methods.DEFAULT_THRESHOLDS[method], "calibrated default"
-    if args.threshold is not None:
-        threshold, source = args.threshold, "--threshold"
-    if isinstance(scorer, scorers.VerifiedScorer):  # pairs the largest bonus cannot lift to the threshold: unverified
-        scorer.verify_from = threshold - verification.MAX_BONUS
-    return scorer, threshold, source
+    return scorer_choice.choose_scorer(
+        method=args.method, checkpoint=args.checkpoint, backbone=args.backbone,
+        backbone_weights=args.backbone_weights, batch_size=args.batch_size, device=device, threshold=args.threshold)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "find_duplicates.py") -> argparse.ArgumentParser:
     t, limits = scoring_methods.DEFAULT_THRESHOLDS, scoring_methods.EXHAUSTIVE_LIMITS
     parser = cli.ArgumentParser(
-        prog="find_duplicates.py",
+        prog=prog,
         description="Find duplicate photos of the same space (re-shot, cropped, edited) in folders of photos. "
         "Photos are only read, never modified, moved or deleted.",
         epilog=(
@@ -195,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_store_options(parser: argparse.ArgumentParser) -> None:
     """The options of the embedding store, approximate search and library queries."""
+    from samespace import embedding_store, neighbours
+
     parser.add_argument(
         "--against",
         nargs="+",
@@ -231,8 +162,12 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def open_store_for(args: argparse.Namespace, scorer: scorers.PairScorer) -> tuple[EmbeddingStore | None, Path | None]:
+def open_store_for(
+    args: argparse.Namespace, scorer: scorers.PairScorer
+) -> tuple[embedding_store.EmbeddingStore | None, Path | None]:
     """The embedding store the options ask for (None with --no-cache) and its file."""
+    from samespace import embedding_store
+
     if args.no_cache:
         return None, None
     fingerprint = embedding_store.scorer_fingerprint(scorer)
@@ -244,7 +179,7 @@ def open_store_for(args: argparse.Namespace, scorer: scorers.PairScorer) -> tupl
     return store, path
 
 
-def save_store(store: EmbeddingStore | None, path: Path | None) -> None:
+def save_store(store: embedding_store.EmbeddingStore | None, path: Path | None) -> None:
     """Write the store when this run changed it; a store that cannot be written is a warning, not a failure
     (a link, a device or a FIFO at the store's path is never replaced: outputs.atomic_write)."""
     if store is None or path is None or not store.changed:
@@ -256,9 +191,11 @@ def save_store(store: EmbeddingStore | None, path: Path | None) -> None:
 
 
 def run(
-    args: argparse.Namespace, scorer: scorers.PairScorer, threshold: float, store: EmbeddingStore | None
+    args: argparse.Namespace, scorer: scorers.PairScorer, threshold: float, store: embedding_store.EmbeddingStore | None
 ) -> finder.Result:
     """The run the options ask for: folders, new photos --against a library, or the photos a store lists."""
+    from samespace import finder
+
     options = dict(top_k=args.top_k, exhaustive=args.exhaustive, batch_size=args.batch_size,
                    progress=not args.no_progress, store=store, approximate=args.approximate)
     if args.against:
@@ -283,9 +220,9 @@ def check_threshold(threshold: float | None, method: str) -> None:
             f"--threshold {threshold:g}: expected a number in [{low:g}, {high:g}] for {method} scores")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "find_duplicates.py") -> int:
     """The command line. Bad input is one ``error:`` line on stderr and exit status 2 (``--debug``: the traceback)."""
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     if (args.backbone or args.backbone_weights != "imagenet") and (
         args.method or "relative"
@@ -313,12 +250,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    check_threshold(args.threshold, "model" if args.checkpoint else (args.method or _default_method(args)))
+    from samespace import report, scorer_choice
+
+    method = args.method or scorer_choice.default_method(args.backbone, args.backbone_weights)
+    check_threshold(args.threshold, "model" if args.checkpoint else method)
     check_output_paths(args, Path(args.store) if args.store else None)
     for folder in [*args.folders, *(args.against or [])]:  # fail fast, before loading a model
         if not Path(folder).is_dir():
             raise errors.FindDuplicatesError(f"{folder}: not a directory")
-    scorer, threshold, source = build_scorer(args, device_for(args.device))
+    scorer, threshold, source = build_scorer(args, scorer_choice.device_for(args.device))
     store, store_path = open_store_for(args, scorer)
     result = run(args, scorer, threshold, store)
     save_store(store, None if args.embeddings else store_path)  # --embeddings is an input: never rewritten

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from samespace import decoding, labelling, outputs
+from samespace import cli, decoding, labelling, outputs
 
 log = logging.getLogger("samespace.real_photos")
 
@@ -1040,8 +1040,9 @@ def _cmd_verify(args: argparse.Namespace) -> None:
     print(f"{args.set_dir}: every file matches {MANIFEST}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="real_photos.py", description=__doc__.split("\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str = "samespace devset") -> int:
+    """``samespace devset build|sources|verify ...``: 0 on success, 2 with a one-line error."""
+    parser = cli.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     parser.add_argument(
         "--cache-dir", default=str(DEFAULT_CACHE), help=f"downloaded packages (default {DEFAULT_CACHE})"
     )
