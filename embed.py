@@ -2,7 +2,7 @@
 
 import sys
 
-from samespace.embed import main
+from samespace.commands.embed import main
 
 if __name__ == "__main__":
     sys.exit(main())

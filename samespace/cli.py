@@ -47,7 +47,7 @@ def clean_warnings() -> Iterator[None]:
 # imported only when its subcommand runs, so `samespace --help` loads no model code.
 COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "find": ("samespace.commands.find", "find duplicate photos of the same space in folders", ()),
-    "embed": ("samespace.embed", "embed photos into a store (one shard of a job per process)", ()),
+    "embed": ("samespace.commands.embed", "embed photos into a store (one shard of a job per process)", ()),
     "evaluate": ("samespace.commands.evaluate", "evaluate a checkpoint and the reference methods on a split", ()),
     "calibrate": ("samespace.threshold_calibration", "reproduce the default thresholds", ("calibrate",)),
     "sample": ("samespace.commands.dataset", "write the generated sample set", ("sample",)),

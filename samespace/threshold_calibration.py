@@ -10,11 +10,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from samespace import cli, decoding, grouping, labelling, matching, scorers, scoring_methods
+from samespace import cli, decoding, labelling, scoring_methods
+
+if TYPE_CHECKING:
+    pass
 from samespace.devsets import sample_set
 
 
@@ -69,6 +72,8 @@ def group_f1_at(
     """Pairwise precision, recall and F1 of the duplicate groups ``find_duplicates.py`` makes at ``threshold``
     (``grouping.linked_groups``) from the scores of every pair (left, right) of n images: a pair counts as found
     when both of its images end in one group."""
+    from samespace import grouping
+
     groups = grouping.linked_groups(n, left, right, scores, threshold)
     point = f1_at(grouping.same_group(n, groups, left, right).astype(np.float64), labels, 0.5)
     return replace(point, threshold=float(threshold))
@@ -124,6 +129,8 @@ def split_pair_scores(
     given, receives ``r/<method>`` and ``r_augmented/<method>``: each image's neighbourhood similarity among the
     original and the augmented vectors, for the relative and verified methods.
     """
+    from samespace import matching, scorers
+
     paths = labelling.find_images(split_dir)
     images, aspects, kept, _ = decoding.decode_images(paths, progress=False)
     groups = labelling.group_ids([paths[k] for k in kept], split_dir)
@@ -160,6 +167,8 @@ def calibrate(
     "groups/test/<root>" group F1 there; "r0" and "r0_augmented": median neighbourhood similarity over the
     training images, of the original and the augmented vectors (relative and verified only)}.
     """
+    from samespace import matching
+
     train: dict[str, list[ScoredSplit]] = {m: [] for m in methods}
     r_values: dict[str, list[np.ndarray]] = {f"{kind}/{m}": [] for m in methods for kind in ("r", "r_augmented")}
 

@@ -32,10 +32,10 @@ def test_two_processes_give_the_store_and_groups_of_one(test_dir: Path, tmp_path
     # whash: no backbone to load in each process, so the test stays fast; the sharding and merging are the same
     options = ["--method", "whash", "--batch-size", "8"]
     one, two = tmp_path / "one.npz", tmp_path / "two.npz"
-    single = _embed([sys.executable, str(REPO / "embed.py"), str(test_dir), "--output", str(one), *options], REPO)
+    single = _embed([sys.executable, str(REPO / "embed.py"), str(test_dir), "--store", str(one), *options], REPO)
     assert single.returncode == 0, single.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
-    double = _embed([*torchrun, str(REPO / "embed.py"), str(test_dir), "--output", str(two), *options], REPO)
+    double = _embed([*torchrun, str(REPO / "embed.py"), str(test_dir), "--store", str(two), *options], REPO)
     assert double.returncode == 0, double.stderr[-3000:]
     assert double.stdout.strip().splitlines()[-1] == str(two)  # the chief prints the store, once
     assert double.stdout.count(str(two)) == 1

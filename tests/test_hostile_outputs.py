@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samespace import embed, embedding_store, labelling, outputs
-from samespace.commands import find
+from samespace import embedding_store, labelling, outputs
+from samespace.commands import embed, find
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--method", "phash", "--no-progress"]
@@ -86,8 +86,8 @@ def test_store_and_embed_output_never_write_over_a_photo(photos: Path, tmp_path:
             line = _refused([str(photos), *FAST, "--json", str(target), *extra], capsys)
             assert "is a photo" in line
     for target in (inside, outside):
-        line = _refused([str(photos), "--method", "phash", "--output", str(target)], capsys, embed.main)
-        assert "--output" in line and ("photo" in line)
+        line = _refused([str(photos), "--method", "phash", "--store", str(target)], capsys, embed.main)
+        assert "--store" in line and ("photo" in line)
     assert _tree(photos) == before and _digest(outside) == outside_before and _digest(renamed) == renamed_before
 
 
@@ -102,7 +102,7 @@ def test_a_device_node_is_never_replaced(photos: Path, tmp_path: Path, capsys) -
         for extra in ([], ["--overwrite"]):
             line = _refused([str(photos), *FAST, option, str(node), *extra], capsys)
             assert f"{option} {node}: is a character device, not a regular file" in line
-    line = _refused([str(photos), "--method", "phash", "--output", str(full)], capsys, embed.main)
+    line = _refused([str(photos), "--method", "phash", "--store", str(full)], capsys, embed.main)
     assert "is a character device" in line
     assert stat.S_ISCHR(os.lstat(null).st_mode) and stat.S_ISCHR(os.lstat(full).st_mode)
 
@@ -272,14 +272,14 @@ def test_embed_output_folder_file_parent_and_batch_size_are_one_line(photos: Pat
     folder = tmp_path / "a-folder"
     folder.mkdir()
     assert "is a folder, expected a file name" in _refused(
-        [str(photos), "--method", "phash", "--output", str(folder)], capsys, embed.main)
+        [str(photos), "--method", "phash", "--store", str(folder)], capsys, embed.main)
     assert list(folder.iterdir()) == []  # no part file left behind
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
     assert "is not a folder" in _refused(
-        [str(photos), "--method", "phash", "--output", str(a_file / "s.npz")], capsys, embed.main)
+        [str(photos), "--method", "phash", "--store", str(a_file / "s.npz")], capsys, embed.main)
     with pytest.raises(SystemExit) as exit_info:
-        embed.main([str(photos), "--method", "phash", "--output", str(tmp_path / "s.npz"), "--batch-size", "0"])
+        embed.main([str(photos), "--method", "phash", "--store", str(tmp_path / "s.npz"), "--batch-size", "0"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--batch-size must be positive" in err
@@ -290,10 +290,10 @@ def test_embed_writes_a_store_and_refuses_a_foreign_file(photos: Path, tmp_path:
     foreign = tmp_path / "mine.npz"
     foreign.write_bytes(np.arange(3).tobytes())
     assert "exists and was not written by SameSpace" in _refused(
-        [str(photos), "--method", "phash", "--output", str(foreign)], capsys, embed.main)
+        [str(photos), "--method", "phash", "--store", str(foreign)], capsys, embed.main)
     assert foreign.read_bytes() == np.arange(3).tobytes()
     store = tmp_path / "s.npz"
-    assert embed.main([str(photos), "--method", "phash", "--output", str(store)]) == 0
+    assert embed.main([str(photos), "--method", "phash", "--store", str(store)]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert outputs.is_ours(store) and names == [embedding_store.LOCK_NAME, "mine.npz", "photos", "s.npz"]
 

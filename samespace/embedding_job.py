@@ -1,13 +1,13 @@
 """Embed a photo collection into an embedding store, across the processes of a distributed run.
 
-    python embed.py PHOTOS_DIR [...] --output STORE.npz [--method relative|verified|... | --checkpoint DIR]
-    torchrun --nproc_per_node 2 embed.py PHOTOS_DIR --output STORE.npz          # locally, CPU (gloo)
+    python embed.py PHOTOS_DIR [...] --store STORE.npz [--method relative|verified|... | --checkpoint DIR]
+    torchrun --nproc_per_node 2 embed.py PHOTOS_DIR --store STORE.npz          # locally, CPU (gloo)
     det experiment create embed.yaml .                                          # on a cluster (embed.yaml)
 
 Every process walks the same folders (same sorted list), takes its contiguous share (sharding.Shard), and
-embeds the photos of its share that ``--output`` does not already hold, with the scorer find_duplicates.py
+embeds the photos of its share that ``--store`` does not already hold, with the scorer find_duplicates.py
 would use for the same options. Each rank writes its new rows to ``<output>.part-<rank>-of-<size>``; after a
-barrier the chief merges the parts into ``--output`` (atomically) and deletes them. Rows are stored sorted by
+barrier the chief merges the parts into ``--store`` (atomically) and deletes them. Rows are stored sorted by
 content key, so the merged store does not depend on the number of processes. Progress goes to the
 Determined master (``core_context.train.report_progress``) on a cluster, to the log locally. The last line
 on stdout is the store's path. Then:
@@ -31,22 +31,17 @@ import torch
 import torch.distributed as dist
 
 from samespace import (
-    cli,
     embedding_store,
-    errors,
-    outputs,
     photo_files,
     scorer_choice,
     scorers,
-    scoring_methods,
     sharding,
 )
 from samespace import finder as fd
-from samespace.commands import find
+from samespace.commands import embed, find
 from samespace.embedding_store import EmbeddingStore
 
 log = logging.getLogger("samespace.embed")
-LOG_FORMAT = "%(levelname)s: [%(process)s] %(name)s: %(message)s"  # Determined's, so cluster logs read alike
 CHUNK_BATCHES = 8  # batches embedded between two progress reports
 
 
@@ -153,70 +148,6 @@ def run(args: argparse.Namespace, reporter: Reports, shard: sharding.Shard) -> P
     return output
 
 
-def build_parser(prog: str = "embed.py") -> argparse.ArgumentParser:
-    parser = cli.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    parser.add_argument("folders", nargs="+", metavar="PHOTOS_DIR", help="folders searched recursively")
-    parser.add_argument("--output", required=True, metavar="FILE", help="the embedding store to create or extend")
-    how = parser.add_mutually_exclusive_group()
-    how.add_argument("--checkpoint", metavar="DIR", help="embed for the trained model in this checkpoint")
-    how.add_argument(
-        "--method", choices=scoring_methods.REFERENCE_METHODS, help="a reference method (default: relative)"
-    )
-    parser.add_argument("--backbone", choices=("mobilenet_v3_large", "efficientnet_lite0"))
-    parser.add_argument("--backbone-weights", default="imagenet", metavar="imagenet|none|PATH")
-    parser.add_argument("--batch-size", type=int, default=scoring_methods.DEFAULT_BATCH_SIZE, metavar="N")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an --output file that exists and was not written by SameSpace (never a photo)")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    return parser
-
-
-def check_output(args: argparse.Namespace, size: int) -> None:
-    """Refuse, before any work, an --output (or a rank's part file) that is a photo, a folder, a link, a device
-    or a file SameSpace did not write (outputs.check_outputs); raises outputs.OutputError."""
-    output = Path(args.output)
-    targets = [outputs.Target("--output", output)]
-    targets += [outputs.Target("--output", part_path(output, sharding.Shard(r, size))) for r in range(size)]
-    outputs.check_outputs(targets, inputs=args.folders, overwrite=args.overwrite,
-                          image_extensions=photo_files.readable_extensions())
-
-
-def main(argv: Sequence[str] | None = None, prog: str = "embed.py") -> int:
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch-size must be positive")
-    args.threshold = None  # build_scorer's option; embedding needs no threshold
-    try:
-        for folder in args.folders:
-            if not Path(folder).is_dir():
-                raise errors.FindDuplicatesError(f"{folder}: not a directory")
-        check_output(args, int(os.environ.get("WORLD_SIZE", "1")))
-    except (errors.FindDuplicatesError, outputs.OutputError) as exc:
-        if args.debug:
-            raise
-        print(f"error: {outputs.printable_name(str(exc), quote=False)}", file=sys.stderr)
-        return cli.EXIT_ERROR
-    distributed = start_process_group()
-    shard = sharding.Shard()
-    try:
-        with reports(distributed) as reporter:
-            shard = sharding.current()
-            output = run(args, reporter, shard)
-    except (errors.FindDuplicatesError, embedding_store.StoreError, ValueError, OSError) as exc:
-        if args.debug:
-            raise
-        print(f"error: {outputs.printable_name(str(exc), quote=False)}", file=sys.stderr)
-        return cli.EXIT_ERROR
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    if shard.is_chief:
-        print(output)
-    return 0
-
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(embed.main())
