@@ -75,8 +75,8 @@ def _weights_file(value: str) -> str | None:
 
 
 HPARAMS: dict[str, Hparam] = {
-    # Upper bounds keep a typo from training to NaN: RMSprop diverges far below learning_rate 1, and alpha 1
-    # never updates its running average (every step divides by eps).
+    # Upper bounds keep a typo from training to NaN: an RMSprop learning rate above 1 only diverges, and alpha 1
+    # never updates its running average of squared gradients (every step divides by eps).
     "global_batch_size": Hparam(int, low=1, high=MAX_BATCH_SIZE, help="pairs per optimizer step, over all slots"),
     "learning_rate": Hparam(float, low=0.0, high=1.0, low_open=True, help="RMSprop learning rate"),
     "alpha": Hparam(float, low=0.0, high=1.0, high_open=True, help="RMSprop smoothing constant"),

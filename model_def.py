@@ -730,7 +730,8 @@ def _resume_point(checkpoint: Path, max_batches: int | None = None) -> tuple[str
 
     Everything Determined reads back is checked first, as a stranger's file: metadata.json (a JSON object whose
     ``steps_completed`` is an int in [0, max_batches]), trial_state.pkl (a pickle of plain values only, which
-    Determined unpickles) and state_dict.pth (present). Each problem is a CheckpointError naming the file.
+    Determined unpickles; its legacy workload_sequencer.pkl is refused) and state_dict.pth (present). Each problem
+    is a CheckpointError naming the file.
     """
     if not checkpoint.is_dir():
         raise UsageError(f"--resume {checkpoint}: not a checkpoint folder (no such folder)")
@@ -748,9 +749,11 @@ def _resume_point(checkpoint: Path, max_batches: int | None = None) -> tuple[str
     if type(steps) is not int or steps < 0 or (max_batches is not None and steps > max_batches):
         raise CheckpointError(f"{metadata}: steps_completed={hparams_table.shown(steps)}: expected a whole number "
                               f"of batches in [0, {high}]")
-    for name in ("trial_state.pkl", "workload_sequencer.pkl"):  # Determined unpickles whichever is there
-        if (checkpoint / name).exists():
-            _check_trial_state(checkpoint / name, steps)
+    if (checkpoint / "trial_state.pkl").exists():  # Determined unpickles it on resume
+        _check_trial_state(checkpoint / "trial_state.pkl", steps)
+    elif (checkpoint / "workload_sequencer.pkl").exists():  # unpickled in its place; only pre-Trainer APIs wrote it
+        raise CheckpointError(f"{checkpoint / 'workload_sequencer.pkl'}: refused: a legacy Determined trial state, "
+                              "which model_def.py never writes; give the folder model_def.py printed")
     if not (checkpoint / "state_dict.pth").is_file():
         raise CheckpointError(f"{checkpoint}: no state_dict.pth: not a complete checkpoint (give the folder "
                               "model_def.py printed)")

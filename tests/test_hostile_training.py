@@ -130,6 +130,17 @@ def test_a_bad_trial_state_is_one_line(blob: bytes, words: str, copy: Path, tiny
     assert err.startswith(f"error: {copy / 'trial_state.pkl'}: ") and words in err, err
 
 
+def test_a_legacy_workload_sequencer_is_never_unpickled(copy: Path, tiny_root: Path, tiny_cache: Path,
+                                                        tmp_path: Path, capsys) -> None:
+    """Without trial_state.pkl, Determined unpickles workload_sequencer.pkl instead: model_def.py never writes it."""
+    marker = tmp_path / "payload-ran"
+    (copy / "trial_state.pkl").unlink()
+    (copy / "workload_sequencer.pkl").write_bytes(pickle.dumps(SystemCall(marker)))
+    assert resume(copy, tiny_root, tiny_cache, "--batches", "4") == 2
+    assert one_line(capsys).startswith(f"error: {copy / 'workload_sequencer.pkl'}: refused: a legacy Determined")
+    assert not marker.exists()
+
+
 def test_an_oversized_trial_state_is_never_read(copy: Path, tiny_root: Path, tiny_cache: Path, capsys) -> None:
     with (copy / "trial_state.pkl").open("wb") as f:
         f.truncate(model_def.MAX_TRIAL_STATE_BYTES + 1)
