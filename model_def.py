@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import logging
+import math
 import os
 import pickle
+import pickletools
 import random
+import stat
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,30 @@ class CheckpointError(ValueError):
 
 class UsageError(ValueError):
     """A command-line error of model_def.py: one line on stderr, exit status 2."""
+
+
+class DivergedError(RuntimeError):
+    """Training whose loss or weights became NaN or infinite: stopped before any checkpoint holds them."""
+
+
+# Caps on what a run reads from files it is given: real ones are a few KiB; anything far larger is not one.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000  # values in a config once YAML aliases are expanded (a "billion laughs" stops here)
+MAX_METADATA_BYTES = 1 << 20
+MAX_TRIAL_STATE_BYTES = 1 << 16
+# What Determined 0.38 pickles into trial_state.pkl: vars() of its _TrialState, six ints.
+TRIAL_STATE_KEYS = frozenset({"trial_id", "last_ckpt", "step_id", "last_val", "batches_trained", "epochs_trained"})
+# Pickle opcodes that build only None, bools, ints, floats, strings, lists, tuples and dicts (and the memo and
+# framing that go with them). Every other opcode can name or call a Python object (GLOBAL, REDUCE, BUILD...).
+PLAIN_PICKLE_OPCODES = frozenset({
+    "PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "DUP",
+    "PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE", "GET", "BINGET", "LONG_BINGET",
+    "NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4",
+    "FLOAT", "BINFLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "SHORT_BINUNICODE",
+    "BINUNICODE", "BINUNICODE8",
+    "EMPTY_DICT", "DICT", "SETITEM", "SETITEMS", "EMPTY_LIST", "LIST", "APPEND", "APPENDS",
+    "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3",
+})
 
 
 class PairRows(torch.utils.data.Dataset):
@@ -145,7 +173,8 @@ class SiameseTrial(pytorch.PyTorchTrial):
     ``data_dir`` holds ``Training Data/`` and ``Test Data/`` (None: download the Kaggle data into
     ``data/``). ``cache_dir`` keeps extracted features across runs (None: no cache file).
     ``load_backbone_weights=False`` skips loading pretrained weights, for when a checkpoint provides them.
-    ``skip_batches``: batches a resumed local run already trained (see :class:`ResumableLoader`).
+    ``skip_batches``: batches a resumed local run already trained (see :class:`ResumableLoader`); ``max_epochs``:
+    the run's length when given in epochs, which bounds ``skip_batches`` once the batches per epoch are known.
 
     Reproducible and resumable: the training order is a seeded shuffle per epoch that depends only on the
     seed and the epoch (so skipping trained batches after a resume restores it), and the loaders draw from
@@ -160,9 +189,12 @@ class SiameseTrial(pytorch.PyTorchTrial):
         cache_dir: str | Path | None = None,
         load_backbone_weights: bool = True,
         skip_batches: int = 0,
+        max_epochs: int | None = None,
     ) -> None:
         self.context = context
         self.skip_batches = skip_batches
+        self.max_epochs = max_epochs
+        self.resume_metadata: Path | None = None  # named when skip_batches proves too many
         self.hparams = {**OPTIONAL_HPARAMS, **IMPROVED_HPARAMS, **context.get_hparams()}
         self.data_dir = Path(data_dir) if data_dir is not None else None
         self.cache_dir = cache_dir
@@ -202,8 +234,17 @@ class SiameseTrial(pytorch.PyTorchTrial):
     def train_batch(self, batch: Any, epoch_idx: int, batch_idx: int) -> dict[str, torch.Tensor]:
         logits, label = self._logits(batch, TRAIN_SPLIT)
         loss = F.binary_cross_entropy_with_logits(logits, label)
+        # Stop before a non-finite loss reaches the weights: raising (not Determined's exit) writes no checkpoint.
+        if not torch.isfinite(loss):
+            raise DivergedError(f"training diverged: the loss is {loss.item()} at batch {batch_idx}; "
+                                "lower learning_rate (no checkpoint was written for this state)")
         self.context.backward(loss)
         self.context.step_optimizer(self.optimizer)
+        # A finite loss can still step to infinite weights, which the next checkpoint would store.
+        bad = _non_finite((n, p) for n, p in self.network.named_parameters() if p.requires_grad)
+        if bad is not None:
+            raise DivergedError(f"training diverged: {bad} became NaN or infinite at batch {batch_idx}; "
+                                "lower learning_rate (no checkpoint was written for this state)")
         return {"loss": loss, "accuracy": _accuracy(logits, label)}
 
     def evaluate_batch(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
@@ -245,7 +286,18 @@ class SiameseTrial(pytorch.PyTorchTrial):
         loader = ResumableLoader(dataset, batch_size=self.context.get_per_slot_batch_size(), sampler=sampler,
                                  generator=torch.Generator().manual_seed(self._seed()))
         loader.skip_batches = self.skip_batches if shuffle else 0
+        if shuffle:
+            self._check_skip(math.ceil(len(dataset) / self.context.get_per_slot_batch_size()))
         return loader
+
+    def _check_skip(self, batches_per_epoch: int) -> None:
+        """Refuse to skip more batches than the whole run trains: skipping walks every batch (a checkpoint
+        claiming 10**12 steps would never start)."""
+        if self.max_epochs is None or self.skip_batches <= self.max_epochs * batches_per_epoch:
+            return
+        raise CheckpointError(f"{self.resume_metadata or '--resume'}: steps_completed={self.skip_batches} is more "
+                              f"than the {self.max_epochs * batches_per_epoch} batches of {self.max_epochs} "
+                              "epoch(s) of this run")
 
     def _published_pairs(self, split: str, shard: sharding.Shard) -> torch.utils.data.Dataset:
         """The published pairs (8 flip / rotation variants, hash-weighted negatives), as feature-table rows."""
@@ -297,6 +349,14 @@ def _shard(context: pytorch.PyTorchTrialContext) -> sharding.Shard:
     return sharding.Shard(context.distributed.rank, context.distributed.size)
 
 
+def _non_finite(tensors: Iterable[tuple[str, Any]]) -> str | None:
+    """The name of the first floating-point tensor holding NaN or infinity, or None when all are finite."""
+    for name, tensor in tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return name
+    return None
+
+
 def _accuracy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
     """Share of pairs where sigmoid(logit) > 0.5 agrees with the label."""
     return ((logits > 0) == (label > 0.5)).float().mean()
@@ -331,11 +391,11 @@ def _read_load_data(path: Path) -> dict[str, Any]:
     """``load_data.json`` of a checkpoint folder, or a CheckpointError naming the file."""
     load_data = path / "load_data.json"
     try:
-        document = json.loads(load_data.read_text(encoding="utf-8"))
+        document = json.loads(_read_small_file(load_data, MAX_METADATA_BYTES).decode("utf-8"))
     except FileNotFoundError:
         document = {}
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{load_data}: cannot read ({type(exc).__name__}: {exc})") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{load_data}: cannot read ({type(exc).__name__}: {_first_line(exc)})") from exc
     if not isinstance(document, dict) or not isinstance(document.get("hparams", {}), dict):
         raise CheckpointError(f"{load_data}: expected a JSON object with 'hparams' and 'trial_cls_spec'")
     return document
@@ -362,6 +422,31 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def check_finite(state: dict[str, Any], path: Path) -> None:
+    """Refuse a checkpoint state whose weights hold NaN or infinity (a diverged run): it would score nothing."""
+    for weights in state["models_state_dict"]:
+        bad = _non_finite(weights.items()) if isinstance(weights, dict) else None
+        if bad is not None:
+            raise CheckpointError(f"{path}: weight {bad} is NaN or infinite: the run that wrote this checkpoint "
+                                  "diverged; use an earlier checkpoint")
+
+
+def check_weights_fit(state: dict[str, Any], network: torch.nn.Module, path: Path) -> None:
+    """Refuse a checkpoint whose weights do not fit ``network`` (names and shapes), naming what differs."""
+    weights = state["models_state_dict"][0] if state["models_state_dict"] else {}
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    reshaped = sorted(k for k in set(expected) & set(weights)
+                      if not isinstance(weights[k], torch.Tensor) or weights[k].shape != expected[k].shape)
+    differences = [f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                   for label, names in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
+                   if names]
+    if differences:
+        raise CheckpointError(f"{path}: the checkpoint was trained with other hyperparameters (weights "
+                              f"{'; '.join(differences)}); give the --config/--hparam it was trained with")
+
+
 def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -> SiameseNetwork:
     """The trained network of a checkpoint directory, in eval mode on ``device``.
 
@@ -381,7 +466,8 @@ def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -
         hparams_table.validate(load_data.get("hparams", {}), check_files=False, source=str(path / "load_data.json"))
     except hparams_table.HparamError as exc:
         raise CheckpointError(str(exc)) from exc
-    read_state_dict(path / "state_dict.pth")  # refuses a crafted or damaged file with one clear line
+    state = read_state_dict(path / "state_dict.pth")  # refuses a crafted or damaged file with one clear line
+    check_finite(state, path / "state_dict.pth")
     try:
         trial = pytorch.load_trial_from_checkpoint_path(
             str(path),
@@ -444,30 +530,53 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def local_hparams(config: dict[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Hyperparameter values of an experiment config (constants), with KEY=VALUE overrides applied.
 
-    A search range (e.g. from adaptive.yaml) has no single value and must be overridden.
+    A search range (e.g. from adaptive.yaml) has no single value and must be overridden. A config or override
+    of the wrong shape is a ValueError of one line.
     """
-    values: dict[str, Any] = {}
-    for key, spec in (config.get("hyperparameters") or {}).items():
-        if not isinstance(spec, dict):
-            values[key] = spec
-        elif spec.get("type") == "const":
-            values[key] = spec["val"]
-        else:
-            values[key] = spec  # resolved below or rejected
+    values = _config_hparams(config)
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--hparam {item!r}: expected KEY=VALUE")
-        values[key.strip()] = _yaml_value(value)
+        if not sep or not key.strip():
+            raise ValueError(f"--hparam {hparams_table.shown(item)}: expected KEY=VALUE")
+        values[key.strip()] = _yaml_value(value, item)
     ranges = sorted(k for k, v in values.items() if isinstance(v, dict))
     if ranges:
         raise ValueError(f"hyperparameters {ranges} are search ranges in the config; give each a value with --hparam")
     return values
 
 
-def _yaml_value(text: str) -> Any:
-    """VALUE typed as YAML, except that 1e-3 is a float (YAML 1.1 wants 1.0e-3)."""
-    value = yaml.safe_load(text)
+def _config_hparams(config: dict[str, Any]) -> dict[str, Any]:
+    """The config's ``hyperparameters`` mapping with each ``{type: const, val: V}`` replaced by V."""
+    table = config.get("hyperparameters") or {}
+    if not isinstance(table, dict):
+        raise ValueError(f"'hyperparameters' must be a mapping of names to values, not a {type(table).__name__}")
+    values: dict[str, Any] = {}
+    for key, spec in table.items():
+        if not isinstance(key, str):
+            raise ValueError(f"hyperparameter name {hparams_table.shown(key)} is not a string")
+        if isinstance(spec, dict) and spec.get("type") == "const":
+            if "val" not in spec:
+                raise ValueError(f"hyperparameter {key}: a const needs 'val'")
+            values[key] = spec["val"]
+        else:
+            values[key] = spec  # a search range (a dict) is resolved by --hparam or rejected
+    return values
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message as one short line (YAML errors span several, with the text they quote)."""
+    lines = str(exc).strip().splitlines()
+    return hparams_table.shown(lines[0])[1:-1] if lines else type(exc).__name__
+
+
+def _yaml_value(text: str, item: str = "") -> Any:
+    """VALUE typed as YAML (the safe loader: tags never build Python objects), except that 1e-3 is a float
+    (YAML 1.1 wants 1.0e-3). Not YAML: a ValueError of one line quoting ``item``."""
+    try:
+        value = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:  # ValueError: an int of over 4300 digits
+        quoted = hparams_table.shown(item or text)
+        raise ValueError(f"--hparam {quoted}: not a YAML value ({_first_line(exc)})") from None
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             return float(value)
@@ -488,14 +597,53 @@ def _max_length(args: argparse.Namespace, searcher: dict[str, Any] | None) -> py
     raise UsageError("give the training length in the entrypoint: --epochs N or --batches N")
 
 
+def _read_small_file(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; OSError or ValueError (one line) otherwise.
+
+    Opened without blocking and checked with fstat before reading: a FIFO or a device never hangs the run, and a
+    huge file is never read.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError("not a regular file")
+        if info.st_size > limit:
+            raise ValueError(f"{info.st_size} bytes, more than the {limit} a real one needs")
+        return f.read(limit + 1)
+
+
+def _count_nodes(document: Any, limit: int) -> bool:
+    """Whether ``document`` holds at most ``limit`` values, counting a value again each time an alias repeats it
+    (iterative: a self-referencing YAML list ends at the limit too)."""
+    stack, seen = [document], 0
+    while stack:
+        seen += 1
+        if seen > limit:
+            return False
+        node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend(node.keys())
+            stack.extend(node.values())
+        elif isinstance(node, (list, tuple, set)):
+            stack.extend(node)
+    return True
+
+
 def _read_config(path: Path) -> dict[str, Any]:
-    """The experiment config YAML, or a UsageError naming the file."""
+    """The experiment config YAML (safe loader, size-capped), or a UsageError naming the file."""
     try:
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise UsageError(f"--config {path}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        config = yaml.safe_load(_read_small_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
+    except (OSError, ValueError, yaml.YAMLError, RecursionError) as exc:
+        raise UsageError(f"--config {path}: cannot read ({type(exc).__name__}: {_first_line(exc)})") from exc
     if not isinstance(config, dict):
         raise UsageError(f"--config {path}: not an experiment config (a YAML mapping)")
+    if not _count_nodes(config, MAX_CONFIG_NODES):
+        raise UsageError(f"--config {path}: more than {MAX_CONFIG_NODES} values once its YAML aliases are expanded")
+    try:  # Determined writes the config into each checkpoint as JSON: dates, sets or odd keys would fail there
+        json.dumps(config)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise UsageError(f"--config {path}: holds values JSON cannot store ({_first_line(exc)})") from None
     return config
 
 
@@ -561,24 +709,106 @@ def plan_run(args: argparse.Namespace, info: det.ClusterInfo | None) -> RunPlan:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     hparams = _checked_hparams(hparams, str(args.config))
+    max_length = _max_length(args, None)
     storage, latest, skip = args.checkpoint_dir, None, 0
     if args.resume is not None:
-        latest, skip = _resume_point(args.resume)
         if storage is not None and storage != args.resume.parent:
             raise UsageError(f"--resume {args.resume} is not in --checkpoint-dir {storage}")
+        max_batches = max_length.value if isinstance(max_length, pytorch.Batch) else None
+        latest, skip = _resume_point(args.resume, max_batches)
+        _check_same_hparams(args.resume, hparams)
         storage = args.resume.parent
-    return RunPlan(on_cluster=False, hparams=hparams, exp_conf=exp_conf, max_length=_max_length(args, None),
+    return RunPlan(on_cluster=False, hparams=hparams, exp_conf=exp_conf, max_length=max_length,
                    latest_checkpoint=latest, checkpoint_storage=storage, skip_batches=skip)
 
 
-def _resume_point(checkpoint: Path) -> tuple[str, int]:
-    """(storage id, batches trained) of a local checkpoint folder, from the metadata Determined wrote in it."""
+def _resume_point(checkpoint: Path, max_batches: int | None = None) -> tuple[str, int]:
+    """(storage id, batches trained) of a local checkpoint folder, from the metadata Determined wrote in it.
+
+    Everything Determined reads back is checked first, as a stranger's file: metadata.json (a JSON object whose
+    ``steps_completed`` is an int in [0, max_batches]), trial_state.pkl (a pickle of plain values only, which
+    Determined unpickles; its legacy workload_sequencer.pkl is refused) and state_dict.pth (present). Each problem
+    is a CheckpointError naming the file.
+    """
+    if not checkpoint.is_dir():
+        raise UsageError(f"--resume {checkpoint}: not a checkpoint folder (no such folder)")
     metadata = checkpoint / "metadata.json"
     try:
-        steps = int(json.loads(metadata.read_text())["steps_completed"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UsageError(f"--resume {checkpoint}: not a checkpoint folder ({metadata}: {exc})") from exc
+        document = json.loads(_read_small_file(metadata, MAX_METADATA_BYTES).decode("utf-8"))
+    except FileNotFoundError as exc:
+        raise UsageError(f"--resume {checkpoint}: not a checkpoint folder ({metadata}: no such file)") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{metadata}: cannot read ({type(exc).__name__}: {_first_line(exc)})") from exc
+    if not isinstance(document, dict) or "steps_completed" not in document:
+        raise CheckpointError(f"{metadata}: expected a JSON object with steps_completed")
+    steps = document["steps_completed"]
+    high = "the run's length" if max_batches is None else max_batches
+    if type(steps) is not int or steps < 0 or (max_batches is not None and steps > max_batches):
+        raise CheckpointError(f"{metadata}: steps_completed={hparams_table.shown(steps)}: expected a whole number "
+                              f"of batches in [0, {high}]")
+    if (checkpoint / "trial_state.pkl").exists():  # Determined unpickles it on resume
+        _check_trial_state(checkpoint / "trial_state.pkl", steps)
+    elif (checkpoint / "workload_sequencer.pkl").exists():  # unpickled in its place; only pre-Trainer APIs wrote it
+        raise CheckpointError(f"{checkpoint / 'workload_sequencer.pkl'}: refused: a legacy Determined trial state, "
+                              "which model_def.py never writes; give the folder model_def.py printed")
+    if not (checkpoint / "state_dict.pth").is_file():
+        raise CheckpointError(f"{checkpoint}: no state_dict.pth: not a complete checkpoint (give the folder "
+                              "model_def.py printed)")
     return checkpoint.name, steps
+
+
+class _NoGlobals(pickle.Unpickler):
+    """An unpickler that builds plain values only: any class or function the stream names is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+
+
+def _check_trial_state(path: Path, steps: int) -> None:
+    """Check a pickle Determined will unpickle on resume, without running it: only plain-value opcodes (no
+    GLOBAL, REDUCE, BUILD...), then the six ints Determined's trial state holds, agreeing with metadata.json."""
+    try:
+        blob = _read_small_file(path, MAX_TRIAL_STATE_BYTES)
+        for opcode, _, position in pickletools.genops(blob):
+            if opcode.name not in PLAIN_PICKLE_OPCODES:
+                raise CheckpointError(f"{path}: refused: the pickle names or calls Python objects ({opcode.name} at "
+                                      f"byte {position}); SameSpace never runs code stored in a checkpoint")
+        state = _NoGlobals(io.BytesIO(blob)).load()
+    except CheckpointError:
+        raise
+    except Exception as exc:  # any failure to parse a stranger's pickle means it is not a trial state
+        raise CheckpointError(f"{path}: not a Determined trial state ({type(exc).__name__}: "
+                              f"{_first_line(exc)})") from None
+    if (not isinstance(state, dict) or not set(state) <= TRIAL_STATE_KEYS
+            or any(type(v) is not int or not 0 <= v < 2**63 for v in state.values())):
+        raise CheckpointError(f"{path}: not a Determined trial state (expected a dict of the non-negative ints "
+                              f"{', '.join(sorted(TRIAL_STATE_KEYS))})")
+    if state.get("trial_id") == 0 and state.get("batches_trained", steps) != steps:  # 0: a local run wrote it
+        raise CheckpointError(f"{path}: batches_trained={state.get('batches_trained')} disagrees with "
+                              f"steps_completed={steps} in metadata.json")
+
+
+def _check_same_hparams(checkpoint: Path, hparams: dict[str, Any]) -> None:
+    """Refuse to resume a checkpoint trained with other hyperparameters, naming those that differ.
+
+    A local checkpoint's load_data.json holds the hyperparameters it was trained with; a folder without them is
+    checked later, by its weights' names and shapes (check_weights_fit).
+    """
+    load_data = _read_load_data(checkpoint)
+    trained = load_data.get("hparams")
+    if not trained:
+        return
+    try:
+        there = {**IMPROVED_HPARAMS, **hparams_table.validate(trained, check_files=False,
+                                                              source=str(checkpoint / "load_data.json"))}
+    except hparams_table.HparamError as exc:
+        raise CheckpointError(str(exc)) from exc
+    here = {**IMPROVED_HPARAMS, **hparams_table.validate(hparams, check_files=False)}
+    differ = [f"{k}={hparams_table.shown(there.get(k))} there, {hparams_table.shown(here.get(k))} here"
+              for k in sorted(set(there) | set(here)) if there.get(k) != here.get(k)]
+    if differ:
+        raise UsageError(f"--resume {checkpoint}: the checkpoint was trained with other hyperparameters "
+                         f"({'; '.join(differ)}); give the --config/--hparam it was trained with")
 
 
 def final_line(plan: RunPlan, run_log: RunLog, rank: int) -> str | None:
@@ -658,7 +888,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with cli.clean_warnings():
             return _main(argv)
-    except (UsageError, CheckpointError, labelling.DataError, BackboneWeightsError, outputs.OutputError) as exc:
+    except (UsageError, CheckpointError, DivergedError, labelling.DataError, BackboneWeightsError,
+            outputs.OutputError) as exc:
         if "--debug" in argv:
             raise
         print(f"error: {exc}", file=sys.stderr)
@@ -695,7 +926,13 @@ def _main(argv: Sequence[str]) -> int:
             data_dir = args.data_dir
             if args.sample_data is not None:
                 data_dir = _sample_root(args.sample_data, _shard(context))
-            trial = SiameseTrial(context, data_dir=data_dir, cache_dir=args.cache_dir, skip_batches=plan.skip_batches)
+            max_epochs = plan.max_length.value if isinstance(plan.max_length, pytorch.Epoch) else None
+            trial = SiameseTrial(context, data_dir=data_dir, cache_dir=args.cache_dir, skip_batches=plan.skip_batches,
+                                 max_epochs=max_epochs if plan.skip_batches else None)
+            if plan.latest_checkpoint is not None and plan.checkpoint_storage is not None:
+                resumed = plan.checkpoint_storage / plan.latest_checkpoint
+                _check_resume_weights(resumed, trial.network)
+                trial.resume_metadata = resumed / "metadata.json"
             trainer = pytorch.Trainer(trial, context)
             # Determined restores a checkpoint with torch.load's default weights_only=True (torch >= 2.6); the numpy
             # RNG state it holds is allowed by checkpoint_safe_globals(), registered at import.
@@ -714,6 +951,14 @@ def _main(argv: Sequence[str]) -> int:
     if final is not None:
         print(final, flush=True)
     return 0
+
+
+def _check_resume_weights(checkpoint: Path, network: torch.nn.Module) -> None:
+    """Before Determined loads a local checkpoint into ``network``: its weights are readable without running
+    code, finite, and fit the network (else one line naming the checkpoint, not a state_dict traceback)."""
+    state = read_state_dict(checkpoint / "state_dict.pth")
+    check_finite(state, checkpoint / "state_dict.pth")
+    check_weights_fit(state, network, checkpoint)
 
 
 def _check_checkpoint_dir(folder: Path) -> None:

@@ -20,6 +20,9 @@ from samespace import model, pair_sampling, views
 REQUIRED = object()  # a config must give this hyperparameter (the published ones)
 BACKBONES = model.BACKBONES
 PAIRINGS = pair_sampling.PAIRINGS
+MAX_BATCH_SIZE = 65536  # pairs per step; far above any memory a slot has for them
+MAX_HEAD_RANK = 4096  # above the widest backbone's feature size (1280): a larger rank adds nothing
+MAX_SHOWN = 60  # characters of a bad value quoted in a message: a megabyte value stays one short line
 
 
 class HparamError(ValueError):
@@ -59,15 +62,22 @@ class Hparam:
 
 def _weights_file(value: str) -> str | None:
     """backbone_weights: imagenet, none, or a state-dict file that exists."""
-    if value in ("imagenet", "none") or Path(value).expanduser().is_file():
+    if value in ("imagenet", "none"):
         return None
+    try:
+        if Path(value).expanduser().is_file():
+            return None
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, a name too long, an unknown ~user
+        pass
     return "expected imagenet, none or the path of an existing state-dict file"
 
 
 HPARAMS: dict[str, Hparam] = {
-    "global_batch_size": Hparam(int, low=1, help="pairs per optimizer step, over all slots"),
-    "learning_rate": Hparam(float, low=0.0, low_open=True, help="RMSprop learning rate"),
-    "alpha": Hparam(float, low=0.0, high=1.0, help="RMSprop smoothing constant"),
+    # Upper bounds keep a typo from training to NaN: an RMSprop learning rate above 1 only diverges, and alpha 1
+    # never updates its running average of squared gradients (every step divides by eps).
+    "global_batch_size": Hparam(int, low=1, high=MAX_BATCH_SIZE, help="pairs per optimizer step, over all slots"),
+    "learning_rate": Hparam(float, low=0.0, high=1.0, low_open=True, help="RMSprop learning rate"),
+    "alpha": Hparam(float, low=0.0, high=1.0, high_open=True, help="RMSprop smoothing constant"),
     "dropout1": Hparam(float, low=0.0, high=1.0, high_open=True, help="dropout after Linear(2560, 2048)"),
     "dropout2": Hparam(float, low=0.0, high=1.0, high_open=True, help="dropout after Linear(2048, 1024)"),
     "dropout3": Hparam(float, low=0.0, high=1.0, high_open=True, help="dropout after Linear(1024, 512)"),
@@ -82,7 +92,8 @@ HPARAMS: dict[str, Hparam] = {
     "head": Hparam(str, "concat", choices=("concat", "cosine"),
                    help="concat: the published MLP; cosine: model.CosineHead, which starts as the backbone cosine"),
     "pooling": Hparam(str, "avg", choices=("avg", "gem"), help="pooling of the backbone's last feature map"),
-    "head_rank": Hparam(int, 64, low=1, help="cosine head: rank of its learned correction to the identity"),
+    "head_rank": Hparam(int, 64, low=1, high=MAX_HEAD_RANK,
+                        help="cosine head: rank of its learned correction to the identity"),
     "views": Hparam(str, "published", choices=("published", "reshoot"),
                     help="published: flip / 5-degree variants; reshoot: views.py re-shoots, mining.py pairs"),
     "n_views": Hparam(int, 8, low=1, high=views.N_VIEWS,
@@ -106,18 +117,46 @@ def improved_defaults() -> dict[str, Any]:
     return {name: HPARAMS[name].default for name in IMPROVED}
 
 
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to :data:`MAX_SHOWN` characters: messages quote values from anyone's files."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of over 4300 digits has no repr
+        text = f"<{type(value).__name__} too long to show>"
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def _key_text(key: Any) -> str:
+    """A hyperparameter name for a message: a string as it is (cut, escaped), any other key as its repr."""
+    text = shown(key)
+    return text[1:-1] if isinstance(key, str) and text.endswith(("'", '"')) else text
+
+
+def _number(spec: Hparam, value: Any, bad: str) -> int | float:
+    """``value`` as the spec's number type, refusing bools, strings, non-finite numbers and fractional ints."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise HparamError(f"{bad}: expected {spec.allowed()}")
+    try:  # float(10**400) overflows; int(inf) and int(nan) fail
+        number = float(value)
+    except OverflowError:
+        raise HparamError(f"{bad}: expected a finite number, {spec.allowed()}") from None
+    if not math.isfinite(number):
+        raise HparamError(f"{bad}: expected a finite number, {spec.allowed()}")
+    if spec.kind is int:
+        if number != int(number) or (isinstance(value, int) and abs(value) > 2**53):
+            raise HparamError(f"{bad}: expected {spec.allowed()}")
+        return int(value)
+    return number
+
+
 def _check_value(name: str, spec: Hparam, value: Any, check_files: bool) -> Any:
-    bad = f"hyperparameter {name}={value!r}"
+    bad = f"hyperparameter {name}={shown(value)}"
     if spec.kind is bool:
         if not isinstance(value, bool):
             raise HparamError(f"{bad}: expected true or false")
         return value
     if spec.kind in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (spec.kind is int and value != int(value)):
-            raise HparamError(f"{bad}: expected {spec.allowed()}")
-        value = spec.kind(value)
-        if not math.isfinite(value):
-            raise HparamError(f"{bad}: expected a finite number, {spec.allowed()}")
+        value = _number(spec, value, bad)
         too_low = spec.low is not None and (value <= spec.low if spec.low_open else value < spec.low)
         too_high = spec.high is not None and (value >= spec.high if spec.high_open else value > spec.high)
         if too_low or too_high:
@@ -143,9 +182,14 @@ def validate(values: Mapping[str, Any], check_files: bool = True, source: str = 
     from another machine names weight files that are not here and not needed). ``source`` prefixes messages.
     """
     prefix = f"{source}: " if source else ""
-    unknown = sorted(set(values) - set(HPARAMS))
+    if not isinstance(values, Mapping):
+        raise HparamError(f"{prefix}hyperparameters must be a mapping of names to values, not {type(values).__name__}")
+    # Keys come from anyone's YAML or JSON: they may be numbers, None or huge strings.
+    unknown = sorted(_key_text(k) for k in values if k not in HPARAMS)
     if unknown:
-        raise HparamError(f"{prefix}unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(HPARAMS)}")
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise HparamError(f"{prefix}unknown hyperparameter(s) {', '.join(unknown[:5])}{more}; "
+                          f"known: {', '.join(HPARAMS)}")
     missing = [name for name, spec in HPARAMS.items() if spec.default is REQUIRED and name not in values]
     if missing:
         raise HparamError(f"{prefix}missing hyperparameter(s) {', '.join(missing)}")

@@ -97,6 +97,7 @@ def test_a_local_resume_reads_the_checkpoint_folder(tmp_path: Path) -> None:
     checkpoint = tmp_path / "store" / "0b7e3c1a-uuid"
     checkpoint.mkdir(parents=True)
     (checkpoint / "metadata.json").write_text(json.dumps({"steps_completed": 147, "format": "pickle"}))
+    (checkpoint / "state_dict.pth").write_bytes(b"")  # present; its weights are checked once the network is built
     plan = model_def.plan_run(model_def._parse_args(["--resume", str(checkpoint), "--epochs", "2"]), None)
     assert (plan.latest_checkpoint, plan.checkpoint_storage, plan.skip_batches) == (
         "0b7e3c1a-uuid", tmp_path / "store", 147)

@@ -27,15 +27,15 @@ def test_the_published_hyperparameters_validate_and_defaults_fill_in() -> None:
     ("key", "value", "words"),
     [
         ("learning_rat", 0.1, "unknown hyperparameter(s) learning_rat; known: global_batch_size, learning_rate"),
-        ("learning_rate", "abc", "learning_rate='abc': expected float in (0, inf]"),
+        ("learning_rate", "abc", "learning_rate='abc': expected float in (0, 1]"),
         ("learning_rate", float("nan"), "learning_rate=nan: expected a finite number"),
         ("dropout1", 2, "dropout1=2: expected float in [0, 1)"),
-        ("global_batch_size", 0, "global_batch_size=0: expected int in [1, inf]"),
+        ("global_batch_size", 0, "global_batch_size=0: expected int in [1, 65536]"),
         ("global_batch_size", 6.5, "global_batch_size=6.5: expected int"),
         ("backbone", "resnet50", "backbone='resnet50': expected mobilenet_v3_large | efficientnet_lite0"),
         ("backbone_weights", "/nowhere/w.pt", "backbone_weights='/nowhere/w.pt': expected imagenet, none or the path"),
         ("tie_twins", "yes", "tie_twins='yes': expected true or false"),
-        ("alpha", True, "alpha=True: expected float in [0, 1]"),
+        ("alpha", True, "alpha=True: expected float in [0, 1)"),
     ],
 )
 def test_each_bad_value_is_named(key: str, value: object, words: str) -> None:

@@ -35,7 +35,7 @@ import sys
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
@@ -50,6 +50,8 @@ MANIFEST_FIELDS = (
     "split", "path", "group", "shot", "source", "package", "version", "original", "licence", "source_sha256",
     "category", "transform", "sha256",
 )  # fmt: skip
+MANIFEST_READ_COLUMNS = ("path", "group", "shot", "sha256")  # the columns verify, shot_ids and pairs read
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest row is ~300 bytes: 16 MiB is ~50,000 photos, far above any set
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "samespace" / "real-photos"
 UNPACK_FORMAT = 2  # bump when an unpack step changes, so cached unpacked packages are redone
 MAX_SIDE = 640  # longest side of a written photo (before a re-shoot's extra downscale)
@@ -803,6 +805,21 @@ def _sha256(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+def _file_sha256(path: Path) -> str:
+    """sha256 of a file, read in chunks (a listed file may be large)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _shown(text: str, limit: int = 80) -> str:
+    """``repr(text)`` cut to ``limit`` characters: a manifest's paths come from anyone's file."""
+    quoted = repr(text)
+    return quoted if len(quoted) <= limit else quoted[: limit - 3] + "..."
+
+
 def _city(source_name: str) -> str:
     """A source name as the ``city`` part of a file name: lower-case letters, digits and dashes."""
     return re.sub(r"[^a-z0-9]+", "-", Path(source_name).name.lower()).strip("-") or "source"
@@ -932,12 +949,33 @@ def _write_manifest(path: Path, rows: list[dict[str, str]]) -> None:
 
 
 def read_manifest(set_dir: str | Path) -> list[dict[str, str]]:
-    """Rows of ``<set_dir>/manifest.csv``."""
+    """Rows of ``<set_dir>/manifest.csv``.
+
+    The file is checked as a stranger's: at most :data:`MAX_MANIFEST_BYTES`, UTF-8 CSV, with the columns the
+    readers use and a value for each in every row; otherwise a RealPhotosError of one line naming the file.
+    """
     path = Path(set_dir) / MANIFEST
     if not path.is_file():
         raise RealPhotosError(f"{path}: no manifest; build the set with `python real_photos.py build`")
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    with path.open("rb") as f:
+        blob = f.read(MAX_MANIFEST_BYTES + 1)  # read at most the cap: the file may grow after a stat
+    if len(blob) > MAX_MANIFEST_BYTES:
+        raise RealPhotosError(f"{path}: more than {MAX_MANIFEST_BYTES} bytes; not a manifest this tool wrote")
+    try:
+        reader = csv.DictReader(io.StringIO(blob.decode("utf-8"), newline=""))
+        rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise RealPhotosError(f"{path}: not a UTF-8 CSV manifest (byte {exc.start} is not UTF-8)") from None
+    except csv.Error as exc:
+        raise RealPhotosError(f"{path}: not a CSV manifest (line {reader.line_num}: {exc})") from None
+    missing = [c for c in MANIFEST_READ_COLUMNS if c not in (reader.fieldnames or ())]
+    if missing:
+        raise RealPhotosError(f"{path}: no {', '.join(missing)} column(s); expected the columns "
+                              f"{', '.join(MANIFEST_FIELDS)}")
+    for number, row in enumerate(rows, start=2):
+        if any(row[c] is None for c in MANIFEST_READ_COLUMNS):
+            raise RealPhotosError(f"{path}: row {number} has fewer fields than the header")
+    return rows
 
 
 def _split_rows(split_dir: Path) -> dict[str, dict[str, str]]:
@@ -989,10 +1027,14 @@ def verify(set_dir: str | Path) -> list[str]:
     rows = read_manifest(set_dir)
     problems = []
     for row in rows:
+        relative = PurePosixPath(row["path"])
+        if relative.is_absolute() or ".." in relative.parts or "\0" in row["path"]:
+            problems.append(f"{_shown(row['path'])}: not a path inside {set_dir}")
+            continue
         path = set_dir / row["path"]
         if not path.is_file():
             problems.append(f"{path}: missing")
-        elif _sha256(path.read_bytes()) != row["sha256"]:
+        elif _file_sha256(path) != row["sha256"]:
             problems.append(f"{path}: sha256 differs from the manifest")
     listed = {row["path"] for row in rows}
     for split in labelling.SPLITS:
