@@ -241,7 +241,7 @@ class SiameseTrial(pytorch.PyTorchTrial):
         self.context.backward(loss)
         self.context.step_optimizer(self.optimizer)
         # A finite loss can still step to infinite weights, which the next checkpoint would store.
-        bad = _non_finite((n, p) for n, p in self.network.named_parameters() if p.requires_grad)
+        bad = non_finite((n, p) for n, p in self.network.named_parameters() if p.requires_grad)
         if bad is not None:
             raise DivergedError(f"training diverged: {bad} became NaN or infinite at batch {batch_idx}; "
                                 "lower learning_rate (no checkpoint was written for this state)")
@@ -267,7 +267,7 @@ class SiameseTrial(pytorch.PyTorchTrial):
             self.data_dir = kaggle_data.download_data(DOWNLOAD_DIR)  # a file lock makes one worker per node download
         return self.data_dir
 
-    def _seed(self) -> int:
+    def seed_everything(self) -> int:
         """The trial seed on a cluster, 0 locally (where pytorch.init() sets none)."""
         try:
             return self.context.get_trial_seed()
@@ -349,7 +349,7 @@ def _shard(context: pytorch.PyTorchTrialContext) -> sharding.Shard:
     return sharding.Shard(context.distributed.rank, context.distributed.size)
 
 
-def _non_finite(tensors: Iterable[tuple[str, Any]]) -> str | None:
+def non_finite(tensors: Iterable[tuple[str, Any]]) -> str | None:
     """The name of the first floating-point tensor holding NaN or infinity, or None when all are finite."""
     for name, tensor in tensors:
         if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
@@ -387,15 +387,15 @@ def checkpoint_safe_globals() -> list[Any]:
 torch.serialization.add_safe_globals(checkpoint_safe_globals())
 
 
-def _read_load_data(path: Path) -> dict[str, Any]:
+def read_load_data(path: Path) -> dict[str, Any]:
     """``load_data.json`` of a checkpoint folder, or a CheckpointError naming the file."""
     load_data = path / "load_data.json"
     try:
-        document = json.loads(_read_small_file(load_data, MAX_METADATA_BYTES).decode("utf-8"))
+        document = json.loads(read_small_file(load_data, MAX_METADATA_BYTES).decode("utf-8"))
     except FileNotFoundError:
         document = {}
     except (OSError, ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{load_data}: cannot read ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise CheckpointError(f"{load_data}: cannot read ({type(exc).__name__}: {first_line(exc)})") from exc
     if not isinstance(document, dict) or not isinstance(document.get("hparams", {}), dict):
         raise CheckpointError(f"{load_data}: expected a JSON object with 'hparams' and 'trial_cls_spec'")
     return document
@@ -425,7 +425,7 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
 def check_finite(state: dict[str, Any], path: Path) -> None:
     """Refuse a checkpoint state whose weights hold NaN or infinity (a diverged run): it would score nothing."""
     for weights in state["models_state_dict"]:
-        bad = _non_finite(weights.items()) if isinstance(weights, dict) else None
+        bad = non_finite(weights.items()) if isinstance(weights, dict) else None
         if bad is not None:
             raise CheckpointError(f"{path}: weight {bad} is NaN or infinite: the run that wrote this checkpoint "
                                   "diverged; use an earlier checkpoint")
@@ -455,7 +455,7 @@ def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -
     :func:`checkpoint_safe_globals`), and the checkpoint's own code folder is never imported.
     """
     path = Path(checkpoint_dir)
-    load_data = _read_load_data(path)
+    load_data = read_load_data(path)
     spec = str(load_data.get("trial_cls_spec", ""))
     if not spec.endswith(":SiameseTrial") or not (path / "state_dict.pth").is_file():
         raise CheckpointError(
@@ -485,7 +485,7 @@ def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -
 # --------------------------------------------------------------------------------------------
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = cli.ArgumentParser(prog="model_def.py", description=__doc__.split("\n")[0])
     parser.add_argument("--local", action="store_true",
                         help="train locally (the default when there is no Determined cluster info)")
@@ -516,7 +516,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"folder for extracted-feature files, 'none' for no file (default: {DEFAULT_CACHE_DIR})")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    # Resolve now: local training runs from this folder (see _in_folder).
+    # Resolve now: local training runs from this folder (see in_folder).
     for name in ("config", "data_dir", "sample_data", "checkpoint_dir", "resume"):
         if getattr(args, name) is not None:
             setattr(args, name, getattr(args, name).resolve())
@@ -533,19 +533,19 @@ def local_hparams(config: dict[str, Any], overrides: Sequence[str] = ()) -> dict
     A search range (e.g. from adaptive.yaml) has no single value and must be overridden. A config or override
     of the wrong shape is a ValueError of one line.
     """
-    values = _config_hparams(config)
+    values = config_hparams(config)
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--hparam {hparams_table.shown(item)}: expected KEY=VALUE")
-        values[key.strip()] = _yaml_value(value, item)
+        values[key.strip()] = yaml_value(value, item)
     ranges = sorted(k for k, v in values.items() if isinstance(v, dict))
     if ranges:
         raise ValueError(f"hyperparameters {ranges} are search ranges in the config; give each a value with --hparam")
     return values
 
 
-def _config_hparams(config: dict[str, Any]) -> dict[str, Any]:
+def config_hparams(config: dict[str, Any]) -> dict[str, Any]:
     """The config's ``hyperparameters`` mapping with each ``{type: const, val: V}`` replaced by V."""
     table = config.get("hyperparameters") or {}
     if not isinstance(table, dict):
@@ -563,27 +563,27 @@ def _config_hparams(config: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     """An exception's message as one short line (YAML errors span several, with the text they quote)."""
     lines = str(exc).strip().splitlines()
     return hparams_table.shown(lines[0])[1:-1] if lines else type(exc).__name__
 
 
-def _yaml_value(text: str, item: str = "") -> Any:
+def yaml_value(text: str, item: str = "") -> Any:
     """VALUE typed as YAML (the safe loader: tags never build Python objects), except that 1e-3 is a float
     (YAML 1.1 wants 1.0e-3). Not YAML: a ValueError of one line quoting ``item``."""
     try:
         value = yaml.safe_load(text)
     except (yaml.YAMLError, RecursionError, ValueError) as exc:  # ValueError: an int of over 4300 digits
         quoted = hparams_table.shown(item or text)
-        raise ValueError(f"--hparam {quoted}: not a YAML value ({_first_line(exc)})") from None
+        raise ValueError(f"--hparam {quoted}: not a YAML value ({first_line(exc)})") from None
     if isinstance(value, str):
         with contextlib.suppress(ValueError):
             return float(value)
     return value
 
 
-def _max_length(args: argparse.Namespace, searcher: dict[str, Any] | None) -> pytorch.TrainUnit:
+def training_length(args: argparse.Namespace, searcher: dict[str, Any] | None) -> pytorch.TrainUnit:
     """--epochs / --batches; else on a cluster the searcher's max_time in its time_metric; else 1 epoch."""
     if args.batches:
         return pytorch.Batch(args.batches)
@@ -597,7 +597,7 @@ def _max_length(args: argparse.Namespace, searcher: dict[str, Any] | None) -> py
     raise UsageError("give the training length in the entrypoint: --epochs N or --batches N")
 
 
-def _read_small_file(path: Path, limit: int) -> bytes:
+def read_small_file(path: Path, limit: int) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes; OSError or ValueError (one line) otherwise.
 
     Opened without blocking and checked with fstat before reading: a FIFO or a device never hangs the run, and a
@@ -613,7 +613,7 @@ def _read_small_file(path: Path, limit: int) -> bytes:
         return f.read(limit + 1)
 
 
-def _count_nodes(document: Any, limit: int) -> bool:
+def count_nodes(document: Any, limit: int) -> bool:
     """Whether ``document`` holds at most ``limit`` values, counting a value again each time an alias repeats it
     (iterative: a self-referencing YAML list ends at the limit too)."""
     stack, seen = [document], 0
@@ -630,24 +630,24 @@ def _count_nodes(document: Any, limit: int) -> bool:
     return True
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_config(path: Path) -> dict[str, Any]:
     """The experiment config YAML (safe loader, size-capped), or a UsageError naming the file."""
     try:
-        config = yaml.safe_load(_read_small_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
+        config = yaml.safe_load(read_small_file(path, MAX_CONFIG_BYTES).decode("utf-8"))
     except (OSError, ValueError, yaml.YAMLError, RecursionError) as exc:
-        raise UsageError(f"--config {path}: cannot read ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise UsageError(f"--config {path}: cannot read ({type(exc).__name__}: {first_line(exc)})") from exc
     if not isinstance(config, dict):
         raise UsageError(f"--config {path}: not an experiment config (a YAML mapping)")
-    if not _count_nodes(config, MAX_CONFIG_NODES):
+    if not count_nodes(config, MAX_CONFIG_NODES):
         raise UsageError(f"--config {path}: more than {MAX_CONFIG_NODES} values once its YAML aliases are expanded")
     try:  # Determined writes the config into each checkpoint as JSON: dates, sets or odd keys would fail there
         json.dumps(config)
     except (TypeError, ValueError, RecursionError) as exc:
-        raise UsageError(f"--config {path}: holds values JSON cannot store ({_first_line(exc)})") from None
+        raise UsageError(f"--config {path}: holds values JSON cannot store ({first_line(exc)})") from None
     return config
 
 
-def _checked_hparams(values: dict[str, Any], source: str) -> dict[str, Any]:
+def checked_hparams(values: dict[str, Any], source: str) -> dict[str, Any]:
     """The hyperparameters checked against hparams.py (type, range, known keys), as given (Determined keeps
     its own copy; the trial fills in the defaults)."""
     try:
@@ -698,31 +698,31 @@ def plan_run(args: argparse.Namespace, info: det.ClusterInfo | None) -> RunPlan:
         assert info is not None
         if args.local or args.hparam or args.checkpoint_dir or args.resume:
             raise UsageError("--local, --hparam, --checkpoint-dir and --resume are for local runs, not inside a trial")
-        hparams = _checked_hparams(dict(info.trial.hparams), "the trial's hyperparameters")
+        hparams = checked_hparams(dict(info.trial.hparams), "the trial's hyperparameters")
         config = info.trial._config  # the experiment config as the master expanded it
         return RunPlan(on_cluster=True, hparams=hparams, exp_conf=None,
-                       max_length=_max_length(args, config.get("searcher")),
+                       max_length=training_length(args, config.get("searcher")),
                        latest_checkpoint=info.latest_checkpoint, seed=None)
-    exp_conf = _read_config(args.config)
+    exp_conf = read_config(args.config)
     try:
         hparams = local_hparams(exp_conf, args.hparam)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    hparams = _checked_hparams(hparams, str(args.config))
-    max_length = _max_length(args, None)
+    hparams = checked_hparams(hparams, str(args.config))
+    max_length = training_length(args, None)
     storage, latest, skip = args.checkpoint_dir, None, 0
     if args.resume is not None:
         if storage is not None and storage != args.resume.parent:
             raise UsageError(f"--resume {args.resume} is not in --checkpoint-dir {storage}")
         max_batches = max_length.value if isinstance(max_length, pytorch.Batch) else None
-        latest, skip = _resume_point(args.resume, max_batches)
-        _check_same_hparams(args.resume, hparams)
+        latest, skip = resume_point(args.resume, max_batches)
+        check_same_hparams(args.resume, hparams)
         storage = args.resume.parent
     return RunPlan(on_cluster=False, hparams=hparams, exp_conf=exp_conf, max_length=max_length,
                    latest_checkpoint=latest, checkpoint_storage=storage, skip_batches=skip)
 
 
-def _resume_point(checkpoint: Path, max_batches: int | None = None) -> tuple[str, int]:
+def resume_point(checkpoint: Path, max_batches: int | None = None) -> tuple[str, int]:
     """(storage id, batches trained) of a local checkpoint folder, from the metadata Determined wrote in it.
 
     Everything Determined reads back is checked first, as a stranger's file: metadata.json (a JSON object whose
@@ -734,11 +734,11 @@ def _resume_point(checkpoint: Path, max_batches: int | None = None) -> tuple[str
         raise UsageError(f"--resume {checkpoint}: not a checkpoint folder (no such folder)")
     metadata = checkpoint / "metadata.json"
     try:
-        document = json.loads(_read_small_file(metadata, MAX_METADATA_BYTES).decode("utf-8"))
+        document = json.loads(read_small_file(metadata, MAX_METADATA_BYTES).decode("utf-8"))
     except FileNotFoundError as exc:
         raise UsageError(f"--resume {checkpoint}: not a checkpoint folder ({metadata}: no such file)") from exc
     except (OSError, ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{metadata}: cannot read ({type(exc).__name__}: {_first_line(exc)})") from exc
+        raise CheckpointError(f"{metadata}: cannot read ({type(exc).__name__}: {first_line(exc)})") from exc
     if not isinstance(document, dict) or "steps_completed" not in document:
         raise CheckpointError(f"{metadata}: expected a JSON object with steps_completed")
     steps = document["steps_completed"]
@@ -747,7 +747,7 @@ def _resume_point(checkpoint: Path, max_batches: int | None = None) -> tuple[str
         raise CheckpointError(f"{metadata}: steps_completed={hparams_table.shown(steps)}: expected a whole number "
                               f"of batches in [0, {high}]")
     if (checkpoint / "trial_state.pkl").exists():  # Determined unpickles it on resume
-        _check_trial_state(checkpoint / "trial_state.pkl", steps)
+        check_trial_state(checkpoint / "trial_state.pkl", steps)
     elif (checkpoint / "workload_sequencer.pkl").exists():  # unpickled in its place; only pre-Trainer APIs wrote it
         raise CheckpointError(f"{checkpoint / 'workload_sequencer.pkl'}: refused: a legacy Determined trial state, "
                               "which model_def.py never writes; give the folder model_def.py printed")
@@ -757,28 +757,28 @@ def _resume_point(checkpoint: Path, max_batches: int | None = None) -> tuple[str
     return checkpoint.name, steps
 
 
-class _NoGlobals(pickle.Unpickler):
+class NoGlobalsUnpickler(pickle.Unpickler):
     """An unpickler that builds plain values only: any class or function the stream names is refused."""
 
     def find_class(self, module: str, name: str) -> Any:
         raise pickle.UnpicklingError(f"refused to load {module}.{name}")
 
 
-def _check_trial_state(path: Path, steps: int) -> None:
+def check_trial_state(path: Path, steps: int) -> None:
     """Check a pickle Determined will unpickle on resume, without running it: only plain-value opcodes (no
     GLOBAL, REDUCE, BUILD...), then the six ints Determined's trial state holds, agreeing with metadata.json."""
     try:
-        blob = _read_small_file(path, MAX_TRIAL_STATE_BYTES)
+        blob = read_small_file(path, MAX_TRIAL_STATE_BYTES)
         for opcode, _, position in pickletools.genops(blob):
             if opcode.name not in PLAIN_PICKLE_OPCODES:
                 raise CheckpointError(f"{path}: refused: the pickle names or calls Python objects ({opcode.name} at "
                                       f"byte {position}); SameSpace never runs code stored in a checkpoint")
-        state = _NoGlobals(io.BytesIO(blob)).load()
+        state = NoGlobalsUnpickler(io.BytesIO(blob)).load()
     except CheckpointError:
         raise
     except Exception as exc:  # any failure to parse a stranger's pickle means it is not a trial state
         raise CheckpointError(f"{path}: not a Determined trial state ({type(exc).__name__}: "
-                              f"{_first_line(exc)})") from None
+                              f"{first_line(exc)})") from None
     if (not isinstance(state, dict) or not set(state) <= TRIAL_STATE_KEYS
             or any(type(v) is not int or not 0 <= v < 2**63 for v in state.values())):
         raise CheckpointError(f"{path}: not a Determined trial state (expected a dict of the non-negative ints "
@@ -788,13 +788,13 @@ def _check_trial_state(path: Path, steps: int) -> None:
                               f"steps_completed={steps} in metadata.json")
 
 
-def _check_same_hparams(checkpoint: Path, hparams: dict[str, Any]) -> None:
+def check_same_hparams(checkpoint: Path, hparams: dict[str, Any]) -> None:
     """Refuse to resume a checkpoint trained with other hyperparameters, naming those that differ.
 
     A local checkpoint's load_data.json holds the hyperparameters it was trained with; a folder without them is
     checked later, by its weights' names and shapes (check_weights_fit).
     """
-    load_data = _read_load_data(checkpoint)
+    load_data = read_load_data(checkpoint)
     trained = load_data.get("hparams")
     if not trained:
         return
@@ -831,7 +831,7 @@ def local_distributed() -> core.DistributedContext | None:
     return core.DistributedContext.from_torch_distributed()
 
 
-def _sample_root(folder: Path, shard: sharding.Shard) -> Path:
+def sample_set_root(folder: Path, shard: sharding.Shard) -> Path:
     """The generated sample set in ``folder``, written first (by the chief) unless both splits are there."""
     if shard.is_chief and not all((folder / split).is_dir() for split in labelling.SPLITS):
         log.info("writing the sample dataset to %s", folder)
@@ -840,14 +840,14 @@ def _sample_root(folder: Path, shard: sharding.Shard) -> Path:
     return folder
 
 
-def _seed(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 @contextlib.contextmanager
-def _in_folder(folder: Path) -> Iterator[None]:
+def in_folder(folder: Path) -> Iterator[None]:
     """Run in ``folder``: local checkpoints copy the working directory (minus .detignore) as their code."""
     previous = Path.cwd()
     os.chdir(folder)
@@ -857,14 +857,14 @@ def _in_folder(folder: Path) -> Iterator[None]:
         os.chdir(previous)
 
 
-def _store_checkpoints_in(context: pytorch.PyTorchTrialContext, folder: Path) -> None:
+def store_checkpoints_in(context: pytorch.PyTorchTrialContext, folder: Path) -> None:
     """Point local checkpoint storage at ``folder``; pytorch.init() has no parameter for it."""
     from determined.common import storage
 
     context._core.checkpoint._storage_manager = storage.SharedFSStorageManager(str(folder))
 
 
-def _inside_code(folder: Path) -> bool:
+def inside_code(folder: Path) -> bool:
     """Whether ``folder`` is in this package folder and not excluded by .detignore.
 
     Such a folder would be copied into each checkpoint stored in it, recursively.
@@ -905,33 +905,33 @@ def check_inputs(args: argparse.Namespace, data_dir: Path | None) -> None:
 
 
 def _main(argv: Sequence[str]) -> int:
-    args = _parse_args(argv)
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=det.LOG_FORMAT)
     plan = plan_run(args, det.get_cluster_info())
     if not plan.on_cluster and args.data_dir is None and args.sample_data is None:
         raise UsageError("local runs need --data-dir DIR or --sample-data")
     check_inputs(args, args.sample_data or args.data_dir)
     if args.checkpoint_dir is not None:
-        _check_checkpoint_dir(args.checkpoint_dir)
+        check_checkpoint_dir(args.checkpoint_dir)
     distributed = None if plan.on_cluster else local_distributed()
     if plan.seed is not None:
-        _seed(plan.seed)  # on a cluster pytorch.init() seeds from the trial seed
+        seed_everything(plan.seed)  # on a cluster pytorch.init() seeds from the trial seed
     # Locally, run in this folder: local checkpoints copy the working directory as their code.
-    folder = contextlib.nullcontext() if plan.on_cluster else _in_folder(REPO)
+    folder = contextlib.nullcontext() if plan.on_cluster else in_folder(REPO)
     try:
         with folder, pytorch.init(hparams=plan.hparams, exp_conf=plan.exp_conf, distributed=distributed,
                                   enable_tensorboard_logging=plan.on_cluster) as context:  # local: no TensorBoard path
             if plan.checkpoint_storage is not None:
-                _store_checkpoints_in(context, plan.checkpoint_storage)
+                store_checkpoints_in(context, plan.checkpoint_storage)
             data_dir = args.data_dir
             if args.sample_data is not None:
-                data_dir = _sample_root(args.sample_data, _shard(context))
+                data_dir = sample_set_root(args.sample_data, _shard(context))
             max_epochs = plan.max_length.value if isinstance(plan.max_length, pytorch.Epoch) else None
             trial = SiameseTrial(context, data_dir=data_dir, cache_dir=args.cache_dir, skip_batches=plan.skip_batches,
                                  max_epochs=max_epochs if plan.skip_batches else None)
             if plan.latest_checkpoint is not None and plan.checkpoint_storage is not None:
                 resumed = plan.checkpoint_storage / plan.latest_checkpoint
-                _check_resume_weights(resumed, trial.network)
+                check_resume_weights(resumed, trial.network)
                 trial.resume_metadata = resumed / "metadata.json"
             trainer = pytorch.Trainer(trial, context)
             # Determined restores a checkpoint with torch.load's default weights_only=True (torch >= 2.6); the numpy
@@ -953,7 +953,7 @@ def _main(argv: Sequence[str]) -> int:
     return 0
 
 
-def _check_resume_weights(checkpoint: Path, network: torch.nn.Module) -> None:
+def check_resume_weights(checkpoint: Path, network: torch.nn.Module) -> None:
     """Before Determined loads a local checkpoint into ``network``: its weights are readable without running
     code, finite, and fit the network (else one line naming the checkpoint, not a state_dict traceback)."""
     state = read_state_dict(checkpoint / "state_dict.pth")
@@ -961,11 +961,11 @@ def _check_resume_weights(checkpoint: Path, network: torch.nn.Module) -> None:
     check_weights_fit(state, network, checkpoint)
 
 
-def _check_checkpoint_dir(folder: Path) -> None:
+def check_checkpoint_dir(folder: Path) -> None:
     """Create --checkpoint-dir; refuse one inside this package folder (every checkpoint copies it as code)."""
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)  # .detignore patterns like checkpoints/ need a dir
-    if _inside_code(folder):
+    if inside_code(folder):
         if created:
             folder.rmdir()
         raise UsageError(f"--checkpoint-dir {folder} is inside {REPO}, which every "

@@ -98,7 +98,7 @@ def resume(copy: Path, tiny_root: Path, tiny_cache: Path, *extra: str) -> int:
 def test_a_real_trial_state_holds_only_plain_values(checkpoint: Path) -> None:
     state = pickle.loads((checkpoint / "trial_state.pkl").read_bytes())
     assert set(state) == model_def.TRIAL_STATE_KEYS and state["batches_trained"] == 2 and state["trial_id"] == 0
-    model_def._check_trial_state(checkpoint / "trial_state.pkl", 2)  # accepted
+    model_def.check_trial_state(checkpoint / "trial_state.pkl", 2)  # accepted
 
 
 def test_a_pickle_payload_in_trial_state_never_runs(copy: Path, tiny_root: Path, tiny_cache: Path,

@@ -124,6 +124,6 @@ def test_load_model_names_a_folder_that_is_not_a_checkpoint(tmp_path: Path) -> N
 
 
 def test_checkpoint_dir_must_not_be_copied_into_checkpoints(tmp_path: Path) -> None:
-    assert model_def._inside_code(model_def.REPO / "tests" / "run1")  # copied with the code, recursively
-    assert not model_def._inside_code(model_def.REPO / "checkpoints" / "run1")  # in .detignore
-    assert not model_def._inside_code(tmp_path)
+    assert model_def.inside_code(model_def.REPO / "tests" / "run1")  # copied with the code, recursively
+    assert not model_def.inside_code(model_def.REPO / "checkpoints" / "run1")  # in .detignore
+    assert not model_def.inside_code(tmp_path)
