@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 import cli
 import outputs
+from outputs import IMAGE_EXTENSIONS  # defined once, in the module data.py imports (outputs imports nothing of ours)
 
 if TYPE_CHECKING:
     import torch
@@ -52,7 +53,6 @@ log = logging.getLogger("samespace.data")
 KAGGLE_DATASET = "barelydedicated/airbnb-duplicate-image-detection"
 DATASET_FOLDER = "Airbnb Data"
 SPLITS = ("Training Data", "Test Data")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IMAGE_SIZE = 256
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

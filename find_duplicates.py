@@ -39,9 +39,9 @@ import neighbours
 import outputs
 import scoring
 import verification
+from cli import EXIT_ERROR
 from embedding_store import EmbeddingStore
 
-EXIT_ERROR = 2
 DEFAULT_BATCH_SIZE = 64
 BACKBONE_METHODS = ("cosine", "relative", "verified")  # the methods that run a backbone (--backbone applies to them)
 MAX_DECODE_ROUNDS = 3  # embed_photos: rounds of decoding photos whose bytes changed since their key was taken

@@ -22,13 +22,11 @@ from typing import Any
 
 import cli
 import outputs
+from cli import EXIT_ERROR
 
 
 class DownloadError(RuntimeError):
     """A download that cannot proceed, with one line saying why and what to do."""
-
-
-EXIT_ERROR = 2
 
 
 def _master_url() -> str:
