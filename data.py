@@ -34,7 +34,7 @@ import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import imagehash
 import numpy as np
@@ -46,6 +46,8 @@ import outputs
 from outputs import IMAGE_EXTENSIONS  # defined once, in the module data.py imports (outputs imports nothing of ours)
 
 if TYPE_CHECKING:
+    import hashlib
+
     import torch
 
 log = logging.getLogger("samespace.data")
@@ -230,6 +232,14 @@ def _check_regular(path: str | Path, info: os.stat_result) -> None:
         raise UnreadableImageError(f"{path}: not a regular file ({_file_kind(info.st_mode)})")
     if info.st_size > MAX_PHOTO_BYTES:
         raise UnreadableImageError(f"{path}: file too large ({info.st_size:,} bytes; the limit is {MAX_PHOTO_BYTES:,})")
+
+
+def file_digest(f: BinaryIO, digest: hashlib._Hash, chunk: int = 1 << 20) -> str:
+    """``digest`` fed the rest of a binary file, ``chunk`` bytes at a time (never the whole file in memory), as
+    hex: the project's one file-hashing loop (hashlib.file_digest, which needs Python 3.11)."""
+    while block := f.read(chunk):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 def read_photo(path: str | Path) -> tuple[bytes, os.stat_result]:
