@@ -127,6 +127,8 @@ def _project(vectors: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
     return np.ascontiguousarray(y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12))
 
 
+# Not faiss.IndexRefineFlat: same neighbour sets (20,000 rows), but no faster, and it keeps its own copy of the
+# full rows (5 GB at 1,000,000 x 1280) where this reads them in place; local_join re-ranks with this too.
 def _rerank(base: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     """The k candidates with the largest exact inner product per query row (-1 candidates last)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
