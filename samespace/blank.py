@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from samespace import hashing
+
 BLANK_STD = 3.0  # grey-level standard deviation (0-255) below which an image counts as blank
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -37,11 +39,8 @@ def is_blank(images: np.ndarray, threshold: float = BLANK_STD) -> np.ndarray:
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
     """SHA-256 of a file's bytes (read in chunks: a file is never held whole in memory)."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashing.file_digest(f, hashlib.sha256(), chunk)
 
 
 def identical_groups(paths: Sequence[str | Path]) -> list[list[int]]:

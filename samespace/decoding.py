@@ -14,7 +14,6 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 IMAGE_SIZE = 256
 
 class UnreadableImageError(ValueError):

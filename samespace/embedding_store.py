@@ -167,10 +167,7 @@ def _open_regular(path: str | Path) -> tuple[BinaryIO, os.stat_result]:
 
 
 def _hash(f: BinaryIO) -> str:
-    digest = hashlib.blake2b(digest_size=KEY_BYTES)
-    while chunk := f.read(_READ_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
+    return hashing.file_digest(f, hashlib.blake2b(digest_size=KEY_BYTES), _READ_CHUNK)
 
 
 def content_key_of(content: bytes) -> str:

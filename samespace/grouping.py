@@ -66,6 +66,8 @@ def _runs(values: np.ndarray, keys: np.ndarray) -> list[np.ndarray]:
     return [values[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
+# Kept over scipy's fcluster(tree, height, criterion="distance"): the same groups (tests), but fcluster's per-call
+# validation made linked_groups 2-3x slower on 6,152 small components (1.7-2.1 s against 4.2-5.7 s, 250,000 photos).
 def _cut(tree: np.ndarray, m: int, height: float) -> np.ndarray:
     """Cluster labels of m leaves: the merges of a scipy linkage ``tree`` at or below ``height`` (fcluster's
     "distance" criterion for a monotone tree, as average linkage's is), without scipy's per-call validation."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import imagehash
 import numpy as np
@@ -74,3 +76,11 @@ HASH_FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"whash": whash_
 def hash_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``1 - hamming / 64`` between packed uint64 codes (broadcasting); 1.0 means identical hashes."""
     return 1.0 - hamming(a, b) / scoring_methods.HASH_BITS
+
+
+def file_digest(f: BinaryIO, digest: hashlib._Hash, chunk: int = 1 << 20) -> str:
+    """``digest`` fed the rest of a binary file, ``chunk`` bytes at a time (never the whole file in memory), as
+    hex: the project's one file-hashing loop (hashlib.file_digest, which needs Python 3.11)."""
+    while block := f.read(chunk):
+        digest.update(block)
+    return digest.hexdigest()

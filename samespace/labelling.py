@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from samespace import decoding, pair_sampling
+from samespace import decoding, outputs, pair_sampling
 
 SPLITS = ("Training Data", "Test Data")
 _NAME_RE = re.compile(r"^(?P<city>.+)_(?P<room_id>[^_]+)_(?P<n>\d+)$")
@@ -42,7 +42,7 @@ def parse_name(filename: str) -> tuple[str, str, str] | None:
 def find_images(
     root: str | Path,
     recursive: bool = True,
-    extensions: Collection[str] = decoding.IMAGE_EXTENSIONS,
+    extensions: Collection[str] = outputs.IMAGE_EXTENSIONS,
     unreadable: list[tuple[Path, str]] | None = None,
 ) -> list[Path]:
     """Image files under ``root`` (lower-case ``extensions``, matched in any case), sorted by their POSIX
@@ -98,7 +98,7 @@ def check_dataset_root(root: str | Path) -> None:
     for split in SPLITS:
         paths = find_images(root / split)
         if not paths:
-            raise DataError(f"{root / split}: no images ({', '.join(decoding.IMAGE_EXTENSIONS)}) found")
+            raise DataError(f"{root / split}: no images ({', '.join(outputs.IMAGE_EXTENSIONS)}) found")
         with warnings.catch_warnings():  # the dataset reports unparsed names when it loads the split
             warnings.simplefilter("ignore")
             groups = group_ids(paths, root / split)

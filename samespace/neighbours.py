@@ -16,8 +16,9 @@ packed hash bits compared by Hamming distance.
   vectors in alternating runs (README "Large collections", sessions 6-10). Rows go into the graph
   :attr:`SearchParams.add_block` at a time: faiss sets up a lock per node of the whole index on every add call, so
   small adds cost ~N^2 / (2 x block) set-ups (blocks of 2,048: build 24% slower at 1,000,000, 14% at 250,000).
-  The graph's rows and links sit on transparent huge pages
-  (:attr:`SearchParams.huge_pages`, :mod:`huge_pages`): ~10% faster at both sizes. :attr:`SearchParams.float16`
+  The graph's rows and links go on transparent huge pages when glibc is told to advise its large allocations:
+  ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (glibc >= 2.35, Linux with THP ``always`` or ``madvise``), as fast as
+  advising faiss's buffers in code (``benchmarks/bench_huge_pages.py``). :attr:`SearchParams.float16`
   stores the graph's rows as float16 (faiss ``IndexHNSWSQ``): at 1,000,000 the build and walk take 20% less time
   for about the same share of planted pairs, so :data:`FAST` uses it.
 
@@ -32,8 +33,6 @@ from typing import Any
 
 import faiss
 import numpy as np
-
-from samespace import huge_pages
 
 # Above this many vectors candidate search is approximate by default. Exact flat search costs N^2 * D
 # multiply-adds: about a minute for 50,000 1280-d vectors on 2 CPU cores, and 4x that at 100,000, when the
@@ -57,7 +56,6 @@ class SearchParams:
     pool: int = 6  # fetch pool * k candidates from the graph, keep the k best by exact inner product
     join: int = 0  # > 0: one round of neighbours of neighbours (each row's first `join` x their first `join`)
     float16: bool = False  # the graph stores its projected rows as float16: half the bytes each hop reads
-    huge_pages: bool = True  # the graph's rows and links on 2 MiB pages where the system allows (huge_pages.py)
     block: int = 2048  # rows projected / searched / re-ranked at once (memory: block * pool * k * D floats)
     # Rows projected and added to the graph per faiss call. faiss (1.15) sets up one lock per node of the whole
     # index on every add call, so adding N rows in blocks of b costs ~N^2 / (2b) lock set-ups: few large calls.
@@ -127,6 +125,8 @@ def _project(vectors: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
     return np.ascontiguousarray(y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12))
 
 
+# Not faiss.IndexRefineFlat: same neighbour sets (20,000 rows), but no faster, and it keeps its own copy of the
+# full rows (5 GB at 1,000,000 x 1280) where this reads them in place; local_join re-ranks with this too.
 def _rerank(base: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     """The k candidates with the largest exact inner product per query row (-1 candidates last)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -184,8 +184,8 @@ def build_graph(base: np.ndarray, projection: np.ndarray | None, params: SearchP
     """An HNSW graph (inner product) over the projected, normalised rows.
 
     faiss ``IndexHNSWFlat`` (float32 rows), or with :attr:`SearchParams.float16` ``IndexHNSWSQ`` with the
-    ``QT_fp16`` scalar quantizer (no training): the build and the walk are bound by reading rows from memory,
-    so the rows and links are reserved on transparent huge pages first (:mod:`huge_pages`).
+    ``QT_fp16`` scalar quantizer (no training): the build and the walk are bound by reading rows from memory
+    (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` puts them on huge pages: module docstring).
     """
     dim = base.shape[1] if projection is None else projection.shape[1]
     if params.float16:
@@ -193,8 +193,6 @@ def build_graph(base: np.ndarray, projection: np.ndarray | None, params: SearchP
     else:
         index = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = params.ef_construction
-    if params.huge_pages:
-        huge_pages.reserve_hnsw(index, len(base))  # one buffer each, on 2 MiB pages where the system allows
     for start in range(0, len(base), params.add_block):  # projected block by block: the index holds the only copy
         index.add(_project(base[start : start + params.add_block], projection))
     return index

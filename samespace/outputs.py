@@ -55,7 +55,7 @@ MARKERS: tuple[bytes, ...] = (
 HEAD_BYTES = 4096
 # outputs.atomic_write writes ".<name>.<8 random characters>.tmp" beside the target first.
 TEMP_NAME_EXTRA = len("..") + 8 + len(".tmp")
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # the photos the project reads (data.py imports them from here)
 # Names of standard output, for the outputs that may stream there (Target.stream).
 STDOUT_NAMES = frozenset({"-", "/dev/stdout"})
 # First bytes of photo formats (cameras, phones, raw files, the web). A file starting so is never replaced.

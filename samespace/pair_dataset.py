@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from samespace import decoding, hashing, labelling, pair_sampling, preprocess
+from samespace import decoding, hashing, labelling, outputs, pair_sampling, preprocess
 
 if TYPE_CHECKING:
     import torch
@@ -54,7 +54,7 @@ class DuplicateImageDataset:
         folders: list[tuple[Path, str]] = []
         paths = labelling.find_images(self.root, unreadable=folders)
         if not paths:
-            raise labelling.DataError(f"{self.root}: no images ({', '.join(decoding.IMAGE_EXTENSIONS)}) found")
+            raise labelling.DataError(f"{self.root}: no images ({', '.join(outputs.IMAGE_EXTENSIONS)}) found")
         self.images: np.ndarray | None
         if keep_images:
             self.images, kept, self.skipped = decoding.load_images(paths, progress=progress)

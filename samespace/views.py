@@ -32,6 +32,8 @@ MAX_ROTATION = 25.0
 AREA = (0.5, 0.95)
 
 
+# Not cv2.getPerspectiveTransform: it takes float32 points only (5e-8 from this float64 solve), and this code's
+# source is part of the feature cache's identity (ReshootViews.identity).
 def _homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """The 3x3 projective map taking 4 points ``src`` to ``dst`` (each (4, 2))."""
     rows, rhs = [], []

@@ -886,3 +886,21 @@ def test_hamming_without_numpy_bitwise_count_gives_the_same_distances(monkeypatc
     fallback = hashing.hamming(a, b)
     assert fallback.dtype == np.int64 and fallback.shape == (5, 7)
     np.testing.assert_array_equal(fallback, expected)
+
+
+def test_file_digest_equals_hashlib_of_the_whole_content(tmp_path: Path) -> None:
+    """hashing.file_digest, the one chunked hashing loop (blank.file_digest, embedding_store.content_key), gives
+    hashlib's digest of the whole content, across chunk boundaries and for an empty file."""
+    import hashlib
+
+    from samespace import blank, embedding_store
+
+    for size in (0, 1, 4096, 3 * 4096 + 17):
+        content = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
+        path = tmp_path / f"{size}.bin"
+        path.write_bytes(content)
+        with open(path, "rb") as f:
+            assert hashing.file_digest(f, hashlib.sha256(), chunk=4096) == hashlib.sha256(content).hexdigest()
+        assert blank.file_digest(path, chunk=4096) == hashlib.sha256(content).hexdigest()
+        key = hashlib.blake2b(content, digest_size=embedding_store.KEY_BYTES).hexdigest()
+        assert embedding_store.content_key(path) == embedding_store.content_key_of(content) == key

@@ -199,7 +199,7 @@ def test_graph_is_added_in_few_large_blocks_with_rows_in_order(monkeypatch: pyte
         return project(x, projection)
 
     monkeypatch.setattr(neighbours, "_project", counted)
-    params = neighbours.SearchParams(pca_dim=16, hnsw_m=8, ef_construction=20, huge_pages=False, add_block=700)
+    params = neighbours.SearchParams(pca_dim=16, hnsw_m=8, ef_construction=20, add_block=700)
     graph = neighbours.build_graph(vectors, None, params)
     assert calls == [700, 700, 600]
     np.testing.assert_allclose(graph.reconstruct_n(0, 2000), vectors, atol=1e-6)  # row i is node i

@@ -161,6 +161,34 @@ def test_transforms_stay_within_their_documented_ranges(built: tuple[Path, dict]
         _check_params(params)
 
 
+def test_perspective_solvers_agree_with_opencv() -> None:
+    """Both 4-point solvers (real_photos' PIL coefficients, views' homography) are OpenCV's getPerspectiveTransform
+    in float64: they agree with it to its float32 inputs' rounding, and map the corners exactly."""
+    import cv2
+
+    from samespace import views
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        w, h = rng.integers(200, 4000, 2)
+        corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], float)
+        inward = np.abs(rng.uniform(-0.06, 0.06, (4, 2)) * [w, h]) * [[1, 1], [-1, 1], [-1, -1], [1, -1]]
+        coefficients = np.array(rp._perspective_coefficients(corners + inward, corners))
+        expected = cv2.getPerspectiveTransform(np.float32(corners), np.float32(corners + inward)).ravel()[:8]
+        np.testing.assert_allclose(coefficients, expected, rtol=1e-5, atol=1e-4)
+        a, b, c, d, e, f, g, k = coefficients  # PIL: output (x, y) reads input ((ax+by+c)/(gx+ky+1), ...)
+        x, y = corners.T
+        mapped = np.stack([(a * x + b * y + c), (d * x + e * y + f)], 1) / (g * x + k * y + 1)[:, None]
+        np.testing.assert_allclose(mapped, corners + inward, atol=1e-9)
+        frame = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
+        target = frame * rng.uniform(0.5, 0.9) + rng.uniform(-0.1, 0.1, (4, 2))
+        homography = views._homography(frame, target)
+        np.testing.assert_allclose(homography, cv2.getPerspectiveTransform(np.float32(frame), np.float32(target)),
+                                   atol=1e-6)
+        projected = np.c_[frame, np.ones(4)] @ homography.T
+        np.testing.assert_allclose(projected[:, :2] / projected[:, 2:], target, atol=1e-12)
+
+
 def test_a_rotation_leaves_no_empty_corners() -> None:
     white = Image.new("RGB", (320, 240), (255, 255, 255))
     for degrees in (-25.0, 10.0, 25.0):

@@ -716,6 +716,8 @@ def _fit(img: Image.Image, side: int) -> Image.Image:
     return img.resize(size, Image.Resampling.LANCZOS)
 
 
+# Not cv2.getPerspectiveTransform(dst, src): it takes float32 points only, so its coefficients differ by up to
+# 8e-6 and every perspective-warped photo of a built set by +-1 grey level in some pixels.
 def _perspective_coefficients(src: np.ndarray, dst: np.ndarray) -> list[float]:
     """PIL PERSPECTIVE coefficients mapping output corners ``dst`` to input corners ``src``."""
     rows = []
