@@ -101,7 +101,7 @@ def faithful_logits(
     device: str = "cpu"
 ) -> np.ndarray:
     """The model's logit of every pair, each image in its pair's variant (features: N x 8 x D)."""
-    from samespace.model import pair_rows
+    from samespace.feature_cache import pair_rows
 
     out = np.empty(len(pairs), dtype=np.float64)
     table = features.flatten(0, 1)
@@ -156,7 +156,7 @@ def evaluate(
     cache_dir: str | Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Evaluate ``model`` on a split directory. Returns (report for JSON, unique pairs and their scores)."""
-    from samespace.model import extract_features
+    from samespace.feature_cache import extract_features
 
     data_dir = Path(data_dir)
     folders: list[tuple[Path, str]] = []
@@ -392,8 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> None:
     """Check the options and outputs, evaluate, write the outputs (errors are raised, main prints them)."""
-    from model_def import DEFAULT_CACHE_DIR, load_model
-    from samespace.model import resolve_device
+    from samespace.backbones import resolve_device
+    from samespace.checkpoint_loading import load_model
+    from samespace.feature_cache import DEFAULT_CACHE_DIR
 
     cache_dir = None if (args.cache_dir or "").lower() == "none" else (args.cache_dir or DEFAULT_CACHE_DIR)
     device = resolve_device(args.device)

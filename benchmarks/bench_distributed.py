@@ -2,7 +2,7 @@
 
     python benchmarks/bench_distributed.py [--images 233] [--procs 1 2]
 
-Each run is `torchrun --nproc_per_node P` over this script's worker, which times model.extract_features on
+Each run is `torchrun --nproc_per_node P` over this script's worker, which times feature_cache.extract_features on
 the generated sample set's Training Data (mobilenet_v3_large, random weights: timing does not depend on the
 weight values; 8 variants per image; files decoded in batches) with its rank's share and the gather that
 gives every rank the whole table. One thread per process in both cases (OMP_NUM_THREADS=1 and
@@ -36,7 +36,8 @@ def worker(image_dir: Path, limit: int) -> None:
     import torch.distributed as dist
 
     from samespace import sharding
-    from samespace.model import build_feature_extractor, extract_features
+    from samespace.backbones import build_feature_extractor
+    from samespace.feature_cache import extract_features
 
     torch.set_num_threads(1)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -1,4 +1,5 @@
-"""Speed of the frozen backbone on CPU: channels-last (what model.FrozenFeatureExtractor uses) vs the default layout.
+"""Speed of the frozen backbone on CPU: channels-last (what backbones.FrozenFeatureExtractor uses) vs the default
+layout.
 
     python benchmarks/bench_extraction.py [--batch 64] [--size 256] [--rounds 5]
 
@@ -18,12 +19,11 @@ from pathlib import Path
 
 import torch
 
-from samespace import preprocess
+from samespace import backbones, preprocess
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from samespace import model  # noqa: E402
 
 BACKBONES = (("mobilenet_v3_large", "none"), ("efficientnet_lite0", "imagenet"))
 
@@ -44,10 +44,10 @@ def main() -> int:
     torch.manual_seed(0)
     images = torch.rand(args.batch, 3, args.size, args.size)
     for backbone, weights in BACKBONES:
-        extractor = model.build_feature_extractor(backbone, weights)  # channels-last inside
+        extractor = backbones.build_feature_extractor(backbone, weights)  # channels-last inside
         default_body = copy.deepcopy(extractor.body).to(memory_format=torch.contiguous_format)
 
-        def channels_last(x: torch.Tensor, extractor: model.FrozenFeatureExtractor = extractor) -> torch.Tensor:
+        def channels_last(x: torch.Tensor, extractor: backbones.FrozenFeatureExtractor = extractor) -> torch.Tensor:
             return extractor(x)
 
         def default_layout(x: torch.Tensor, body: torch.nn.Module = default_body, name: str = backbone) -> torch.Tensor:

@@ -86,12 +86,12 @@ def _scorer(method: str, batch_size: int):
 
 
     if method == "model":
-        from samespace.model import SiameseNetwork
+        from samespace.siamese import SiameseNetwork
 
         torch.manual_seed(0)
         return model_scorer.ModelScorer(SiameseNetwork(backbone_weights="none"), batch_size=batch_size)
     if method == "cosine":
-        from samespace.model import build_feature_extractor
+        from samespace.backbones import build_feature_extractor
 
         return scorers.CosineScorer(build_feature_extractor("mobilenet_v3_large", "none"), batch_size=batch_size)
     return scorers.HashScorer(method)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from sklearn import metrics
 
-from samespace import labelling, matching, outputs, scoring_methods, threshold_calibration
+from samespace import checkpoint_loading, labelling, matching, outputs, scoring_methods, threshold_calibration
 from samespace.commands import find
 from samespace.devsets import sample_set
 
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             calibration["cosine"] = threshold_calibration.best_f1_threshold(
                 train_scores["cosine"], train_scores["labels"]
             )
-            model = model_def.load_model(checkpoint)
+            model = checkpoint_loading.load_model(checkpoint)
             methods = ["model", *scoring_methods.REFERENCE_METHODS] if k == 0 else ["model"]
             report, unique = model_inference.evaluate(model, test_dir, pairing="unique", methods=methods,
                                                       progress=False, cache_dir=cache)

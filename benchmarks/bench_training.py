@@ -26,7 +26,8 @@ from samespace.devsets import sample_set
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import model_def  # noqa: E402
-from samespace.model import SiameseNetwork, extract_features  # noqa: E402
+from samespace.feature_cache import extract_features  # noqa: E402
+from samespace.siamese import SiameseNetwork
 
 BATCH = 64
 TARGET = 20.0

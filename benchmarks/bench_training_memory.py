@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from samespace import labelling
+from samespace import backbones, labelling
 from samespace.devsets import sample_set
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,14 +42,13 @@ PHOTOS_PER_ROOM = 3  # write_sample_dataset photographs each room 2-4 times
 
 def _light_backbone(backbone: str = "mobilenet_v3_large", weights: str = "imagenet", pooling: str = "avg"):  # noqa: ANN202
     """A cheap frozen extractor with MobileNetV3-Large's output size (960-d pooled features); the signature of
-    ``model.build_feature_extractor``, which it replaces."""
+    ``backbones.build_feature_extractor``, which it replaces."""
     from torch import nn
 
-    from samespace import model
 
     body = nn.Sequential(nn.AvgPool2d(32), nn.Conv2d(3, 960, 1), nn.AdaptiveAvgPool2d(1))
     # Named as the backbone it stands in for: its input normalisation (preprocess.INPUT_NORMALISATION) applies.
-    return model.FrozenFeatureExtractor(body, out_dim=960, backbone=backbone)
+    return backbones.FrozenFeatureExtractor(body, out_dim=960, backbone=backbone)
 
 
 def child(data_dir: Path, batches: int, light: bool, work: Path) -> None:
@@ -57,10 +56,9 @@ def child(data_dir: Path, batches: int, light: bool, work: Path) -> None:
     import contextlib
 
     import model_def
-    from samespace import model
 
     if light:
-        model.build_feature_extractor = _light_backbone
+        backbones.build_feature_extractor = _light_backbone
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
         model_def.main(["--data-dir", str(data_dir), "--batches", str(batches), "--hparam", "backbone_weights=none",

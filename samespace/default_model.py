@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from samespace import decoding, labelling, matching, model_scorer, outputs, preprocess, scorers, threshold_calibration
+from samespace import hparams as hparams_table
 
 REPO = Path(__file__).resolve().parent
 WEIGHTS = REPO / "default_model.pt"
@@ -46,7 +47,7 @@ def available() -> bool:
 
 def load(device: str = "cpu", weights: Path = WEIGHTS, meta: Path = META) -> tuple[torch.nn.Module, float]:
     """(the default SiameseNetwork in eval mode, its default threshold). Needs no network access."""
-    from samespace.model import SiameseNetwork
+    from samespace.siamese import SiameseNetwork
 
     try:
         info = json.loads(meta.read_text())
@@ -71,13 +72,13 @@ def training_split_scores(
     The plain features are read as training computed them (the table's variant / view 0 is the plain image),
     so with training's ``cache_dir`` this runs no backbone pass.
     """
-    from model_def import IMPROVED_HPARAMS, OPTIONAL_HPARAMS, load_model
     from samespace import views
-    from samespace.model import extract_features
+    from samespace.checkpoint_loading import load_model
+    from samespace.feature_cache import extract_features
 
     net = load_model(checkpoint)
     saved = json.loads((Path(checkpoint) / "load_data.json").read_text()).get("hparams", {})
-    hparams = {**OPTIONAL_HPARAMS, **IMPROVED_HPARAMS, **saved}
+    hparams = {**hparams_table.optional_defaults(), **hparams_table.improved_defaults(), **saved}
     paths = labelling.find_images(split_dir)
     images, kept, _ = decoding.load_images(paths, progress=False)
     groups = labelling.group_ids([paths[k] for k in kept], split_dir)
@@ -102,7 +103,7 @@ def export(
     weights: Path = WEIGHTS, meta: Path = META,
 ) -> dict[str, Any]:
     """Write the head of a trained ``head: cosine`` checkpoint and its best-F1 threshold on ``calibrate_on``."""
-    from model_def import load_model
+    from samespace.checkpoint_loading import load_model
 
     net = load_model(checkpoint)
     if getattr(net, "head_kind", "concat") != "cosine":
@@ -136,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ex.add_argument("--calibrate-on", required=True, help="a labelled TRAINING split for the default threshold")
     ex.add_argument("--cache-dir", help="the feature cache training used (default: model_def's default)")
     args = parser.parse_args(argv)
-    from model_def import DEFAULT_CACHE_DIR
+    from samespace.feature_cache import DEFAULT_CACHE_DIR
 
     try:
         info = export(args.checkpoint, args.calibrate_on, args.cache_dir or DEFAULT_CACHE_DIR)

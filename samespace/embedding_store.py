@@ -54,7 +54,7 @@ import filelock
 import numpy as np
 from numpy.lib import format as npy_format
 
-from samespace import decoding, hashing, outputs
+from samespace import decoding, feature_cache, hashing, outputs
 
 FORMAT = "samespace-embeddings"
 VERSION = 2
@@ -228,9 +228,8 @@ def decode_identity() -> str:
 
 def preprocessing_identity() -> str:
     """The backbone input preprocessing's identity, from the one place model.py defines it."""
-    from samespace import model
 
-    return model._transform_identity()
+    return feature_cache.transform_identity()
 
 
 def _sha(*parts: str) -> str:

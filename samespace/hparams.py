@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from samespace import model, pair_sampling, views
+from samespace import backbones, pair_sampling, views
 
 REQUIRED = object()  # a config must give this hyperparameter (the published ones)
-BACKBONES = model.BACKBONES
+BACKBONES = backbones.BACKBONES
 PAIRINGS = pair_sampling.PAIRINGS
 MAX_BATCH_SIZE = 65536  # pairs per step; far above any memory a slot has for them
 MAX_HEAD_RANK = 4096  # above the widest backbone's feature size (1280): a larger rank adds nothing
@@ -90,7 +90,7 @@ HPARAMS: dict[str, Hparam] = {
     "augment_negatives": Hparam(bool, False, help="flip / rotate training negatives too"),
     # The improved recipe (improved.yaml; README "The improved recipe"): defaults are the published behaviour.
     "head": Hparam(str, "concat", choices=("concat", "cosine"),
-                   help="concat: the published MLP; cosine: model.CosineHead, which starts as the backbone cosine"),
+                   help="concat: the published MLP; cosine: siamese.CosineHead, which starts as the backbone cosine"),
     "pooling": Hparam(str, "avg", choices=("avg", "gem"), help="pooling of the backbone's last feature map"),
     "head_rank": Hparam(int, 64, low=1, high=MAX_HEAD_RANK,
                         help="cosine head: rank of its learned correction to the identity"),

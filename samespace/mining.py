@@ -2,7 +2,7 @@
 
 Each image has ``n_views`` (at most 8) views in the feature table (view 0 the plain image, the others random
 re-shoots, see ``views.py``). A pair's flags hold the view of each side, as the published variants do
-(``pair_sampling.pair_variants``), so ``model.pair_rows`` finds its rows.
+(``pair_sampling.pair_variants``), so ``feature_cache.pair_rows`` finds its rows.
 
 - **Positives**: every unordered pair i < j of a group with each of the n_views^2 view combinations, and
   every image with itself under two *different* views (n_views^2 - n_views): a self-pair is a positive only when

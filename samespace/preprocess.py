@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # The input normalisation each backbone's pretrained weights were trained with, as (mean, std) on [0, 1] images.
-# The one table of it: model.FrozenFeatureExtractor applies it (via normalise) to whatever it is given, so
+# The one table of it: backbones.FrozenFeatureExtractor applies it (via normalise) to whatever it is given, so
 # training, evaluation, the feature-cache key (its fingerprint) and find_duplicates all use these values.
 INPUT_NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     # torchvision's IMAGENET1K_V1 weights: ImageNet mean / std.
@@ -55,7 +55,7 @@ def to_model_input(images: np.ndarray | torch.Tensor, variant: int = 0) -> torch
     """uint8 ``(..., H, W, 3)`` -> float ``(..., 3, H, W)`` in [0, 1], with a variant applied.
 
     The one preprocessing function before the backbone: scale to [0, 1] first, then transform. The backbone
-    normalises its input itself (:func:`normalise`, called by ``model.FrozenFeatureExtractor``), with the
+    normalises its input itself (:func:`normalise`, called by ``backbones.FrozenFeatureExtractor``), with the
     mean / std its weights were trained with. (The published code normalised before dividing by 255; we do
     not copy that bug.)
     """

@@ -10,7 +10,7 @@ from samespace import default_model, errors, model_scorer, scorers, scoring_meth
 
 def device_for(name: str) -> str:
     """``auto`` / ``cpu`` / ``cuda`` as the device to run on (auto: CUDA when available)."""
-    from samespace.model import resolve_device
+    from samespace.backbones import resolve_device
 
     try:
         return resolve_device(name)
@@ -53,13 +53,13 @@ def choose_scorer(
     elif method == "model":
         if not Path(checkpoint).is_dir():
             raise errors.FindDuplicatesError(f"{checkpoint}: checkpoint folder not found")
-        from model_def import load_model
+        from samespace.checkpoint_loading import load_model
 
         model = load_model(checkpoint, device=device)  # a CheckpointError (ValueError) names the folder
         default, source = scoring_methods.read_model_threshold(checkpoint)
         scorer = model_scorer.ModelScorer(model, batch_size=batch_size, device=device)
     elif method in scoring_methods.BACKBONE_METHODS:
-        from samespace.model import BackboneWeightsError
+        from samespace.backbones import BackboneWeightsError
 
         backbone = backbone or scoring_methods.COSINE_BACKBONE
         try:

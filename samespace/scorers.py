@@ -37,7 +37,7 @@ def pooled_features(
     extractor: torch.nn.Module, images: np.ndarray, batch_size: int = 64, device: str = "cpu"
 ) -> torch.Tensor:
     """Pooled backbone features (N, out_dim) of uint8 images, no augmentation, on the CPU."""
-    from samespace.model import extract_features  # imported here: the hash methods need no model code
+    from samespace.feature_cache import extract_features  # imported here: the hash methods need no model code
 
     feats = extract_features(extractor, images, variants=(0,), batch_size=batch_size, device=device, progress=False)
     return feats[:, 0].float().cpu()
@@ -394,7 +394,7 @@ def reference_scorer(
     if method in hashing.HASH_FUNCTIONS:
         return HashScorer(method)
     if method in ("cosine", "relative", "verified"):
-        from samespace.model import build_feature_extractor
+        from samespace.backbones import build_feature_extractor
 
         pooling = "avg" if method == "cosine" else scoring_methods.RELATIVE_POOLING
         extractor = build_feature_extractor(backbone, weights, pooling=pooling).to(device)

@@ -1,7 +1,8 @@
 """Re-shoot views: photo-realistic random transforms of an image, as if the space were photographed again.
 
 The improved recipe (hyperparameter ``views: reshoot``) trains on ``n_views`` (<= :data:`N_VIEWS`) views per
-image, computed once into the feature cache (``model.extract_features(..., view=ReshootViews(seed))``). View 0 is the
+image, computed once into the feature cache
+(``feature_cache.extract_features(..., view=ReshootViews(seed))``). View 0 is the
 plain image; views 1.. are random re-shoots, each a pure function of (seed, image index, view), so a cache
 file and a training run are reproducible:
 
@@ -107,7 +108,7 @@ def reshoot(images: torch.Tensor, rngs: list[np.random.Generator]) -> torch.Tens
 
 class ReshootViews:
     """``views(batch, view, image_indices)``: view ``view`` of each image of a uint8 batch, as [0, 1] floats
-    (a :data:`model.ViewFn`).
+    (a :data:`feature_cache.ViewFn`).
 
     View 0 is :func:`preprocess.to_model_input` of the image (no transform); view k >= 1 of image i is
     :func:`reshoot` with a generator seeded by (seed, i, k), so it does not depend on batching.

@@ -14,8 +14,9 @@ import yaml
 
 import model_def
 import model_inference
+from samespace import checkpoint_loading
 from samespace.commands import find
-from samespace.model import SiameseNetwork
+from samespace.siamese import SiameseNetwork
 
 HPARAMS = {
     **{k: v["val"] if isinstance(v, dict) else v for k, v in yaml.safe_load(
@@ -61,7 +62,7 @@ def network_state() -> dict:
 
 def test_a_checkpoint_with_numpy_rng_state_loads_with_weights_only(network_state: dict, tmp_path: Path) -> None:
     folder = write_checkpoint(tmp_path / "ok", network_state)
-    network = model_def.load_model(folder)
+    network = checkpoint_loading.load_model(folder)
     expected = network_state["models_state_dict"][0]
     for name, value in network.state_dict().items():
         torch.testing.assert_close(value, expected[name])
@@ -72,8 +73,8 @@ def test_a_pickle_payload_is_refused_and_never_runs(network_state: dict, tmp_pat
     marker = tmp_path / "payload-ran"
     state = {**network_state, "rng_state": {**network_state["rng_state"], "np_rng_state": Payload(marker)}}
     folder = write_checkpoint(tmp_path / "evil", state)
-    with pytest.raises(model_def.CheckpointError, match=r"state_dict.pth: refused to load: .*never runs code"):
-        model_def.load_model(folder)
+    with pytest.raises(checkpoint_loading.CheckpointError, match=r"state_dict.pth: refused to load: .*never runs code"):
+        checkpoint_loading.load_model(folder)
     assert not marker.exists()
 
     assert find.main([str(test_dir), "--checkpoint", str(folder), "--no-progress"]) == 2
@@ -89,8 +90,8 @@ def test_a_truncated_state_dict_and_a_corrupt_load_data_name_the_file(network_st
     folder = write_checkpoint(tmp_path / "truncated", network_state)
     state_file = folder / "state_dict.pth"
     state_file.write_bytes(state_file.read_bytes()[: state_file.stat().st_size // 2])
-    with pytest.raises(model_def.CheckpointError, match="state_dict.pth: damaged or truncated"):
-        model_def.load_model(folder)
+    with pytest.raises(checkpoint_loading.CheckpointError, match="state_dict.pth: damaged or truncated"):
+        checkpoint_loading.load_model(folder)
     assert model_inference.main(["--checkpoint", str(folder), "--data-dir", str(test_dir), "--cache-dir", "none"]) == 2
     err = capsys.readouterr().err
     assert f"{state_file}: damaged or truncated" in err and err.count("\n") == 1

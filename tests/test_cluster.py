@@ -16,6 +16,7 @@ import yaml
 from determined import pytorch
 
 import model_def
+from samespace import local_runs, run_config, trial_parts
 
 HPARAMS = {"global_batch_size": 64, "learning_rate": 0.002061, "alpha": 0.926, "dropout1": 0.306,
            "dropout2": 0.491, "dropout3": 0.562, "backbone": "mobilenet_v3_large"}
@@ -44,7 +45,7 @@ ASHA = {"name": "adaptive_asha", "metric": "validation_loss", "smaller_is_better
 
 def test_a_trial_takes_hparams_length_and_checkpoint_from_the_cluster() -> None:
     uuid = "6f1c2d3e-0000-4000-8000-123456789abc"
-    plan = model_def.plan_run(model_def.parse_args([]), cluster_info(ASHA, latest_checkpoint=uuid))
+    plan = local_runs.plan_run(model_def.parse_args([]), cluster_info(ASHA, latest_checkpoint=uuid))
     assert plan.on_cluster and plan.print_uuid
     assert plan.hparams == HPARAMS
     assert _unit(plan.max_length) == ("Epoch", 30)
@@ -60,14 +61,14 @@ def test_a_trial_takes_hparams_length_and_checkpoint_from_the_cluster() -> None:
 ])
 def test_the_length_comes_from_the_entrypoint_or_the_searcher(searcher: dict, argv: list[str],
                                                               length: pytorch.TrainUnit) -> None:
-    assert _unit(model_def.plan_run(model_def.parse_args(argv), cluster_info(searcher)).max_length) == _unit(length)
+    assert _unit(local_runs.plan_run(model_def.parse_args(argv), cluster_info(searcher)).max_length) == _unit(length)
 
 
 def test_a_trial_without_any_length_is_an_error() -> None:
-    with pytest.raises(model_def.UsageError, match="--epochs N or --batches N"):
-        model_def.plan_run(model_def.parse_args([]), cluster_info({"name": "single", "metric": "validation_loss"}))
-    with pytest.raises(model_def.UsageError, match="--epochs N or --batches N"):  # a metric ASHA cannot count
-        model_def.plan_run(model_def.parse_args([]), cluster_info({**ASHA, "time_metric": "validation_loss"}))
+    with pytest.raises(run_config.UsageError, match="--epochs N or --batches N"):
+        local_runs.plan_run(model_def.parse_args([]), cluster_info({"name": "single", "metric": "validation_loss"}))
+    with pytest.raises(run_config.UsageError, match="--epochs N or --batches N"):  # a metric ASHA cannot count
+        local_runs.plan_run(model_def.parse_args([]), cluster_info({**ASHA, "time_metric": "validation_loss"}))
 
 
 @pytest.mark.parametrize("argv", [["--local"], ["--hparam", "alpha=0.9"], ["--checkpoint-dir", "/tmp/x"],
@@ -75,8 +76,8 @@ def test_a_trial_without_any_length_is_an_error() -> None:
 def test_local_options_are_refused_inside_a_trial(argv: list[str], monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     info = cluster_info(ASHA)
-    with pytest.raises(model_def.UsageError, match="are for local runs"):
-        model_def.plan_run(model_def.parse_args(argv), info)
+    with pytest.raises(run_config.UsageError, match="are for local runs"):
+        local_runs.plan_run(model_def.parse_args(argv), info)
     # main() decides from the same info before any call to the master: one line, exit status 2.
     monkeypatch.setattr(det, "get_cluster_info", lambda: info)
     assert model_def.main(argv) == 2
@@ -87,7 +88,7 @@ def test_local_options_are_refused_inside_a_trial(argv: list[str], monkeypatch: 
 def test_outside_a_trial_the_run_is_local(tmp_path: Path) -> None:
     args = model_def.parse_args(["--hparam", "alpha=0.5", "--batches", "3"])
     for info in (None, cluster_info(ASHA, task_type="COMMAND")):  # e.g. a notebook or command on the cluster
-        plan = model_def.plan_run(args, info)
+        plan = local_runs.plan_run(args, info)
         assert not plan.on_cluster and not plan.print_uuid
         assert plan.hparams["alpha"] == 0.5 and plan.hparams["learning_rate"] == 0.002061
         assert _unit(plan.max_length) == ("Batch", 3) and plan.seed == 0 and plan.latest_checkpoint is None
@@ -98,22 +99,22 @@ def test_a_local_resume_reads_the_checkpoint_folder(tmp_path: Path) -> None:
     checkpoint.mkdir(parents=True)
     (checkpoint / "metadata.json").write_text(json.dumps({"steps_completed": 147, "format": "pickle"}))
     (checkpoint / "state_dict.pth").write_bytes(b"")  # present; its weights are checked once the network is built
-    plan = model_def.plan_run(model_def.parse_args(["--resume", str(checkpoint), "--epochs", "2"]), None)
+    plan = local_runs.plan_run(model_def.parse_args(["--resume", str(checkpoint), "--epochs", "2"]), None)
     assert (plan.latest_checkpoint, plan.checkpoint_storage, plan.skip_batches) == (
         "0b7e3c1a-uuid", tmp_path / "store", 147)
-    with pytest.raises(model_def.UsageError, match="is not in --checkpoint-dir"):
-        model_def.plan_run(model_def.parse_args(["--resume", str(checkpoint), "--checkpoint-dir",
+    with pytest.raises(run_config.UsageError, match="is not in --checkpoint-dir"):
+        local_runs.plan_run(model_def.parse_args(["--resume", str(checkpoint), "--checkpoint-dir",
                                                   str(tmp_path / "other")]), None)
-    with pytest.raises(model_def.UsageError, match=f"--resume {tmp_path}: not a checkpoint folder"):
-        model_def.plan_run(model_def.parse_args(["--resume", str(tmp_path)]), None)
+    with pytest.raises(run_config.UsageError, match=f"--resume {tmp_path}: not a checkpoint folder"):
+        local_runs.plan_run(model_def.parse_args(["--resume", str(tmp_path)]), None)
 
 
 def test_the_final_line_is_the_uuid_on_a_cluster_and_the_folder_locally() -> None:
-    log = model_def.RunLog()
+    log = trial_parts.RunLog()
     log.on_checkpoint_write_end("/store/6f1c")  # the chief writes it
     log.on_checkpoint_upload_end("6f1c")  # every rank hears the UUID
-    cluster = model_def.plan_run(model_def.parse_args([]), cluster_info(ASHA))
-    local = model_def.plan_run(model_def.parse_args([]), None)
-    assert model_def.final_line(cluster, log, rank=0) == "6f1c"
-    assert model_def.final_line(local, log, rank=0) == "/store/6f1c"
-    assert model_def.final_line(cluster, log, rank=1) is None and model_def.final_line(local, log, rank=1) is None
+    cluster = local_runs.plan_run(model_def.parse_args([]), cluster_info(ASHA))
+    local = local_runs.plan_run(model_def.parse_args([]), None)
+    assert local_runs.final_line(cluster, log, rank=0) == "6f1c"
+    assert local_runs.final_line(local, log, rank=0) == "/store/6f1c"
+    assert local_runs.final_line(cluster, log, rank=1) is None and local_runs.final_line(local, log, rank=1) is None

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import model_def
-from samespace import model
+from samespace import checkpoint_loading, model, siamese, trial_parts
 from samespace.devsets import sample_set
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,15 +31,15 @@ DRIVER = """
 import json, os, sys
 sys.path.insert(0, {repo!r})
 from samespace import model
-model.TWIN_DROPOUT = 0.0
+siamese.TWIN_DROPOUT = 0.0
 import model_def
-record = model_def.RunLog.on_validation_end
+record = trial_parts.RunLog.on_validation_end
 def on_validation_end(self, metrics):
     record(self, metrics)
     if os.environ.get("RANK", "0") == "0":
         with open({metrics_file!r}, "a") as f:
             f.write(json.dumps({{k: float(v) for k, v in metrics.items()}}) + "\\n")
-model_def.RunLog.on_validation_end = on_validation_end
+trial_parts.RunLog.on_validation_end = on_validation_end
 sys.exit(model_def.main(sys.argv[1:]))
 """
 
@@ -94,10 +94,10 @@ def test_two_processes_of_32_train_as_one_of_64(tiny_root: Path, calibrated: Pat
     assert two_metrics["validation_loss"] == pytest.approx(one_metrics[-1]["validation_loss"], abs=1e-5)
     assert two_metrics["validation_accuracy"] == pytest.approx(one_metrics[-1]["validation_accuracy"], abs=1e-6)
     torch.manual_seed(0)  # as model_def.main() seeds before building the network
-    initial = model.SiameseNetwork(backbone_weights=str(calibrated), dropout1=0, dropout2=0, dropout3=0)
+    initial = siamese.SiameseNetwork(backbone_weights=str(calibrated), dropout1=0, dropout2=0, dropout3=0)
     # The two-process checkpoint holds DistributedDataParallel's names ("module."); load_model reads either.
     assert set(two["models_state_dict"][0]) == {f"module.{name}" for name in one["models_state_dict"][0]}
-    two_weights = model_def.load_model(two_path).state_dict()
+    two_weights = checkpoint_loading.load_model(two_path).state_dict()
     changed = 0
     for name, value in one["models_state_dict"][0].items():
         torch.testing.assert_close(two_weights[name], value, atol=1e-5, rtol=0, msg=name)
@@ -108,15 +108,15 @@ def test_two_processes_of_32_train_as_one_of_64(tiny_root: Path, calibrated: Pat
 def _run(argv: list[str]) -> tuple[Path, list[dict[str, Any]]]:
     """model_def.main in this process: (the checkpoint it printed, its validation metrics)."""
     validations: list[dict[str, Any]] = []
-    record = model_def.RunLog.on_validation_end
+    record = trial_parts.RunLog.on_validation_end
 
-    def on_validation_end(self: model_def.RunLog, metrics: dict[str, Any]) -> None:
+    def on_validation_end(self: trial_parts.RunLog, metrics: dict[str, Any]) -> None:
         record(self, metrics)
         validations.append(dict(metrics))
 
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
-        patch.setattr(model_def.RunLog, "on_validation_end", on_validation_end)
+        patch.setattr(trial_parts.RunLog, "on_validation_end", on_validation_end)
         assert model_def.main(argv) == 0
     return Path(out.getvalue().splitlines()[-1]), validations
 
@@ -147,5 +147,5 @@ def test_pause_and_resume_equal_an_uninterrupted_run(tiny_root: Path, calibrated
     assert trained[0] >= 3 and trained[1] == trained[2] == 2 * trained[0]
     # The resumed run is a new checkpoint beside the one it resumed; neither holds a feature table.
     assert resumed.parent == paused.parent and resumed != paused
-    network_keys = set(model.SiameseNetwork(backbone_weights="none").state_dict())
+    network_keys = set(siamese.SiameseNetwork(backbone_weights="none").state_dict())
     assert set(actual["models_state_dict"][0]) == network_keys and set(actual) == set(expected)

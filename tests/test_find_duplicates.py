@@ -16,7 +16,18 @@ import pytest
 import torch
 from PIL import Image
 
-from samespace import decoding, finder, matching, model_scorer, outputs, photo_files, report, scorers, scoring_methods
+from samespace import (
+    checkpoint_loading,
+    decoding,
+    finder,
+    matching,
+    model_scorer,
+    outputs,
+    photo_files,
+    report,
+    scorers,
+    scoring_methods,
+)
 from samespace.commands import find
 
 # Four photos of four different rooms (one per room type) from the conftest sample set, chosen so that no
@@ -58,7 +69,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory, test_dir: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def cosine_extractor() -> torch.nn.Module:
-    from samespace.model import build_feature_extractor
+    from samespace.backbones import build_feature_extractor
 
     return build_feature_extractor("efficientnet_lite0", "imagenet")
 
@@ -156,7 +167,7 @@ def test_top_k_candidates_give_the_exhaustive_groups(
 
 
 def test_model_path_runs_from_an_in_memory_network(photos: Path) -> None:
-    from samespace.model import SiameseNetwork
+    from samespace.siamese import SiameseNetwork
 
     torch.manual_seed(0)
     model = SiameseNetwork(backbone_weights="none")
@@ -333,7 +344,7 @@ def test_checkpoint_threshold_file_is_the_model_default(
     import sys
     import types
 
-    from samespace.model import SiameseNetwork
+    from samespace.siamese import SiameseNetwork
 
     torch.manual_seed(0)
     network = SiameseNetwork(backbone_weights="none").eval()
@@ -377,15 +388,14 @@ def test_option_conflicts_are_usage_errors(photos: Path) -> None:
 
 def test_checkpoint_scores_equal_model_inference_scores(trained_checkpoint: Path, test_dir: Path) -> None:
     """find_duplicates.py --checkpoint and model_inference.py score every pair with the same function."""
-    import model_def
     import model_inference
 
-    scorer = model_scorer.ModelScorer(model_def.load_model(trained_checkpoint))
+    scorer = model_scorer.ModelScorer(checkpoint_loading.load_model(trained_checkpoint))
     result = _run(test_dir, scorer, threshold=0.0, exhaustive=True)
     pairs = zip(result.left, result.right, result.scores, strict=True)
     found = {(result.paths[i], result.paths[j]): s for i, j, s in pairs}
     _, unique = model_inference.evaluate(
-        model_def.load_model(trained_checkpoint), test_dir, pairing="unique", methods=["model"], progress=False
+        checkpoint_loading.load_model(trained_checkpoint), test_dir, pairing="unique", methods=["model"], progress=False
     )
     expected = {
         (str(unique["paths"][i]), str(unique["paths"][j])): s

@@ -23,13 +23,13 @@ import pytest
 import yaml
 
 import model_def
-from samespace import hparams
+from samespace import checkpoint_loading, hparams, local_runs, resume_checks, run_config
 
 SEED = 1234
 CASES = 500
 DEADLINE_S = 5.0  # per case: generous on 2 cores, far below a hang
 MAX_BATCHES = 1000
-ERRORS = (model_def.UsageError, model_def.CheckpointError)
+ERRORS = (run_config.UsageError, checkpoint_loading.CheckpointError)
 
 
 @contextlib.contextmanager
@@ -155,7 +155,7 @@ def test_fuzz_metadata_json(tmp_path: Path) -> None:
     accepted = refused = 0
     for _ in range(CASES):
         (checkpoint / "metadata.json").write_bytes(mutated(rng, base, structured))
-        result, error = outcome(functools.partial(model_def.resume_point, checkpoint, MAX_BATCHES))
+        result, error = outcome(functools.partial(resume_checks.resume_point, checkpoint, MAX_BATCHES))
         if error is None:
             name, steps = result
             assert name == "uuid" and type(steps) is int and 0 <= steps <= MAX_BATCHES
@@ -191,10 +191,10 @@ def test_fuzz_trial_state_pickle(tmp_path: Path) -> None:
     accepted = refused = 0
     for _ in range(CASES):
         path.write_bytes(mutated(rng, base, structured))
-        _, error = outcome(functools.partial(model_def.check_trial_state, path, 147))
+        _, error = outcome(functools.partial(resume_checks.check_trial_state, path, 147))
         if error is None:  # what Determined would then unpickle is exactly a trial state
             state = pickle.loads(path.read_bytes())
-            assert set(state) <= model_def.TRIAL_STATE_KEYS and all(type(v) is int for v in state.values())
+            assert set(state) <= resume_checks.TRIAL_STATE_KEYS and all(type(v) is int for v in state.values())
             accepted += 1
         else:
             assert str(path) in str(error), str(error)
@@ -253,7 +253,7 @@ def test_fuzz_experiment_config(tmp_path: Path) -> None:
         else:
             blob = mutated(rng, rng.choice(bases).encode(), structured)
         config.write_bytes(blob)
-        result, error = outcome(functools.partial(model_def.plan_run, model_def.parse_args(["--config", str(config)]),
+        result, error = outcome(functools.partial(local_runs.plan_run, model_def.parse_args(["--config", str(config)]),
                                                   None))
         if error is None:
             assert_in_range(hparams.validate(result.hparams))
@@ -309,7 +309,7 @@ def random_hparam(rng: random.Random, marker: Path) -> str:
 
 def test_fuzz_hparam_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The config is fuzzed above; here each case starts from const.yaml as read once (reading it is most of a case).
-    const = model_def.read_config(model_def.REPO / "const.yaml")
+    const = run_config.read_config(model_def.REPO / "const.yaml")
     monkeypatch.setattr(model_def, "_read_config", lambda path: json.loads(json.dumps(const)))
     rng = random.Random(SEED + 3)
     marker = tmp_path / "payload-ran"
@@ -317,7 +317,7 @@ def test_fuzz_hparam_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     for _ in range(CASES):
         # --hparam=ITEM: an item starting with "-" is still the option's value, not another option
         argv = [f"--hparam={random_hparam(rng, marker)}" for _ in range(rng.randrange(1, 4))]
-        result, error = outcome(functools.partial(model_def.plan_run, model_def.parse_args(argv), None))
+        result, error = outcome(functools.partial(local_runs.plan_run, model_def.parse_args(argv), None))
         if error is None:
             assert_in_range(hparams.validate(result.hparams))
             accepted += 1

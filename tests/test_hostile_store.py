@@ -260,7 +260,7 @@ class _Extractor(torch.nn.Module):
 
 
 def test_scorers_declare_row_shapes_and_unit_rows() -> None:
-    from samespace.model import SiameseNetwork
+    from samespace.siamese import SiameseNetwork
 
     assert scorers.HashScorer("phash").fields == {"codes": FieldSpec("uint64", ())}
     unit = FieldSpec("float32", (1280,), unit_norm=True)

@@ -19,6 +19,7 @@ import torch
 
 import model_def
 import model_inference
+from samespace import checkpoint_loading, resume_checks, run_config
 from samespace.commands import find
 from samespace.devsets import real_photos as rp
 from samespace.devsets import sample_set
@@ -97,8 +98,8 @@ def resume(copy: Path, tiny_root: Path, tiny_cache: Path, *extra: str) -> int:
 
 def test_a_real_trial_state_holds_only_plain_values(checkpoint: Path) -> None:
     state = pickle.loads((checkpoint / "trial_state.pkl").read_bytes())
-    assert set(state) == model_def.TRIAL_STATE_KEYS and state["batches_trained"] == 2 and state["trial_id"] == 0
-    model_def.check_trial_state(checkpoint / "trial_state.pkl", 2)  # accepted
+    assert set(state) == resume_checks.TRIAL_STATE_KEYS and state["batches_trained"] == 2 and state["trial_id"] == 0
+    resume_checks.check_trial_state(checkpoint / "trial_state.pkl", 2)  # accepted
 
 
 def test_a_pickle_payload_in_trial_state_never_runs(copy: Path, tiny_root: Path, tiny_cache: Path,
@@ -143,7 +144,7 @@ def test_a_legacy_workload_sequencer_is_never_unpickled(copy: Path, tiny_root: P
 
 def test_an_oversized_trial_state_is_never_read(copy: Path, tiny_root: Path, tiny_cache: Path, capsys) -> None:
     with (copy / "trial_state.pkl").open("wb") as f:
-        f.truncate(model_def.MAX_TRIAL_STATE_BYTES + 1)
+        f.truncate(resume_checks.MAX_TRIAL_STATE_BYTES + 1)
     assert resume(copy, tiny_root, tiny_cache, "--batches", "4") == 2
     assert "more than the" in one_line(capsys)
 
@@ -173,7 +174,7 @@ def test_a_bad_metadata_json_is_one_line(text: str, words: str, copy: Path, tiny
 
 def test_an_oversized_metadata_json_is_never_read(copy: Path, tiny_root: Path, tiny_cache: Path, capsys) -> None:
     with (copy / "metadata.json").open("wb") as f:
-        f.truncate(model_def.MAX_METADATA_BYTES + 1)
+        f.truncate(run_config.MAX_METADATA_BYTES + 1)
     assert resume(copy, tiny_root, tiny_cache, "--batches", "4") == 2
     assert "more than the" in one_line(capsys)
 
@@ -273,7 +274,7 @@ def test_a_bad_config_is_one_line(text: str, words: str, sample_root: Path, tmp_
 def test_an_oversized_or_special_config_is_never_read(sample_root: Path, tmp_path: Path, capsys) -> None:
     big = tmp_path / "big.yaml"
     with big.open("wb") as f:
-        f.truncate(model_def.MAX_CONFIG_BYTES + 1)
+        f.truncate(run_config.MAX_CONFIG_BYTES + 1)
     fifo = tmp_path / "fifo.yaml"
     os.mkfifo(fifo)  # reading it would block forever
     for config, words in ((big, "more than the"), (fifo, "not a regular file")):
@@ -334,8 +335,8 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(copy: Path, tiny_root: 
     state["models_state_dict"][0][name][0] = float("nan")
     torch.save(state, state_file)
     before = digests(copy)
-    with pytest.raises(model_def.CheckpointError, match=f"weight {name} is NaN or infinite"):
-        model_def.load_model(copy)
+    with pytest.raises(checkpoint_loading.CheckpointError, match=f"weight {name} is NaN or infinite"):
+        checkpoint_loading.load_model(copy)
     expected = f"error: {state_file}: weight {name} is NaN or infinite: the run that wrote this checkpoint diverged"
     assert model_inference.main(["--checkpoint", str(copy), "--data-dir", str(tiny_root), "--cache-dir", "none"]) == 2
     assert one_line(capsys).startswith(expected)

@@ -14,15 +14,17 @@ from PIL import Image
 
 import model_def
 from samespace import (
+    backbones,
+    checkpoint_loading,
     decoding,
     labelling,
     matching,
     mining,
-    model,
     model_scorer,
     pair_sampling,
     preprocess,
     scorers,
+    siamese,
     views,
 )
 from samespace.commands import find
@@ -35,7 +37,7 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def test_untrained_cosine_head_scores_exactly_the_backbone_cosine() -> None:
     """Untrained: logit = 10 * (cos(a, b) - 0.8) of the pooled features, so the ranking IS cosine's."""
     torch.manual_seed(0)
-    net = model.SiameseNetwork(backbone_weights="none", head="cosine").eval()
+    net = siamese.SiameseNetwork(backbone_weights="none", head="cosine").eval()
     pooled = torch.randn(7, net.features.out_dim, generator=torch.Generator().manual_seed(1)).abs()
     left, right = matching.upper_pairs(0, 7, 7)
     cos = _cosine(pooled[left], pooled[right])
@@ -52,7 +54,7 @@ def test_untrained_cosine_head_scores_exactly_the_backbone_cosine() -> None:
 
 def test_trained_cosine_head_stays_symmetric() -> None:
     torch.manual_seed(0)
-    net = model.SiameseNetwork(backbone_weights="none", head="cosine")
+    net = siamese.SiameseNetwork(backbone_weights="none", head="cosine")
     a, b = torch.randn(16, 960), torch.randn(16, 960)
     optimizer = torch.optim.RMSprop([p for p in net.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(3):
@@ -110,7 +112,7 @@ def test_improved_recipe_trains_and_scores_symmetrically(sample_root: Path, cach
         code = model_def.main(["--data-dir", str(sample_root), "--config", str(model_def.REPO / "improved.yaml"),
                                "--batches", "20", "--checkpoint-dir", str(tmp_path), "--cache-dir", str(cache_dir)])
     assert code == 0
-    net = model_def.load_model(out.getvalue().strip().splitlines()[-1])
+    net = checkpoint_loading.load_model(out.getvalue().strip().splitlines()[-1])
     assert net.head_kind == "cosine" and net.features.backbone == "efficientnet_lite0"
     assert net.head.up.weight.abs().max() > 0  # trained away from the identity start
     pooled = torch.rand(5, 1280)
@@ -123,12 +125,12 @@ def test_improved_recipe_trains_and_scores_symmetrically(sample_root: Path, cach
 @pytest.mark.parametrize("pooling", ["gem"])
 def test_gem_pooling_is_between_average_and_max(pooling: str) -> None:
     fmap = torch.rand(2, 4, 5, 5)
-    gem = model.GeM()(fmap).flatten(1)
+    gem = backbones.GeM()(fmap).flatten(1)
     assert (gem >= fmap.mean((-2, -1)) - 1e-6).all() and (gem <= fmap.amax((-2, -1)) + 1e-6).all()
     torch.manual_seed(0)
-    extractor = model.build_feature_extractor("mobilenet_v3_large", "none", pooling=pooling)
+    extractor = backbones.build_feature_extractor("mobilenet_v3_large", "none", pooling=pooling)
     torch.manual_seed(0)
-    average = model.build_feature_extractor("mobilenet_v3_large", "none")
+    average = backbones.build_feature_extractor("mobilenet_v3_large", "none")
     assert extractor.pooling == pooling and average.state_dict().keys() == extractor.state_dict().keys()
     assert extractor.fingerprint() != average.fingerprint()  # same weights, other pooling: another cache key
 

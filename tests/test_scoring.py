@@ -110,7 +110,7 @@ def test_exhaustive_dense_and_pairwise_paths_agree() -> None:
 
 @pytest.fixture(scope="module")
 def siamese() -> torch.nn.Module:
-    from samespace.model import SiameseNetwork
+    from samespace.siamese import SiameseNetwork
 
     torch.manual_seed(0)
     return SiameseNetwork(backbone_weights="none").eval()

@@ -10,14 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from samespace import decoding, labelling, model, pair_dataset, preprocess
+from samespace import backbones, decoding, feature_cache, labelling, pair_dataset, preprocess
 
 
-def _small_extractor() -> model.FrozenFeatureExtractor:
+def _small_extractor() -> backbones.FrozenFeatureExtractor:
     """A cheap frozen extractor (16-d features): these tests are about the data path, not the backbone."""
     torch.manual_seed(0)
     body = nn.Sequential(nn.AvgPool2d(16), nn.Conv2d(3, 16, 3), nn.AdaptiveAvgPool2d(1))
-    return model.FrozenFeatureExtractor(body, out_dim=16, backbone="mobilenet_v3_large")  # its normalisation
+    return backbones.FrozenFeatureExtractor(body, out_dim=16, backbone="mobilenet_v3_large")  # its normalisation
 
 
 def test_a_dataset_without_pixels_has_the_same_pairs_and_items(train_dir: Path) -> None:
@@ -37,15 +37,16 @@ def test_extraction_from_files_equals_extraction_from_pixels(train_dir: Path, tm
     paths = labelling.find_images(train_dir)[:10]
     pixels = np.stack([decoding.load_image(p) for p in paths])
     extractor = _small_extractor()
-    expected = model.extract_features(extractor, pixels, progress=False)
-    streamed = model.extract_features(extractor, paths, batch_size=3, progress=False, cache_dir=tmp_path)
+    expected = feature_cache.extract_features(extractor, pixels, progress=False)
+    streamed = feature_cache.extract_features(extractor, paths, batch_size=3, progress=False, cache_dir=tmp_path)
     assert streamed.shape == (10, preprocess.N_VARIANTS, 16)
     torch.testing.assert_close(streamed, expected, atol=1e-6, rtol=0)
     assert len(list(tmp_path.iterdir())) == 1
-    assert torch.equal(model.extract_features(extractor, paths, progress=False, cache_dir=tmp_path), streamed)
+    assert torch.equal(feature_cache.extract_features(extractor, paths, progress=False, cache_dir=tmp_path), streamed)
     # The files' bytes key the cache: another file list is another entry.
-    assert model.feature_cache_key(extractor, paths, range(8)) != model.feature_cache_key(extractor, paths[1:],
-                                                                                          range(8))
+    assert feature_cache.feature_cache_key(extractor, paths, range(8)) != feature_cache.feature_cache_key(
+        extractor, paths[1:], range(8)
+    )
 
 
 def _crop_view(images: np.ndarray, view: int, indices: np.ndarray, size: int) -> torch.Tensor:
@@ -61,15 +62,16 @@ def test_views_are_pluggable(train_dir: Path, tmp_path: Path) -> None:
     paths = labelling.find_images(train_dir)[:5]
     extractor = _small_extractor()
     view = functools.partial(_crop_view, size=200)
-    table = model.extract_features(extractor, paths, variants=[0, 1, 2], view=view, batch_size=2, progress=False,
-                                   cache_dir=tmp_path)
+    table = feature_cache.extract_features(
+        extractor, paths, variants=[0, 1, 2], view=view, batch_size=2, progress=False, cache_dir=tmp_path
+    )
     assert table.shape == (5, 3, 16)
     image = decoding.load_image(paths[3])
     with torch.no_grad():
         expected = extractor(_crop_view(image[None], 2, np.array([3]), 200))[0]
     torch.testing.assert_close(table[3, 2], expected, atol=1e-6, rtol=0)
-    keys = {model.feature_cache_key(extractor, paths, [0, 1, 2], v)
-            for v in (view, functools.partial(_crop_view, size=100), model.variant_view)}
+    keys = {feature_cache.feature_cache_key(extractor, paths, [0, 1, 2], v)
+            for v in (view, functools.partial(_crop_view, size=100), feature_cache.variant_view)}
     assert len(keys) == 3  # the view function's code and arguments key the cache
 
 
@@ -82,8 +84,8 @@ def test_extraction_holds_one_batch_of_pixels(train_dir: Path, batch_size: int,
 
     def view(images: np.ndarray, variant: int, indices: np.ndarray) -> torch.Tensor:
         sizes.append(len(images))
-        return model.variant_view(images, variant, indices)
+        return feature_cache.variant_view(images, variant, indices)
 
-    model.extract_features(_small_extractor(), paths, variants=[0], view=view, batch_size=batch_size,
+    feature_cache.extract_features(_small_extractor(), paths, variants=[0], view=view, batch_size=batch_size,
                            progress=False)
     assert max(sizes) == batch_size and sum(sizes) == 6

@@ -13,7 +13,7 @@ import yaml
 from determined import pytorch
 
 import model_def
-from samespace import model, pair_dataset
+from samespace import checkpoint_loading, feature_cache, local_runs, pair_dataset, run_config
 
 HPARAMS = {"global_batch_size": 64, "learning_rate": 0.002061, "alpha": 0.926,
            "dropout1": 0.306, "dropout2": 0.491, "dropout3": 0.562}
@@ -52,7 +52,7 @@ def test_fit_writes_a_checkpoint_that_loads_back(
     loaded = pytorch.load_trial_from_checkpoint_path(
         str(path), trial_class=model_def.SiameseTrial, torch_load_kwargs={"weights_only": False}
     )
-    network = model_def.load_model(path)
+    network = checkpoint_loading.load_model(path)
     assert not network.training
     trained = trial.network.cpu().eval()
     torch.manual_seed(1)
@@ -78,13 +78,13 @@ def test_script_trains_and_prints_the_checkpoint_last(
     assert load_data["hparams"]["backbone"] == "efficientnet_lite0"
     assert (path / "code" / "model_def.py").is_file() and not (path / "code" / "data" / "sample").exists()
 
-    network = model_def.load_model(path)
+    network = checkpoint_loading.load_model(path)
     dataset = pair_dataset.DuplicateImageDataset(sample_root / "Training Data", progress=False)
     labels = torch.from_numpy(dataset.pairs.label.astype(np.float32))
     prior = labels.mean().item()
     prior_loss = -(prior * math.log(prior) + (1 - prior) * math.log(1 - prior))
-    table = model.extract_features(network.features, dataset.images, progress=False, cache_dir=cache_dir)
-    rows1, rows2 = (torch.from_numpy(r) for r in model.pair_rows(dataset.pairs))
+    table = feature_cache.extract_features(network.features, dataset.images, progress=False, cache_dir=cache_dir)
+    rows1, rows2 = (torch.from_numpy(r) for r in feature_cache.pair_rows(dataset.pairs))
     with torch.no_grad():
         logits = network(table.flatten(0, 1)[rows1], table.flatten(0, 1)[rows2])
     loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
@@ -111,19 +111,19 @@ def test_local_hparams() -> None:
     config = {"hyperparameters": {"global_batch_size": 64, "alpha": {"type": "const", "val": 0.9},
                                   "learning_rate": {"type": "log", "minval": -4, "maxval": -2, "base": 10}}}
     overrides = ["learning_rate=1e-3", "tie_twins=true", "backbone=efficientnet_lite0", "dropout1=0.25"]
-    assert model_def.local_hparams(config, overrides) == {"global_batch_size": 64, "alpha": 0.9, "learning_rate": 1e-3,
+    assert run_config.local_hparams(config, overrides) == {"global_batch_size": 64, "alpha": 0.9, "learning_rate": 1e-3,
                                                           "tie_twins": True, "backbone": "efficientnet_lite0",
                                                           "dropout1": 0.25}
     with pytest.raises(ValueError, match="learning_rate"):
-        model_def.local_hparams(config)
+        run_config.local_hparams(config)
 
 
 def test_load_model_names_a_folder_that_is_not_a_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(model_def.CheckpointError, match=f"{tmp_path}: not a SameSpace checkpoint"):
-        model_def.load_model(tmp_path)
+    with pytest.raises(checkpoint_loading.CheckpointError, match=f"{tmp_path}: not a SameSpace checkpoint"):
+        checkpoint_loading.load_model(tmp_path)
 
 
 def test_checkpoint_dir_must_not_be_copied_into_checkpoints(tmp_path: Path) -> None:
-    assert model_def.inside_code(model_def.REPO / "tests" / "run1")  # copied with the code, recursively
-    assert not model_def.inside_code(model_def.REPO / "checkpoints" / "run1")  # in .detignore
-    assert not model_def.inside_code(tmp_path)
+    assert local_runs.inside_code(model_def.REPO / "tests" / "run1")  # copied with the code, recursively
+    assert not local_runs.inside_code(model_def.REPO / "checkpoints" / "run1")  # in .detignore
+    assert not local_runs.inside_code(tmp_path)
