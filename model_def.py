@@ -150,7 +150,7 @@ class SiameseTrial(pytorch.PyTorchTrial):
             self.data_dir = kaggle_data.download_data(DOWNLOAD_DIR)  # a file lock makes one worker per node download
         return self.data_dir
 
-    def seed_everything(self) -> int:
+    def _seed(self) -> int:
         """The trial seed on a cluster, 0 locally (where pytorch.init() sets none)."""
         try:
             return self.context.get_trial_seed()

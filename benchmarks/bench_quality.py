@@ -5,7 +5,7 @@
 
 For the dataset: trains the published recipe (const.yaml with backbone=efficientnet_lite0, as the issue
 measured) and the improved recipe (improved.yaml) on its Training Data, then on its Test Data prints, for
-every unique pair: ROC-AUC, AP and best F1 of both models, wHash, pHash and cosine (model_inference.evaluate),
+every unique pair: ROC-AUC, AP and best F1 of both models, wHash, pHash and cosine (evaluation.evaluate),
 the relative method (cosine with local scaling, find_duplicates.py's default: local_scaling.py), the verified
 method (relative plus spatial verification of nearest neighbours: verification.py),
 AP on the different-shot pairs (real set: positives that are genuinely different shots, every negative),
@@ -32,7 +32,15 @@ import numpy as np
 import torch
 from sklearn import metrics
 
-from samespace import checkpoint_loading, labelling, matching, outputs, scoring_methods, threshold_calibration
+from samespace import (
+    checkpoint_loading,
+    evaluation,
+    labelling,
+    matching,
+    outputs,
+    scoring_methods,
+    threshold_calibration,
+)
 from samespace.commands import find
 from samespace.devsets import sample_set
 
@@ -40,7 +48,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import model_def  # noqa: E402
-import model_inference  # noqa: E402
 from samespace import default_model, grouping  # noqa: E402
 
 RECIPES = {
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             model = checkpoint_loading.load_model(checkpoint)
             methods = ["model", *scoring_methods.REFERENCE_METHODS] if k == 0 else ["model"]
-            report, unique = model_inference.evaluate(model, test_dir, pairing="unique", methods=methods,
+            report, unique = evaluation.evaluate(model, test_dir, pairing="unique", methods=methods,
                                                       progress=False, cache_dir=cache)
             labels, left, right = unique["labels"], unique["left"], unique["right"]
             mask = different_shot_mask(unique["paths"], test_dir, labels, left, right)

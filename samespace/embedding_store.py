@@ -54,7 +54,7 @@ import filelock
 import numpy as np
 from numpy.lib import format as npy_format
 
-from samespace import decoding, feature_cache, hashing, outputs
+from samespace import decoding, hashing, outputs
 
 FORMAT = "samespace-embeddings"
 VERSION = 2
@@ -227,7 +227,8 @@ def decode_identity() -> str:
 
 
 def preprocessing_identity() -> str:
-    """The backbone input preprocessing's identity, from the one place model.py defines it."""
+    """The backbone input preprocessing's identity, from the one place samespace.feature_cache defines it."""
+    from samespace import feature_cache  # imported here: it loads torch, which a hash store does not need
 
     return feature_cache.transform_identity()
 

@@ -27,6 +27,9 @@ HASH_BITS = 64
 DEFAULT_BATCH_SIZE = 64  # images embedded per batch
 BACKBONE_METHODS = ("cosine", "relative", "verified")  # the methods that run a backbone (--backbone applies to them)
 THRESHOLD_FILE = "samespace_threshold.json"  # written into a checkpoint folder by model_inference.py
+# --write-threshold refuses to calibrate on fewer duplicate or non-duplicate unique pairs than this: a best-F1
+# threshold from a handful of pairs (one room of four photos) says nothing about other photos.
+MIN_CALIBRATION_PAIRS = 20
 MODEL_DEFAULT_THRESHOLD = 0.5  # the model's threshold when the checkpoint has no THRESHOLD_FILE
 # Up to this many images every pair i < j is scored, above it each image's DEFAULT_TOP_K nearest neighbours.
 # Hashes and cosine score a block of pairs as one matrix operation: 5,000 images (12.5 M pairs) take about
@@ -100,3 +103,8 @@ def read_model_threshold(checkpoint_dir: str | Path) -> tuple[float, str]:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{path}: threshold {value} is not in [0, 1]")
     return value, str(path)
+
+# What an evaluation scores (samespace evaluate): the trained model and the reference methods, on the published
+# (faithful) pairs, every unique pair, or both.
+METHOD_CHOICES = ("model", *REFERENCE_METHODS)
+PAIRING_CHOICES = ("faithful", "unique", "both")

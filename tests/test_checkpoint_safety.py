@@ -13,9 +13,8 @@ import torch
 import yaml
 
 import model_def
-import model_inference
 from samespace import checkpoint_loading
-from samespace.commands import find
+from samespace.commands import evaluate, find
 from samespace.siamese import SiameseNetwork
 
 HPARAMS = {
@@ -80,7 +79,7 @@ def test_a_pickle_payload_is_refused_and_never_runs(network_state: dict, tmp_pat
     assert find.main([str(test_dir), "--checkpoint", str(folder), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert f"{folder / 'state_dict.pth'}: refused to load" in err and err.count("\n") == 1
-    assert model_inference.main(["--checkpoint", str(folder), "--data-dir", str(test_dir), "--cache-dir", "none"]) == 2
+    assert evaluate.main(["--checkpoint", str(folder), "--data-dir", str(test_dir), "--cache-dir", "none"]) == 2
     assert "refused to load" in capsys.readouterr().err
     assert not marker.exists()
 
@@ -92,7 +91,7 @@ def test_a_truncated_state_dict_and_a_corrupt_load_data_name_the_file(network_st
     state_file.write_bytes(state_file.read_bytes()[: state_file.stat().st_size // 2])
     with pytest.raises(checkpoint_loading.CheckpointError, match="state_dict.pth: damaged or truncated"):
         checkpoint_loading.load_model(folder)
-    assert model_inference.main(["--checkpoint", str(folder), "--data-dir", str(test_dir), "--cache-dir", "none"]) == 2
+    assert evaluate.main(["--checkpoint", str(folder), "--data-dir", str(test_dir), "--cache-dir", "none"]) == 2
     err = capsys.readouterr().err
     assert f"{state_file}: damaged or truncated" in err and err.count("\n") == 1
 

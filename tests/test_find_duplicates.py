@@ -19,6 +19,7 @@ from PIL import Image
 from samespace import (
     checkpoint_loading,
     decoding,
+    evaluation,
     finder,
     matching,
     model_scorer,
@@ -388,13 +389,12 @@ def test_option_conflicts_are_usage_errors(photos: Path) -> None:
 
 def test_checkpoint_scores_equal_model_inference_scores(trained_checkpoint: Path, test_dir: Path) -> None:
     """find_duplicates.py --checkpoint and model_inference.py score every pair with the same function."""
-    import model_inference
 
     scorer = model_scorer.ModelScorer(checkpoint_loading.load_model(trained_checkpoint))
     result = _run(test_dir, scorer, threshold=0.0, exhaustive=True)
     pairs = zip(result.left, result.right, result.scores, strict=True)
     found = {(result.paths[i], result.paths[j]): s for i, j, s in pairs}
-    _, unique = model_inference.evaluate(
+    _, unique = evaluation.evaluate(
         checkpoint_loading.load_model(trained_checkpoint), test_dir, pairing="unique", methods=["model"], progress=False
     )
     expected = {

@@ -1,7 +1,7 @@
 """Every reader decodes or skips the same damaged files with the same reason (issue 8, item 5 and "Done when").
 
 A few hundred mutated JPEG / PNG files (seeded bit flips, truncations, corrupt EXIF) are read by `data.py stats`,
-the training dataset, model_inference.evaluate and find_duplicates; none may raise, and all four must agree on
+the training dataset, evaluation.evaluate and find_duplicates; none may raise, and all four must agree on
 which files decode and why each other file is skipped (they share decoding.load_image).
 """
 
@@ -19,8 +19,7 @@ import torch
 from PIL import Image
 
 import data
-import model_inference
-from samespace import finder, labelling, pair_dataset, scorers
+from samespace import evaluation, finder, labelling, pair_dataset, scorers
 
 N_FILES = 240
 
@@ -108,7 +107,7 @@ def test_every_reader_decodes_or_skips_the_same_files_for_the_same_reason(fuzzed
         train_skipped = dict(_split(m, fuzzed) for m in dataset.skipped)
         # 3. model_inference
         model = types.SimpleNamespace(features=_TinyExtractor())
-        report, unique = model_inference.evaluate(model, fuzzed, pairing="unique", methods=["whash"], progress=False)
+        report, unique = evaluation.evaluate(model, fuzzed, pairing="unique", methods=["whash"], progress=False)
         eval_kept = {p.relative_to(fuzzed).as_posix() for p in unique["paths"]}
         eval_skipped = dict(_split(m, fuzzed) for m in report["skipped"])
         # 4. find_duplicates

@@ -18,9 +18,8 @@ import pytest
 import torch
 
 import model_def
-import model_inference
 from samespace import checkpoint_loading, resume_checks, run_config
-from samespace.commands import find
+from samespace.commands import evaluate, find
 from samespace.devsets import real_photos as rp
 from samespace.devsets import sample_set
 
@@ -338,7 +337,7 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(copy: Path, tiny_root: 
     with pytest.raises(checkpoint_loading.CheckpointError, match=f"weight {name} is NaN or infinite"):
         checkpoint_loading.load_model(copy)
     expected = f"error: {state_file}: weight {name} is NaN or infinite: the run that wrote this checkpoint diverged"
-    assert model_inference.main(["--checkpoint", str(copy), "--data-dir", str(tiny_root), "--cache-dir", "none"]) == 2
+    assert evaluate.main(["--checkpoint", str(copy), "--data-dir", str(tiny_root), "--cache-dir", "none"]) == 2
     assert one_line(capsys).startswith(expected)
     assert find.main([str(tiny_root / "Test Data"), "--checkpoint", str(copy), "--no-progress"]) == 2
     assert one_line(capsys).startswith(expected)

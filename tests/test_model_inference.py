@@ -12,8 +12,17 @@ import pytest
 import torch
 from sklearn import metrics
 
-import model_inference
-from samespace import checkpoint_loading, decoding, labelling, outputs, pair_dataset, pair_sampling, scoring_methods
+from samespace import (
+    checkpoint_loading,
+    decoding,
+    evaluation,
+    labelling,
+    outputs,
+    pair_dataset,
+    pair_sampling,
+    scoring_methods,
+)
+from samespace.commands import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +34,7 @@ def evaluated(trained_checkpoint: Path, test_dir: Path, tmp_path_factory: pytest
     args = ["--checkpoint", str(checkpoint), "--data-dir", str(test_dir), "--json", str(out / "report.json"),
             "--scores", str(out / "scores.csv"), "--plots", str(out / "plots"), "--device", "cpu",
             "--cache-dir", "none", "--write-threshold"]
-    assert model_inference.main(args) == 0
+    assert evaluate.main(args) == 0
     with open(out / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     return {"out": out, "checkpoint": checkpoint, "report": json.loads((out / "report.json").read_text()), "rows": rows}
@@ -82,7 +91,7 @@ def test_threshold_file_is_written_for_find_duplicates(evaluated: dict) -> None:
 
 def test_two_runs_give_identical_numbers(evaluated: dict, trained_checkpoint: Path, test_dir: Path) -> None:
     network = checkpoint_loading.load_model(trained_checkpoint)
-    report, _ = model_inference.evaluate(network, test_dir, progress=False)
+    report, _ = evaluation.evaluate(network, test_dir, progress=False)
     assert report == json.loads(json.dumps(report)) and report["faithful"] == evaluated["report"]["faithful"]
     assert report["unique"] == evaluated["report"]["unique"]
 
@@ -94,7 +103,7 @@ def test_model_score_averages_both_input_orders(trained_checkpoint: Path, test_d
 
     pooled = extract_features(network.features, images, variants=(0,), progress=False)[:, 0]
     left, right = np.triu_indices(6, k=1)
-    scores = model_inference.unique_scores(network, pooled, images, left, right, ["model"])["model"]
+    scores = evaluation.unique_scores(network, pooled, images, left, right, ["model"])["model"]
     with torch.no_grad():
         ab = network.logits_from_features(pooled[left], pooled[right])
         ba = network.logits_from_features(pooled[right], pooled[left])
@@ -110,7 +119,7 @@ def test_reference_methods_rank_an_exact_duplicate_first(
     original = labelling.find_images(split)[0]
     shutil.copy(original, original.with_name("zz_copy.jpg"))  # unparsed name: its own group, so label 0
     network = checkpoint_loading.load_model(trained_checkpoint)
-    _, unique = model_inference.evaluate(network, split, pairing="unique", progress=False)
+    _, unique = evaluation.evaluate(network, split, pairing="unique", progress=False)
     names = [p.name for p in unique["paths"]]
     copy_pair = {names.index(original.name), names.index("zz_copy.jpg")}
     for method in ("whash", "phash", "cosine"):
@@ -123,7 +132,7 @@ def test_reference_methods_rank_an_exact_duplicate_first(
 def test_errors_name_the_path(trained_checkpoint: Path, tmp_path: Path, test_dir: Path, capsys) -> None:
     not_checkpoint = tmp_path / "empty"
     not_checkpoint.mkdir()
-    assert model_inference.main(["--checkpoint", str(not_checkpoint), "--data-dir", str(test_dir)]) == 2
+    assert evaluate.main(["--checkpoint", str(not_checkpoint), "--data-dir", str(test_dir)]) == 2
     assert f"{not_checkpoint}: not a SameSpace checkpoint" in capsys.readouterr().err
 
     no_positives = tmp_path / "singles"
@@ -132,11 +141,11 @@ def test_errors_name_the_path(trained_checkpoint: Path, tmp_path: Path, test_dir
     _, first_of_each_room = np.unique(labelling.group_ids(paths, test_dir), return_index=True)
     for k in first_of_each_room[:3]:
         shutil.copy(paths[k], no_positives / "bedroom" / paths[k].name)
-    assert model_inference.main(["--checkpoint", str(trained_checkpoint), "--data-dir", str(no_positives)]) == 2
+    assert evaluate.main(["--checkpoint", str(trained_checkpoint), "--data-dir", str(no_positives)]) == 2
     assert f"{no_positives}: no duplicate pairs" in capsys.readouterr().err
 
     missing = tmp_path / "missing"
-    assert model_inference.main(["--checkpoint", str(trained_checkpoint), "--data-dir", str(missing)]) == 2
+    assert evaluate.main(["--checkpoint", str(trained_checkpoint), "--data-dir", str(missing)]) == 2
     assert f"{missing}: not a directory" in capsys.readouterr().err
 
 
@@ -159,16 +168,16 @@ def test_one_room_is_refused_and_the_calibrated_threshold_kept(evaluated: dict, 
     before = threshold_file.read_bytes()
     base = ["--checkpoint", str(evaluated["checkpoint"]), "--device", "cpu", "--cache-dir", "none"]
     for extra in ([], ["--write-threshold"]):
-        assert model_inference.main([*base, "--data-dir", str(one_room), *extra]) == 2
+        assert evaluate.main([*base, "--data-dir", str(one_room), *extra]) == 2
         err = capsys.readouterr().err
         assert f"{one_room}: " in err and err.count("\n") == 1
     assert threshold_file.read_bytes() == before
-    assert model_inference.main([*base, "--data-dir", str(one_room)]) == 2
+    assert evaluate.main([*base, "--data-dir", str(one_room)]) == 2
     assert "no non-duplicate pairs" in capsys.readouterr().err
 
     two_rooms = _room_split(test_dir, tmp_path / "two-rooms", 2)
-    assert model_inference.main([*base, "--data-dir", str(two_rooms), "--write-threshold"]) == 2
-    minimum = model_inference.MIN_CALIBRATION_PAIRS
+    assert evaluate.main([*base, "--data-dir", str(two_rooms), "--write-threshold"]) == 2
+    minimum = scoring_methods.MIN_CALIBRATION_PAIRS
     assert f"--write-threshold needs at least {minimum} of each" in capsys.readouterr().err
     assert threshold_file.read_bytes() == before
 
@@ -184,9 +193,9 @@ def test_the_threshold_is_written_only_when_asked_and_a_replacement_is_said(
     other = shutil.copytree(test_dir, tmp_path / "another copy")  # same photos, another folder
     args = ["--checkpoint", str(checkpoint), "--data-dir", str(other), "--pairing", "unique", "--methods", "model",
             "--device", "cpu", "--cache-dir", str(cache_dir)]
-    assert model_inference.main(args) == 0
+    assert evaluate.main(args) == 0
     assert threshold_file.read_bytes() == before  # evaluating never touches the threshold without the flag
-    assert model_inference.main([*args, "--write-threshold"]) == 0
+    assert evaluate.main([*args, "--write-threshold"]) == 0
     out = capsys.readouterr().out
     assert f"replaced threshold {previous['threshold']:.4f} calibrated on {previous['data_dir']}" in out
     assert json.loads(threshold_file.read_text())["data_dir"] == str(other)

@@ -14,7 +14,7 @@ import pytest
 
 from samespace import decoding, labelling, outputs
 from samespace import finder as fd
-from samespace.commands import find
+from samespace.commands import evaluate, find
 
 
 @pytest.fixture()
@@ -159,7 +159,6 @@ def test_folder_outputs_check_their_files(tmp_path: Path) -> None:
 def test_model_inference_checks_its_outputs_before_loading_anything(test_dir: Path, tmp_path: Path, capsys,
                                                                      monkeypatch) -> None:
     import model_def
-    import model_inference
 
     monkeypatch.setattr(model_def, "load_model", lambda *a, **k: pytest.fail("loaded the checkpoint first"))
     split = tmp_path / "split"
@@ -178,7 +177,7 @@ def test_model_inference_checks_its_outputs_before_loading_anything(test_dir: Pa
         (["--json", str(a_file)], "exists and was not written by SameSpace; pass --overwrite"),
     ]
     for extra, words in cases:
-        assert model_inference.main([*base, *extra]) == 2
+        assert evaluate.main([*base, *extra]) == 2
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1, (extra, err)
     assert _digests(split) == before and a_file.read_text() == "x"
