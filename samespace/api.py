@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samespace import embedding_store, errors, finder, scorer_choice, scoring_methods
+from samespace import embedding_store, errors, finder, scorer_choice, scoring_methods, store_identity
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def find_duplicates(
         threshold=threshold)
     opened = None
     if store is not None:
-        fingerprint = embedding_store.scorer_fingerprint(scorer)
+        fingerprint = store_identity.scorer_fingerprint(scorer)
         opened = embedding_store.open_store(store, fingerprint, scorer.name, scorer.fields)
     if against:
         result = finder.find_against(folders, against, scorer, threshold, batch_size=batch_size, progress=progress,

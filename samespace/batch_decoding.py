@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from samespace import (
+    content_keys,
     decoding,
-    embedding_store,
 )
 
 
@@ -39,7 +39,7 @@ def _decode_keyed(path: Path) -> tuple[np.ndarray, float, str, os.stat_result] |
     except decoding.UnreadableImageError as exc:
         message, prefix = str(exc), f"{path}: "
         return message[len(prefix) :] if message.startswith(prefix) else message
-    return image, aspect, embedding_store.content_key_of(content), st
+    return image, aspect, content_keys.content_key_of(content), st
 
 
 @dataclass

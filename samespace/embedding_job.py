@@ -36,6 +36,7 @@ from samespace import (
     scorer_choice,
     scorers,
     sharding,
+    store_identity,
 )
 from samespace import finder as fd
 from samespace.commands import embed, find
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace, reporter: Reports, shard: sharding.Shard) -> P
     """Embed this rank's share, then (chief) merge every share into ``args.output``."""
     output = Path(args.output)
     scorer, _, _ = find.build_scorer(args, scorer_choice.device_for(args.device))
-    fingerprint = embedding_store.scorer_fingerprint(scorer)
+    fingerprint = store_identity.scorer_fingerprint(scorer)
     paths = photo_files.image_files(args.folders)
     start, stop = shard.bounds(len(paths))
     known = embedding_store.open_store(output, fingerprint, scorer.name, scorer.fields)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from samespace import scorers
-from samespace.embedding_store import FieldSpec
+from samespace.store_format import FieldSpec
 
 
 @torch.no_grad()

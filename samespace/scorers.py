@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from samespace import hashing, local_scaling, neighbours, scoring_methods, verification
-from samespace.embedding_store import FieldSpec
+from samespace.store_format import FieldSpec
 
 
 def l2_normalise(features: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 import data
-from samespace import decoding, hashing, kaggle_data, labelling, pair_dataset, pair_sampling, preprocess
+from samespace import content_keys, decoding, hashing, kaggle_data, labelling, pair_dataset, pair_sampling, preprocess
 from samespace.devsets import sample_set
 
 # --------------------------------------------------------------------------------------------
@@ -889,11 +889,11 @@ def test_hamming_without_numpy_bitwise_count_gives_the_same_distances(monkeypatc
 
 
 def test_file_digest_equals_hashlib_of_the_whole_content(tmp_path: Path) -> None:
-    """hashing.file_digest, the one chunked hashing loop (blank.file_digest, embedding_store.content_key), gives
+    """hashing.file_digest, the one chunked hashing loop (blank.file_digest, content_keys.content_key), gives
     hashlib's digest of the whole content, across chunk boundaries and for an empty file."""
     import hashlib
 
-    from samespace import blank, embedding_store
+    from samespace import blank
 
     for size in (0, 1, 4096, 3 * 4096 + 17):
         content = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8).tobytes()
@@ -902,5 +902,5 @@ def test_file_digest_equals_hashlib_of_the_whole_content(tmp_path: Path) -> None
         with open(path, "rb") as f:
             assert hashing.file_digest(f, hashlib.sha256(), chunk=4096) == hashlib.sha256(content).hexdigest()
         assert blank.file_digest(path, chunk=4096) == hashlib.sha256(content).hexdigest()
-        key = hashlib.blake2b(content, digest_size=embedding_store.KEY_BYTES).hexdigest()
-        assert embedding_store.content_key(path) == embedding_store.content_key_of(content) == key
+        key = hashlib.blake2b(content, digest_size=content_keys.KEY_BYTES).hexdigest()
+        assert content_keys.content_key(path) == content_keys.content_key_of(content) == key

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samespace import cli, embedding_store, scorers
+from samespace import cli, embedding_store, scorers, store_format, store_identity
 from samespace.commands import find
 
 
@@ -91,11 +91,11 @@ def test_foreign_store_is_never_used(library: Path, tmp_path: Path) -> None:
     _cli([str(library), "--store", str(store)], tmp_path)  # phash
     code = find.main([str(library), "--method", "whash", "--no-progress", "--store", str(store)])
     assert code == 0  # the whash run ignored the phash store (one warning) and replaced it
-    fingerprint = embedding_store.scorer_fingerprint(scorers.HashScorer("whash"))
+    fingerprint = store_identity.scorer_fingerprint(scorers.HashScorer("whash"))
     reread = embedding_store.EmbeddingStore.load(store, fingerprint, "whash", scorers.HashScorer.fields)
     assert len(reread) == len(list(library.rglob("*.jpg")))
-    with pytest.raises(embedding_store.StoreError, match="another scorer"):
-        embedding_store.EmbeddingStore.load(store, embedding_store.scorer_fingerprint(scorers.HashScorer("phash")),
+    with pytest.raises(store_format.StoreError, match="another scorer"):
+        embedding_store.EmbeddingStore.load(store, store_identity.scorer_fingerprint(scorers.HashScorer("phash")),
                                             "phash", scorers.HashScorer.fields)
 
 
@@ -117,7 +117,7 @@ def test_store_round_trip_validates_and_writes_the_same_bytes(tmp_path: Path) ->
     nan = vectors.copy()
     nan[0, 0] = np.nan
     bad = embedding_store.EmbeddingStore("f" * 64, "cosine", fields, path)
-    with pytest.raises(embedding_store.StoreError, match=f"^{path}: cannot add rows: field vectors: non-finite"):
+    with pytest.raises(store_format.StoreError, match=f"^{path}: cannot add rows: field vectors: non-finite"):
         bad.add(keys, {"vectors": nan, "codes": np.arange(3, dtype=np.uint64)})  # never written: it would be refused
     assert len(bad) == 0
     with np.load(path, allow_pickle=False) as z:  # a file holding them anyway is refused when read
@@ -125,7 +125,7 @@ def test_store_round_trip_validates_and_writes_the_same_bytes(tmp_path: Path) ->
     members["field_vectors"] = nan
     with open(path, "wb") as f:
         np.savez(f, **members)
-    with pytest.raises(embedding_store.StoreError, match=f"^{path}: unusable embedding store .*non-finite"):
+    with pytest.raises(store_format.StoreError, match=f"^{path}: unusable embedding store .*non-finite"):
         embedding_store.EmbeddingStore.load(path, "f" * 64, "cosine", fields)
 
 

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 from samespace import embedding_store
-from samespace.embedding_store import EmbeddingStore, FieldSpec, StoreError
+from samespace.embedding_store import EmbeddingStore
+from samespace.store_format import FieldSpec, StoreError
 
 FP = "a" * 64
 N_MUTATIONS = 640

@@ -25,9 +25,10 @@ import numpy as np
 import pytest
 import torch
 
-from samespace import embedding_store, model_scorer, scorers
+from samespace import content_keys, embedding_store, model_scorer, scorers, store_identity
 from samespace.commands import find
-from samespace.embedding_store import EmbeddingStore, FieldSpec, StoreError
+from samespace.embedding_store import EmbeddingStore
+from samespace.store_format import FieldSpec, StoreError
 
 FP = "f" * 64
 DIM = 8
@@ -242,7 +243,7 @@ def test_a_store_that_is_not_a_regular_file_is_refused_without_waiting(tmp_path:
             with pytest.warns(UserWarning, match="not a regular file"):
                 assert len(embedding_store.open_store(path, FP, "cosine", COSINE)) == 0
         with pytest.raises(OSError, match="not a regular file"):
-            embedding_store.content_key(fifo)
+            content_keys.content_key(fifo)
     finally:
         signal.alarm(0)
     link = tmp_path / "link.npz"
@@ -333,7 +334,7 @@ def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
 
 def test_embeddings_of_absurd_rows_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     scorer = scorers.reference_scorer("relative")
-    fingerprint = embedding_store.scorer_fingerprint(scorer)
+    fingerprint = store_identity.scorer_fingerprint(scorer)
     dim = scorer.fields["vectors"].shape[0]
     store = EmbeddingStore(fingerprint, "relative", {"vectors": "float32"})
     store.add(_keys(21), {"vectors": np.full((21, dim), 3e38, np.float32)})
@@ -347,8 +348,8 @@ def test_embeddings_of_absurd_rows_is_one_error_line(tmp_path: Path, capsys: pyt
 
 
 def test_embeddings_of_another_method_names_its_scorer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    phash = embedding_store.scorer_fingerprint(scorers.HashScorer("phash"))
-    whash = embedding_store.scorer_fingerprint(scorers.HashScorer("whash"))
+    phash = store_identity.scorer_fingerprint(scorers.HashScorer("phash"))
+    whash = store_identity.scorer_fingerprint(scorers.HashScorer("whash"))
     store = EmbeddingStore(phash, "phash", scorers.HashScorer.fields)
     store.add(_keys(2), {"codes": np.arange(2, dtype=np.uint64)})
     store.save(tmp_path / "phash.npz")
@@ -381,12 +382,12 @@ def test_a_photo_rewritten_in_place_with_its_mtime_restored_is_hashed_again(tmp_
     photo.write_bytes(b"a" * 1000)
     store = EmbeddingStore(FP, "cosine", COSINE)
     first = store.key_for(photo)
-    assert first == embedding_store.content_key(photo)
+    assert first == content_keys.content_key(photo)
     before = photo.stat()
     _rewrite_in_place(photo, b"b" * 1000, before.st_ctime_ns)
     after = photo.stat()
     assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
-    assert store.key_for(photo) == embedding_store.content_key_of(b"b" * 1000) != first
+    assert store.key_for(photo) == content_keys.content_key_of(b"b" * 1000) != first
     store.save(tmp_path / "s.npz")
     reread = EmbeddingStore.load(tmp_path / "s.npz", FP, "cosine", COSINE)
     assert reread.stat_entry(photo) == (1000, after.st_mtime_ns, reread.key_for(photo), after.st_ino,
@@ -400,15 +401,15 @@ def test_remember_records_the_stat_taken_before_reading(tmp_path: Path) -> None:
     with open(photo, "rb") as f:
         st = os.fstat(f.fileno())
         content = f.read()
-    key = embedding_store.content_key_of(content)
-    assert key == embedding_store.content_key(photo) == hashlib.blake2b(content, digest_size=16).hexdigest()
+    key = content_keys.content_key_of(content)
+    assert key == content_keys.content_key(photo) == hashlib.blake2b(content, digest_size=16).hexdigest()
     store.remember(photo, st, "0" * 32)  # a key the file does not hash to: key_for trusts the matching stat
     assert store.changed and store.key_for(photo) == "0" * 32
     store.changed = False
     store.remember(photo, st, "0" * 32)  # the same entry again: nothing to write
     assert not store.changed
     photo.write_bytes(b"other bytes")
-    assert store.key_for(photo) == embedding_store.content_key_of(b"other bytes")
+    assert store.key_for(photo) == content_keys.content_key_of(b"other bytes")
 
 
 def test_a_version_1_store_keeps_its_rows_and_hashes_each_photo_once_more(tmp_path: Path) -> None:
@@ -428,8 +429,8 @@ def test_a_version_1_store_keeps_its_rows_and_hashes_each_photo_once_more(tmp_pa
     assert len(store) == 5 and not store.changed  # an input store is not rewritten only to upgrade it
     np.testing.assert_array_equal(store.get(_keys(5))["vectors"], members["field_vectors"])
     assert store.listed_paths() == [str(photo)]  # still lists its photos (--embeddings)
-    assert store.stat_entry(photo).inode == embedding_store.UNKNOWN_INODE
-    assert store.key_for(photo) == embedding_store.content_key(photo)  # hashed, not taken from the old entry
+    assert store.stat_entry(photo).inode == content_keys.UNKNOWN_INODE
+    assert store.key_for(photo) == content_keys.content_key(photo)  # hashed, not taken from the old entry
     assert store.changed
     store.save(path)
     assert _header(_members(path))["version"] == 2 and _members(path)["inodes"].tolist() == [st.st_ino]

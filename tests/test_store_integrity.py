@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from samespace import decoding, embedding_store, labelling, scorers
+from samespace import content_keys, decoding, embedding_store, labelling, scorers, store_identity
 from samespace.commands import find
 
 FAST = ["--method", "phash", "--no-progress"]
@@ -73,8 +73,8 @@ def test_a_photo_swapped_while_decoding_never_poisons_the_store(photos: Path, tm
     monkeypatch.undo()
     # the store holds no row of the other photo under the victim's key ...
     loaded = embedding_store.open_store(store, *_identity(store))
-    victim_key = embedding_store.content_key(victim)
-    other_key = embedding_store.content_key(other)
+    victim_key = content_keys.content_key(victim)
+    other_key = content_keys.content_key(other)
     assert victim_key not in loaded or victim_key != other_key
     # ... and every later run reports what a run without the store reports: no false pair, no missed pair
     assert _pairs([str(photos), "--store", str(store)], tmp_path / "b.json") == expected
@@ -84,4 +84,4 @@ def test_a_photo_swapped_while_decoding_never_poisons_the_store(photos: Path, tm
 def _identity(store: Path) -> tuple[str, str, dict[str, str]]:
     """(fingerprint, method, fields) of the phash scorer that wrote ``store``."""
     scorer = scorers.HashScorer("phash")
-    return embedding_store.scorer_fingerprint(scorer), scorer.name, scorer.fields
+    return store_identity.scorer_fingerprint(scorer), scorer.name, scorer.fields

@@ -19,6 +19,7 @@ from samespace import (
     matching,
     scorers,
     scoring_methods,
+    store_identity,
     verification,
 )
 from samespace.commands import find
@@ -164,8 +165,8 @@ def test_verified_embeddings_round_trip_through_the_store(train_dir: Path, tmp_p
     direct = scorers.reference_scorer("verified")
     direct.add(images)
     direct.finish()
-    fingerprint = embedding_store.scorer_fingerprint(direct)
-    assert fingerprint != embedding_store.scorer_fingerprint(scorers.reference_scorer("relative"))
+    fingerprint = store_identity.scorer_fingerprint(direct)
+    assert fingerprint != store_identity.scorer_fingerprint(scorers.reference_scorer("relative"))
     store = embedding_store.EmbeddingStore(fingerprint, "verified", direct.fields)
     store.add([f"k{i}" for i in range(12)], direct.embed(images))
     store.save(tmp_path / "store.npz")

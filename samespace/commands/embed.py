@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from samespace import cli, errors, outputs, photo_files, scoring_methods
+from samespace import cli, errors, outputs, photo_files, scoring_methods, store_format
 
 LOG_FORMAT = "%(levelname)s: [%(process)s] %(name)s: %(message)s"  # Determined's, so cluster logs read alike
 EXAMPLES = """examples:
@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "embed.py") -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     parser = build_parser(prog)
     args = parser.parse_args(argv)
-    from samespace import embedding_job, embedding_store, sharding  # after --help: they load torch
+    from samespace import embedding_job, sharding  # after --help: they load torch
 
     if args.batch_size < 1:
         parser.error("--batch-size must be positive")
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "embed.py") -> int:
         with embedding_job.reports(distributed) as reporter:
             shard = sharding.current()
             output = embedding_job.run(args, reporter, shard)
-    except (errors.FindDuplicatesError, embedding_store.StoreError, ValueError, OSError) as exc:
+    except (errors.FindDuplicatesError, store_format.StoreError, ValueError, OSError) as exc:
         if args.debug:
             raise
         print(f"error: {outputs.printable_name(str(exc), quote=False)}", file=sys.stderr)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from samespace import cli, errors, outputs, photo_files, result_formats, scoring_methods
+from samespace import cli, errors, outputs, photo_files, result_formats, scoring_methods, store_format, store_identity
 
 if TYPE_CHECKING:
     from samespace import embedding_store, finder, scorers
@@ -170,11 +170,11 @@ def open_store_for(
 
     if args.no_cache:
         return None, None
-    fingerprint = embedding_store.scorer_fingerprint(scorer)
+    fingerprint = store_identity.scorer_fingerprint(scorer)
     path = Path(args.embeddings or args.store or embedding_store.default_store_path(scorer.name, fingerprint))
     try:
         store = embedding_store.open_store(path, fingerprint, scorer.name, scorer.fields, strict=bool(args.embeddings))
-    except embedding_store.StoreError as exc:
+    except store_format.StoreError as exc:
         raise errors.FindDuplicatesError(str(exc)) from exc
     return store, path
 
