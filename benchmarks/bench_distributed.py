@@ -21,11 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from samespace import labelling
-from samespace.devsets import sample_set
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from samespace import labelling  # noqa: E402
+from samespace.devsets import sample_set  # noqa: E402
 
 TARGET = 0.65
 

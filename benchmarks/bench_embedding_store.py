@@ -28,14 +28,14 @@ import sys
 import time
 from pathlib import Path
 
-from samespace import scoring_methods
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 import numpy as np  # noqa: E402
 from bench_find_duplicates import _photo, generate  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from samespace import scoring_methods  # noqa: E402
 
 SPEEDUP_TARGET = 10.0
 

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 
-from samespace import backbones, preprocess
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from samespace import backbones, preprocess  # noqa: E402
 
 BACKBONES = (("mobilenet_v3_large", "none"), ("efficientnet_lite0", "imagenet"))
 

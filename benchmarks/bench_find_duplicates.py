@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from samespace import decoding, finder, model_scorer, scorers, scoring_methods
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from _rss import peak_rss_gb  # noqa: E402  (benchmarks/ is on sys.path: the scripts run from it)
+
+from samespace import decoding, finder, model_scorer, scorers, scoring_methods  # noqa: E402
 
 SIZES = (1000, 5000, 20000)
 SHARE_TARGET = 0.20

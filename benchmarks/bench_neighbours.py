@@ -37,10 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from samespace import matching, scorers, scoring_methods
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from samespace import matching, scorers, scoring_methods  # noqa: E402
 
 DIM = 1280  # efficientnet_lite0's pooled features (find_duplicates' default backbone)
 RECALL_TARGET = 0.99

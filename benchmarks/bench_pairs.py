@@ -33,11 +33,11 @@ from pathlib import Path
 
 import numpy as np
 
-from samespace import hashing, pair_sampling
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from _rss import peak_rss_mb  # noqa: E402  (benchmarks/ is on sys.path: the scripts run from it)
+
+from samespace import hashing, pair_sampling  # noqa: E402
 
 GROUP_SIZES = (1, 2, 3, 4)
 GROUP_SIZE_P = (0.05, 0.65, 0.20, 0.10)

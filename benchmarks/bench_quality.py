@@ -32,23 +32,23 @@ import numpy as np
 import torch
 from sklearn import metrics
 
-from samespace import (
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import model_def  # noqa: E402
+from samespace import (  # noqa: E402  # noqa: E402
     checkpoint_loading,
+    default_model,
     evaluation,
+    grouping,
     labelling,
     matching,
     outputs,
     scoring_methods,
     threshold_calibration,
 )
-from samespace.commands import find
-from samespace.devsets import sample_set
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-import model_def  # noqa: E402
-from samespace import default_model, grouping  # noqa: E402
+from samespace.commands import find  # noqa: E402
+from samespace.devsets import sample_set  # noqa: E402
 
 RECIPES = {
     "published": ("const.yaml", ["--hparam", "backbone=efficientnet_lite0"]),

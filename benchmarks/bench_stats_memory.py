@@ -20,13 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from samespace import pair_dataset
-from samespace.devsets import sample_set
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from _rss import peak_rss_mb  # noqa: E402  (benchmarks/ is on sys.path: the scripts run from it)
+
+from samespace import pair_dataset  # noqa: E402
+from samespace.devsets import sample_set  # noqa: E402
 
 TARGET_MB = 600
 

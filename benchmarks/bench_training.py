@@ -20,12 +20,11 @@ from pathlib import Path
 import torch
 from determined import pytorch
 
-from samespace import pair_dataset
-from samespace.devsets import sample_set
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import model_def  # noqa: E402
+from samespace import pair_dataset  # noqa: E402
+from samespace.devsets import sample_set  # noqa: E402
 from samespace.feature_cache import extract_features  # noqa: E402
 from samespace.siamese import SiameseNetwork
 

@@ -28,13 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from samespace import backbones, labelling
-from samespace.devsets import sample_set
-
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from _rss import peak_rss_bytes  # noqa: E402  (benchmarks/ is on sys.path: the scripts run from it)
+
+from samespace import backbones, labelling  # noqa: E402
+from samespace.devsets import sample_set  # noqa: E402
 
 TARGET_GB = 3.0
 PHOTOS_PER_ROOM = 3  # write_sample_dataset photographs each room 2-4 times

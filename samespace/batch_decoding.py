@@ -17,7 +17,7 @@ from samespace import (
 )
 
 
-def _decode(path: Path) -> tuple[np.ndarray, float] | str:
+def decode_path(path: Path) -> tuple[np.ndarray, float] | str:
     """The 256x256 uint8 image and its photo's aspect ratio, or the reason it cannot be read (decoding.decode_image
     turns every decoder failure into UnreadableImageError, so a file never stops the run and every reader gives
     the same reason)."""
@@ -29,8 +29,8 @@ def _decode(path: Path) -> tuple[np.ndarray, float] | str:
         return message[len(prefix) :] if message.startswith(prefix) else message
 
 
-def _decode_keyed(path: Path) -> tuple[np.ndarray, float, str, os.stat_result] | str:
-    """:func:`_decode` of the very bytes it hashes: also the content key of those bytes and the fstat taken before
+def decode_path_keyed(path: Path) -> tuple[np.ndarray, float, str, os.stat_result] | str:
+    """:func:`decode_path` of the very bytes it hashes: also the content key of those bytes and the fstat taken before
     reading them, so a photo changed or swapped between hashing and decoding can never file one photo's
     embedding under another photo's key."""
     try:
@@ -59,9 +59,10 @@ def decoded_batches(paths: Sequence[Path], batch_size: int, workers: int = 2,
                     keyed: bool = False) -> Iterator[DecodedBatch]:
     """Decode ``paths`` batch by batch in ``workers`` threads, the next batch while the caller uses this one.
 
-    At most two batches of decoded images exist at a time. ``keyed``: hash the bytes decoded (:func:`_decode_keyed`).
+    At most two batches of decoded images exist at a time. ``keyed``: hash the bytes decoded
+    (:func:`decode_path_keyed`).
     """
-    decode: Callable[[Path], Any] = _decode_keyed if keyed else _decode
+    decode: Callable[[Path], Any] = decode_path_keyed if keyed else decode_path
 
     def submit(start: int) -> list[Future[Any]]:
         return [pool.submit(decode, p) for p in paths[start : start + batch_size]]

@@ -192,7 +192,7 @@ def _stream_embed(
     """Decode ``paths`` in batches, embed each batch and hand (indices, fields) to ``sink``; pixels are dropped
     after each batch. Blank photos (blank.is_blank) are not embedded. Returns the (index, reason) of every file
     that could not be decoded, and the indices of the blank photos. ``on_read``: decode keyed
-    (:func:`_decode_keyed`) and hand each batch to it before embedding (the store files rows by those keys)."""
+    (:func:`decode_path_keyed`) and hand each batch to it before embedding (the store files rows by those keys)."""
     bad: list[tuple[int, str]] = []
     flat: list[int] = []
     # nothing to embed (every photo came from the store): no empty "0img" bar

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import model_def
-from samespace import checkpoint_loading, model, siamese, trial_parts
+from samespace import checkpoint_loading, siamese, trial_parts
 from samespace.devsets import sample_set
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,7 +84,7 @@ def test_two_processes_of_32_train_as_one_of_64(tiny_root: Path, calibrated: Pat
     two_metrics = json.loads((folder / "metrics.jsonl").read_text())
 
     # One process in this one, the same hyperparameters and seed.
-    monkeypatch.setattr(model, "TWIN_DROPOUT", 0.0)
+    monkeypatch.setattr(siamese, "TWIN_DROPOUT", 0.0)
     one_path, one_metrics = _run(_args(tiny_root, calibrated, tmp_path / "one" / "ckpt", tmp_path / "one" / "cache",
                                        *hparams))
     one, two = _state(one_path), _state(two_path)

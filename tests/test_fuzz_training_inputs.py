@@ -310,7 +310,7 @@ def random_hparam(rng: random.Random, marker: Path) -> str:
 def test_fuzz_hparam_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The config is fuzzed above; here each case starts from const.yaml as read once (reading it is most of a case).
     const = run_config.read_config(model_def.REPO / "const.yaml")
-    monkeypatch.setattr(model_def, "_read_config", lambda path: json.loads(json.dumps(const)))
+    monkeypatch.setattr(run_config, "read_config", lambda path: json.loads(json.dumps(const)))
     rng = random.Random(SEED + 3)
     marker = tmp_path / "payload-ran"
     accepted = refused = 0

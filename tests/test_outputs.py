@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samespace import decoding, labelling, outputs
-from samespace import finder as fd
+from samespace import batch_decoding, checkpoint_loading, decoding, labelling, outputs
 from samespace.commands import evaluate, find
 
 
@@ -93,7 +92,7 @@ def test_bad_locations_are_one_line_before_any_work(photos: Path, tmp_path: Path
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded before the outputs were checked")
 
-    monkeypatch.setattr(fd, "decoded_batches", no_decoding)
+    monkeypatch.setattr(batch_decoding, "decoded_batches", no_decoding)
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
     cases = {
@@ -158,9 +157,7 @@ def test_folder_outputs_check_their_files(tmp_path: Path) -> None:
 
 def test_model_inference_checks_its_outputs_before_loading_anything(test_dir: Path, tmp_path: Path, capsys,
                                                                      monkeypatch) -> None:
-    import model_def
-
-    monkeypatch.setattr(model_def, "load_model", lambda *a, **k: pytest.fail("loaded the checkpoint first"))
+    monkeypatch.setattr(checkpoint_loading, "load_model", lambda *a, **k: pytest.fail("loaded the checkpoint first"))
     split = tmp_path / "split"
     shutil.copytree(test_dir, split)
     photo = labelling.find_images(split)[0]

@@ -230,7 +230,7 @@ def test_method_verified_refuses_up_front_a_collection_whose_keypoints_do_not_fi
     need = n * verification.BYTES_PER_PHOTO
     assert verification.BYTES_PER_PHOTO == 68_000
     decoded = []
-    monkeypatch.setattr(finder, "_decode", lambda path: decoded.append(path) or "not reached")
+    monkeypatch.setattr(batch_decoding, "decode_path", lambda path: decoded.append(path) or "not reached")
     monkeypatch.setattr(finder, "physical_memory", lambda: 2 * need - 2)
     out = tmp_path / "dups.json"
     assert find.main([str(folder), "--method", "verified", "--no-cache", "--json", str(out)]) == 2
