@@ -165,7 +165,7 @@ def test_transforms_stay_within_their_documented_ranges(built: tuple[Path, dict]
 
 
 def test_perspective_solvers_agree_with_opencv() -> None:
-    """Both 4-point solvers (real_photos' PIL coefficients, views' homography) are OpenCV's getPerspectiveTransform
+    """Both 4-point solvers (reshooting's PIL coefficients, views' homography) are OpenCV's getPerspectiveTransform
     in float64: they agree with it to its float32 inputs' rounding, and map the corners exactly."""
     import cv2
 
