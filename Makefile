@@ -44,7 +44,7 @@ bench: $(VENV)/.installed
 # The shipped default model of find_duplicates.py (default_model.pt / .json): the improved recipe trained on the
 # real-photo development set's Training Data, its threshold calibrated on that same training split.
 default-model: $(VENV)/.installed
-	test -d "$(REAL)/Training Data" || $(PY) real_photos.py build $(REAL)
+	test -d "$(REAL)/Training Data" || $(PY) -m samespace devset build $(REAL)
 	mkdir -p checkpoints
 	$(PY) model_def.py --data-dir $(REAL) --config improved.yaml --checkpoint-dir checkpoints \
 		| tee checkpoints/default-model.log

@@ -1,7 +1,7 @@
 """Quality benchmark: the published and the improved recipe beside wHash, pHash and cosine, on held-out splits.
 
     python benchmarks/bench_quality.py --dataset sample            # generated sample set (written to a temp dir)
-    python benchmarks/bench_quality.py --dataset real --data-dir data/real   # real_photos.py build data/real
+    python benchmarks/bench_quality.py --dataset real --data-dir data/real   # samespace devset build data/real
 
 For the dataset: trains the published recipe (const.yaml with backbone=efficientnet_lite0, as the issue
 measured) and the improved recipe (improved.yaml) on its Training Data, then on its Test Data prints, for
@@ -73,12 +73,12 @@ def different_shot_mask(paths: list[Path], test_dir: Path, labels: np.ndarray, l
                         right: np.ndarray) -> np.ndarray | None:
     """Pairs to keep for "AP on different-shot pairs": every negative and the positives that are different shots."""
     try:
-        from samespace.devsets import real_photos
+        from samespace.devsets import manifests
     except ImportError:
         return None
     try:
-        shots = real_photos.shot_ids(paths, test_dir)
-    except Exception:  # noqa: BLE001 - a set without a real_photos manifest has no shot ids
+        shots = manifests.shot_ids(paths, test_dir)
+    except Exception:  # noqa: BLE001 - a set without a real-photo manifest has no shot ids
         return None
     return (labels == 0) | (shots[left] != shots[right])
 

@@ -7,7 +7,7 @@ The file is read with ``torch.load(weights_only=True)``: tensors only, no code r
 
 Reproduce both files (``make default-model``)::
 
-    python real_photos.py build data/real
+    python -m samespace devset build data/real
     python model_def.py --data-dir data/real --config improved.yaml --checkpoint-dir checkpoints
     python default_model.py export --checkpoint checkpoints/<uuid> --calibrate-on "data/real/Training Data"
 

@@ -20,8 +20,7 @@ import torch
 import model_def
 from samespace import checkpoint_loading, resume_checks, run_config
 from samespace.commands import evaluate, find
-from samespace.devsets import real_photos as rp
-from samespace.devsets import sample_set
+from samespace.devsets import manifests, real_photos, sample_set
 
 TINY = ["--hparam", "backbone_weights=none", "--hparam", "pairing=unique", "--hparam", "global_batch_size=256"]
 
@@ -367,7 +366,7 @@ def _manifest_set(tmp_path: Path, manifest: bytes) -> Path:
 def test_a_bad_manifest_is_one_line(manifest: bytes, words: str, tmp_path: Path, capsys) -> None:
     folder = _manifest_set(tmp_path, manifest)
     before = digests(folder)
-    assert rp.main(["verify", str(folder)]) == 2
+    assert real_photos.main(["verify", str(folder)]) == 2
     err = one_line(capsys)
     assert err.startswith(f"error: {folder / 'manifest.csv'}: ") and words in err, err
     assert digests(folder) == before
@@ -376,13 +375,13 @@ def test_a_bad_manifest_is_one_line(manifest: bytes, words: str, tmp_path: Path,
 def test_an_oversized_manifest_is_never_read_and_paths_stay_inside(tmp_path: Path, capsys) -> None:
     folder = _manifest_set(tmp_path, b"")
     with (folder / "manifest.csv").open("wb") as f:
-        f.truncate(rp.MAX_MANIFEST_BYTES + 1)
-    assert rp.main(["verify", str(folder)]) == 2
-    assert f"more than {rp.MAX_MANIFEST_BYTES} bytes" in one_line(capsys)
+        f.truncate(manifests.MAX_MANIFEST_BYTES + 1)
+    assert real_photos.main(["verify", str(folder)]) == 2
+    assert f"more than {manifests.MAX_MANIFEST_BYTES} bytes" in one_line(capsys)
 
     outside = tmp_path / "outside.jpg"
     outside.write_bytes(b"not in the set")
     rows = f"path,group,shot,sha256\n{outside},a,1,00\n../outside.jpg,a,1,00\n"
     (folder / "manifest.csv").write_text(rows)
-    assert rp.verify(folder) == [f"{str(outside)!r}: not a path inside {folder}",
+    assert manifests.verify(folder) == [f"{str(outside)!r}: not a path inside {folder}",
                                  f"'../outside.jpg': not a path inside {folder}"]

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from samespace import decoding, labelling
-from samespace.devsets import real_photos as rp
+from samespace.devsets import builder, fetching, manifests, photo_sources, qt_resources, real_photos, reshooting
 
 TRAIN, TEST = labelling.SPLITS
 
@@ -32,7 +32,7 @@ def _photo(rng: np.random.Generator, size: tuple[int, int] = (160, 120)) -> Imag
     return Image.fromarray(arr)
 
 
-def _source_dir(root: Path, name: str, n_places: int, seed: int) -> tuple[Path, tuple[rp.Place, ...]]:
+def _source_dir(root: Path, name: str, n_places: int, seed: int) -> tuple[Path, tuple[photo_sources.Place, ...]]:
     """A folder of generated photos: place k has k % 3 + 1 different shots (PNG, a JPEG and a greyscale)."""
     rng = np.random.default_rng(seed)
     folder = root / name
@@ -46,24 +46,24 @@ def _source_dir(root: Path, name: str, n_places: int, seed: int) -> tuple[Path, 
             img = _photo(rng)
             (img.convert("L") if file.endswith(".pgm") else img).save(folder / file)
             shots.append(file)
-        places.append(rp.Place(f"p{k}", tuple(shots), ("indoor", "objects")[k % 2]))
+        places.append(photo_sources.Place(f"p{k}", tuple(shots), ("indoor", "objects")[k % 2]))
     return folder, tuple(places)
 
 
 @pytest.fixture(scope="module")
-def sources(tmp_path_factory: pytest.TempPathFactory) -> list[rp.Source]:
+def sources(tmp_path_factory: pytest.TempPathFactory) -> list[photo_sources.Source]:
     root = tmp_path_factory.mktemp("sources")
     out = []
     for name, split, n, seed in (("alpha", TRAIN, 9, 1), ("beta", TRAIN, 6, 2), ("gamma", TEST, 8, 3)):
         folder, places = _source_dir(root, name, n, seed)
-        out.append(rp.Source(name, "dir", str(folder), "1", f"licence of {name}", split, places))
+        out.append(photo_sources.Source(name, "dir", str(folder), "1", f"licence of {name}", split, places))
     return out
 
 
 @pytest.fixture(scope="module")
-def built(sources: list[rp.Source], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def built(sources: list[photo_sources.Source], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("real") / "set"
-    summary = rp.build(out, seed=0, sources=sources)
+    summary = builder.build(out, seed=0, sources=sources)
     return out, summary
 
 
@@ -75,18 +75,20 @@ def _tree_hashes(root: Path) -> dict[str, str]:
     }
 
 
-def test_deterministic_for_a_seed(built: tuple[Path, dict], sources: list[rp.Source], tmp_path: Path) -> None:
+def test_deterministic_for_a_seed(
+    built: tuple[Path, dict], sources: list[photo_sources.Source], tmp_path: Path
+) -> None:
     out, _ = built
-    rp.build(tmp_path / "again", seed=0, sources=sources)
+    builder.build(tmp_path / "again", seed=0, sources=sources)
     assert _tree_hashes(tmp_path / "again") == _tree_hashes(out)
-    rp.build(tmp_path / "other", seed=1, sources=sources)
+    builder.build(tmp_path / "other", seed=1, sources=sources)
     other = _tree_hashes(tmp_path / "other")
     assert other != _tree_hashes(out)
 
 
 def test_layout_parses_into_the_intended_groups(built: tuple[Path, dict]) -> None:
     out, summary = built
-    rows = rp.read_manifest(out)
+    rows = manifests.read_manifest(out)
     all_sizes = []
     for split in labelling.SPLITS:
         split_dir = out / split
@@ -105,25 +107,25 @@ def test_layout_parses_into_the_intended_groups(built: tuple[Path, dict]) -> Non
         assert len(paths) == summary[split]["images"]
         for path in paths:  # moderate JPEGs the one decode path reads
             with Image.open(path) as img:
-                assert img.format == "JPEG" and max(img.size) <= rp.MAX_SIDE
+                assert img.format == "JPEG" and max(img.size) <= reshooting.MAX_SIDE
             assert decoding.load_image(path).shape == (decoding.IMAGE_SIZE, decoding.IMAGE_SIZE, 3)
-    assert min(all_sizes) == 1 and max(all_sizes) == rp.GROUP_SIZE[1]  # singletons, and groups of 2 to 4
+    assert min(all_sizes) == 1 and max(all_sizes) == builder.GROUP_SIZE[1]  # singletons, and groups of 2 to 4
 
 
-def test_sources_are_disjoint_between_splits(built: tuple[Path, dict], sources: list[rp.Source]) -> None:
+def test_sources_are_disjoint_between_splits(built: tuple[Path, dict], sources: list[photo_sources.Source]) -> None:
     out, _ = built
-    rows = rp.read_manifest(out)
+    rows = manifests.read_manifest(out)
     train = {r["package"] for r in rows if r["split"] == TRAIN}
     test = {r["package"] for r in rows if r["split"] == TEST}
     assert len(train) == 2 and len(test) == 1 and not train & test
-    both = [*sources, rp.Source("delta", "dir", sources[0].package, "1", "x", TEST, sources[0].places)]
-    with pytest.raises(rp.RealPhotosError, match="feeds both"):
-        rp.build(out.parent / "never", sources=both)
+    both = [*sources, photo_sources.Source("delta", "dir", sources[0].package, "1", "x", TEST, sources[0].places)]
+    with pytest.raises(photo_sources.RealPhotosError, match="feeds both"):
+        builder.build(out.parent / "never", sources=both)
     assert not (out.parent / "never").exists()
     shipped = {}
-    for source in rp.SOURCES:  # the shipped list obeys the same rule and names no held-out package
+    for source in photo_sources.SOURCES:  # the shipped list obeys the same rule and names no held-out package
         assert shipped.setdefault(source.package, source.split) == source.split
-        assert source.name not in rp.HELD_OUT and source.package not in rp.HELD_OUT
+        assert source.name not in photo_sources.HELD_OUT and source.package not in photo_sources.HELD_OUT
 
 
 def _check_params(params: dict[str, float]) -> None:
@@ -131,12 +133,13 @@ def _check_params(params: dict[str, float]) -> None:
         "perspective", "rotation", "crop_scale", "exposure_ev", "wb_red", "wb_blue", "contrast", "blur",
         "downscale", "jpeg_quality",
     }  # fmt: skip
-    assert rp.JPEG_QUALITY[0] <= params["jpeg_quality"] <= rp.JPEG_QUALITY[1]
+    assert reshooting.JPEG_QUALITY[0] <= params["jpeg_quality"] <= reshooting.JPEG_QUALITY[1]
     ranges = {
-        "perspective": (0, rp.PERSPECTIVE), "rotation": (-rp.ROTATION, rp.ROTATION), "crop_scale": rp.CROP_SCALE,
-        "exposure_ev": (-rp.EXPOSURE_EV, rp.EXPOSURE_EV), "wb_red": (1 - rp.WHITE_BALANCE, 1 + rp.WHITE_BALANCE),
-        "wb_blue": (1 - rp.WHITE_BALANCE, 1 + rp.WHITE_BALANCE), "contrast": rp.CONTRAST, "blur": rp.BLUR_RADIUS,
-        "downscale": rp.DOWNSCALE,
+        "perspective": (0, reshooting.PERSPECTIVE), "rotation": (-reshooting.ROTATION, reshooting.ROTATION),
+        "crop_scale": reshooting.CROP_SCALE, "exposure_ev": (-reshooting.EXPOSURE_EV, reshooting.EXPOSURE_EV),
+        "wb_red": (1 - reshooting.WHITE_BALANCE, 1 + reshooting.WHITE_BALANCE),
+        "wb_blue": (1 - reshooting.WHITE_BALANCE, 1 + reshooting.WHITE_BALANCE), "contrast": reshooting.CONTRAST,
+        "blur": reshooting.BLUR_RADIUS, "downscale": reshooting.DOWNSCALE,
     }  # fmt: skip
     for key, (low, high) in ranges.items():
         if key in params:
@@ -145,14 +148,14 @@ def _check_params(params: dict[str, float]) -> None:
 
 def test_transforms_stay_within_their_documented_ranges(built: tuple[Path, dict]) -> None:
     out, _ = built
-    transformed = [json.loads(r["transform"]) for r in rp.read_manifest(out)]
+    transformed = [json.loads(r["transform"]) for r in manifests.read_manifest(out)]
     reshoots = [t for t in transformed if len(t) > 1]
-    assert reshoots and all(t == {"jpeg_quality": rp.ORIGINAL_QUALITY} for t in transformed if len(t) == 1)
+    assert reshoots and all(t == {"jpeg_quality": builder.ORIGINAL_QUALITY} for t in transformed if len(t) == 1)
     rng = np.random.default_rng(0)
     photo = _photo(rng, (240, 180))
     seen: set[str] = set()
     for _ in range(150):
-        img, quality, params = rp.reshoot(photo, rng)
+        img, quality, params = reshooting.reshoot(photo, rng)
         _check_params(params)
         seen |= set(params)
         assert quality == params["jpeg_quality"] and img.mode == "RGB" and max(img.size) <= 240
@@ -162,7 +165,7 @@ def test_transforms_stay_within_their_documented_ranges(built: tuple[Path, dict]
 
 
 def test_perspective_solvers_agree_with_opencv() -> None:
-    """Both 4-point solvers (real_photos' PIL coefficients, views' homography) are OpenCV's getPerspectiveTransform
+    """Both 4-point solvers (reshooting's PIL coefficients, views' homography) are OpenCV's getPerspectiveTransform
     in float64: they agree with it to its float32 inputs' rounding, and map the corners exactly."""
     import cv2
 
@@ -173,7 +176,7 @@ def test_perspective_solvers_agree_with_opencv() -> None:
         w, h = rng.integers(200, 4000, 2)
         corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], float)
         inward = np.abs(rng.uniform(-0.06, 0.06, (4, 2)) * [w, h]) * [[1, 1], [-1, 1], [-1, -1], [1, -1]]
-        coefficients = np.array(rp._perspective_coefficients(corners + inward, corners))
+        coefficients = np.array(reshooting.perspective_coefficients(corners + inward, corners))
         expected = cv2.getPerspectiveTransform(np.float32(corners), np.float32(corners + inward)).ravel()[:8]
         np.testing.assert_allclose(coefficients, expected, rtol=1e-5, atol=1e-4)
         a, b, c, d, e, f, g, k = coefficients  # PIL: output (x, y) reads input ((ax+by+c)/(gx+ky+1), ...)
@@ -192,18 +195,18 @@ def test_perspective_solvers_agree_with_opencv() -> None:
 def test_a_rotation_leaves_no_empty_corners() -> None:
     white = Image.new("RGB", (320, 240), (255, 255, 255))
     for degrees in (-25.0, 10.0, 25.0):
-        arr = np.asarray(rp._rotated_crop(white, degrees))
+        arr = np.asarray(reshooting.rotated_crop(white, degrees))
         assert arr.min() >= 250, degrees  # the black fill of the rotation is cropped away
 
 
-def test_manifest_is_complete(built: tuple[Path, dict], sources: list[rp.Source]) -> None:
+def test_manifest_is_complete(built: tuple[Path, dict], sources: list[photo_sources.Source]) -> None:
     out, _ = built
-    rows = rp.read_manifest(out)
+    rows = manifests.read_manifest(out)
     written = {p.relative_to(out).as_posix() for split in labelling.SPLITS for p in labelling.find_images(out / split)}
     assert {r["path"] for r in rows} == written
     folders = {s.name: Path(s.package) for s in sources}
     for row in rows:
-        assert set(row) == set(rp.MANIFEST_FIELDS) and all(row[k] for k in rp.MANIFEST_FIELDS)
+        assert set(row) == set(manifests.MANIFEST_FIELDS) and all(row[k] for k in manifests.MANIFEST_FIELDS)
         assert hashlib.sha256((out / row["path"]).read_bytes()).hexdigest() == row["sha256"]
         original = folders[row["source"]] / row["original"]
         assert hashlib.sha256(original.read_bytes()).hexdigest() == row["source_sha256"]
@@ -212,25 +215,25 @@ def test_manifest_is_complete(built: tuple[Path, dict], sources: list[rp.Source]
 
 
 def test_verify_finds_changed_missing_and_stray_files(
-    built: tuple[Path, dict], sources: list[rp.Source], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    built: tuple[Path, dict], sources: list[photo_sources.Source], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out, _ = built
-    assert rp.verify(out) == []
-    assert rp.main(["verify", str(out)]) == 0
+    assert manifests.verify(out) == []
+    assert real_photos.main(["verify", str(out)]) == 0
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     paths = labelling.find_images(copy / TEST)
     paths[0].write_bytes(paths[0].read_bytes()[:-10])
     paths[1].unlink()
     (paths[2].parent / "stray_1_1.jpg").write_bytes(paths[2].read_bytes())
-    problems = rp.verify(copy)
+    problems = manifests.verify(copy)
     assert problems == [
         f"{paths[0]}: sha256 differs from the manifest",
         f"{paths[1]}: missing",
         f"{paths[2].parent / 'stray_1_1.jpg'}: not in the manifest",
     ]
     capsys.readouterr()
-    assert rp.main(["verify", str(copy)]) == 2
+    assert real_photos.main(["verify", str(copy)]) == 2
     assert "3 file(s) differ from manifest.csv" in capsys.readouterr().err
 
 
@@ -240,53 +243,55 @@ def test_shot_ids_and_different_shot_pairs(built: tuple[Path, dict]) -> None:
         split_dir = out / split
         paths = labelling.find_images(split_dir)
         groups = labelling.group_ids(paths, split_dir)
-        shots = rp.shot_ids(paths, split_dir)
+        shots = manifests.shot_ids(paths, split_dir)
         expected = {
             frozenset((paths[i].relative_to(split_dir).as_posix(), paths[j].relative_to(split_dir).as_posix()))
             for i in range(len(paths))
             for j in range(i + 1, len(paths))
             if groups[i] == groups[j] and shots[i] != shots[j]
         }
-        pairs = rp.different_shot_pairs(split_dir)
+        pairs = manifests.different_shot_pairs(split_dir)
         assert pairs == expected and len(pairs) == summary[split]["different_shot_pairs"] > 0
         assert all(len(set(groups[shots == s])) == 1 for s in set(shots))  # a shot lies in one group
-    with pytest.raises(rp.RealPhotosError, match="not in"):
-        rp.shot_ids([out / TRAIN / "x" / "stray_1_1.jpg"], out / TRAIN)
+    with pytest.raises(photo_sources.RealPhotosError, match="not in"):
+        manifests.shot_ids([out / TRAIN / "x" / "stray_1_1.jpg"], out / TRAIN)
 
 
-@pytest.mark.parametrize("name", sorted(rp.HELD_OUT))
-def test_held_out_sources_are_refused(name: str, sources: list[rp.Source], tmp_path: Path) -> None:
-    with pytest.raises(rp.RealPhotosError, match="held out"):
-        rp.sources_by_name([name])
-    held = rp.Source(name, "dir", sources[0].package, "1", "x", TEST, sources[0].places)
-    with pytest.raises(rp.RealPhotosError, match="held out"):
-        rp.build(tmp_path / "set", sources=[held])
+@pytest.mark.parametrize("name", sorted(photo_sources.HELD_OUT))
+def test_held_out_sources_are_refused(name: str, sources: list[photo_sources.Source], tmp_path: Path) -> None:
+    with pytest.raises(photo_sources.RealPhotosError, match="held out"):
+        photo_sources.sources_by_name([name])
+    held = photo_sources.Source(name, "dir", sources[0].package, "1", "x", TEST, sources[0].places)
+    with pytest.raises(photo_sources.RealPhotosError, match="held out"):
+        builder.build(tmp_path / "set", sources=[held])
     assert not (tmp_path / "set").exists()
 
 
 def test_cli_refuses_held_out_and_unknown_sources(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert rp.main(["--cache-dir", str(tmp_path), "build", str(tmp_path / "set"), "--sources", "opencv-doc"]) == 2
+    build = ["--cache-dir", str(tmp_path), "build", str(tmp_path / "set"), "--sources"]
+    assert real_photos.main([*build, "opencv-doc"]) == 2
     assert "opencv-doc: held out" in capsys.readouterr().err
-    assert rp.main(["--cache-dir", str(tmp_path), "build", str(tmp_path / "set"), "--sources", "nope"]) == 2
+    assert real_photos.main([*build, "nope"]) == 2
     assert "nope: unknown source" in capsys.readouterr().err
     assert not (tmp_path / "set").exists()
 
 
-def test_a_missing_source_is_a_clear_error(sources: list[rp.Source], tmp_path: Path) -> None:
-    gone = rp.Source("gone", "dir", str(tmp_path / "nowhere"), "1", "x", TEST, sources[2].places)
-    with pytest.raises(rp.RealPhotosError, match="nowhere: source folder of 'gone' not found"):
-        rp.build(tmp_path / "set", sources=[sources[0], gone])
-    partial = rp.Source("gamma", "dir", sources[2].package, "1", "x", TEST, (rp.Place("x", ("missing.jpg",), "a"),))
-    with pytest.raises(rp.RealPhotosError, match="missing.jpg: photo of source 'gamma' not found"):
-        rp.build(tmp_path / "set", sources=[sources[0], partial])
+def test_a_missing_source_is_a_clear_error(sources: list[photo_sources.Source], tmp_path: Path) -> None:
+    gone = photo_sources.Source("gone", "dir", str(tmp_path / "nowhere"), "1", "x", TEST, sources[2].places)
+    with pytest.raises(photo_sources.RealPhotosError, match="nowhere: source folder of 'gone' not found"):
+        builder.build(tmp_path / "set", sources=[sources[0], gone])
+    missing = (photo_sources.Place("x", ("missing.jpg",), "a"),)
+    partial = photo_sources.Source("gamma", "dir", sources[2].package, "1", "x", TEST, missing)
+    with pytest.raises(photo_sources.RealPhotosError, match="missing.jpg: photo of source 'gamma' not found"):
+        builder.build(tmp_path / "set", sources=[sources[0], partial])
     assert not (tmp_path / "set").exists()  # checked before anything is written
 
 
-def test_an_existing_split_is_an_error(built: tuple[Path, dict], sources: list[rp.Source]) -> None:
+def test_an_existing_split_is_an_error(built: tuple[Path, dict], sources: list[photo_sources.Source]) -> None:
     out, _ = built
     before = _tree_hashes(out)
-    with pytest.raises(rp.RealPhotosError, match="already exists"):
-        rp.build(out, sources=sources)
+    with pytest.raises(photo_sources.RealPhotosError, match="already exists"):
+        builder.build(out, sources=sources)
     assert _tree_hashes(out) == before
 
 
@@ -297,10 +302,12 @@ def test_offline_download_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_
         calls.append(command)
         return subprocess.CompletedProcess(command, 100, "", "E: Failed to fetch ... Temporary failure resolving")
 
-    monkeypatch.setattr(rp, "_run", fake_run)
-    source = rp.Source("pkg", "deb", "some-photos", "1.0-1", "x", TEST, (rp.Place("p", ("a.jpg",), "a"),))
-    with pytest.raises(rp.RealPhotosError, match=r"cannot download some-photos=1.0-1 with apt-get \(E: Failed"):
-        rp.fetch(source, tmp_path)
+    monkeypatch.setattr(fetching, "run_tool", fake_run)
+    places = (photo_sources.Place("p", ("a.jpg",), "a"),)
+    source = photo_sources.Source("pkg", "deb", "some-photos", "1.0-1", "x", TEST, places)
+    error = r"cannot download some-photos=1.0-1 with apt-get \(E: Failed"
+    with pytest.raises(photo_sources.RealPhotosError, match=error):
+        fetching.fetch(source, tmp_path)
     assert ["apt-get", "download", "some-photos=1.0-1"] in calls
 
 
@@ -322,13 +329,14 @@ def test_fetch_keeps_only_the_listed_photos_of_a_cached_deb(tmp_path: Path) -> N
     build = ["dpkg-deb", "--root-owner-group", "--build", str(package), str(deb)]
     subprocess.run(build, check=True, capture_output=True)
 
-    def source(*shots: str) -> rp.Source:
-        return rp.Source("t", "deb", "samespace-test-photos", "1.0-1", "x", TEST, (rp.Place("p", shots, "a"),))
+    def source(*shots: str) -> photo_sources.Source:
+        places = (photo_sources.Place("p", shots, "a"),)
+        return photo_sources.Source("t", "deb", "samespace-test-photos", "1.0-1", "x", TEST, places)
 
-    root = rp.fetch(source("usr/share/photos/a.png"), tmp_path / "cache")  # the .deb is cached: no download
+    root = fetching.fetch(source("usr/share/photos/a.png"), tmp_path / "cache")  # the .deb is cached: no download
     kept = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     assert kept == [".complete", "usr/share/doc/samespace-test-photos/copyright", "usr/share/photos/a.png"]
-    root = rp.fetch(source("usr/share/photos/a.png", "usr/share/photos/b.png"), tmp_path / "cache")
+    root = fetching.fetch(source("usr/share/photos/a.png", "usr/share/photos/b.png"), tmp_path / "cache")
     assert (root / "usr/share/photos/b.png").is_file()  # a longer list takes the files again from the .deb
     assert not list((tmp_path / "cache" / "photos").glob("*.partial")) + list(
         (tmp_path / "cache" / "photos").glob("*.unpacked")
@@ -360,10 +368,10 @@ def _qt_resource_file(files: dict[str, tuple[bytes, bool]]) -> bytes:
 def test_qt_resource_reader(tmp_path: Path) -> None:
     files = {"a.webp": (b"plain bytes", False), "b.jpg": (bytes(range(256)) * 8, True)}
     (tmp_path / "x.rcc").write_bytes(_qt_resource_file(files))
-    assert dict(rp._qt_resources(tmp_path / "x.rcc")) == {f"/res/{k}": v[0] for k, v in files.items()}
+    assert dict(qt_resources.read_bundle(tmp_path / "x.rcc")) == {f"/res/{k}": v[0] for k, v in files.items()}
     (tmp_path / "bad.rcc").write_bytes(b"nope")
-    with pytest.raises(rp.RealPhotosError, match="not a Qt resource file"):
-        list(rp._qt_resources(tmp_path / "bad.rcc"))
+    with pytest.raises(photo_sources.RealPhotosError, match="not a Qt resource file"):
+        list(qt_resources.read_bundle(tmp_path / "bad.rcc"))
 
 
 def test_readme_credits(tmp_path: Path) -> None:
@@ -372,7 +380,7 @@ def test_readme_credits(tmp_path: Path) -> None:
         "Copyright: B\nLicense: CC-BY-SA 4.0\nFiles: usa/x.webp\n\n"
         "Copyright: C\nLicense: Public Domain\ntool.webp\nComment: no Files line upstream\n"
     )
-    credits = rp._readme_credits(tmp_path / "README")
+    credits = photo_sources.readme_credits(tmp_path / "README")
     assert credits == {
         "fish1.webp": "CC0-1.0, A. Person, https://example.org/a",
         "usa/x.webp": "CC-BY-SA 4.0, B",
@@ -383,7 +391,7 @@ def test_readme_credits(tmp_path: Path) -> None:
 def test_shipped_sources_use_each_photo_and_place_name_once() -> None:
     # A photo listed twice would be written as two places (a duplicate labelled as a non-duplicate), and place
     # names key each place's random transforms.
-    for source in rp.SOURCES:
+    for source in photo_sources.SOURCES:
         shots = [shot for place in source.places for shot in place.shots]
         names = [place.name for place in source.places]
         assert len(shots) == len(set(shots)), source.name
@@ -395,7 +403,46 @@ def test_shipped_sources_use_each_photo_and_place_name_once() -> None:
 
 def test_calibration_sources_keep_todays_test_data() -> None:
     # The calibration set (README, "Default thresholds") differs from today's only in its Training Data.
-    names = {source.name: source for source in rp.SOURCES}
-    assert set(rp.CALIBRATION_SOURCES) <= set(names)
-    assert {n for n, s in names.items() if s.split == TEST} <= set(rp.CALIBRATION_SOURCES)
-    assert [s.name for s in rp.sources_by_name(list(rp.CALIBRATION_SOURCES))] == list(rp.CALIBRATION_SOURCES)
+    names = {source.name: source for source in photo_sources.SOURCES}
+    assert set(photo_sources.CALIBRATION_SOURCES) <= set(names)
+    assert {n for n, s in names.items() if s.split == TEST} <= set(photo_sources.CALIBRATION_SOURCES)
+    calibration = list(photo_sources.CALIBRATION_SOURCES)
+    assert [s.name for s in photo_sources.sources_by_name(calibration)] == calibration
+
+
+def _plain_sources() -> list[dict]:
+    """The shipped sources as plain values; each photo's licence as looked up without its package's files."""
+    nowhere = Path("/nonexistent-root")
+    return [
+        {
+            "name": s.name, "kind": s.kind, "package": s.package, "version": s.version, "licence": s.licence,
+            "split": s.split, "note": s.note, "unpack": s.unpack, "photo_licence": s.photo_licence,
+            "places": [[p.name, list(p.shots), p.category] for p in s.places],
+            "shot_licences": {shot: s.licence_of(nowhere, shot) for p in s.places for shot in p.shots},
+        }  # fmt: skip
+        for s in photo_sources.SOURCES
+    ]
+
+
+def test_the_source_tables_read_from_the_data_file_are_the_pinned_ones() -> None:
+    # Pinned when the tables moved from Python to photo_sources.yaml: a change to a package, version, licence,
+    # place name or photo path changes the built set, so it must be deliberate (and this digest updated).
+    plain = _plain_sources()
+    counts = {s["name"]: (len(s["places"]), sum(len(p[1]) for p in s["places"])) for s in plain}
+    assert counts == {
+        "gcompris-qt-data": (198, 207), "python3-sklearn": (2, 2), "scratch": (51, 53), "tuxpaint-data": (19, 19),
+        "forensics-samples-files": (6, 6), "scribus-template": (4, 5), "gimp-help-en": (11, 11),
+        "visp-images-data": (6, 17), "stellarium-data": (5, 10), "libjxl-testdata": (5, 5),
+        "python3-skimage": (7, 8), "kphotoalbum": (18, 23), "kodi-data": (2, 2), "enlightenment-data": (14, 14),
+    }  # fmt: skip
+    text = json.dumps(plain, sort_keys=True, ensure_ascii=True)
+    assert hashlib.sha256(text.encode()).hexdigest() == (
+        "c4bb80a51d3abc893dfcd15e2d8d9ccaa868b69d75cc5583de421cf2d12585f2"
+    )
+
+
+def test_named_steps_of_the_sources_exist() -> None:
+    for source in photo_sources.SOURCES:
+        assert not source.unpack or source.unpack in fetching.UNPACKERS, source.name
+        assert not source.photo_licence or source.photo_licence in photo_sources.PHOTO_LICENCES, source.name
+    assert photo_sources.SOURCE_TABLES.is_file()

@@ -221,8 +221,8 @@ def test_best_group_threshold_weighs_every_split_the_same_and_takes_the_middle_o
     assert (point.threshold, point.f1) == (0.575, 0.5)
 
 
-# The real set the thresholds were calibrated on (needs apt access): `python real_photos.py build DIR --sources`
-# with the names in real_photos.CALIBRATION_SOURCES. The full build has a larger Training Data since session 5.
+# The real set the thresholds were calibrated on (needs apt access): `samespace devset build DIR --sources` with
+# the names in photo_sources.CALIBRATION_SOURCES. The full build has a larger Training Data.
 REAL_SET = os.environ.get("SAMESPACE_REAL_DIR")
 
 
@@ -238,7 +238,7 @@ def test_real_photo_thresholds_reproduce_on_the_real_training_split() -> None:
         )
 
 
-# The full real-photo build (`python real_photos.py build DIR`, seed 0: 676 training photos): with the generated set,
+# The full real-photo build (`samespace devset build DIR`, seed 0: 676 training photos): with the generated set,
 # the relative and verified defaults and local_scaling's R0s were calibrated on it (session 12).
 REAL_BUILD = os.environ.get("SAMESPACE_REAL_BUILD_DIR")
 
