@@ -224,14 +224,14 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     line("exact top-10 (r's neighbours)", truth[:, : local_scaling.K])
     for dim in args.pca_dims:
         projection = neighbours.pca_projection(vectors, dim, 50_000)
-        projected = np.concatenate([neighbours._project(vectors[s : s + 65536], projection)
+        projected = np.concatenate([neighbours.project(vectors[s : s + 65536], projection)
                                     for s in range(0, len(vectors), 65536)])
         q = projected[rows]
         flat = faiss.IndexFlatIP(dim)
         flat.add(projected)
         for pool in args.pools:
             _, cand = flat.search(q, pool * k)
-            line(f"{dim} axes exact, pool {pool}", neighbours._rerank(vectors, vectors[rows], cand, k))
+            line(f"{dim} axes exact, pool {pool}", neighbours.rerank_candidates(vectors, vectors[rows], cand, k))
         for m, efc in args.graphs:
             index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
             index.hnsw.efConstruction = efc
@@ -245,7 +245,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
                     _, cand = index.search(q, pool * k)
                     per_query = (time.perf_counter() - t) / len(q)
                     line(f"{dim} axes HNSW M{m} efC{efc} efS{efs} pool {pool}",
-                         neighbours._rerank(vectors, vectors[rows], cand, k),
+                         neighbours.rerank_candidates(vectors, vectors[rows], cand, k),
                          f"build {build:.0f} s, queries ~{per_query * args.n:.0f} s for all rows")
                     # seeded: the walk starts at the query's own node (level 0 only), not at the top entry point
                     nearest = rows.astype(np.int32).reshape(-1, 1)
@@ -256,7 +256,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
                                          faiss.swig_ptr(nearest_d), faiss.swig_ptr(dist), faiss.swig_ptr(cand), 1, 1)
                     per_query = (time.perf_counter() - t) / len(q)
                     line(f"{dim} axes HNSW M{m} efC{efc} efS{efs} pool {pool} seeded",
-                         neighbours._rerank(vectors, vectors[rows], cand, k),
+                         neighbours.rerank_candidates(vectors, vectors[rows], cand, k),
                          f"queries ~{per_query * args.n:.0f} s for all rows")
         del index
         for nlist, nprobe in args.ivf:
@@ -272,7 +272,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
                 _, cand = index.search(q, pool * k)
                 per_query = (time.perf_counter() - t) / len(q)
                 line(f"{dim} axes IVF{nlist} nprobe {nprobe} pool {pool}",
-                     neighbours._rerank(vectors, vectors[rows], cand, k),
+                     neighbours.rerank_candidates(vectors, vectors[rows], cand, k),
                      f"train+add {build:.0f} s, queries ~{per_query * args.n:.0f} s for all rows")
         del projected, flat
     return 0

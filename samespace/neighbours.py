@@ -118,7 +118,7 @@ def pca_projection(vectors: np.ndarray, dim: int, sample: int = 20_000, seed: in
     return np.ascontiguousarray(eigenvectors[:, ::-1][:, :dim], dtype=np.float32)
 
 
-def _project(vectors: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
+def project(vectors: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
     """Rows projected (when a projection is given) and L2-normalised, float32."""
     x = np.asarray(vectors, dtype=np.float32)
     y = x if projection is None else x @ projection
@@ -127,7 +127,7 @@ def _project(vectors: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
 
 # Not faiss.IndexRefineFlat: same neighbour sets (20,000 rows), but no faster, and it keeps its own copy of the
 # full rows (5 GB at 1,000,000 x 1280) where this reads them in place; local_join re-ranks with this too.
-def _rerank(base: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
+def rerank_candidates(base: np.ndarray, queries: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
     """The k candidates with the largest exact inner product per query row (-1 candidates last)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     candidates = np.ascontiguousarray(candidates, dtype=np.int64)
@@ -165,7 +165,7 @@ def local_join(base: np.ndarray, ids: np.ndarray, width: int, block: int = 2048)
         hops = ids[np.maximum(first, 0), :width]  # (b, width, width)
         hops[first < 0] = -1
         candidates = _unique_candidates(np.concatenate([rows, hops.reshape(len(rows), -1)], axis=1))
-        out[start : start + len(rows)] = _rerank(base, base[start : start + len(rows)], candidates, k)
+        out[start : start + len(rows)] = rerank_candidates(base, base[start : start + len(rows)], candidates, k)
     return out
 
 
@@ -194,7 +194,7 @@ def build_graph(base: np.ndarray, projection: np.ndarray | None, params: SearchP
         index = faiss.IndexHNSWFlat(dim, params.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     index.hnsw.efConstruction = params.ef_construction
     for start in range(0, len(base), params.add_block):  # projected block by block: the index holds the only copy
-        index.add(_project(base[start : start + params.add_block], projection))
+        index.add(project(base[start : start + params.add_block], projection))
     return index
 
 
@@ -226,9 +226,9 @@ def approximate_knn(
     for start in range(0, len(source), params.block):
         q = np.asarray(source[start : start + params.block], dtype=np.float32)
         t = time.perf_counter()
-        _, candidates = index.search(_project(q, projection), pool)
+        _, candidates = index.search(project(q, projection), pool)
         t2 = time.perf_counter()
-        out[start : start + len(q)] = _rerank(base, q, candidates.astype(np.int64), k)
+        out[start : start + len(q)] = rerank_candidates(base, q, candidates.astype(np.int64), k)
         timings["walk"] += t2 - t
         timings["rerank"] += time.perf_counter() - t2
     del index

@@ -232,11 +232,23 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
                   f"r0_augmented {r['r0_augmented']:.4f}")
 
 
+EXAMPLES = """examples:
+  samespace calibrate --sample-root data/sample                        # whash, phash, cosine on the sample set
+  samespace calibrate --sample-root data/real --generated --methods relative verified
+"""
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "samespace") -> int:
     """``samespace calibrate ...``: 0 on success, 2 with a one-line error."""
-    parser = cli.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    cal = sub.add_parser("calibrate", help="default thresholds of the reference methods: best F1 of pairs or groups")
+    cal = sub.add_parser(
+        "calibrate",
+        help="default thresholds of the reference methods: best F1 of pairs or groups",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     cal.add_argument("--sample-root", action="append", help="a folder with 'Training Data/' and 'Test Data/', e.g. "
                      "data/real; repeat for several (default: the generated sample set)")
     cal.add_argument("--generated", action="store_true", help="also the generated sample set (with --sample-root)")

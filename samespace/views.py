@@ -35,7 +35,7 @@ AREA = (0.5, 0.95)
 
 # Not cv2.getPerspectiveTransform: it takes float32 points only (5e-8 from this float64 solve), and this code's
 # source is part of the feature cache's identity (ReshootViews.identity).
-def _homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def four_point_homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """The 3x3 projective map taking 4 points ``src`` to ``dst`` (each (4, 2))."""
     rows, rhs = [], []
     for (x, y), (u, v) in zip(src, dst, strict=True):
@@ -65,7 +65,7 @@ def _camera(rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.7:
         corners += rng.uniform(-0.16, 0.16, corners.shape)
     frame = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
-    return _homography(frame, corners)
+    return four_point_homography(frame, corners)
 
 
 def reshoot(images: torch.Tensor, rngs: list[np.random.Generator]) -> torch.Tensor:
@@ -128,5 +128,5 @@ class ReshootViews:
 
     def identity(self) -> str:
         """What views depend on (for the feature-cache key): this module's transform code and the seed."""
-        code = [inspect.getsource(f) for f in (_homography, _camera, reshoot, ReshootViews.__call__)]
+        code = [inspect.getsource(f) for f in (four_point_homography, _camera, reshoot, ReshootViews.__call__)]
         return "\n".join([*code, repr((self.seed, self.n_views, torch.__version__))])

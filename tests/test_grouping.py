@@ -83,7 +83,7 @@ def test_cut_gives_fclusters_partition_of_average_linkage_trees() -> None:
         m = int(rng.integers(2, 30))
         tree = linkage(rng.random(m * (m - 1) // 2), method="average")
         for height in (0.1, 0.3, 0.5, 0.8):
-            expected, got = fcluster(tree, t=height, criterion="distance"), grouping._cut(tree, m, height)
+            expected, got = fcluster(tree, t=height, criterion="distance"), grouping.cut_tree(tree, m, height)
             assert {frozenset(np.flatnonzero(expected == x)) for x in np.unique(expected)} == {
                 frozenset(np.flatnonzero(got == x)) for x in np.unique(got)
             }

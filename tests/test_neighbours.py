@@ -123,8 +123,8 @@ def test_rerank_in_place_matches_the_gathered_rerank() -> None:
     queries = base[:64]
     candidates = rng.integers(0, 500, size=(64, 12))
     candidates[3, 5:] = -1  # fewer candidates found: -1 goes last
-    in_place = neighbours._rerank(base, queries, candidates, 6)  # float32 rows: faiss reads them in place
-    gathered = neighbours._rerank(base.astype(np.float64), queries, candidates, 6)  # any other dtype: numpy
+    in_place = neighbours.rerank_candidates(base, queries, candidates, 6)  # float32 rows: faiss reads them in place
+    gathered = neighbours.rerank_candidates(base.astype(np.float64), queries, candidates, 6)  # any other dtype: numpy
     assert (in_place == gathered).all()
     assert in_place[3, 5] == -1 and (in_place[3, :5] >= 0).all()
     sims = np.einsum("qd,qkd->qk", queries, base[candidates[0]][None])[0]
@@ -192,7 +192,7 @@ def test_graph_is_added_in_few_large_blocks_with_rows_in_order(monkeypatch: pyte
     rng = np.random.default_rng(7)
     vectors = scorers.l2_normalise(rng.normal(size=(2000, 16))).astype(np.float32)
     calls: list[int] = []
-    project = neighbours._project
+    project = neighbours.project
 
     def counted(x: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
         calls.append(len(x))

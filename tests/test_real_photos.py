@@ -185,7 +185,7 @@ def test_perspective_solvers_agree_with_opencv() -> None:
         np.testing.assert_allclose(mapped, corners + inward, atol=1e-9)
         frame = np.array([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]])
         target = frame * rng.uniform(0.5, 0.9) + rng.uniform(-0.1, 0.1, (4, 2))
-        homography = views._homography(frame, target)
+        homography = views.four_point_homography(frame, target)
         np.testing.assert_allclose(homography, cv2.getPerspectiveTransform(np.float32(frame), np.float32(target)),
                                    atol=1e-6)
         projected = np.c_[frame, np.ones(4)] @ homography.T

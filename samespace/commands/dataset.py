@@ -56,16 +56,19 @@ def build_parser(prog: str = "samespace") -> cli.ArgumentParser:
     parser = cli.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    stats = sub.add_parser("stats", help="count images, groups and pairs of one split directory")
+    stats = sub.add_parser("stats", help="count images, groups and pairs of one split directory", epilog=EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     stats.add_argument("dir", help="a split directory, e.g. 'data/Airbnb Data/Training Data'")
     stats.add_argument("--pairing", choices=pair_sampling.PAIRINGS, default="faithful")
     stats.add_argument("--json", action="store_true", help="print one JSON object")
     stats.set_defaults(func=run_stats)
-    sample = sub.add_parser("sample", help="write the generated sample dataset")
+    sample = sub.add_parser("sample", help="write the generated sample dataset", epilog=EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     sample.add_argument("out_dir")
     sample.add_argument("--seed", type=int, default=0)
     sample.set_defaults(func=run_sample)
-    download = sub.add_parser("download", help="download the Kaggle dataset")
+    download = sub.add_parser("download", help="download the Kaggle dataset", epilog=EXAMPLES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     download.add_argument("--path", default="data", help="folder to hold 'Airbnb Data/' (default: data)")
     download.set_defaults(func=run_download)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")

@@ -35,9 +35,17 @@ def check_output_paths(args: argparse.Namespace) -> None:
         raise evaluation.EvaluationError(str(exc)) from exc
 
 
+EXAMPLES = """examples:
+  samespace evaluate --checkpoint checkpoints/<id> --data-dir "data/sample/Test Data" --json eval.json
+  samespace evaluate --checkpoint checkpoints/<id> --data-dir "data/real/Test Data" --plots plots/ --write-threshold
+  samespace evaluate --checkpoint checkpoints/<id> --data-dir "data/Airbnb Data/Test Data" --pairing faithful
+"""
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "samespace evaluate") -> int:
     """The command line: 0 on success, 2 with a one-line error (``--debug``: the traceback)."""
-    parser = cli.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint folder written by model_def.py")
     parser.add_argument("--data-dir", required=True, help="one split folder, e.g. 'data/Airbnb Data/Test Data'")
     parser.add_argument("--pairing", choices=scoring_methods.PAIRING_CHOICES, default="both")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,13 +49,24 @@ def build_scorer(args: argparse.Namespace, device: str) -> tuple[scorers.PairSco
         backbone_weights=args.backbone_weights, batch_size=args.batch_size, device=device, threshold=args.threshold)
 
 
+EXAMPLES = """examples:
+  samespace find photos/ --html report.html              # a page of the groups with thumbnails
+  samespace find photos/ --json groups.json --csv pairs.csv
+  samespace find new/ --against library/                  # only new photos that duplicate library photos
+  samespace find photos/ --method phash --threshold 0.9  # a perceptual hash, stricter than its default
+  samespace find photos/ --checkpoint checkpoints/<id>   # a model trained with model_def.py
+  samespace find --embeddings photos.npz --json g.json   # the photos a store lists (samespace embed)
+"""
+
+
 def build_parser(prog: str = "find_duplicates.py") -> argparse.ArgumentParser:
     t, limits = scoring_methods.DEFAULT_THRESHOLDS, scoring_methods.EXHAUSTIVE_LIMITS
     parser = cli.ArgumentParser(
         prog=prog,
         description="Find duplicate photos of the same space (re-shot, cropped, edited) in folders of photos. "
         "Photos are only read, never modified, moved or deleted.",
-        epilog=(
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.fill(
             "Default thresholds (a pair is a duplicate when its score >= threshold): model: the best-F1 threshold in "
             f"<checkpoint>/{scoring_methods.THRESHOLD_FILE} if present, else "
             f"{scoring_methods.MODEL_DEFAULT_THRESHOLD}; "
@@ -65,8 +77,8 @@ def build_parser(prog: str = "find_duplicates.py") -> argparse.ArgumentParser:
             f"Candidate pairs: every pair up to "
             f"{limits['model']:,} images for the model and {limits['cosine']:,} for the reference methods, else "
             f"each image's {scoring_methods.DEFAULT_TOP_K} nearest neighbours. "
-            f"Exit status: 0 on success, {cli.EXIT_ERROR} on an error (no images, bad options)."
-        ),
+            f"Exit status: 0 on success, {cli.EXIT_ERROR} on an error (no images, bad options).", width=100
+        ) + "\n\n" + EXAMPLES,
     )
     parser.add_argument("folders", nargs="*", metavar="PHOTOS_DIR", help="folders searched recursively")
     how = parser.add_mutually_exclusive_group()

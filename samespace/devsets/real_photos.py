@@ -64,9 +64,17 @@ def _cmd_verify(args: argparse.Namespace) -> None:
     print(f"{args.set_dir}: every file matches {manifests.MANIFEST}")
 
 
+EXAMPLES = """examples:
+  samespace devset sources                 # the Debian packages the set is made of, their licences
+  samespace devset build data/real         # fetch them (apt) and write the set (seed 0)
+  samespace devset verify data/real        # every file against the manifest's sha256
+"""
+
+
 def main(argv: Sequence[str] | None = None, prog: str = "samespace devset") -> int:
     """``samespace devset build|sources|verify ...``: 0 on success, 2 with a one-line error."""
-    parser = cli.ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--cache-dir",
         default=str(fetching.DEFAULT_CACHE),

@@ -1,0 +1,122 @@
+"""The installable package: the `samespace` command, the Python API, and the layout rules the code keeps.
+
+Layout rules, checked on the source: no module over 500 lines, no private name (``_x``) of one module used by
+another, no import of the root trial files from the package, and the duplicate finder never loading Determined.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+import samespace
+from samespace import cli
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE = REPO / "samespace"
+ROOT_TRIAL_FILES = ("model_def", "data", "model_inference", "model_download")
+MAX_MODULE_LINES = 500
+
+
+def _modules() -> list[Path]:
+    return sorted([*PACKAGE.rglob("*.py"), *(REPO / f"{name}.py" for name in ROOT_TRIAL_FILES)])
+
+
+def _run(code: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=300,
+                          check=False, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+
+
+def test_no_module_is_over_500_lines() -> None:
+    sizes = {str(p.relative_to(REPO)): len(p.read_text().splitlines()) for p in _modules()}
+    assert len(sizes) > 40
+    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES} == {}
+
+
+def test_no_private_name_is_used_across_modules() -> None:
+    """``module._name`` never appears outside ``module`` (tests included): what another module needs is public."""
+    own = {p.stem for p in _modules()}
+    crossing = []
+    for path in [*_modules(), *(REPO / "tests").glob("*.py"), *(REPO / "benchmarks").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and isinstance(node.value, ast.Name) and node.value.id in own and node.value.id != path.stem):
+                crossing.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert crossing == []
+
+
+def test_the_package_never_imports_the_root_trial_files() -> None:
+    """The package installs without the trial: model_def.py and the rest import it, never the other way."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in ROOT_TRIAL_FILES]
+    assert found == []
+
+
+def test_help_and_version_load_no_model_code() -> None:
+    """`samespace --help` and every subcommand's --help run with torch and Determined unimportable."""
+    code = ("import sys; sys.modules['torch'] = sys.modules['determined'] = None; from samespace.cli import main\n"
+            "try:\n    main(sys.argv[1:])\nexcept SystemExit as exit:\n    sys.exit(exit.code)")
+    for argv in (["--help"], *([name, "--help"] for name in cli.COMMANDS)):
+        done = _run(code, *argv)
+        assert done.returncode == 0, (argv, done.stderr)
+        assert "usage: samespace" in done.stdout, argv
+        assert "examples:\n  samespace" in done.stdout, argv
+    version = _run(code, "--version")
+    assert version.stdout.strip() == f"samespace {samespace.__version__}"
+
+
+def test_an_unknown_command_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["deduplicate", "photos"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "invalid choice: 'deduplicate'" in err[0]
+
+
+def test_version_matches_the_project_metadata() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["version"] == samespace.__version__
+    assert project["scripts"] == {"samespace": "samespace.cli:main"}
+    assert set(project["optional-dependencies"]) == {"train", "dev"}
+    assert any(r.startswith("determined") for r in project["optional-dependencies"]["train"])
+    assert not any(r.startswith(("determined", "kaggle", "pytest")) for r in project["dependencies"])
+
+
+def test_finding_duplicates_never_loads_determined(train_dir: Path, tmp_path: Path) -> None:
+    """The finder, its store and the API run with Determined unimportable (pip install . does not bring it)."""
+    code = ("import json, sys; sys.modules['determined'] = None\n"
+            "import samespace\n"
+            "found = samespace.find_duplicates([sys.argv[1]], method='phash', store=sys.argv[2])\n"
+            "print(json.dumps({'groups': len(found.groups), 'pairs': len(found.pairs), 'first': found.pairs[0],\n"
+            "                  'skipped': found.skipped, 'method': found.method}))")
+    done = _run(code, str(train_dir), str(tmp_path / "store.npz"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    result = json.loads(done.stdout)
+    assert result["method"] == "phash" and result["skipped"] == []
+    assert result["groups"] > 5 and result["pairs"] >= result["groups"]
+    assert 0.7344 <= result["first"][2] <= 1.0  # the best pair scores at least phash's default threshold
+    assert (tmp_path / "store.npz").is_file()
+
+
+def test_the_api_gives_paths_and_scores(train_dir: Path) -> None:
+    found = samespace.find_duplicates(train_dir, method="whash", threshold=0.99)
+    assert isinstance(found, samespace.Duplicates)
+    assert found.threshold == 0.99 and found.method == "whash"
+    assert all(s >= 0.99 for _, _, s in found.pairs)
+    assert [s for _, _, s in found.pairs] == sorted((s for _, _, s in found.pairs), reverse=True)
+    members = {p for group in found.groups for p in group}
+    assert members == {p for a, b, _ in found.pairs for p in (a, b)}
+    assert all(Path(p).is_file() and Path(p).is_relative_to(train_dir) for p in members)
+    with pytest.raises(samespace.errors.FindDuplicatesError, match="not a directory"):
+        samespace.find_duplicates([train_dir / "nowhere"])
