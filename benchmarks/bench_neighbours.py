@@ -53,7 +53,7 @@ METHODS = (
     "cosine",
 )  # find_duplicates' default method first; thresholds: scoring_methods.DEFAULT_THRESHOLDS
 # diagnose scores sampled rows only, so it cannot follow the relative method's augmentation (neighbours of
-# neighbours): it uses plain local scaling at that score's threshold (sessions 3-11), as its figures always have.
+# neighbours): it uses plain local scaling at that score's threshold, as its figures always have.
 PLAIN_RELATIVE_THRESHOLD = 0.2251
 
 

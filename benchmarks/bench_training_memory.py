@@ -1,4 +1,4 @@
-"""Peak memory of local training with the feature cache on many generated photos (issue 11: <= 3 GB at 20,000).
+"""Peak memory of local training with the feature cache on many generated photos (target: <= 3 GB at 20,000).
 
     python benchmarks/bench_training_memory.py [--photos 20000] [--batches 100] [--data DIR] [--backbone-photos 500]
     python benchmarks/bench_training_memory.py --real-backbone [--photos 20000] [--data DIR]   # over an hour

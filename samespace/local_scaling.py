@@ -26,7 +26,7 @@ A photo's neighbours are the other photos of the same run (``--against``: the ne
 In a collection with fewer than K other photos the missing neighbours count as :data:`R0` (for the DBA weights)
 and :data:`R0_AUGMENTED` (for the score), the median ``r`` of the training splits, so a pair alone is scored as if it
 sat in a typical collection. K, BETA, DBA_K and the threshold were chosen on the training splits only (README,
-"Default thresholds", and "Quality benchmark", session 12).
+"Default thresholds", and "Quality benchmark").
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ packed hash bits compared by Hamming distance.
   the same way). Hash codes go into a binary HNSW graph (Hamming distances are exact, only the graph walk is
   approximate). Building HNSW costs about N log N and a query about log N, so the whole search never grows as
   N^2, but on 2 cores it grows faster than N: search + scoring + grouping x4.6-x5.0 from 250,000 to 1,000,000
-  vectors in alternating runs (README "Large collections", sessions 6-10). Rows go into the graph
+  vectors in alternating runs (docs/scale.md). Rows go into the graph
   :attr:`SearchParams.add_block` at a time: faiss sets up a lock per node of the whole index on every add call, so
   small adds cost ~N^2 / (2 x block) set-ups (blocks of 2,048: build 24% slower at 1,000,000, 14% at 250,000).
   The graph's rows and links go on transparent huge pages when glibc is told to advise its large allocations:
@@ -68,9 +68,9 @@ class SearchParams:
 # (`bench_neighbours.py diagnose`): exact search over 64 / 128 projected dimensions finds 99.6% / 100%, the
 # previous graph (64 dimensions, M 16, efC 40) 97.5% whether its walk starts at the top or at the query's own
 # node: the graph lacked the links, so more degree and effort, not a longer walk (README "Large collections").
-# FAST's graph holds float16 rows and is walked with efSearch 128 (session 6): 1,000,000 vectors end to end in
+# FAST's graph holds float16 rows and is walked with efSearch 128: 1,000,000 vectors end to end in
 # 723 s, 99.02% of the planted pairs (efSearch 64: 689 s, 98.50%; float32 rows with the older scoring: ~1,010 s
-# estimated in session 5, 98.45% in session 4).
+# estimated earlier, 98.45% before that).
 ACCURATE = SearchParams()
 FAST = SearchParams(pca_dim=128, pca_sample=50_000, hnsw_m=24, ef_construction=80, ef_search=128, pool=3, join=4,
                     float16=True)
@@ -330,7 +330,7 @@ def pair_inner_products(base: np.ndarray, left: np.ndarray, right: np.ndarray) -
     """``base[left[k]] . base[right[k]]`` for every k, float32 (m,).
 
     faiss reads the rows in place (``pairwise_indexed_inner_product``): at a million photos the candidate pairs
-    are scored ~5x faster than by gathering both rows with numpy (README "Large collections", session 6).
+    are scored ~5x faster than by gathering both rows with numpy (docs/scale.md).
     """
     left = np.ascontiguousarray(left, dtype=np.int64)
     right = np.ascontiguousarray(right, dtype=np.int64)

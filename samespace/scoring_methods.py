@@ -51,7 +51,7 @@ RELATIVE_POOLING = "gem"  # chosen on the training splits: AP 0.879 / 0.889 agai
 # 0.6996; `python scoring.py calibrate --sample-root data/real`) do not transfer: see README "Default thresholds".
 # The relative and verified thresholds are the best mean F1 of find_duplicates.py's groups over both training splits
 # (the full real build's, 676 photos, seed 0, and the generated set's; best_group_f1_threshold): `python scoring.py
-# calibrate --sample-root data/real --generated --methods relative verified` (session 13; best pair F1 on the union
+# calibrate --sample-root data/real --generated --methods relative verified` (best pair F1 on the union
 # gave 0.2728 / 0.3568).
 REAL_PHOTO_THRESHOLDS: dict[str, float] = {"whash": 0.8594, "phash": 0.7031, "cosine": 0.6996}
 DEFAULT_THRESHOLDS: dict[str, float] = {"whash": 0.9531, "phash": 0.7344, "cosine": 0.8883, "relative": 0.2375,

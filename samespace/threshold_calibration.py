@@ -41,7 +41,7 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> Calibration:
     labels = np.asarray(labels).astype(bool)
     if not labels.any():
         raise ValueError("no positive pairs to calibrate on")
-    from sklearn import metrics  # here, not at the top: ~1 s of every find_duplicates.py start (issue 11)
+    from sklearn import metrics  # here, not at the top: ~1 s of every finder start
 
     precision, recall, thresholds = metrics.precision_recall_curve(labels, scores)
     f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)

@@ -1,7 +1,7 @@
 """Spatial verification: how many local features of two photos agree on one geometric transform.
 
 A photo of a space re-shot from a step aside, cropped to half its side or turned 25 degrees keeps a pooled-feature
-cosine near 0.5 to the original, as low as two unrelated look-alike rooms (README, "Quality benchmark", session 6:
+cosine near 0.5 to the original, as low as two unrelated look-alike rooms (docs/quality.md:
 87 of the 98 real training pairs the relative method misses are such re-shoots). Its local features still match,
 and they move together: matched points of one scene seen twice fit one homography (a plane from two viewpoints,
 or any scene from one centre), matches between two different scenes do not. This is the spatial re-ranking of

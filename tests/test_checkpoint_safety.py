@@ -1,4 +1,4 @@
-"""Checkpoints from others (issue 8, items 2 and 8): loading never runs code stored in the file, and a damaged
+"""Checkpoints from others: loading never runs code stored in the file, and a damaged
 checkpoint is one line naming the file, exit status 2."""
 
 from __future__ import annotations

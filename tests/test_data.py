@@ -726,7 +726,7 @@ def test_cli_stats_json(train_dir: Path, train_dataset: pair_dataset.DuplicateIm
 
 
 def test_cli_stats_never_imports_torch(train_dir: Path, train_dataset: pair_dataset.DuplicateImageDataset) -> None:
-    # Importing torch + torchvision costs ~0.9 GB of RSS: `data.py stats` must stay under 600 MB (issue 11).
+    # Importing torch + torchvision costs ~0.9 GB of RSS: `data.py stats` must stay under 600 MB.
     code = ("import sys, data; status = data.main(['stats', sys.argv[1], '--json']); "
             "print(sorted(name for name in ('torch', 'torchvision') if name in sys.modules)); sys.exit(status)")
     done = subprocess.run([sys.executable, "-c", code, str(train_dir)], cwd=Path(data.__file__).parent,

@@ -1,4 +1,4 @@
-"""data.py sample / download output folders (issue 8, items 4 and 7): a refused or failed run leaves nothing,
+"""data.py sample / download output folders: a refused or failed run leaves nothing,
 and a bad folder is one line with exit status 2 before anything is generated or downloaded."""
 
 from __future__ import annotations

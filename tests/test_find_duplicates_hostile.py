@@ -1,4 +1,4 @@
-"""find_duplicates.py on hostile folders (issue 8, items 6, 12, 13, 14, 15): odd file names, blank photos,
+"""find_duplicates.py on hostile folders: odd file names, blank photos,
 unreadable folders, undecodable formats, bad thresholds; every error one line with exit status 2."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every reader decodes or skips the same damaged files with the same reason (issue 8, item 5 and "Done when").
+"""Every reader decodes or skips the same damaged files with the same reason.
 
 A few hundred mutated JPEG / PNG files (seeded bit flips, truncations, corrupt EXIF) are read by `data.py stats`,
 the training dataset, evaluation.evaluate and find_duplicates; none may raise, and all four must agree on
@@ -64,7 +64,7 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory, test_dir: Path) -> Path:
             buffer = io.BytesIO()
             img.save(buffer, "PNG")
             bases.append(("png", buffer.getvalue()))
-    # the one struct.error that issue 8 found: EXIF tag Make retyped, so PIL packs text as an integer
+    # the one struct.error seen in real files: EXIF tag Make retyped, so PIL packs text as an integer
     crafted = bases[0][1].replace(b"\x01\x0f\x00\x02", b"\x01\x03\x00\x02", 1)
     (root / "room" / "crafted_0_1.jpg").write_bytes(crafted)
     for k in range(N_FILES):
@@ -120,7 +120,7 @@ def test_every_reader_decodes_or_skips_the_same_files_for_the_same_reason(fuzzed
     assert sorted(train_kept | set(train_skipped)) == files  # every file either decoded or skipped
     assert report["images"] == len(eval_kept) and dataset.summary()["skipped"] == len(train_skipped)
 
-    # the mutations really exercise both outcomes, including the EXIF failure issue 8 reported
+    # the mutations really exercise both outcomes, including that EXIF failure
     assert 30 < len(train_skipped) < len(files) - 30
     assert re.search(r"cannot read image \(error: ", train_skipped["room/crafted_0_1.jpg"])
     kinds = {"truncate", "flip"}

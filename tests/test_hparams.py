@@ -1,4 +1,4 @@
-"""Hyperparameters and model_def.py's command line (issue 8, items 9 and 11): every bad value, unknown key or
+"""Hyperparameters and model_def.py's command line: every bad value, unknown key or
 data folder is one line with exit status 2, before any photo is decoded."""
 
 from __future__ import annotations

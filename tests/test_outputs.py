@@ -1,4 +1,4 @@
-"""Output locations (issue 8, items 1 and 7): photos are never replaced, foreign files need --overwrite, two
+"""Output locations: photos are never replaced, foreign files need --overwrite, two
 outputs never share a path, and every bad location is one line with exit status 2 before any work."""
 
 from __future__ import annotations

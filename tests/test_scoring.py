@@ -239,7 +239,7 @@ def test_real_photo_thresholds_reproduce_on_the_real_training_split() -> None:
 
 
 # The full real-photo build (`samespace devset build DIR`, seed 0: 676 training photos): with the generated set,
-# the relative and verified defaults and local_scaling's R0s were calibrated on it (session 12).
+# the relative and verified defaults and local_scaling's R0s were calibrated on it.
 REAL_BUILD = os.environ.get("SAMESPACE_REAL_BUILD_DIR")
 
 
@@ -266,7 +266,7 @@ def test_default_thresholds_reproduce_on_the_sample_set(calibration_root: Path) 
         )
     # The relative default comes from the groups of both training splits (the real one is not built in CI). On the
     # generated one alone its pairs lose 0.009 of F1 against that split's own best pair threshold (0.2441), and its
-    # groups score 0.965 (0.923 at 0.2728, the pair-F1 default of session 12).
+    # groups score 0.965 (0.923 at 0.2728, the former pair-F1 default).
     best = threshold_calibration.best_f1_threshold(scores["relative"], labels)
     default = scoring_methods.DEFAULT_THRESHOLDS["relative"]
     n = 233
