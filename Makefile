@@ -2,7 +2,8 @@
 # weights that install offline),
 # evaluate the checkpoint beside the reference methods, and find the duplicates of the test photos with it
 # (duplicates-model.html) and with the default method, relative (duplicates.html; README "Where it stands").
-# `make test`: ruff and the test suite (what CI runs). Both create .venv with the pinned requirements first.
+# `make test`: ruff and the test suite (what CI runs); `make check`: the fast tests only. Each creates .venv with the
+# pinned requirements and the package (editable) first.
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
 VENV ?= .venv
@@ -10,15 +11,16 @@ PY := $(VENV)/bin/python
 SAMPLE := data/sample
 DEMO := data/demo
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .  # the samespace command in $(VENV)/bin
 	touch $@
 
 REAL := data/real
 
-.PHONY: demo test bench default-model
+.PHONY: demo test check bench default-model
 demo: $(VENV)/.installed
 	mkdir -p $(DEMO)
 	$(PY) model_def.py --sample-data $(SAMPLE) --config improved.yaml \
@@ -26,13 +28,18 @@ demo: $(VENV)/.installed
 	ckpt=$$(tail -n 1 $(DEMO)/train.log) && \
 	$(PY) model_inference.py --checkpoint "$$ckpt" --data-dir "$(SAMPLE)/Test Data" \
 		--json $(DEMO)/evaluation.json --plots $(DEMO)/plots --scores $(DEMO)/scores.csv --write-threshold && \
-	$(PY) find_duplicates.py "$(SAMPLE)/Test Data" --checkpoint "$$ckpt" \
+	$(VENV)/bin/samespace find "$(SAMPLE)/Test Data" --checkpoint "$$ckpt" \
 		--json $(DEMO)/duplicates-model.json --html $(DEMO)/duplicates-model.html
-	$(PY) find_duplicates.py "$(SAMPLE)/Test Data" --json $(DEMO)/duplicates.json --html $(DEMO)/duplicates.html
+	$(VENV)/bin/samespace find "$(SAMPLE)/Test Data" --json $(DEMO)/duplicates.json --html $(DEMO)/duplicates.html
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# The fast tests only (no training runs, no multi-process runs, no full-set calibrations): a check while working.
+check: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_pairs.py
@@ -40,6 +47,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_extraction.py
 	$(PY) benchmarks/bench_find_duplicates.py
 	$(PY) benchmarks/bench_quality.py --dataset sample
+	$(PY) benchmarks/bench_huge_pages.py
 
 # The shipped default model of find_duplicates.py (default_model.pt / .json): the improved recipe trained on the
 # real-photo development set's Training Data, its threshold calibrated on that same training split.
@@ -48,5 +56,5 @@ default-model: $(VENV)/.installed
 	mkdir -p checkpoints
 	$(PY) model_def.py --data-dir $(REAL) --config improved.yaml --checkpoint-dir checkpoints \
 		| tee checkpoints/default-model.log
-	$(PY) default_model.py export --checkpoint "$$(tail -n 1 checkpoints/default-model.log)" \
+	$(PY) -m samespace.default_model export --checkpoint "$$(tail -n 1 checkpoints/default-model.log)" \
 		--calibrate-on "$(REAL)/Training Data"
