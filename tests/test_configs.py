@@ -104,7 +104,7 @@ def test_embed_config_passes_the_038_validator_and_runs_embed_py_per_slot() -> N
     assert result.returncode == 0 and result.stdout.strip() == f"{REPO / 'embed.yaml'}: valid", result.stdout
     config = _load("embed.yaml")
     assert config["entrypoint"].startswith("python3 -m determined.launch.torch_distributed python3 embed.py")
-    assert "--output" in config["entrypoint"] and config["resources"]["slots_per_trial"] > 1
+    assert "--store" in config["entrypoint"] and config["resources"]["slots_per_trial"] > 1
     assert config["searcher"]["metric"] == "photos_embedded"  # what embed.py reports at the end
 
 

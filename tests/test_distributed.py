@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 DRIVER = """
 import json, os, sys
 sys.path.insert(0, {repo!r})
-from samespace import model
+from samespace import siamese, trial_parts
 siamese.TWIN_DROPOUT = 0.0
 import model_def
 record = trial_parts.RunLog.on_validation_end

@@ -342,8 +342,6 @@ def test_atomic_write_streams_a_writer_and_keeps_the_old_file_if_it_fails(tmp_pa
 def test_checkpoint_threshold_file_is_the_model_default(
     photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import sys
-    import types
 
     from samespace.siamese import SiameseNetwork
 
@@ -355,7 +353,7 @@ def test_checkpoint_threshold_file_is_the_model_default(
         loaded.append((checkpoint_dir, device))
         return network
 
-    monkeypatch.setitem(sys.modules, "model_def", types.SimpleNamespace(load_model=load_model))
+    monkeypatch.setattr(checkpoint_loading, "load_model", load_model)
     checkpoint = tmp_path / "checkpoint"
     checkpoint.mkdir()
     (checkpoint / scoring_methods.THRESHOLD_FILE).write_text(json.dumps({"threshold": 0.25, "metric": "best_f1"}))

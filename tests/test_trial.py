@@ -124,6 +124,7 @@ def test_load_model_names_a_folder_that_is_not_a_checkpoint(tmp_path: Path) -> N
 
 
 def test_checkpoint_dir_must_not_be_copied_into_checkpoints(tmp_path: Path) -> None:
-    assert local_runs.inside_code(model_def.REPO / "tests" / "run1")  # copied with the code, recursively
+    assert local_runs.inside_code(model_def.REPO / "samespace" / "run1")  # copied with the code, recursively
+    assert not local_runs.inside_code(model_def.REPO / "tests" / "run1")  # tests/ is in .detignore
     assert not local_runs.inside_code(model_def.REPO / "checkpoints" / "run1")  # in .detignore
     assert not local_runs.inside_code(tmp_path)
