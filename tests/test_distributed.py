@@ -23,6 +23,8 @@ import model_def
 from samespace import checkpoint_loading, siamese, trial_parts
 from samespace.devsets import sample_set
 
+pytestmark = pytest.mark.slow  # trains, runs several processes or installs packages
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Run model_def.main with every dropout at 0 (the twin heads' fixed 0.2 too) and record the validation metrics

@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from samespace import embedding_store
 from samespace.commands import find
+
+pytestmark = pytest.mark.slow  # trains, runs several processes or installs packages
 
 REPO = Path(__file__).resolve().parent.parent
 

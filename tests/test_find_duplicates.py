@@ -385,6 +385,7 @@ def test_option_conflicts_are_usage_errors(photos: Path) -> None:
         assert exit_info.value.code == 2
 
 
+@pytest.mark.slow
 def test_checkpoint_scores_equal_model_inference_scores(trained_checkpoint: Path, test_dir: Path) -> None:
     """find_duplicates.py --checkpoint and model_inference.py score every pair with the same function."""
 

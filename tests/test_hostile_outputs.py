@@ -199,6 +199,7 @@ def test_embeddings_never_rewrites_its_input(photos: Path, tmp_path: Path, capsy
     assert _digest(store) == before
 
 
+@pytest.mark.slow
 def test_stdout_into_a_pipe_is_written_not_read(photos: Path) -> None:
     for name in ("/dev/stdout", "-"):
         run = subprocess.run(

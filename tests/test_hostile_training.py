@@ -22,6 +22,8 @@ from samespace import checkpoint_loading, resume_checks, run_config
 from samespace.commands import evaluate, find
 from samespace.devsets import manifests, real_photos, sample_set
 
+pytestmark = pytest.mark.slow  # trains, runs several processes or installs packages
+
 TINY = ["--hparam", "backbone_weights=none", "--hparam", "pairing=unique", "--hparam", "global_batch_size=256"]
 
 

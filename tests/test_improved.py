@@ -29,6 +29,8 @@ from samespace import (
 )
 from samespace.commands import find
 
+pytestmark = pytest.mark.slow  # trains, runs several processes or installs packages
+
 
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cosine_similarity(a, b, dim=-1)

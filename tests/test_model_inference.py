@@ -24,6 +24,8 @@ from samespace import (
 )
 from samespace.commands import evaluate
 
+pytestmark = pytest.mark.slow  # trains, runs several processes or installs packages
+
 
 @pytest.fixture(scope="module")
 def evaluated(trained_checkpoint: Path, test_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:

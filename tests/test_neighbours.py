@@ -198,7 +198,7 @@ def test_graph_is_added_in_few_large_blocks_with_rows_in_order(monkeypatch: pyte
         calls.append(len(x))
         return project(x, projection)
 
-    monkeypatch.setattr(neighbours, "_project", counted)
+    monkeypatch.setattr(neighbours, "project", counted)
     params = neighbours.SearchParams(pca_dim=16, hnsw_m=8, ef_construction=20, add_block=700)
     graph = neighbours.build_graph(vectors, None, params)
     assert calls == [700, 700, 600]

@@ -21,6 +21,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+pytestmark = pytest.mark.slow  # trains, runs several processes or installs packages
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Python -> what the image fixes. 3.10: determinedai/pytorch-ngc:0.38.x (NGC PyTorch 24.03: torch 2.3.0a0,
@@ -65,7 +67,6 @@ def _resolve(python: str, fixed: dict[str, str], work: Path) -> subprocess.Compl
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.slow
 def test_requirements_resolve_on_every_supported_python(tmp_path: Path) -> None:
     if reason := image_env.index_unreachable():
         pytest.skip(reason)

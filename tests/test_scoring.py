@@ -253,6 +253,7 @@ def test_relative_and_verified_thresholds_reproduce_on_both_training_splits(cali
         assert round(result["r0_augmented"], 4) == local_scaling.R0_AUGMENTED
 
 
+@pytest.mark.slow
 def test_default_thresholds_reproduce_on_the_sample_set(calibration_root: Path) -> None:
     """The calibration: best F1 on the unique pairs of the sample set's Training Data (seed 0)."""
     scores, labels = threshold_calibration.split_pair_scores(calibration_root / "Training Data")

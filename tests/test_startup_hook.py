@@ -18,6 +18,8 @@ from pathlib import Path
 import image_env
 import pytest
 
+pytestmark = pytest.mark.slow  # trains, runs several processes or installs packages
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Printed by the venv's python: where torch, torchvision and numpy come from, and which requirements of
@@ -75,7 +77,6 @@ def _probe(python: Path) -> dict:
     return json.loads(result.stdout)
 
 
-@pytest.mark.slow
 def test_startup_hook_installs_the_trial_requirements_and_keeps_the_images_torch(tmp_path: Path) -> None:
     if reason := image_env.index_unreachable():
         pytest.skip(reason)

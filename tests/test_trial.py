@@ -15,6 +15,8 @@ from determined import pytorch
 import model_def
 from samespace import checkpoint_loading, feature_cache, local_runs, pair_dataset, run_config
 
+pytestmark = pytest.mark.slow  # trains, runs several processes or installs packages
+
 HPARAMS = {"global_batch_size": 64, "learning_rate": 0.002061, "alpha": 0.926,
            "dropout1": 0.306, "dropout2": 0.491, "dropout3": 0.562}
 
