@@ -271,7 +271,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint-dir", type=Path, metavar="DIR",
                         help="local: store checkpoints in DIR/<uuid> (default: Determined's local storage, "
                              "$XDG_DATA_HOME/determined, ~/.local/share/determined on Linux)")
-    parser.add_argument("--resume", type=Path, metavar="CHECKPOINT",
+    parser.add_argument("--resume", type=Path, metavar="DIR",
                         help="local: continue the run that wrote this checkpoint folder (what it printed last), "
                              "as a cluster resumes a paused trial; give the same --config/--hparam and the total "
                              "--epochs/--batches")

@@ -119,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", default="checkpoints", help="folder to download into (default: checkpoints)")
     parser.add_argument("--metric", default="validation_loss", help="validation metric to rank by")
     parser.add_argument("--larger-is-better", action="store_true", help="rank by the largest metric value")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
         try:  # before asking the master for anything
@@ -129,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             connect(), args.experiment, args.output, metric=args.metric, larger_is_better=args.larger_is_better
         )
     except DownloadError as exc:
+        if args.debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return cli.EXIT_ERROR
     print(path)

@@ -133,15 +133,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="default_model.py", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("export", help="write default_model.pt / .json from a trained improved-recipe checkpoint")
-    ex.add_argument("--checkpoint", required=True, help="a checkpoint folder of model_def.py --config improved.yaml")
+    ex.add_argument(
+        "--checkpoint", required=True, metavar="DIR", help="a checkpoint folder of model_def.py --config improved.yaml"
+    )
     ex.add_argument("--calibrate-on", required=True, help="a labelled TRAINING split for the default threshold")
     ex.add_argument("--cache-dir", help="the feature cache training used (default: model_def's default)")
+    ex.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     from samespace.feature_cache import DEFAULT_CACHE_DIR
 
     try:
         info = export(args.checkpoint, args.calibrate_on, args.cache_dir or DEFAULT_CACHE_DIR)
     except (DefaultModelError, ValueError, labelling.DataError) as exc:
+        if args.debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(info, indent=2))

@@ -46,7 +46,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "samespace evaluate") ->
     """The command line: 0 on success, 2 with a one-line error (``--debug``: the traceback)."""
     parser = cli.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint folder written by model_def.py")
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="DIR", help="a checkpoint folder written by model_def.py"
+    )
     parser.add_argument("--data-dir", required=True, help="one split folder, e.g. 'data/Airbnb Data/Test Data'")
     parser.add_argument("--pairing", choices=scoring_methods.PAIRING_CHOICES, default="both")
     parser.add_argument("--json", help="write the metrics as JSON (keys 'faithful' and 'unique')")

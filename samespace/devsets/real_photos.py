@@ -91,11 +91,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "samespace devset") -> i
     verify_cmd = sub.add_parser("verify", help="check a built set's files against its manifest (sha256)")
     verify_cmd.add_argument("set_dir", help="the folder holding manifest.csv, e.g. data/real")
     verify_cmd.set_defaults(func=_cmd_verify)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.func(args)
     except labelling.DataError as exc:
+        if args.debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
