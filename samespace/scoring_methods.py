@@ -46,11 +46,11 @@ RELATIVE_POOLING = "gem"  # chosen on the training splits: AP 0.879 / 0.889 agai
 
 # Best-F1 thresholds of the reference methods on the unique pairs of the generated sample set's
 # "Training Data" (the generated sample set, seed 0: 233 photos, 27,028 pairs of which 251 duplicates); cosine with
-# efficientnet_lite0 ImageNet weights. Reproduce with `python scoring.py calibrate`; tests/test_scoring.py
+# efficientnet_lite0 ImageNet weights. Reproduce with `samespace calibrate`; tests/test_scoring.py
 # checks the numbers. The real-photo training split's best-F1 thresholds (whash 0.8594, phash 0.7031, cosine
-# 0.6996; `python scoring.py calibrate --sample-root data/real`) do not transfer: see README "Default thresholds".
+# 0.6996; `samespace calibrate --sample-root data/real`) do not transfer: see README "Default thresholds".
 # The relative and verified thresholds are the best mean F1 of find_duplicates.py's groups over both training splits
-# (the full real build's, 676 photos, seed 0, and the generated set's; best_group_f1_threshold): `python scoring.py
+# (the full real build's, 676 photos, seed 0, and the generated set's; best_group_f1_threshold): `samespace
 # calibrate --sample-root data/real --generated --methods relative verified` (best pair F1 on the union
 # gave 0.2728 / 0.3568).
 REAL_PHOTO_THRESHOLDS: dict[str, float] = {"whash": 0.8594, "phash": 0.7031, "cosine": 0.6996}
