@@ -100,6 +100,8 @@ def check_finite(state: dict[str, Any], path: Path) -> None:
 def check_weights_fit(state: dict[str, Any], network: torch.nn.Module, path: Path) -> None:
     """Refuse a checkpoint whose weights do not fit ``network`` (names and shapes), naming what differs."""
     weights = state["models_state_dict"][0] if state["models_state_dict"] else {}
+    if weights and all(key.startswith("module.") for key in weights):  # a multi-process run's DistributedDataParallel
+        weights = {key.removeprefix("module."): value for key, value in weights.items()}
     expected = network.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))

@@ -1,4 +1,5 @@
-"""requirements.txt installs on every Python the README supports on a cluster, on top of the image's torch.
+"""requirements.txt installs on every Python the docs support on a cluster (docs/reproduction.md), on top of
+the image's torch.
 
 pip's own resolver decides, for a target Python and platform, without installing anything
 (`pip install --dry-run --ignore-installed --python-version X --platform ...`). The image's torch is stood in
@@ -101,9 +102,9 @@ def test_dev_pins_every_trial_requirement_inside_its_range() -> None:
     assert not {"torch", "torchvision"} & ranges.keys(), "the image brings torch; requirements.txt must not"
 
 
-def test_readme_lists_the_supported_pythons_and_every_range() -> None:
-    readme = (REPO / "README.md").read_text()
+def test_the_docs_list_the_supported_pythons_and_every_range() -> None:
+    readme = (REPO / "docs" / "reproduction.md").read_text()  # "Cluster images and requirements"
     assert "Supported on a cluster: Python 3.10, 3.11 and 3.12" in readme
     assert sorted(IMAGES) == ["3.10", "3.11", "3.12"]
     for line in _lines(REPO / "requirements.txt"):
-        assert f"`{line}`" in readme, f"README does not show {line}"
+        assert f"`{line}`" in readme, f"docs/reproduction.md does not show {line}"
