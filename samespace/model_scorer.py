@@ -62,6 +62,7 @@ class ModelScorer(scorers.PairScorer):
         self.vectors = np.zeros((0, 0), np.float32)
         self.first = torch.zeros(0)
         self.second = torch.zeros(0)
+        self._second_on_device: torch.Tensor | None = None  # moved to the model's device once, when first scored
 
     @property
     def fields(self) -> dict[str, FieldSpec]:  # type: ignore[override]
@@ -90,6 +91,7 @@ class ModelScorer(scorers.PairScorer):
             self.vectors = np.concatenate(vectors)
             self.first, self.second = torch.cat(first), torch.cat(second)
         self._parts = []
+        self._second_on_device = None
 
     def score(self, left: np.ndarray, right: np.ndarray) -> np.ndarray:
         return model_pair_scores(
@@ -101,8 +103,11 @@ class ModelScorer(scorers.PairScorer):
         """The cosine head scores a block of pairs as one matrix product; the concatenation head cannot."""
         if getattr(self.model, "head_kind", "concat") != "cosine":
             return None
-        logits = self.model.head.similarity_matrix(self.first[start:stop], self.second)
-        return torch.sigmoid(logits.double()).numpy()
+        # The projections are kept on the CPU; the head's scale and bias live on the model's device.
+        if self._second_on_device is None:
+            self._second_on_device = self.second.to(self.device)
+        logits = self.model.head.similarity_matrix(self.first[start:stop].to(self.device), self._second_on_device)
+        return torch.sigmoid(logits.double()).cpu().numpy()
 
     def search_vectors(self) -> np.ndarray:
         return self.vectors
