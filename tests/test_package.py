@@ -7,6 +7,7 @@ another, no import of the root trial files from the package, and the duplicate f
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,7 @@ def test_help_and_version_load_no_model_code() -> None:
         assert done.returncode == 0, (argv, done.stderr)
         assert "usage: samespace" in done.stdout, argv
         assert "examples:\n  samespace" in done.stdout, argv
+        assert argv == ["--help"] or "--debug" in done.stdout, argv
     version = _run(code, "--version")
     assert version.stdout.strip() == f"samespace {samespace.__version__}"
 
@@ -120,3 +122,13 @@ def test_the_api_gives_paths_and_scores(train_dir: Path) -> None:
     assert all(Path(p).is_file() and Path(p).is_relative_to(train_dir) for p in members)
     with pytest.raises(samespace.errors.FindDuplicatesError, match="not a directory"):
         samespace.find_duplicates([train_dir / "nowhere"])
+
+
+def test_the_readme_is_short_and_no_text_names_an_issue_or_a_work_period() -> None:
+    """History lives in git: project text describes the project as it is."""
+    assert (REPO / "README.md").stat().st_size <= 20_000
+    pattern = re.compile(r"\bissues? #?\d+|\bwork periods?\b|\bsessions? \d+", re.IGNORECASE)
+    texts = [p for p in REPO.rglob("*") if p.suffix in {".py", ".md", ".yaml", ".toml", ".sh", ".txt"}
+             and not {".venv", ".git", "data", "checkpoints"} & set(p.relative_to(REPO).parts)]
+    assert len(texts) > 60
+    assert [f"{p.relative_to(REPO)}: {m.group(0)}" for p in texts for m in pattern.finditer(p.read_text())] == []

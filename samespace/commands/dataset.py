@@ -71,7 +71,8 @@ def build_parser(prog: str = "samespace") -> cli.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     download.add_argument("--path", default="data", help="folder to hold 'Airbnb Data/' (default: data)")
     download.set_defaults(func=run_download)
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    for command in (stats, sample, download):
+        command.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
 
