@@ -278,3 +278,17 @@ def test_a_huge_or_special_result_is_refused_unread(scene: tuple[Path, Path], tm
     assert "not a regular file" in capsys.readouterr().err
     assert undo.main([str(result)]) == cli.EXIT_ERROR
     assert "not a SameSpace undo manifest" in capsys.readouterr().err
+
+
+def test_relative_paths_are_taken_from_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    write_scene(tmp_path / "photos")
+    before = checksums(tmp_path / "photos")
+    monkeypatch.chdir(tmp_path)
+    run_find(Path("result.json"), Path("photos"))
+    assert _group_members(Path("result.json"))[0][0] == "photos/a.png"
+    capsys.readouterr()
+    assert act.main(["result.json", "--move-to", "dups", "--apply"]) == 0
+    assert set(checksums(tmp_path / "dups")) == {"a.png", "sub/a_copy.png", "b.png"}
+    manifest = capsys.readouterr().out.strip().split("samespace undo ")[-1]
+    assert undo.main([manifest]) == 0 and checksums(tmp_path / "photos") == before
