@@ -182,6 +182,9 @@ def make_plan(doc: Document, action: str, rule: str = keepers.DEFAULT_RULE, pref
         facts = []
         for member in members:
             try:
+                if not stat.S_ISREG(os.lstat(member).st_mode):  # a link is never kept nor acted on: it could
+                    plan.refused.append(_refusal(member, "not a regular file (a link or a device)"))  # dangle
+                    continue
                 facts.append(keepers.read_facts(member))
             except OSError as exc:
                 plan.refused.append(_refusal(member, f"cannot read ({exc.strerror or exc})"))

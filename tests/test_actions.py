@@ -292,3 +292,14 @@ def test_relative_paths_are_taken_from_the_current_folder(tmp_path: Path, monkey
     assert set(checksums(tmp_path / "dups")) == {"a.png", "sub/a_copy.png", "b.png"}
     manifest = capsys.readouterr().out.strip().split("samespace undo ")[-1]
     assert undo.main([manifest]) == 0 and checksums(tmp_path / "photos") == before
+
+
+def test_a_link_in_a_group_is_neither_kept_nor_acted_on(scene: tuple[Path, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    photos, result = scene
+    (photos / "a_big.png").rename(tmp_path / "elsewhere.png")
+    (photos / "a_big.png").symlink_to(tmp_path / "elsewhere.png")  # the best photo of group 1 is now a link
+    assert act.main([str(result), "--move-to", str(tmp_path / "dups"), "--apply"]) == 1
+    assert f"refused: {photos / 'a_big.png'}: not a regular file" in capsys.readouterr().err
+    assert (photos / "a_big.png").is_symlink() and (tmp_path / "elsewhere.png").is_file()
+    assert set(checksums(tmp_path / "dups")) == {"sub/a_copy.png", "b.png"}  # a.png is that group's keeper now
