@@ -1,0 +1,462 @@
+"""Act on what ``samespace find --json`` found: plan, do and undo moving or linking the duplicates.
+
+The result file is untrusted input (:func:`load_result`): size cap, types, and every photo it names must lie
+under a folder its summary lists. A plan keeps one photo per group (keepers.py) and records, per file acted
+on, its size, modification time and sha256 as found on disk; applying re-checks them and refuses, one line
+each, a file that changed. Nothing is ever deleted: a moved file goes to the ``--move-to`` folder, a file
+replaced by a link goes to an undo folder first, and a file is moved by a hard link then an unlink (or an
+exclusive-create copy across file systems), so an existing file is never overwritten. Every applied step is
+recorded in an undo manifest (written through outputs.atomic_write after each step), which :func:`undo` replays.
+Library photos (``find --against``) and keepers are never acted on.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import hashlib
+import json
+import os
+import shutil
+import stat
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from samespace import keepers, outputs
+
+MAX_RESULT_BYTES = 256 * 2**20  # a JSON result of a few million pairs; larger is refused unread
+MAX_MANIFEST_BYTES = 256 * 2**20
+ACTIONS = ("move", "hardlink", "symlink")
+MANIFEST_FORMAT = "samespace-undo"
+MAX_SUFFIX = 1000  # "name (1).jpg" ... before a name clash in the destination is refused
+
+
+class ActError(ValueError):
+    """A result file, manifest or option that cannot be acted on: one line naming it."""
+
+
+@dataclass
+class Document:
+    """The parts of a find result that acting needs: groups of paths, scanned folders, library folders."""
+
+    path: Path
+    groups: list[list[str]]
+    folders: list[str]
+    library: list[str]
+    mtime_ns: int
+
+
+def _read_capped(path: Path, cap: int, what: str) -> bytes:
+    """The bytes of the regular file ``path`` (never a FIFO or device), refusing one larger than ``cap``."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ActError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # checked before fdopen, which refuses a folder itself
+        os.close(fd)
+        raise ActError(f"{path}: not a regular file")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise ActError(f"{path}: larger than {cap:,} bytes; not a {what} this command reads")
+    return data
+
+
+def _parse_json(path: Path, data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ActError(f"{path}: not a {what} (not UTF-8)") from exc
+    except json.JSONDecodeError as exc:
+        raise ActError(f"{path}: not a {what} (not JSON: line {exc.lineno}: {exc.msg})") from exc
+    except RecursionError as exc:  # deeply nested arrays
+        raise ActError(f"{path}: not a {what} (nested too deeply)") from exc
+
+
+def _strings(value: Any, where: str, path: Path) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v and "\x00" not in v for v in value):
+        raise ActError(f"{path}: {where} must be a list of non-empty path strings")
+    return value
+
+
+def is_under(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` lies in ``folder``: lexically (``..`` resolved) and with the folders' links resolved."""
+    plain, top = Path(os.path.abspath(path)), Path(os.path.abspath(folder))
+    real = Path(os.path.realpath(plain.parent)) / plain.name  # the file's own link is not followed
+    return plain.is_relative_to(top) and real.is_relative_to(os.path.realpath(top))
+
+
+def load_result(path: str | Path, cap: int | None = None) -> Document:
+    """Read and validate a ``samespace find --json`` result; ActError (one line naming the file) on any problem.
+
+    Relative paths are taken as written, relative to the current folder, like ``find`` wrote them.
+    """
+    path = Path(path)
+    data = _read_capped(path, MAX_RESULT_BYTES if cap is None else cap, "SameSpace result")
+    doc = _parse_json(path, data, "SameSpace result")
+    if not isinstance(doc, dict) or not isinstance(doc.get("groups"), list) or not isinstance(doc.get("summary"),
+                                                                                              dict):
+        raise ActError(f"{path}: not a SameSpace result (expected an object with groups and summary)")
+    summary = doc["summary"]
+    folders = _strings(summary.get("folders"), "summary.folders", path)
+    library = _strings(summary.get("against", []), "summary.against", path)
+    if not folders:
+        raise ActError(f"{path}: summary.folders lists no folder")
+    groups: list[list[str]] = []
+    for k, group in enumerate(doc["groups"]):
+        if not isinstance(group, dict):
+            raise ActError(f"{path}: groups[{k}] must be an object")
+        members = _strings(group.get("members"), f"groups[{k}].members", path)
+        if len(set(members)) != len(members):
+            raise ActError(f"{path}: groups[{k}] lists a photo twice")
+        for member in members:
+            if not any(is_under(member, f) for f in [*folders, *library]):
+                raise ActError(f"{path}: groups[{k}]: {outputs.printable_name(member)} is not under the scanned "
+                               "folders of summary.folders / summary.against")
+        groups.append(members)
+    return Document(path, groups, folders, library, os.stat(path).st_mtime_ns)
+
+
+def sha256_of(path: str | Path) -> str:
+    """The sha256 of a regular file's bytes (a link is not followed: OSError)."""
+    digest = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    with os.fdopen(fd, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Step:
+    """One file to act on, with what it was at planning time (the check before acting)."""
+
+    action: str
+    path: str
+    keeper: str
+    reason: str
+    folder: str  # the scanned folder it lies under: --move-to keeps the path relative to it
+    size: int
+    mtime_ns: int
+    sha256: str
+    keeper_sha256: str
+
+
+@dataclass
+class Plan:
+    """The steps of a run, the lines of files refused while planning, and counts for the summary line."""
+
+    steps: list[Step] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+    groups: int = 0
+    not_identical: int = 0
+    library: int = 0
+
+
+def _refusal(path: str, why: str) -> str:
+    return f"{outputs.printable_name(path)}: {why}; left alone"
+
+
+def make_plan(doc: Document, action: str, rule: str = keepers.DEFAULT_RULE, prefer: Sequence[str | Path] = (),
+              only_identical: bool = False) -> Plan:
+    """Per group, the keeper and a step for every other photo that may be acted on (see the module docstring).
+
+    ``only_identical``: each group is split into its sets of byte-identical photos, each set with its keeper."""
+    if action not in ACTIONS:
+        raise ActError(f"unknown action {action!r}")
+    plan = Plan()
+    hashes: dict[str, str] = {}
+
+    def digest(p: str) -> str:
+        if p not in hashes:
+            hashes[p] = sha256_of(p)
+        return hashes[p]
+
+    chosen: list[tuple[keepers.Choice, list[keepers.Facts]]] = []
+    for members in doc.groups:
+        facts = []
+        for member in members:
+            try:
+                if not stat.S_ISREG(os.lstat(member).st_mode):  # a link is never kept nor acted on: it could
+                    plan.refused.append(_refusal(member, "not a regular file (a link or a device)"))  # dangle
+                    continue
+                facts.append(keepers.read_facts(member))
+            except OSError as exc:
+                plan.refused.append(_refusal(member, f"cannot read ({exc.strerror or exc})"))
+        for subgroup in _identical_sets(facts, digest, plan) if only_identical else [facts]:
+            if len(subgroup) >= 2:
+                chosen.append((keepers.choose_keeper(subgroup, rule, prefer, doc.library), subgroup))
+    kept = {os.path.abspath(choice.keeper.path) for choice, _ in chosen}
+    planned: set[str] = set()
+    for choice, facts in chosen:
+        plan.groups += 1
+        keeper = choice.keeper.path
+        for f in facts:
+            where = os.path.abspath(f.path)
+            if where in kept or where in planned:  # a keeper of any group, or already planned
+                continue
+            if any(is_under(f.path, lib) for lib in doc.library):
+                plan.library += 1
+                continue
+            why = _why_not(f, keeper, doc, action, digest)
+            if why:
+                plan.refused.append(_refusal(f.path, why))
+            else:
+                folder = max((d for d in doc.folders if is_under(f.path, d)), key=lambda d: len(Path(d).parts))
+                plan.steps.append(Step(action, f.path, keeper, choice.reason, folder, f.size, f.mtime_ns,
+                                       digest(f.path), digest(keeper)))
+                planned.add(where)
+    return plan
+
+
+def _identical_sets(facts: list[keepers.Facts], digest: Callable[[str], str], plan: Plan) -> list[list[keepers.Facts]]:
+    """A group split into its sets of byte-identical photos (sha256); photos with no copy are counted."""
+    sets: dict[str, list[keepers.Facts]] = {}
+    for f in facts:
+        try:
+            sets.setdefault(digest(f.path), []).append(f)
+        except OSError as exc:
+            plan.refused.append(_refusal(f.path, f"cannot read ({exc.strerror or exc})"))
+    plan.not_identical += sum(1 for same in sets.values() if len(same) == 1)
+    return list(sets.values())
+
+
+def _why_not(f: keepers.Facts, keeper: str, doc: Document, action: str, digest: Callable[[str], str]) -> str | None:
+    """Why ``f`` must not be acted on (None: it may), checked on the file as it is now."""
+    try:
+        st, keeper_st = os.lstat(f.path), os.stat(keeper)
+        if not stat.S_ISREG(st.st_mode):
+            return "not a regular file (a link or a device)"
+        if st.st_mtime_ns > doc.mtime_ns:
+            return f"modified after {doc.path.name} was written (run find again)"
+        if action == "hardlink" and st.st_dev != keeper_st.st_dev:
+            return "on another file system than its keeper (a hard link cannot cross); use --symlink"
+        if (st.st_dev, st.st_ino) == (keeper_st.st_dev, keeper_st.st_ino):
+            return "already a hard link to its keeper"
+        digest(f.path)
+        digest(keeper)
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    return None
+
+
+def changed(step: Step) -> str | None:
+    """Why the file (or, for a link, its keeper) is not what the plan recorded; None when unchanged."""
+    try:
+        st = os.lstat(step.path)
+        if not stat.S_ISREG(st.st_mode):
+            return "is no longer a regular file"
+        if (st.st_size, st.st_mtime_ns) != (step.size, step.mtime_ns) or sha256_of(step.path) != step.sha256:
+            return "changed since the plan was made"
+        if step.action != "move" and sha256_of(step.keeper) != step.keeper_sha256:
+            return f"its keeper {outputs.printable_name(step.keeper)} changed since the plan was made"
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    return None
+
+
+def move_file(src: str | Path, dst: str | Path, expected_sha256: str) -> None:
+    """Move ``src`` to ``dst``, never replacing an existing ``dst`` (FileExistsError).
+
+    A hard link then an unlink keeps the very inode (same file system); else an exclusive-create copy whose
+    bytes are checked against ``expected_sha256`` before the source is removed.
+    """
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except FileExistsError:
+        raise
+    except OSError:  # another file system, or one without hard links: copy
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+            shutil.copystat(src, dst)
+            if sha256_of(dst) != expected_sha256:
+                raise OSError(errno.EIO, "the copy differs from the source", str(dst)) from None
+        except BaseException:
+            os.unlink(dst)
+            raise
+    os.unlink(src)
+
+
+def _free_name(dst: Path) -> list[Path]:
+    """``dst``, then ``name (1).ext`` ... ``name (MAX_SUFFIX).ext``: names to try, in order."""
+    return [dst] + [dst.with_name(f"{dst.stem} ({n}){dst.suffix}") for n in range(1, MAX_SUFFIX + 1)]
+
+
+def _move_into(src: str, folder: Path, relative: Path, sha: str) -> Path:
+    """Move ``src`` to ``folder/relative`` (a free numbered name on a clash); the path it went to."""
+    target = folder / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not Path(os.path.realpath(target.parent)).is_relative_to(os.path.realpath(folder)):
+        raise OSError(errno.EXDEV, "a link inside the destination leads out of it", str(target.parent))
+    for candidate in _free_name(target):
+        try:
+            move_file(src, candidate, sha)
+            return candidate
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"{MAX_SUFFIX} numbered names taken", str(target))
+
+
+@dataclass
+class Manifest:
+    """The undo manifest of one applied run, rewritten (atomically) after each step."""
+
+    path: Path
+    result: str
+    action: str
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    def write(self) -> None:
+        """Write the manifest through outputs.atomic_write."""
+        doc = {"format": MANIFEST_FORMAT, "version": 1, "result": self.result, "action": self.action,
+               "created": datetime.datetime.now().isoformat(timespec="seconds"), "steps": self.steps}
+        outputs.atomic_write(self.path, json.dumps(doc, indent=1) + "\n")
+
+
+def apply_plan(plan: Plan, manifest: Manifest, move_to: Path | None, undo_dir: Path,
+               report: Callable[[str], None] = print) -> tuple[int, list[str]]:
+    """Do each step whose file is unchanged; returns (steps done, refused lines). ``report`` gets a line per
+    step done. The manifest is written before the first step and after each."""
+    refused: list[str] = []
+    done = 0
+    manifest.write()
+    for step in plan.steps:
+        why = changed(step)
+        if why:
+            refused.append(_refusal(step.path, why))
+            continue
+        relative = Path(os.path.abspath(step.path)).relative_to(os.path.abspath(step.folder))
+        try:
+            went = _move_into(step.path, move_to if step.action == "move" else undo_dir, relative, step.sha256)
+        except OSError as exc:
+            refused.append(_refusal(step.path, f"cannot move ({exc.strerror or exc})"))
+            continue
+        record = {"original": os.path.abspath(step.path), "moved_to": os.path.abspath(went), "link": None,
+                  "keeper": os.path.abspath(step.keeper), "sha256": step.sha256, "size": step.size}
+        manifest.steps.append(record)
+        manifest.write()  # recorded before linking: an interrupted run can still be undone
+        if step.action != "move":
+            try:
+                record["link_target"] = _link(step)
+            except OSError as exc:  # put the file back: nothing is lost, nothing half done
+                move_file(went, step.path, step.sha256)
+                manifest.steps.pop()
+                manifest.write()
+                refused.append(_refusal(step.path, f"cannot link ({exc.strerror or exc})"))
+                continue
+            record["link"] = step.action
+            manifest.write()
+        done += 1
+        report(f"{step.action} {outputs.printable_name(step.path)} -> "
+               + (outputs.printable_name(str(went)) if step.action == "move"
+                  else outputs.printable_name(step.keeper)))
+    return done, refused
+
+
+def _link(step: Step) -> str:
+    """Put a link to the keeper at the step's path; the keeper's absolute path the link names."""
+    target = os.path.realpath(step.keeper)
+    if step.action == "hardlink":
+        os.link(target, step.path)
+    else:
+        os.symlink(target, step.path)
+    return target
+
+
+def plan_dict(plan: Plan) -> list[dict[str, Any]]:
+    """The steps as plain dictionaries (for a JSON listing of a dry run)."""
+    return [asdict(s) for s in plan.steps]
+
+
+# --------------------------------------------------------------------------------------------
+# Undo
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Undone:
+    """What :func:`undo` did: files restored, steps already undone, and the refused lines."""
+
+    restored: int = 0
+    already: int = 0
+    refused: list[str] = field(default_factory=list)
+
+
+def load_manifest(path: str | Path) -> list[dict[str, Any]]:
+    """The steps of an undo manifest, validated (absolute paths, sha256, size, link kind); ActError if not."""
+    path = Path(path)
+    doc = _parse_json(path, _read_capped(path, MAX_MANIFEST_BYTES, "undo manifest"), "undo manifest")
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT or not isinstance(doc.get("steps"), list):
+        raise ActError(f"{path}: not a SameSpace undo manifest")
+    for k, rec in enumerate(doc["steps"]):
+        paths = [rec.get(key) for key in ("original", "moved_to", "keeper")] if isinstance(rec, dict) else [None]
+        ok = (all(isinstance(p, str) and os.path.isabs(p) and "\x00" not in p for p in paths)
+              and isinstance(rec.get("sha256"), str) and len(rec["sha256"]) == 64
+              and all(c in "0123456789abcdef" for c in rec["sha256"])
+              and isinstance(rec.get("size"), int) and rec["size"] >= 0
+              and rec.get("link") in (None, "hardlink", "symlink")
+              and (rec.get("link") is None or isinstance(rec.get("link_target"), str)))
+        if not ok:
+            raise ActError(f"{path}: steps[{k}] is not a valid step (original, moved_to, keeper, sha256, size, link)")
+    return doc["steps"]
+
+
+def _our_link(rec: dict[str, Any]) -> bool:
+    """Whether the original path holds the link this step made (removing it then loses nothing)."""
+    orig = rec["original"]
+    try:
+        if rec.get("link") == "symlink":
+            return os.path.islink(orig) and os.readlink(orig) == rec["link_target"]
+        if rec.get("link") == "hardlink":
+            here, there = os.lstat(orig), os.stat(rec["link_target"])  # the keeper must still be there
+            return stat.S_ISREG(here.st_mode) and (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+    except OSError:
+        return False
+    return False
+
+
+def _already_back(rec: dict[str, Any]) -> bool:
+    try:
+        return (not os.path.lexists(rec["moved_to"]) and stat.S_ISREG(os.lstat(rec["original"]).st_mode)
+                and sha256_of(rec["original"]) == rec["sha256"])
+    except OSError:
+        return False
+
+
+def undo(path: str | Path, report: Callable[[str], None] = print) -> Undone:
+    """Put every file of a manifest back, byte for byte; a path that now holds something else is refused
+    (never replaced). Running it again finds everything back and does nothing."""
+    done = Undone()
+    for rec in reversed(load_manifest(path)):
+        orig, moved = rec["original"], rec["moved_to"]
+        name = outputs.printable_name(orig)
+        if os.path.lexists(orig) and not _our_link(rec):
+            if _already_back(rec):
+                done.already += 1
+            else:
+                done.refused.append(f"{name}: something exists there now; not replaced")
+            continue
+        try:
+            if sha256_of(moved) != rec["sha256"]:
+                done.refused.append(f"{outputs.printable_name(moved)}: changed since it was moved; not restored")
+                continue
+            if os.path.lexists(orig):
+                os.unlink(orig)  # the link this step made (checked above), never the keeper itself
+            Path(orig).parent.mkdir(parents=True, exist_ok=True)
+            move_file(moved, orig, rec["sha256"])
+        except OSError as exc:
+            done.refused.append(f"{name}: cannot restore from {outputs.printable_name(moved)} "
+                                f"({exc.strerror or exc})")
+            continue
+        done.restored += 1
+        report(f"restored {name}")
+    return done
