@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Duplicates", "__version__", "find_duplicates"]
+__all__ = ["Duplicates", "FindDuplicatesError", "__version__", "find_duplicates"]
 
 if TYPE_CHECKING:
     from samespace.api import Duplicates, find_duplicates
+    from samespace.errors import FindDuplicatesError
 
 
 def __getattr__(name: str) -> Any:
@@ -23,4 +24,8 @@ def __getattr__(name: str) -> Any:
         from samespace import api
 
         return getattr(api, name)
+    if name == "FindDuplicatesError":  # what find_duplicates raises for a missing folder or no photos
+        from samespace import errors
+
+        return errors.FindDuplicatesError
     raise AttributeError(f"module 'samespace' has no attribute {name!r}")

@@ -120,7 +120,7 @@ def test_the_api_gives_paths_and_scores(train_dir: Path) -> None:
     members = {p for group in found.groups for p in group}
     assert members == {p for a, b, _ in found.pairs for p in (a, b)}
     assert all(Path(p).is_file() and Path(p).is_relative_to(train_dir) for p in members)
-    with pytest.raises(samespace.errors.FindDuplicatesError, match="not a directory"):
+    with pytest.raises(samespace.FindDuplicatesError, match="not a directory"):
         samespace.find_duplicates([train_dir / "nowhere"])
 
 
