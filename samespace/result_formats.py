@@ -1,9 +1,11 @@
-"""A finished run as text: the one-line summary, the groups listing and the CSV of pairs."""
+"""A finished run as text: the one-line summary, the groups listing, the closing lines and the CSV of pairs."""
 
 from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from samespace import (
@@ -40,6 +42,77 @@ def groups_text(document: dict[str, Any]) -> str:
     for s in document["skipped"]:
         lines.append(f"skipped {name(s['path'])}: {outputs.printable_name(s['reason'], quote=False)}")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Closing lines: the files written and the photos skipped
+# --------------------------------------------------------------------------------------------
+
+# Skipped files listed one by one without --verbose; the rest are counted.
+MAX_LISTED_SKIPPED = 5
+
+# A skip reason (decoding.UnreadableImageError, finder) -> its short kind, the first that matches.
+_SKIP_KINDS: tuple[tuple[str, str], ...] = (
+    ("UnidentifiedImageError", "not an image"),
+    ("cannot identify image", "not an image"),
+    ("truncated", "truncated"),
+    ("DecompressionBomb", "too many pixels"),
+    ("file too large", "too large"),
+    ("not a regular file", "not a regular file"),
+    ("changed while it was being read", "changed while read"),
+    ("cannot read file", "cannot read file"),
+    ("PermissionError", "cannot read file"),
+    ("FileNotFoundError", "cannot read file"),
+)
+
+
+def skip_kind(reason: str) -> str:
+    """The short kind of a skip reason, for counting: ``not an image``, ``truncated``, ``too large`` ...;
+    otherwise the reason up to its details (``cannot read image (SyntaxError: ...)`` -> ``cannot read image``)."""
+    lowered = reason.lower()
+    for needle, kind in _SKIP_KINDS:
+        if needle.lower() in lowered:
+            return kind
+    head = reason.split(" (", 1)[0].split(": ", 1)[0].strip()
+    return outputs.printable_name(head or "unknown reason", quote=False)
+
+
+def skipped_count_line(skipped: Sequence[dict[str, str]]) -> str:
+    """``skipped 3 files: 2 not an image, 1 truncated`` (kinds by count, then first seen); empty for none."""
+    if not skipped:
+        return ""
+    kinds = Counter(skip_kind(s["reason"]) for s in skipped)  # keeps first-seen order among equal counts
+    detail = ", ".join(f"{n:,} {kind}" for kind, n in sorted(kinds.items(), key=lambda item: -item[1]))
+    return f"skipped {len(skipped):,} file{'s' if len(skipped) != 1 else ''}: {detail}"
+
+
+def skipped_file_lines(skipped: Sequence[dict[str, str]], verbose: bool = False) -> list[str]:
+    """``skipped: PATH: REASON`` per skipped file (names through outputs.printable_name, so each is one line):
+    every one with ``verbose``, else the first MAX_LISTED_SKIPPED and how many more."""
+    shown = skipped if verbose else skipped[:MAX_LISTED_SKIPPED]
+    lines = [f"skipped: {outputs.printable_name(s['path'])}: {outputs.printable_name(s['reason'], quote=False)}"
+             for s in shown]
+    if len(skipped) > len(shown):
+        lines.append(f"skipped: ... and {len(skipped) - len(shown):,} more (--verbose lists every one)")
+    return lines
+
+
+def closing_lines(written: Sequence[tuple[str, str]], store: tuple[str, int | None] | None,
+                  skipped: Sequence[dict[str, str]], verbose: bool = False, list_skipped: bool = True) -> list[str]:
+    """The lines before the summary line: ``wrote FILE (WHAT)`` per output file (``written``: name, what it
+    is or ""), ``store: PATH (N photos)`` when a store was saved, then the skipped files counted by kind and
+    listed (not when ``list_skipped`` is false: the groups listing already names each). Empty: nothing to say."""
+    name = outputs.printable_name
+    lines = [f"wrote {name(path)}" + (f" ({what})" if what else "") for path, what in written]
+    if store is not None:
+        path, photos = store
+        lines.append(f"store: {name(path)}" + (f" ({photos:,} photo{'s' if photos != 1 else ''})"
+                                                if photos is not None else ""))
+    if skipped:
+        lines.append(skipped_count_line(skipped))
+        if list_skipped:
+            lines.extend(skipped_file_lines(skipped, verbose))
+    return lines
 
 
 # --------------------------------------------------------------------------------------------

@@ -129,6 +129,11 @@ def build_parser(prog: str = "find_duplicates.py") -> argparse.ArgumentParser:
         help="weights of the cosine / relative backbone (default: imagenet)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help=f"list every skipped file at the end (default: the first {result_formats.MAX_LISTED_SKIPPED} and a count)",
+    )
     add_store_options(parser)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
@@ -191,15 +196,21 @@ def open_store_for(
     return store, path
 
 
-def save_store(store: embedding_store.EmbeddingStore | None, path: Path | None) -> None:
-    """Write the store when this run changed it; a store that cannot be written is a warning, not a failure
-    (a link, a device or a FIFO at the store's path is never replaced: outputs.atomic_write)."""
+def save_store(store: embedding_store.EmbeddingStore | None, path: Path | None) -> bool:
+    """Write the store when this run changed it; whether it was written. A store that cannot be written is a
+    warning, not a failure (a link, a device or a FIFO at the store's path is never replaced: outputs.atomic_write)."""
     if store is None or path is None or not store.changed:
-        return
+        return False
     try:
         store.save(path)
     except (OSError, outputs.OutputError) as exc:
         print(f"warning: {path}: cannot write the embedding store ({exc})", file=sys.stderr)
+        return False
+    return True
+
+
+# What each output file is, for the closing lines ("" : its name says it).
+OUTPUT_KINDS = {"json": "", "csv": "", "html": "HTML review page"}
 
 
 def run(
@@ -273,7 +284,7 @@ def _run(args: argparse.Namespace) -> int:
     scorer, threshold, source = build_scorer(args, scorer_choice.device_for(args.device))
     store, store_path = open_store_for(args, scorer)
     result = run(args, scorer, threshold, store)
-    save_store(store, None if args.embeddings else store_path)  # --embeddings is an input: never rewritten
+    saved = save_store(store, None if args.embeddings else store_path)  # --embeddings is an input: never rewritten
     result.summary["store"] = str(store_path) if store_path else None
     result.summary["threshold_source"] = source
     if scorer.name in scoring_methods.BACKBONE_METHODS:
@@ -293,9 +304,18 @@ def _run(args: argparse.Namespace) -> int:
     # An output streamed to standard output keeps it for itself: the text goes to stderr then.
     streamed = any(outputs.is_stdout(o) for o in (args.json, args.csv, args.html) if o)
     console = sys.stderr if streamed else sys.stdout
-    if not (args.json or args.csv or args.html):
+    listing = not (args.json or args.csv or args.html)
+    if listing:
         text = result_formats.groups_text(document)
         if text:
             print(text, file=console)
+    # Then where the files went and which photos were skipped (the groups listing already names each one);
+    # the summary line stays last.
+    written = [(getattr(args, o), what) for o, what in OUTPUT_KINDS.items()
+               if getattr(args, o) and not outputs.is_stdout(getattr(args, o))]
+    saved_store = (str(store_path), len(store.listed_paths())) if saved and store is not None and store_path else None
+    for line in result_formats.closing_lines(written, saved_store, document["skipped"], verbose=args.verbose,
+                                             list_skipped=not listing):
+        print(line, file=console)
     print(result_formats.summary_line(result.summary), file=console)
     return 0
