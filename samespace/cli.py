@@ -10,7 +10,7 @@ import argparse
 import contextlib
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 EXIT_ERROR = 2
@@ -41,6 +41,20 @@ def clean_warnings() -> Iterator[None]:
         yield
     finally:
         warnings.formatwarning = previous
+
+
+def run_reporting_errors(run: Callable[[], object], errors: tuple[type[BaseException], ...], debug: bool) -> int:
+    """Run a command's work: an expected error is one ``error: ...`` line on stderr and exit status 2 (``--debug``:
+    the traceback instead); warnings are one ``warning:`` line each (:func:`clean_warnings`)."""
+    try:
+        with clean_warnings():
+            run()
+    except errors as exc:
+        if debug:
+            raise
+        print(f"error: {exc}".replace("\n", "\\n"), file=sys.stderr)  # one line, even for a name with a newline
+        return EXIT_ERROR
+    return 0
 
 
 # The subcommands of `samespace`: (module, summary, leading arguments given to the module's main). A module is

@@ -258,14 +258,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "samespace") -> int:
     cal.set_defaults(func=_cmd_calibrate)
     cal.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except labelling.DataError as exc:  # e.g. a --sample-root without both splits: one line, as every command
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    # e.g. a --sample-root without both splits: one line, as every command
+    return cli.run_reporting_errors(lambda: args.func(args), (labelling.DataError,), args.debug)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,13 +79,6 @@ def main(argv: Sequence[str] | None = None, prog: str = "samespace") -> int:
     """Run one of ``stats``, ``sample``, ``download``; 0 on success, 2 with a one-line error."""
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        with cli.clean_warnings():
-            args.func(args)
-    except (labelling.DataError, OSError) as exc:  # OSError: the disk filled up or a folder vanished while writing
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    # OSError: the disk filled up or a folder vanished while writing
+    return cli.run_reporting_errors(lambda: args.func(args), (labelling.DataError, OSError), args.debug)
 

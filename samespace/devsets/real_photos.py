@@ -94,14 +94,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "samespace devset") -> i
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        args.func(args)
-    except labelling.DataError as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return cli.run_reporting_errors(lambda: args.func(args), (labelling.DataError,), args.debug)
 
 
 if __name__ == "__main__":
