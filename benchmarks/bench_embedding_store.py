@@ -117,7 +117,7 @@ def main() -> int:
           f"[{m['seconds']:.1f} s in the run], embedded {m['embedded']}, from the store {m['from_store']:,}, "
           f"{m['groups']} new photos with matches, {m['pairs_scored']:,} pairs scored ({m['candidates']})")
     print(f"    timings: {timings(m)}")
-    cross = all((Path(a).parent == new) != (Path(b).parent == new) for a, b, _ in against["pairs"])
+    cross = all((Path(a).parent == new) != (Path(b).parent == new) for a, b, *_ in against["pairs"])
     only_new = m["embedded"] == m["new_images"] == args.against and m["from_store"] == m["library_images"]
     print(f"{'PASS' if only_new and cross else 'FAIL'}: --against embedded {m['embedded']} photos, exactly the "
           f"{args.against} new ones (the library's {m['library_images']:,} came from the store); only cross pairs: "

@@ -93,10 +93,11 @@ def split_labels(dataset: str, split_dir: Path) -> tuple[list[str], np.ndarray]:
     return files, np.array([ids.setdefault(group[f], len(ids)) for f in files], np.int64)
 
 
-def collection_specs(n_places: int, draws: int) -> list[tuple[float, int | None, int]]:
+def collection_specs(n_places: int, draws: int,
+                     shares: tuple[float, ...] = SHARES) -> list[tuple[float, int | None, int]]:
     """(share, places or None for all, draws) of every collection measured on a split of ``n_places`` places."""
-    specs = [(share, None, 1 if share == 1.0 else draws) for share in SHARES]
-    return specs + [(0.0, p, draws) for p in DUPLICATE_FREE_PLACES if p < n_places]
+    specs = [(share, None, 1 if share == 1.0 else draws) for share in shares]
+    return specs + [(0.0, p, draws) for p in DUPLICATE_FREE_PLACES if p < n_places and 0.0 in shares]
 
 
 class Method:
@@ -141,10 +142,11 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "false_pairs": fp, "false_pairs_per_1000_photos": 1000 * fp / photos, "runs": runs}
 
 
-def run(dataset: str, split_dir: Path, methods: list[str], draws: int, workdir: Path) -> dict[str, Any]:
+def run(dataset: str, split_dir: Path, methods: list[str], draws: int, workdir: Path,
+        shares: tuple[float, ...] = SHARES) -> dict[str, Any]:
     files, labels = split_labels(dataset, split_dir)
     n_places = len(np.unique(labels))
-    specs = collection_specs(n_places, draws)
+    specs = collection_specs(n_places, draws, shares)
     drawn = {(share, places): [prevalence.choose(files, labels, share, places, seed) for seed in range(k)]
              for share, places, k in specs}
     folders: dict[tuple[float, int | None, int], Path] = {}
@@ -190,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", nargs="+", choices=scoring_methods.REFERENCE_METHODS,
                         default=list(scoring_methods.REFERENCE_METHODS))
     parser.add_argument("--draws", type=int, default=5, help="draws of each thinned collection (default 5)")
+    parser.add_argument("--shares", nargs="+", type=float, default=list(SHARES),
+                        help="shares of places with duplicates (default 1 0.3 0.1 0; 0 adds the 10 / 100 / 1,000-place "
+                        "duplicate-free collections)")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -201,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
                                                    rooms={"Test Data": args.sample_rooms})
         else:
             root = args.data_dir or REPO / "data" / "real"
-        result = run(args.dataset, root / "Test Data", args.methods, args.draws, workdir / "collections")
+        result = run(args.dataset, root / "Test Data", args.methods, args.draws, workdir / "collections",
+                     tuple(args.shares))
     result["seconds"] = round(time.perf_counter() - start, 1)
     if args.dataset == "sample":
         result.update(sample_seed=args.sample_seed, sample_rooms=args.sample_rooms)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samespace import embedding_store, errors, finder, scorer_choice, scoring_methods, store_identity
+from samespace import embedding_store, errors, finder, scorer_choice, scoring_methods, store_identity, tiers
 
 
 @dataclass(frozen=True)
@@ -22,13 +22,14 @@ class Duplicates:
     """What a search found.
 
     ``groups``: the duplicate groups, largest first, each a list of photo paths; ``pairs``: every duplicate pair
-    as ``(path, path, score)``, highest score first; ``skipped``: ``{"path", "reason"}`` of each file that could
+    as ``(path, path, score, tier)``, highest score first (tier: ``identical``, ``same photo`` or ``same space``,
+    samespace.tiers); ``skipped``: ``{"path", "reason"}`` of each file that could
     not be read; ``blank``: photos with almost no detail (not scored; grouped only when byte-identical);
     ``method`` and ``threshold``: what decided; ``summary``: counts and timings.
     """
 
     groups: list[list[str]]
-    pairs: list[tuple[str, str, float]]
+    pairs: list[tuple[str, str, float, str]]
     skipped: list[dict[str, str]]
     blank: list[str]
     method: str
@@ -41,7 +42,7 @@ class Duplicates:
         document = result.to_dict()
         return cls(
             groups=[list(g["members"]) for g in document["groups"]],
-            pairs=[(a, b, float(s)) for a, b, s in document["pairs"]],
+            pairs=[tiers.pair_parts(pair) for pair in document["pairs"]],
             skipped=list(document["skipped"]),
             blank=list(document["blank"]),
             method=str(result.summary.get("method")),
@@ -65,7 +66,7 @@ def find_duplicates(
 
     Args:
         folders: folders of photos; photos are only ever read.
-        method: ``relative`` (the default without a checkpoint), ``verified``, ``cosine``, ``whash`` or
+        method: ``calibrated`` (the default without a checkpoint), ``relative``, ``verified``, ``cosine``, ``whash`` or
             ``phash`` (see samespace.scoring_methods).
         threshold: a pair is a duplicate when its score is at least this; default: the method's calibrated one.
         checkpoint: a checkpoint folder of the trained Siamese model (model_def.py); replaces ``method``.

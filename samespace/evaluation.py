@@ -121,7 +121,7 @@ def unique_scores(
         elif method == "cosine":
             unit = scorers.l2_normalise(pooled)
             out[method] = scorers.cosine_similarity(unit[left], unit[right])
-        elif method in ("relative", "verified"):  # their own backbone (Lite0, GeM); the split is the collection
+        elif method in ("relative", "verified", "calibrated"):  # own backbone (Lite0, GeM); the split is the collection
             scorer = scorers.reference_scorer(method, device=device)
             scorer.add(images, aspects)
             scorer.finish()

@@ -35,6 +35,7 @@ from samespace import (
     scoring_methods,
     verification,
 )
+from samespace import tiers as tiers_of
 from samespace.commands import find
 from samespace.embedding_store import EmbeddingStore
 
@@ -61,15 +62,18 @@ class Result:
     groups: list[np.ndarray]
     summary: dict[str, Any] = field(default_factory=dict)
     blank: list[str] = field(default_factory=list)  # photos with almost no detail (blank.py), not scored
+    tiers: list[str] = field(default_factory=list)  # each pair's match tier (samespace.tiers), aligned with left
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document: groups (members, pairs), every duplicate pair, skipped files, summary."""
-        pairs = [[self.paths[i], self.paths[j], round(float(s), 6)] for i, j, s in self._by_score()]
+        """The JSON document: groups (members, pairs as [path, path, score, tier]), every duplicate pair, skipped
+        files, summary."""
+        tiers = self.tiers or [tiers_of.SAME_SPACE] * len(self.left)
+        pairs = [[self.paths[i], self.paths[j], round(float(s), 6), tiers[k]] for k, i, j, s in self._by_score()]
         group_of = np.full(len(self.paths), -1, np.int64)
         for g, members in enumerate(self.groups):
             group_of[members] = g
         group_pairs: list[list[list[Any]]] = [[] for _ in self.groups]
-        for (i, j, _), pair in zip(self._by_score(), pairs, strict=True):
+        for (_, i, j, _), pair in zip(self._by_score(), pairs, strict=True):
             if group_of[i] >= 0 and group_of[i] == group_of[j]:  # a pair across groups is listed in "pairs" only
                 group_pairs[group_of[i]].append(pair)
         groups = [
@@ -79,9 +83,9 @@ class Result:
         return {"groups": groups, "pairs": pairs, "blank": self.blank, "skipped": self.skipped,
                 "summary": self.summary}
 
-    def _by_score(self) -> list[tuple[int, int, float]]:
+    def _by_score(self) -> list[tuple[int, int, int, float]]:
         order = np.lexsort((self.right, self.left, -self.scores))
-        return [(int(self.left[k]), int(self.right[k]), float(self.scores[k])) for k in order]
+        return [(int(k), int(self.left[k]), int(self.right[k]), float(self.scores[k])) for k in order]
 
 
 def find_duplicates(
@@ -135,7 +139,8 @@ def find_duplicates(
                "candidates": candidates, "files": len(paths), "images": len(kept) + len(flat),
                **_counts(embedded, skipped, n_scored, left, groups, seconds, timings)}
     ordered = [str(paths[k]) for k in (*kept, *flat)]  # blank photos after the scored ones (see _with_identical_blanks)
-    return Result(ordered, skipped, left, right, scores, groups, summary, [str(paths[k]) for k in flat])
+    return Result(ordered, skipped, left, right, scores, groups, summary, [str(paths[k]) for k in flat],
+                  tiers_of.match_tiers(ordered, len(kept), scorer, left, right))
 
 
 # What candidate search returns when there is nothing to score (every readable photo is blank).
@@ -230,17 +235,18 @@ def physical_memory() -> int | None:
 
 
 def check_memory(n_photos: int, scorer: scorers.PairScorer) -> None:
-    """Refuse, before any photo is decoded, a run whose keypoints (``--method verified``: every photo's, held until
-    the pairs are scored) would take more than half of the machine's memory: it would fail hours later."""
+    """Refuse, before any photo is decoded, a run whose keypoints (``--method verified`` or ``calibrated``: every
+    photo's, held until the pairs are scored) would take more than half of the machine's memory: it would fail hours
+    later."""
     total = physical_memory()
-    if not isinstance(scorer, scorers.VerifiedScorer) or not total:
+    if not isinstance(scorer, scorers.LocalFeaturesMixin) or not total:
         return
     need = n_photos * verification.BYTES_PER_PHOTO
     if need > total // 2:
         raise errors.FindDuplicatesError(
-            f"--method verified holds about {verification.BYTES_PER_PHOTO // 1000} KB of keypoints per photo in "
+            f"--method {scorer.name} holds about {verification.BYTES_PER_PHOTO // 1000} KB of keypoints per photo in "
             f"memory: {n_photos:,} photos need about {need / 1e9:.1f} GB, more than half of this machine's "
-            f"{total / 1e9:.1f} GB. Use the default method (relative) for a collection this large, or split it")
+            f"{total / 1e9:.1f} GB. Use --method relative (no keypoints) for a collection this large, or split it")
 
 
 def embed_photos(
@@ -380,8 +386,10 @@ def find_against(
                "method": scorer.name, "threshold": threshold, "candidates": candidates, "files": len(paths),
                "images": len(kept), "new_images": n_new, "library_images": len(kept) - n_new,
                **_counts(embedded, skipped, n_scored, left, groups, seconds, timings)}
-    return Result([str(paths[k]) for k in kept], skipped, left, right, scores, groups, summary,
-                  [str(paths[k]) for k in flat])
+    scored = [str(paths[k]) for k in kept]
+    return Result(scored, skipped, left, right, scores, groups, summary, [str(paths[k]) for k in flat],
+                  tiers_of.match_tiers(scored, len(kept), scorer, left, right))
+
 
 
 def _real_parent(path: Path) -> Path:

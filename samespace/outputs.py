@@ -44,7 +44,8 @@ GENERATOR = "SameSpace"
 SIGNATURES: tuple[bytes, ...] = (
     b'{\n "groups": [',  # find_duplicates.py --json
     b'{\n  "data_dir": ',  # model_inference.py --json
-    b"group,path1,path2,score\n",  # find_duplicates.py --csv
+    b"group,path1,path2,score,tier\n",  # samespace find --csv
+    b"group,path1,path2,score\n",  # samespace find --csv before pairs had a tier
     b"image1,image2,label,",  # model_inference.py --scores
 )
 MARKERS: tuple[bytes, ...] = (

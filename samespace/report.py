@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from samespace import decoding, outputs
+from samespace import decoding, outputs, tiers
 
 THUMB_BOX = (240, 180)
 MAX_PAIRS_SHOWN = 60  # per group; the JSON / CSV hold every pair
@@ -46,6 +46,8 @@ figcaption .dir { color: #718096; font-size: 11.5px; }
 .pair { border-radius: 4px; padding: 1px 8px; font-size: 12.5px; font-variant-numeric: tabular-nums;
   border: 1px solid #cbd5e0; background: #f7fafc; }
 .pair.high { background: #e6f4ea; border-color: #9ad0a8; }
+.pair.identical { background: #dbe9fb; border-color: #8fb3e6; }
+.pair.same-photo { background: #e8e2f8; border-color: #b3a3e0; }
 .pair.mid { background: #fdf6e3; border-color: #e6cf8f; }
 .more { color: #718096; font-size: 12.5px; align-self: center; }
 details { background: #fff; border-radius: 10px; padding: 10px 16px; box-shadow: 0 1px 3px rgba(0,0,0,.12); }
@@ -98,7 +100,9 @@ def thumbnail_uri(path: str | Path, box: tuple[int, int] = THUMB_BOX) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _score_class(score: float, threshold: float) -> str:
+def _score_class(score: float, threshold: float, tier: str = tiers.SAME_SPACE) -> str:
+    if tier != tiers.SAME_SPACE:  # exact and edited copies stand out from re-shoots
+        return f"pair {tier.replace(' ', '-')}"
     if score >= threshold + 0.5 * (1.0 - threshold):
         return "pair high"
     return "pair mid"
@@ -107,7 +111,8 @@ def _score_class(score: float, threshold: float) -> str:
 def _group_html(number: int, group: dict[str, Any], threshold: float) -> str:
     members = group["members"]
     label = {path: _label(k) for k, path in enumerate(members)}
-    scores = [s for _, _, s in group["pairs"]]
+    pairs = [tiers.pair_parts(pair) for pair in group["pairs"]]
+    scores = [s for _, _, s, _ in pairs]
     span = f"scores {min(scores):.3f} - {max(scores):.3f}" if scores else ""
     out = [
         '<section class="group">',
@@ -124,9 +129,10 @@ def _group_html(number: int, group: dict[str, Any], threshold: float) -> str:
             f'<span class="dir">{_esc(str(p.parent))}</span></figcaption></figure>'
         )
     out.append('</div><div class="pairs">')
-    for a, b, s in group["pairs"][:MAX_PAIRS_SHOWN]:
-        title = _esc(f"{a}  ~  {b}")
-        out.append(f'<span class="{_score_class(s, threshold)}" title="{title}">{label[a]}-{label[b]} {s:.3f}</span>')
+    for a, b, s, tier in pairs[:MAX_PAIRS_SHOWN]:
+        title = _esc(f"{a}  ~  {b}: {tier}")
+        out.append(f'<span class="{_score_class(s, threshold, tier)}" title="{title}">{label[a]}-{label[b]} {s:.3f}'
+                   f' {_esc(tier)}</span>')
     hidden = len(group["pairs"]) - MAX_PAIRS_SHOWN
     if hidden > 0:
         out.append(f'<span class="more">and {hidden:,} more pairs (see the JSON or CSV)</span>')

@@ -8,9 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from samespace import (
-    outputs,
-)
+from samespace import outputs, tiers
 
 
 def summary_line(summary: dict[str, Any]) -> str:
@@ -36,7 +34,8 @@ def groups_text(document: dict[str, Any]) -> str:
     for g, group in enumerate(document["groups"], 1):
         lines.append(f"group {g} ({len(group['members'])} photos)")
         lines.extend(f"  {name(m)}" for m in group["members"])
-        lines.extend(f"    {s:.4f}  {name(a)}  ~  {name(b)}" for a, b, s in group["pairs"])
+        for a, b, s, tier in map(tiers.pair_parts, group["pairs"]):
+            lines.append(f"    {s:.4f}  {tier:<10}  {name(a)}  ~  {name(b)}")
     for path in document.get("blank", []):
         lines.append(f"blank {name(path)}")
     for s in document["skipped"]:
@@ -121,15 +120,15 @@ def closing_lines(written: Sequence[tuple[str, str]], store: tuple[str, int | No
 
 
 def csv_text(document: dict[str, Any]) -> str:
-    """Every duplicate pair as CSV: group (1-based), path1, path2, score.
+    """Every duplicate pair as CSV: group (1-based), path1, path2, score, tier.
 
     A path a spreadsheet would run as a formula (starting with ``= + - @`` or a tab) gets a leading ``'``
     (outputs.csv_cell); the JSON output keeps every name exactly.
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["group", "path1", "path2", "score"])
+    writer.writerow(["group", "path1", "path2", "score", "tier"])
     for g, group in enumerate(document["groups"], 1):
-        for a, b, s in group["pairs"]:
-            writer.writerow([g, outputs.csv_cell(a), outputs.csv_cell(b), f"{s:.6f}"])
+        for a, b, s, tier in map(tiers.pair_parts, group["pairs"]):
+            writer.writerow([g, outputs.csv_cell(a), outputs.csv_cell(b), f"{s:.6f}", tier])
     return buffer.getvalue()

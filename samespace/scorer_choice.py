@@ -19,9 +19,13 @@ def device_for(name: str) -> str:
 
 
 def default_method(backbone: str | None = None, backbone_weights: str = "imagenet") -> str:
-    """Without --checkpoint / --method: the shipped default model (default_model.py) when present, else relative."""
+    """Without --checkpoint / --method: the shipped default model (default_model.py) when present, else
+    ``calibrated`` (its background and weights are those of EfficientNet-Lite0 ImageNet features: with another
+    ``--backbone`` or ``--backbone-weights``, ``relative``)."""
     plain = backbone is None and backbone_weights == "imagenet"
-    return "default" if plain and default_model.available() else "relative"
+    if not plain:
+        return "relative"
+    return "default" if default_model.available() else "calibrated"
 
 
 def choose_scorer(
@@ -36,7 +40,8 @@ def choose_scorer(
     """The scorer for these options, its threshold, and where the threshold came from.
 
     ``checkpoint``: a trained model (its threshold file, else 0.5); else ``method`` (scoring_methods.METHODS);
-    else the shipped default model when present, else ``relative``. ``threshold`` overrides the default.
+    else the shipped default model when present, else ``calibrated``
+    (``relative`` with another backbone). ``threshold`` overrides the default.
 
     >>> scorer, threshold, source = choose_scorer("phash")
     >>> scorer.name, threshold, source
@@ -86,4 +91,6 @@ def choose_scorer(
         source = "--threshold"
     if isinstance(scorer, scorers.VerifiedScorer):  # pairs the largest bonus cannot lift to the threshold: unverified
         scorer.verify_from = threshold - verification.MAX_BONUS
+    elif scorer.name == "calibrated":  # pairs the most spatial evidence cannot lift to the threshold: unverified
+        scorer.verify_from = scorer.coefficients.verify_from(threshold)  # type: ignore[attr-defined]
     return scorer, threshold, source

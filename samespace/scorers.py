@@ -285,7 +285,38 @@ class RelativeScorer(CosineScorer):
         return local_scaling.scaled(cosine, self.r[start:stop, None], self.r[None, :])
 
 
-class VerifiedScorer(RelativeScorer):
+class LocalFeaturesMixin:
+    """Adds each photo's SIFT keypoints (``verification.local_features`` of the same decoded image, back in its
+    photo's shape) to a backbone scorer's vectors: the ``verified`` and ``calibrated`` methods' embeddings."""
+
+    keypoints: list[verification.LocalFeatures]
+
+    @property
+    def fields(self) -> dict[str, FieldSpec]:
+        k = verification.MAX_KEYPOINTS
+        return {"vectors": unit_vectors(self.extractor), "keypoint_count": FieldSpec("int32", (), bounds=(0, k)),
+                "keypoint_xy": FieldSpec("float32", (k, 2)), "keypoint_descriptors": FieldSpec("uint8", (k, 128))}
+
+    def _embed(
+        self, images: np.ndarray, aspects: np.ndarray
+    ) -> tuple[np.ndarray, list[verification.LocalFeatures]]:
+        local = [verification.local_features(image, aspect) for image, aspect in zip(images, aspects, strict=True)]
+        return super()._embed(images, aspects), local  # type: ignore[misc]
+
+    def _as_fields(self, part: tuple[np.ndarray, list[verification.LocalFeatures]]) -> dict[str, np.ndarray]:
+        return {"vectors": part[0], **verification.pack(part[1])}
+
+    def _from_fields(self, fields: dict[str, np.ndarray]) -> tuple[np.ndarray, list[verification.LocalFeatures]]:
+        return np.asarray(fields["vectors"]), verification.unpack(fields)
+
+    def finish(self) -> None:
+        parts = self._parts  # type: ignore[has-type]
+        self.keypoints = [f for part in parts for f in part[1]]
+        self._parts = [part[0] for part in parts]
+        super().finish()  # type: ignore[misc]
+
+
+class VerifiedScorer(LocalFeaturesMixin, RelativeScorer):
     """The relative score plus spatial verification (``verification.py``) of each photo's nearest neighbours.
 
     Per image: the GeM vector and up to ``verification.MAX_KEYPOINTS`` SIFT keypoints of the same decoded image,
@@ -298,37 +329,16 @@ class VerifiedScorer(RelativeScorer):
 
     name = "verified"
 
-    @property
-    def fields(self) -> dict[str, FieldSpec]:  # type: ignore[override]
-        k = verification.MAX_KEYPOINTS
-        return {"vectors": unit_vectors(self.extractor), "keypoint_count": FieldSpec("int32", (), bounds=(0, k)),
-                "keypoint_xy": FieldSpec("float32", (k, 2)), "keypoint_descriptors": FieldSpec("uint8", (k, 128))}
-
     def __init__(self, extractor: torch.nn.Module, batch_size: int = 64, device: str = "cpu") -> None:
         super().__init__(extractor, batch_size, device)
-        self.keypoints: list[verification.LocalFeatures] = []
+        self.keypoints = []
         # Pairs scoring below this cannot reach the threshold with the largest bonus: find_duplicates.py sets it
         # to threshold - verification.MAX_BONUS; by default every neighbour pair is verified.
         self.verify_from = -np.inf
         self._neighbour_codes: np.ndarray | None = None
         self._inliers: dict[int, int] = {}
 
-    def _embed(
-        self, images: np.ndarray, aspects: np.ndarray
-    ) -> tuple[np.ndarray, list[verification.LocalFeatures]]:
-        local = [verification.local_features(image, aspect) for image, aspect in zip(images, aspects, strict=True)]
-        return super()._embed(images, aspects), local
-
-    def _as_fields(self, part: tuple[np.ndarray, list[verification.LocalFeatures]]) -> dict[str, np.ndarray]:
-        return {"vectors": part[0], **verification.pack(part[1])}
-
-    def _from_fields(self, fields: dict[str, np.ndarray]) -> tuple[np.ndarray, list[verification.LocalFeatures]]:
-        return np.asarray(fields["vectors"]), verification.unpack(fields)
-
     def finish(self) -> None:
-        vectors = [part[0] for part in self._parts]
-        self.keypoints = [f for part in self._parts for f in part[1]]
-        self._parts = vectors
         super().finish()
         self._neighbour_codes = None
         self._inliers = {}
@@ -393,11 +403,15 @@ def reference_scorer(
     that builds them, for find_duplicates.py, model_inference.py and calibration."""
     if method in hashing.HASH_FUNCTIONS:
         return HashScorer(method)
-    if method in ("cosine", "relative", "verified"):
+    if method in scoring_methods.BACKBONE_METHODS:
         from samespace.backbones import build_feature_extractor
 
         pooling = "avg" if method == "cosine" else scoring_methods.RELATIVE_POOLING
         extractor = build_feature_extractor(backbone, weights, pooling=pooling).to(device)
+        if method == "calibrated":
+            from samespace.calibrated_scorer import CalibratedScorer  # it imports this module
+
+            return CalibratedScorer(extractor, batch_size=batch_size, device=device)
         kind = {"cosine": CosineScorer, "relative": RelativeScorer, "verified": VerifiedScorer}[method]
         return kind(extractor, batch_size=batch_size, device=device)
     raise ValueError(f"not a reference method: {method!r} (choose from {scoring_methods.REFERENCE_METHODS})")

@@ -11,6 +11,9 @@ larger = more alike:
   augmented with its two nearest neighbours', minus how alike each photo is to its nearest other photos
   (samespace.local_scaling).
 - ``verified``: relative plus spatial verification of nearest neighbours (samespace.verification).
+- ``calibrated``: the probability that the pair shows the same space, from the two photos alone (cosine, their
+  similarity to a fixed background, spatial verification; samespace.calibrated_score): its threshold means the
+  same in every folder.
 
 Nothing here imports torch: the command lines read these tables for their ``--help``.
 """
@@ -25,7 +28,8 @@ from samespace import local_scaling, verification
 
 HASH_BITS = 64
 DEFAULT_BATCH_SIZE = 64  # images embedded per batch
-BACKBONE_METHODS = ("cosine", "relative", "verified")  # the methods that run a backbone (--backbone applies to them)
+# the methods that run a backbone (--backbone applies to them)
+BACKBONE_METHODS = ("cosine", "relative", "verified", "calibrated")
 THRESHOLD_FILE = "samespace_threshold.json"  # written into a checkpoint folder by model_inference.py
 # --write-threshold refuses to calibrate on fewer duplicate or non-duplicate unique pairs than this: a best-F1
 # threshold from a handful of pairs (one room of four photos) says nothing about other photos.
@@ -36,7 +40,8 @@ MODEL_DEFAULT_THRESHOLD = 0.5  # the model's threshold when the checkpoint has n
 # a second. The model's head runs 2.6 M multiply-adds per pair and order: about 13,000 pairs/s on 2 CPU cores,
 # so 500 images (125,000 pairs) already cost ~10 s, comparable to their backbone pass.
 EXHAUSTIVE_LIMITS: dict[str, int] = {
-    "model": 500, "whash": 5000, "phash": 5000, "cosine": 5000, "relative": 5000, "verified": 5000
+    "model": 500, "whash": 5000, "phash": 5000, "cosine": 5000, "relative": 5000, "verified": 5000,
+    "calibrated": 5000,
 }
 DEFAULT_TOP_K = 20
 # The backbone of the cosine method when none is named: its ImageNet weights ship with the pip package
@@ -53,9 +58,12 @@ RELATIVE_POOLING = "gem"  # chosen on the training splits: AP 0.879 / 0.889 agai
 # (the full real build's, 676 photos, seed 0, and the generated set's; best_group_f1_threshold): `samespace
 # calibrate --sample-root data/real --generated --methods relative verified` (best pair F1 on the union
 # gave 0.2728 / 0.3568).
+# The calibrated score is a probability; its default is the best mean group F1 over collections of the training
+# splits thinned to 100, 30 and 10 % of places with duplicates (samespace calibrate --fit-calibrated).
+CALIBRATED_THRESHOLD = 0.4
 REAL_PHOTO_THRESHOLDS: dict[str, float] = {"whash": 0.8594, "phash": 0.7031, "cosine": 0.6996}
 DEFAULT_THRESHOLDS: dict[str, float] = {"whash": 0.9531, "phash": 0.7344, "cosine": 0.8883, "relative": 0.2375,
-                                     "verified": 0.3125}
+                                     "verified": 0.3125, "calibrated": CALIBRATED_THRESHOLD}
 
 
 @dataclass(frozen=True)
@@ -78,14 +86,18 @@ METHODS: dict[str, Method] = {
                        "(local_scaling.py)"),
     "verified": Method("verified", True, DEFAULT_THRESHOLDS["verified"],
                        "relative plus spatial verification of nearest neighbours (verification.py)"),
+    "calibrated": Method("calibrated", True, DEFAULT_THRESHOLDS["calibrated"],
+                         "probability of the same space from the pair alone: GeM cosine, similarity to a fixed "
+                         "background, spatial verification (calibrated_score.py)"),
 }
-REFERENCE_METHODS = ("whash", "phash", "cosine", "relative", "verified")
+REFERENCE_METHODS = ("whash", "phash", "cosine", "relative", "verified", "calibrated")
 SAMPLE_CALIBRATED = ("whash", "phash", "cosine")  # from the generated set; relative's and verified's from both
 # The score range of each method, for --threshold checks: relative = cosine - 0.75 * mean of two cosines.
 SCORE_RANGES: dict[str, tuple[float, float]] = {
     "cosine": (-1.0, 1.0),
     "relative": (-1.0 - local_scaling.BETA, 1.0 + local_scaling.BETA),
     "verified": (-1.0 - local_scaling.BETA, 1.0 + local_scaling.BETA + verification.MAX_BONUS),
+    "calibrated": (0.0, 1.0),
 }
 
 def read_model_threshold(checkpoint_dir: str | Path) -> tuple[float, str]:

@@ -212,6 +212,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
         roots = [Path(r) for r in args.sample_root or []]
         if args.generated or not roots:
             roots.append(sample_set.write_sample_dataset(Path(tmp) / "generated", seed=args.seed))
+        if args.fit_calibrated:
+            from samespace import calibrated_fit  # model code: not for --help
+
+            _print_fit(calibrated_fit.fit(roots, args.fit_calibrated), args.fit_calibrated)
+            return
         results = calibrate(roots, args.methods)
     print("default thresholds: best pair F1 on the training pairs, or best mean group F1 over the training splits "
           f"({', '.join(GROUP_CALIBRATED)}); test F1 at that threshold")
@@ -232,9 +237,24 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
                   f"r0_augmented {r['r0_augmented']:.4f}")
 
 
+def _print_fit(result: dict[str, Any], out_dir: Path) -> None:
+    c = result["coefficients"]
+    print(f"calibrated score: logit = {c.intercept:.4f} + {c.cosine:.4f} cos + {c.background:.4f} background "
+          f"+ {c.inliers:.4f} evidence; {result['background_photos']} background photos")
+    for name, split in result["splits"].items():
+        print(f"  {name}: {split['photos']} photos, {split['pairs']:,} pairs, {split['duplicates']} duplicates")
+    print("threshold  mean group F1  " + "  ".join(result["splits"]))
+    for g in result["grid"]:
+        mark = "  <- default" if g["threshold"] == result["threshold"] else ""
+        print(f"{g['threshold']:>9.2f}  {g['mean_group_f1']:>13.4f}  "
+              + "  ".join(f"{g[name]:.4f}" for name in result["splits"]) + mark)
+    print(f"wrote {out_dir}/background.npz and {out_dir}/calibrated.json")
+
+
 EXAMPLES = """examples:
   samespace calibrate --sample-root data/sample                        # whash, phash, cosine on the sample set
   samespace calibrate --sample-root data/real --generated --methods relative verified
+  samespace calibrate --sample-root data/real --generated --fit-calibrated samespace/data
 """
 
 
@@ -255,6 +275,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "samespace") -> int:
     cal.add_argument("--seed", type=int, default=0, help="sample set seed when generating (default: 0)")
     cal.add_argument("--methods", nargs="+", choices=scoring_methods.REFERENCE_METHODS,
                      default=list(scoring_methods.REFERENCE_METHODS))
+    cal.add_argument("--fit-calibrated", type=Path, metavar="DIR",
+                     help="fit the calibrated method (background, weights, threshold) on the training splits and "
+                     "write background.npz and calibrated.json into DIR (the package ships samespace/data)")
     cal.set_defaults(func=_cmd_calibrate)
     cal.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)

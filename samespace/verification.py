@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -107,18 +108,31 @@ def _root_sift(descriptors: np.ndarray) -> np.ndarray:
     return np.sqrt(d / np.maximum(d.sum(1, keepdims=True), 1e-7))
 
 
-def count_inliers(a: LocalFeatures, b: LocalFeatures) -> int:
-    """Matches of ``a`` in ``b`` that pass the ratio test and fit one RANSAC homography (0 when fewer than 4 pass)."""
+class Match(NamedTuple):
+    """What spatial verification found for a pair: the RANSAC inliers and their homography (None: no fit)."""
+
+    inliers: int
+    homography: np.ndarray | None
+
+
+def match(a: LocalFeatures, b: LocalFeatures) -> Match:
+    """Matches of ``a`` in ``b`` that pass the ratio test and fit one RANSAC homography (0 when fewer than 4 pass),
+    and that homography (maps ``a``'s pixels to ``b``'s)."""
     if len(a.xy) < 4 or len(b.xy) < 4:
-        return 0
+        return Match(0, None)
     matches = cv2.BFMatcher(cv2.NORM_L2).knnMatch(_root_sift(a.descriptors), _root_sift(b.descriptors), k=2)
     good = [m[0] for m in matches if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
     if len(good) < 4:
-        return 0
+        return Match(0, None)
     src = a.xy[[m.queryIdx for m in good]]
     dst = b.xy[[m.trainIdx for m in good]]
-    _, mask = cv2.findHomography(src, dst, cv2.RANSAC, REPROJECTION, maxIters=2000, confidence=0.995)
-    return 0 if mask is None else int(mask.sum())
+    homography, mask = cv2.findHomography(src, dst, cv2.RANSAC, REPROJECTION, maxIters=2000, confidence=0.995)
+    return Match(0, None) if mask is None else Match(int(mask.sum()), homography)
+
+
+def count_inliers(a: LocalFeatures, b: LocalFeatures) -> int:
+    """The inliers of :func:`match`."""
+    return match(a, b).inliers
 
 
 def bonus(inliers: np.ndarray) -> np.ndarray:

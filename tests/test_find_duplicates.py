@@ -28,6 +28,7 @@ from samespace import (
     report,
     scorers,
     scoring_methods,
+    tiers,
 )
 from samespace.commands import find
 
@@ -208,8 +209,8 @@ def test_json_has_exactly_the_documented_shape(cli_run: dict, photos: Path) -> N
     assert [{Path(m).name for m in g["members"]} for g in doc["groups"]] == EXPECTED_GROUPS
     for group in doc["groups"]:
         assert set(group) == {"members", "pairs"}
-        for a, b, s in group["pairs"]:
-            assert isinstance(a, str) and isinstance(b, str) and isinstance(s, float)
+        for a, b, s, tier in group["pairs"]:
+            assert isinstance(a, str) and isinstance(b, str) and isinstance(s, float) and tier in tiers.TIERS
             assert a in group["members"] and b in group["members"] and s >= scoring_methods.DEFAULT_THRESHOLDS["whash"]
     assert sorted(map(tuple, doc["pairs"])) == sorted(tuple(p) for g in doc["groups"] for p in g["pairs"])
     assert len(doc["pairs"]) == 3 + 1  # A: 3 pairs, B: 1 pair
@@ -238,8 +239,8 @@ def test_csv_lists_every_duplicate_pair(cli_run: dict) -> None:
     doc = json.loads((cli_run["out"] / "d.json").read_text())
     with open(cli_run["out"] / "d.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["group", "path1", "path2", "score"]
-    assert sorted((r["path1"], r["path2"], round(float(r["score"]), 6)) for r in rows) == sorted(
+    assert list(rows[0]) == ["group", "path1", "path2", "score", "tier"]
+    assert sorted((r["path1"], r["path2"], round(float(r["score"]), 6), r["tier"]) for r in rows) == sorted(
         map(tuple, doc["pairs"])
     )
     assert {r["group"] for r in rows} == {"1", "2"}

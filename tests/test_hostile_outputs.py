@@ -242,7 +242,7 @@ def test_a_library_inside_the_photos_folder_counts_as_library(photos: Path, tmp_
         assert find.main([str(photos), "--against", str(library), *FAST, "--no-cache", "--json", str(out)]) == 0
     document = json.loads(out.read_text())
     assert document["summary"]["new_images"] == 4 and document["summary"]["library_images"] == 1
-    assert [str(source), str(library / "archived.jpg"), 1.0] in document["pairs"]
+    assert [str(source), str(library / "archived.jpg"), 1.0, "identical"] in document["pairs"]
 
 
 def test_photos_inside_a_library_folder_count_as_new(photos: Path, tmp_path: Path) -> None:
@@ -256,7 +256,7 @@ def test_photos_inside_a_library_folder_count_as_new(photos: Path, tmp_path: Pat
         assert find.main([str(new), "--against", str(photos), *FAST, "--no-cache", "--json", str(out)]) == 0
     document = json.loads(out.read_text())
     assert document["summary"]["new_images"] == 1 and document["summary"]["library_images"] == 4
-    assert [str(new / "again.jpg"), str(source), 1.0] in document["pairs"]
+    assert [str(new / "again.jpg"), str(source), 1.0, "identical"] in document["pairs"]
 
 
 def test_the_same_folder_on_both_sides_is_refused(photos: Path, capsys) -> None:

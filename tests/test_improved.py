@@ -150,20 +150,23 @@ def _rotated_zoomed(photo: Image.Image, degrees: float) -> Image.Image:
 def test_a_photo_and_its_25_degree_rotated_zoomed_copy_are_duplicates_by_default(
     train_dir: Path, tmp_path: Path
 ) -> None:
-    """find_duplicates.py's default scorer and threshold (no options) group a photo with its tilted copy.
+    """The default scorer and threshold (no options: calibrated) and relative's group a photo with its tilted copy.
 
-    The default is the relative method (no trained default is shipped: README). Plain cosine scores this pair 0.856,
-    under its threshold 0.8883; alone in a collection, the pair's neighbourhoods are completed with R0.
+    Plain cosine scores this pair 0.856, under its threshold 0.8883; alone in a collection, relative completes the
+    pair's neighbourhoods with R0.
     """
 
     photo = Image.open(labelling.find_images(train_dir)[0]).convert("RGB").resize((640, 480))
     photo.save(tmp_path / "a.jpg", quality=92)
     _rotated_zoomed(photo, 25).save(tmp_path / "b.jpg", quality=92)
-    args = find.build_parser().parse_args([str(tmp_path)])
-    scorer, threshold, _ = find.build_scorer(args, "cpu")
-    scorer.add(np.stack([decoding.load_image(tmp_path / n) for n in ("a.jpg", "b.jpg")]))
-    scorer.finish()
-    score = float(scorer.score(np.array([0]), np.array([1]))[0])
-    print(f"score {score:.4f} threshold {threshold}")
-    assert scorer.name == "relative" and score >= threshold, (score, threshold)
-    assert score == pytest.approx(0.426, abs=0.005)  # measured (cosine of the GeM features 0.833; 0.318 before DBA)
+    scores = {}
+    for options in ([], ["--method", "relative"]):
+        args = find.build_parser().parse_args([str(tmp_path), *options])
+        scorer, threshold, _ = find.build_scorer(args, "cpu")
+        scorer.add(np.stack([decoding.load_image(tmp_path / n) for n in ("a.jpg", "b.jpg")]))
+        scorer.finish()
+        scores[scorer.name] = float(scorer.score(np.array([0]), np.array([1]))[0])
+        assert scores[scorer.name] >= threshold, (scorer.name, scores, threshold)
+    print(scores)
+    assert set(scores) == {"calibrated", "relative"}
+    assert scores["relative"] == pytest.approx(0.426, abs=0.005)  # measured (GeM cosine 0.833; 0.318 before DBA)

@@ -55,7 +55,7 @@ def test_json_keys_and_ranges(evaluated: dict, test_dir: Path) -> None:
     assert unique["pairs"] == n * (n - 1) // 2
     groups = labelling.group_ids(labelling.find_images(test_dir), test_dir)
     assert unique["positive_pairs"] == pair_sampling.count_pairs(groups, "unique")[0]
-    assert set(unique["methods"]) == {"model", "whash", "phash", "cosine", "relative", "verified"}
+    assert set(unique["methods"]) == {"model", "whash", "phash", "cosine", "relative", "verified", "calibrated"}
     for method in unique["methods"].values():
         assert 0 <= method["roc_auc"] <= 1 and 0 <= method["average_precision"] <= 1
         for point in (method["at_default"], method["best_f1"]):

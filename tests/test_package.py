@@ -16,7 +16,7 @@ import pytest
 import tomllib
 
 import samespace
-from samespace import cli
+from samespace import cli, tiers
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "samespace"
@@ -115,10 +115,10 @@ def test_the_api_gives_paths_and_scores(train_dir: Path) -> None:
     found = samespace.find_duplicates(train_dir, method="whash", threshold=0.99)
     assert isinstance(found, samespace.Duplicates)
     assert found.threshold == 0.99 and found.method == "whash"
-    assert all(s >= 0.99 for _, _, s in found.pairs)
-    assert [s for _, _, s in found.pairs] == sorted((s for _, _, s in found.pairs), reverse=True)
+    assert all(s >= 0.99 and tier in tiers.TIERS for _, _, s, tier in found.pairs)
+    assert [s for _, _, s, _ in found.pairs] == sorted((s for _, _, s, _ in found.pairs), reverse=True)
     members = {p for group in found.groups for p in group}
-    assert members == {p for a, b, _ in found.pairs for p in (a, b)}
+    assert members == {p for a, b, _, _ in found.pairs for p in (a, b)}
     assert all(Path(p).is_file() and Path(p).is_relative_to(train_dir) for p in members)
     with pytest.raises(samespace.FindDuplicatesError, match="not a directory"):
         samespace.find_duplicates([train_dir / "nowhere"])

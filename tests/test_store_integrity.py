@@ -31,7 +31,7 @@ def photos(tmp_path: Path, test_dir: Path) -> Path:
 
 def _pairs(argv: list[str], out: Path) -> set[tuple[str, str, float]]:
     assert find.main([*argv, *FAST, "--json", str(out)]) == 0
-    return {(Path(a).name, Path(b).name, s) for a, b, s in json.loads(out.read_text())["pairs"]}
+    return {(Path(a).name, Path(b).name, s) for a, b, s, _ in json.loads(out.read_text())["pairs"]}
 
 
 def test_an_in_place_edit_keeping_size_and_mtime_is_rehashed(photos: Path, tmp_path: Path) -> None:

@@ -35,7 +35,8 @@ def build_parser(prog: str = "embed.py") -> argparse.ArgumentParser:
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--checkpoint", metavar="DIR", help="embed for the trained model in this checkpoint")
     how.add_argument(
-        "--method", choices=scoring_methods.REFERENCE_METHODS, help="a reference method (default: relative)"
+        "--method", choices=scoring_methods.REFERENCE_METHODS,
+        help="a reference method (default: calibrated, as samespace find)"
     )
     parser.add_argument("--backbone", choices=("mobilenet_v3_large", "efficientnet_lite0"))
     parser.add_argument("--backbone-weights", default="imagenet", metavar="imagenet|none|PATH")

@@ -3,6 +3,7 @@ warp, rotation, exposure, white balance, contrast, blur, downscale, JPEG quality
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,27 @@ def upscaled(size: tuple[int, int], side: int) -> tuple[int, int]:
     """A size scaled so that its longest side is ``side``."""
     scale = side / max(size)
     return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+# Edited copies of one photo (the match tiers' "same photo"): samespace.tiers is specified and measured on these.
+COPY_EDITS = ("resize50", "q40", "crop80", "gray", "rot10")
+
+
+def edited_copy(img: Image.Image, kind: str) -> Image.Image:
+    """An edited copy of an RGB photo: ``resize50`` (half each side), ``q40`` (JPEG quality 40), ``crop80`` (the
+    central 80 % of each side), ``gray`` (grayscale, as RGB) or ``rot10`` (10 degrees, same size)."""
+    w, h = img.size
+    if kind == "resize50":
+        return img.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.LANCZOS)
+    if kind == "q40":
+        buffer = io.BytesIO()
+        img.save(buffer, "JPEG", quality=40)
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    if kind == "crop80":
+        cw, ch = int(w * 0.8), int(h * 0.8)
+        return img.crop(((w - cw) // 2, (h - ch) // 2, (w - cw) // 2 + cw, (h - ch) // 2 + ch))
+    if kind == "gray":
+        return ImageOps.grayscale(img).convert("RGB")
+    if kind == "rot10":
+        return img.rotate(10, resample=Image.Resampling.BICUBIC)
+    raise ValueError(f"unknown edit {kind!r} (choose from {COPY_EDITS})")

@@ -1,0 +1,173 @@
+"""The calibrated method: a pair's score depends on the pair alone, reads as a probability, and match tiers tell
+exact and edited copies from re-shoots."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_sample_image
+
+from samespace import (
+    background,
+    calibrated_fit,
+    calibrated_score,
+    finder,
+    scorer_choice,
+    scoring_methods,
+    tiers,
+    verification,
+)
+from samespace.devsets import sample_set
+from samespace.devsets.reshooting import COPY_EDITS as EDITS
+from samespace.devsets.reshooting import edited_copy as edited
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """china.jpg, its five edits and a byte copy; flower.jpg, an unrelated photo (scikit-learn's sample photos)."""
+    folder = tmp_path_factory.mktemp("copies")
+    china = Image.fromarray(load_sample_image("china.jpg"))
+    china.save(folder / "china.jpg", quality=92)
+    shutil.copyfile(folder / "china.jpg", folder / "china_copy.jpg")
+    for kind in EDITS:
+        edited(china, kind).save(folder / f"china_{kind}.jpg", quality=92)
+    Image.fromarray(load_sample_image("flower.jpg")).save(folder / "flower.jpg", quality=92)
+    return folder
+
+
+def run(folders: list[Path], threshold: float | None = None) -> finder.Result:
+    scorer, chosen, _ = scorer_choice.choose_scorer("calibrated", threshold=threshold)
+    return finder.find_duplicates(folders, scorer, chosen, progress=False)
+
+
+def test_the_shipped_files_match_the_tables() -> None:
+    shipped = json.loads(calibrated_score.COEFFICIENTS_FILE.read_text())
+    assert shipped["threshold"] == scoring_methods.CALIBRATED_THRESHOLD == scoring_methods.DEFAULT_THRESHOLDS[
+        "calibrated"]
+    c = calibrated_score.load()
+    # more alike, more inliers: more likely the same space; alike to everything: less
+    assert c.cosine > 0 and c.inliers > 0 and c.background < 0
+    bank = background.load()
+    assert bank.vectors.shape == (len(bank.places), 1280) and bank.backbone == scoring_methods.COSINE_BACKBONE
+    assert np.allclose(np.linalg.norm(bank.vectors, axis=1), 1.0, atol=1e-5)
+    assert shipped["background_photos"] == len(bank.places) == len(set(bank.places))
+
+
+def test_background_similarity_leaves_out_the_photo_itself() -> None:
+    bank = np.eye(4, dtype=np.float32)
+    query = np.array([[1, 0, 0, 0], [0.6, 0.8, 0, 0]], np.float32)
+    assert background.similarity(query, bank, k=2).tolist() == pytest.approx([0.0, 0.7])  # 1.0 is itself
+    own = np.array([[False] * 4, [False, True, False, False]])
+    assert background.similarity(query, bank, k=2, exclude=own).tolist() == pytest.approx([0.0, 0.3])
+
+
+def test_verification_is_skipped_only_where_it_cannot_change_a_decision() -> None:
+    c = calibrated_score.Coefficients(intercept=-26.0, cosine=43.0, background=-20.5, inliers=2.45)
+    floor = c.verify_from(0.5)
+    below = (floor - 1e-6 - c.intercept) / c.cosine  # the cosine whose evidence-free logit is just under it
+    assert c.probability(below, 0.0, verification.CAP) < 0.5 <= c.probability(below + 1e-3, 0.0, verification.CAP)
+    assert c.probability(0.0, 0.0, 0) == pytest.approx(calibrated_score.sigmoid(-26.0))
+
+
+def test_fit_recovers_the_direction_of_separable_features() -> None:
+    rng = np.random.default_rng(0)
+    features = []
+    for shift in (0.0, 0.05):  # two splits of different sizes weigh the same
+        n = 2000
+        same = rng.random(n) < 0.1
+        cosine = np.where(same, 0.85, 0.55) + shift + rng.normal(0, 0.05, n)
+        features.append({"cosine": cosine, "background": rng.normal(0.5, 0.05, n),
+                         "inliers": np.where(same & (rng.random(n) < 0.5), 40, rng.integers(0, 6, n)), "same": same})
+    c = calibrated_fit.fit_coefficients(features)
+    assert c.cosine > 0 and c.inliers > 0  # neither alone separates: both count
+    x = features[0]
+    assert np.mean((c.probability(x["cosine"], x["background"], x["inliers"]) >= 0.5) == x["same"]) > 0.99
+
+
+def test_tiers_tell_copies_edits_and_other_photos_apart(copies: Path) -> None:
+    result = run([copies])
+    names = [Path(p).name for p in result.paths]
+    tier = {frozenset((names[i], names[j])): t for i, j, t in zip(result.left, result.right, result.tiers,
+                                                                   strict=True)}
+    assert tier[frozenset(("china.jpg", "china_copy.jpg"))] == tiers.IDENTICAL
+    for kind in EDITS:
+        assert tier[frozenset(("china.jpg", f"china_{kind}.jpg"))] == tiers.SAME_PHOTO, kind
+    assert not any("flower.jpg" in pair for pair in tier)  # an unrelated photo is in no pair
+    [group] = result.groups
+    assert sorted(names[k] for k in group) == sorted(["china.jpg", "china_copy.jpg"] +
+                                                     [f"china_{k}.jpg" for k in EDITS])
+    document = result.to_dict()
+    assert all(len(pair) == 4 and pair[3] in tiers.TIERS for pair in document["pairs"])
+
+
+def test_tiers_come_the_same_for_a_method_without_keypoints(copies: Path) -> None:
+    scorer, threshold, _ = scorer_choice.choose_scorer("phash", threshold=0.5)
+    result = finder.find_duplicates([copies], scorer, threshold, progress=False)
+    names = [Path(p).name for p in result.paths]
+    by_pair = {frozenset((names[i], names[j])): t for i, j, t in zip(result.left, result.right, result.tiers,
+                                                                     strict=True)}
+    assert by_pair[frozenset(("china.jpg", "china_copy.jpg"))] == tiers.IDENTICAL
+    assert by_pair.get(frozenset(("china.jpg", "china_q40.jpg"))) == tiers.SAME_PHOTO
+
+
+def test_a_different_shot_is_same_space_not_same_photo() -> None:
+    """Two photos with a perspective between them (a step aside) and two unrelated photos are never same photo."""
+    china = load_sample_image("china.jpg")
+    h, w = china.shape[:2]
+    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    dst = np.float32([[0.1 * w, 0.05 * h], [0.95 * w, 0], [w, h], [0.05 * w, 0.9 * h]])
+    import cv2
+
+    warped = cv2.warpPerspective(china, cv2.getPerspectiveTransform(src, dst), (w, h))
+    a = verification.local_features(np.asarray(Image.fromarray(china).resize((256, 256))), w / h)
+    b = verification.local_features(np.asarray(Image.fromarray(warped).resize((256, 256))), w / h)
+    found = verification.match(a, b)
+    assert found.inliers >= tiers.MIN_INLIERS and not tiers.is_same_photo(found, a, b)
+    flower = load_sample_image("flower.jpg")
+    c = verification.local_features(np.asarray(Image.fromarray(flower).resize((256, 256))), w / h)
+    assert not tiers.is_same_photo(verification.match(a, c), a, c)
+
+
+def _groups_of(result: finder.Result, names: set[str]) -> set[frozenset[str]]:
+    out = set()
+    for group in result.groups:
+        members = frozenset(result.paths[k] for k in group) & names
+        if len(members) > 1:
+            out.add(members)
+    return out
+
+
+def _pair_scores(result: finder.Result) -> dict[frozenset[str], float]:
+    return {frozenset((result.paths[i], result.paths[j])): float(s)
+            for i, j, s in zip(result.left, result.right, result.scores, strict=True)}
+
+
+def test_unrelated_photos_move_no_score(copies: Path, test_dir: Path, tmp_path: Path) -> None:
+    """The generated Test Data (96 photos, 32 rooms) added to the folder: every pair of the folder's photos keeps
+    its exact score, and its groups stay."""
+    alone = run([copies])
+    both = run([copies, test_dir])
+    names = set(alone.paths)
+    assert _groups_of(both, names) == _groups_of(alone, names)
+    scores = _pair_scores(both)
+    assert {pair: scores[pair] for pair in _pair_scores(alone)} == _pair_scores(alone)
+
+
+@pytest.mark.slow
+def test_a_thousand_unrelated_photos_change_no_group(test_dir: Path, tmp_path: Path) -> None:
+    """The generated Test Data (seed 0) beside 1,000-odd photos of other generated rooms (seed 1): the groups of
+    the Test Data's photos are the same, and so is every score between two of them."""
+    others = sample_set.write_sample_dataset(tmp_path / "others", seed=1, rooms={"Test Data": 85}) / "Test Data"
+    assert len(list(others.rglob("*.jpg"))) >= 1000
+    alone = run([test_dir])
+    both = run([test_dir, others])
+    names = set(alone.paths)
+    assert len(_groups_of(alone, names)) >= 25
+    assert _groups_of(both, names) == _groups_of(alone, names)
+    scores = _pair_scores(both)
+    assert all(scores[pair] == s for pair, s in _pair_scores(alone).items())
