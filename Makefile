@@ -1,7 +1,7 @@
 # `make demo`: generate the sample set, train the improved recipe on it (improved.yaml: EfficientNet-Lite0, ImageNet
 # weights that install offline),
 # evaluate the checkpoint beside the reference methods, and find the duplicates of the test photos with it
-# (duplicates-model.html) and with the default method, relative (duplicates.html; README "Where it stands").
+# (duplicates-model.html) and with the default method, calibrated (duplicates.html).
 # `make test`: ruff and the test suite (what CI runs); `make check`: the fast tests only. Each creates .venv with the
 # pinned requirements and the package (editable) first.
 SHELL := /bin/bash
