@@ -175,3 +175,14 @@ def test_a_thousand_unrelated_photos_change_no_group(test_dir: Path, tmp_path: P
     assert _groups_of(both, names) == _groups_of(alone, names)
     scores = _pair_scores(both)
     assert all(scores[pair] == s for pair, s in _pair_scores(alone).items())
+
+
+def test_candidate_search_scores_pairs_as_the_exhaustive_search(copies: Path) -> None:
+    """Above the exhaustive range the candidates are each photo's nearest neighbours: the pairs they share with the
+    exhaustive search get the same scores, and with 7 neighbours (every other photo) the same pairs are found."""
+    exhaustive = run([copies])
+    scorer, threshold, _ = scorer_choice.choose_scorer("calibrated")
+    searched = finder.find_duplicates([copies], scorer, threshold, top_k=7, progress=False)
+    assert searched.summary["candidates"] != exhaustive.summary["candidates"]
+    assert _pair_scores(searched) == pytest.approx(_pair_scores(exhaustive))
+    assert len(_pair_scores(exhaustive)) >= len(EDITS) + 1
