@@ -5,13 +5,16 @@ under a folder its summary lists. A plan keeps one photo per group (keepers.py) 
 on, its size, modification time and sha256 as found on disk; applying re-checks them and refuses, one line
 each, a file that changed. Nothing is ever deleted: a moved file goes to the ``--move-to`` folder, a file
 replaced by a link goes to an undo folder first, and a file is moved by a hard link then an unlink (or an
-exclusive-create copy across file systems), so an existing file is never overwritten. Every applied step is
+exclusive-create copy across file systems), so an existing file is never overwritten. ``--trash`` hands the file to the
+system trash (samespace.trash) and records where it went when the trash can be read back. Every applied step is
 recorded in an undo manifest (written through outputs.atomic_write after each step), which :func:`undo` replays.
-Library photos (``find --against``) and keepers are never acted on.
+Library photos (``find --against``) and keepers are never acted on. A choices file exported from the review page
+(:func:`load_choices`) names exactly the photos to act on instead of the keeper rule.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import hashlib
@@ -24,12 +27,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samespace import keepers, outputs
+from samespace import keepers, outputs, trash
 
 MAX_RESULT_BYTES = 256 * 2**20  # a JSON result of a few million pairs; larger is refused unread
 MAX_MANIFEST_BYTES = 256 * 2**20
-ACTIONS = ("move", "hardlink", "symlink")
+MAX_CHOICES_BYTES = 64 * 2**20
+ACTIONS = ("move", "hardlink", "symlink", "trash")
 MANIFEST_FORMAT = "samespace-undo"
+CHOICES_FORMAT = "samespace-choices"
 MAX_SUFFIX = 1000  # "name (1).jpg" ... before a name clash in the destination is refused
 
 
@@ -119,6 +124,45 @@ def load_result(path: str | Path, cap: int | None = None) -> Document:
     return Document(path, groups, folders, library, os.stat(path).st_mtime_ns)
 
 
+def groups_digest(groups: Sequence[Sequence[str]]) -> str:
+    """The sha256 of a result's groups (their members, in order): ties a choices file to the result it was made on."""
+    text = json.dumps([list(g) for g in groups], ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def load_choices(path: str | Path, doc: Document) -> set[str]:
+    """The photos a choices file (the review page's "Export choices") names to act on, validated against ``doc``.
+
+    The file is untrusted input: size cap, types, the result it was made on (:func:`groups_digest`), and every
+    path must be a photo of one of the result's groups, listed once, not a library photo; a group with every
+    photo chosen is refused (a group always keeps one). ActError, one line naming the file and the value.
+    """
+    path = Path(path)
+    data = _parse_json(path, _read_capped(path, MAX_CHOICES_BYTES, "choices file"), "choices file")
+    if not isinstance(data, dict) or data.get("format") != CHOICES_FORMAT:
+        raise ActError(f"{path}: not a SameSpace choices file (export one with the review page's Export choices)")
+    if data.get("groups") != groups_digest(doc.groups):
+        raise ActError(f"{path}: made on the review page of another result (its groups differ from those of "
+                       f"{doc.path.name}); export the choices again from this result's page")
+    act_on = _strings(data.get("act_on"), "act_on", path)
+    group_of = {member: k for k, members in enumerate(doc.groups) for member in members}
+    chosen: set[str] = set()
+    for member in act_on:
+        name = outputs.printable_name(member)
+        if member not in group_of:
+            raise ActError(f"{path}: act_on: {name} is not a photo of the groups of {doc.path.name}")
+        if member in chosen:
+            raise ActError(f"{path}: act_on lists {name} twice")
+        if any(is_under(member, lib) for lib in doc.library):
+            raise ActError(f"{path}: act_on: {name} is a library photo (--against); those are never acted on")
+        chosen.add(member)
+    for k, members in enumerate(doc.groups):
+        if set(members) <= chosen:
+            raise ActError(f"{path}: every photo of group {k + 1} is chosen ({outputs.printable_name(members[0])} "
+                           "...); a group keeps at least one: untick one on the page")
+    return chosen
+
+
 def sha256_of(path: str | Path) -> str:
     """The sha256 of a regular file's bytes (a link is not followed: OSError)."""
     digest = hashlib.sha256()
@@ -163,12 +207,16 @@ def _refusal(path: str, why: str) -> str:
 
 
 def make_plan(doc: Document, action: str, rule: str = keepers.DEFAULT_RULE, prefer: Sequence[str | Path] = (),
-              only_identical: bool = False) -> Plan:
+              only_identical: bool = False, chosen: set[str] | None = None) -> Plan:
     """Per group, the keeper and a step for every other photo that may be acted on (see the module docstring).
 
-    ``only_identical``: each group is split into its sets of byte-identical photos, each set with its keeper."""
+    ``only_identical``: each group is split into its sets of byte-identical photos, each set with its keeper.
+    ``chosen`` (:func:`load_choices`): act on exactly these photos; every other photo is kept, and the keeper
+    rule picks among them the one a link points to."""
     if action not in ACTIONS:
         raise ActError(f"unknown action {action!r}")
+    if chosen is not None and only_identical:
+        raise ActError("--choices names the photos to act on; it cannot be combined with --only")
     plan = Plan()
     hashes: dict[str, str] = {}
 
@@ -177,7 +225,7 @@ def make_plan(doc: Document, action: str, rule: str = keepers.DEFAULT_RULE, pref
             hashes[p] = sha256_of(p)
         return hashes[p]
 
-    chosen: list[tuple[keepers.Choice, list[keepers.Facts]]] = []
+    picked: list[tuple[keepers.Choice, list[keepers.Facts]]] = []
     for members in doc.groups:
         facts = []
         for member in members:
@@ -188,12 +236,17 @@ def make_plan(doc: Document, action: str, rule: str = keepers.DEFAULT_RULE, pref
                 facts.append(keepers.read_facts(member))
             except OSError as exc:
                 plan.refused.append(_refusal(member, f"cannot read ({exc.strerror or exc})"))
+        if chosen is not None:
+            _choose(facts, chosen, rule, prefer, doc, plan, picked)
+            continue
         for subgroup in _identical_sets(facts, digest, plan) if only_identical else [facts]:
             if len(subgroup) >= 2:
-                chosen.append((keepers.choose_keeper(subgroup, rule, prefer, doc.library), subgroup))
-    kept = {os.path.abspath(choice.keeper.path) for choice, _ in chosen}
+                picked.append((keepers.choose_keeper(subgroup, rule, prefer, doc.library), subgroup))
+    kept = {os.path.abspath(choice.keeper.path) for choice, _ in picked}
+    if chosen is not None:  # every photo not chosen is kept, whichever one a link points to
+        kept |= {os.path.abspath(m) for members in doc.groups for m in members if m not in chosen}
     planned: set[str] = set()
-    for choice, facts in chosen:
+    for choice, facts in picked:
         plan.groups += 1
         keeper = choice.keeper.path
         for f in facts:
@@ -212,6 +265,21 @@ def make_plan(doc: Document, action: str, rule: str = keepers.DEFAULT_RULE, pref
                                        digest(f.path), digest(keeper)))
                 planned.add(where)
     return plan
+
+
+def _choose(facts: list[keepers.Facts], chosen: set[str], rule: str, prefer: Sequence[str | Path], doc: Document,
+            plan: Plan, picked: list[tuple[keepers.Choice, list[keepers.Facts]]]) -> None:
+    """One group under a choices file: the chosen photos are acted on, the keeper is picked among the others
+    that can be read; with none readable, the chosen ones are refused (never the group's last copy)."""
+    acting = [f for f in facts if f.path in chosen]
+    staying = [f for f in facts if f.path not in chosen]
+    if not acting:
+        return
+    if not staying:
+        plan.refused += [_refusal(f.path, "no photo of its group that stays can be read") for f in acting]
+        return
+    keeper = keepers.choose_keeper(staying, rule, prefer, doc.library).keeper
+    picked.append((keepers.Choice(keeper, "chosen on the review page"), [keeper, *acting]))
 
 
 def _identical_sets(facts: list[keepers.Facts], digest: Callable[[str], str], plan: Plan) -> list[list[keepers.Facts]]:
@@ -334,6 +402,14 @@ def apply_plan(plan: Plan, manifest: Manifest, move_to: Path | None, undo_dir: P
         if why:
             refused.append(_refusal(step.path, why))
             continue
+        if step.action == "trash":
+            line = _trash_step(step, manifest)
+            if line.startswith("refused: "):
+                refused.append(line.removeprefix("refused: "))
+            else:
+                done += 1
+                report(line)
+            continue
         relative = Path(os.path.abspath(step.path)).relative_to(os.path.abspath(step.folder))
         try:
             went = _move_into(step.path, move_to if step.action == "move" else undo_dir, relative, step.sha256)
@@ -360,6 +436,38 @@ def apply_plan(plan: Plan, manifest: Manifest, move_to: Path | None, undo_dir: P
                + (outputs.printable_name(str(went)) if step.action == "move"
                   else outputs.printable_name(step.keeper)))
     return done, refused
+
+
+def find_in_trash(original: str, sha256: str, size: int, recorded: str | None = None) -> trash.Trashed | None:
+    """The trash entry of ``original`` whose file has exactly ``size`` bytes and ``sha256``: the ``recorded``
+    one first, else the newest such; None when there is none or the platform's trash cannot be read back.
+    Only entries listed in a trash folder with a ``.trashinfo`` naming ``original`` count (never a path a
+    manifest names on its own)."""
+    if not trash.readable():
+        return None
+    for entry in sorted(trash.entries(original), key=lambda e: e.path != recorded):  # stable: newest next
+        try:
+            if os.lstat(entry.path).st_size == size and sha256_of(entry.path) == sha256:
+                return entry
+        except OSError:
+            continue
+    return None
+
+
+def _trash_step(step: Step, manifest: Manifest) -> str:
+    """Send the step's file to the system trash and record where it went; the line to report, or a
+    ``refused: `` line (the file is then left where it was)."""
+    try:
+        trash.send(step.path)
+    except OSError as exc:
+        return "refused: " + _refusal(step.path, f"cannot move it to the trash ({exc.strerror or exc})")
+    entry = find_in_trash(os.path.abspath(step.path), step.sha256, step.size)
+    manifest.steps.append({"original": os.path.abspath(step.path), "moved_to": entry.path if entry else None,
+                           "trash_info": entry.info if entry else None, "trashed": True, "link": None,
+                           "keeper": os.path.abspath(step.keeper), "sha256": step.sha256, "size": step.size})
+    manifest.write()
+    return f"trash {outputs.printable_name(step.path)} -> " + (
+        outputs.printable_name(entry.path) if entry else "the system trash")
 
 
 def _link(step: Step) -> str:
@@ -398,7 +506,11 @@ def load_manifest(path: str | Path) -> list[dict[str, Any]]:
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT or not isinstance(doc.get("steps"), list):
         raise ActError(f"{path}: not a SameSpace undo manifest")
     for k, rec in enumerate(doc["steps"]):
-        paths = [rec.get(key) for key in ("original", "moved_to", "keeper")] if isinstance(rec, dict) else [None]
+        rec = rec if isinstance(rec, dict) else {}
+        trashed = rec.get("trashed") is True  # where the trash put it is None when the trash cannot be read
+        keys = ("original", "keeper") if trashed else ("original", "moved_to", "keeper")
+        paths = [rec.get(key) for key in keys] + [rec[key] for key in ("moved_to", "trash_info")
+                                                  if trashed and rec.get(key) is not None]
         ok = (all(isinstance(p, str) and os.path.isabs(p) and "\x00" not in p for p in paths)
               and isinstance(rec.get("sha256"), str) and len(rec["sha256"]) == 64
               and all(c in "0123456789abcdef" for c in rec["sha256"])
@@ -406,7 +518,8 @@ def load_manifest(path: str | Path) -> list[dict[str, Any]]:
               and rec.get("link") in (None, "hardlink", "symlink")
               and (rec.get("link") is None or isinstance(rec.get("link_target"), str)))
         if not ok:
-            raise ActError(f"{path}: steps[{k}] is not a valid step (original, moved_to, keeper, sha256, size, link)")
+            raise ActError(f"{path}: steps[{k}] is not a valid step (original, moved_to, keeper, sha256, size, link, "
+                           "trash_info)")
     return doc["steps"]
 
 
@@ -426,8 +539,8 @@ def _our_link(rec: dict[str, Any]) -> bool:
 
 def _already_back(rec: dict[str, Any]) -> bool:
     try:
-        return (not os.path.lexists(rec["moved_to"]) and stat.S_ISREG(os.lstat(rec["original"]).st_mode)
-                and sha256_of(rec["original"]) == rec["sha256"])
+        return ((rec["moved_to"] is None or not os.path.lexists(rec["moved_to"]))
+                and stat.S_ISREG(os.lstat(rec["original"]).st_mode) and sha256_of(rec["original"]) == rec["sha256"])
     except OSError:
         return False
 
@@ -445,6 +558,14 @@ def undo(path: str | Path, report: Callable[[str], None] = print) -> Undone:
             else:
                 done.refused.append(f"{name}: something exists there now; not replaced")
             continue
+        if rec.get("trashed"):
+            line = _restore_from_trash(rec)
+            if line:
+                done.refused.append(line)
+            else:
+                done.restored += 1
+                report(f"restored {name} from the trash")
+            continue
         try:
             if sha256_of(moved) != rec["sha256"]:
                 done.refused.append(f"{outputs.printable_name(moved)}: changed since it was moved; not restored")
@@ -460,3 +581,22 @@ def undo(path: str | Path, report: Callable[[str], None] = print) -> Undone:
         done.restored += 1
         report(f"restored {name}")
     return done
+
+
+def _restore_from_trash(rec: dict[str, Any]) -> str | None:
+    """Put a trashed file back from the trash entry recorded, or another entry of the same path with the same
+    bytes; None when restored, else the refused line (a trash that cannot be read back: one line saying so)."""
+    orig, name = rec["original"], outputs.printable_name(rec["original"])
+    entry = find_in_trash(orig, rec["sha256"], rec["size"], rec.get("moved_to"))
+    if entry is None:
+        if not trash.readable():
+            return f"{name}: is in the system trash; restore it from there"
+        return f"{name}: not in the trash with its recorded size and sha256 (emptied?); not restored"
+    try:
+        Path(orig).parent.mkdir(parents=True, exist_ok=True)
+        move_file(entry.path, orig, rec["sha256"])
+    except OSError as exc:
+        return f"{name}: cannot restore from {outputs.printable_name(entry.path)} ({exc.strerror or exc})"
+    with contextlib.suppress(OSError):  # the entry's description; the file itself is back
+        os.unlink(entry.info)
+    return None

@@ -68,8 +68,8 @@ COMMANDS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "stats": ("samespace.commands.dataset", "count the images, groups and pairs of a split", ("stats",)),
     "download": ("samespace.commands.dataset", "download the Kaggle dataset (needs Kaggle credentials)", ("download",)),
     "devset": ("samespace.devsets.real_photos", "build or verify the real-photo development set", ()),
-    "act": ("samespace.commands.act", "keep one photo per group of a find --json result, move or link the rest", ()),
-    "undo": ("samespace.commands.undo", "put back the files an applied act moved or replaced", ()),
+    "act": ("samespace.commands.act", "keep one photo per group of a find result; move, trash or link the rest", ()),
+    "undo": ("samespace.commands.undo", "put back the files an applied act moved, trashed or replaced", ()),
 }
 
 EXAMPLES = """examples:

@@ -303,3 +303,232 @@ def test_a_link_in_a_group_is_neither_kept_nor_acted_on(scene: tuple[Path, Path]
     assert f"refused: {photos / 'a_big.png'}: not a regular file" in capsys.readouterr().err
     assert (photos / "a_big.png").is_symlink() and (tmp_path / "elsewhere.png").is_file()
     assert set(checksums(tmp_path / "dups")) == {"sub/a_copy.png", "b.png"}  # a.png is that group's keeper now
+
+
+# --------------------------------------------------------------------------------------------
+# --trash and undo from the trash
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def home_trash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary freedesktop home trash ($XDG_DATA_HOME/Trash) on the photos' file system.
+
+    send2trash reads XDG_DATA_HOME when it is imported, so its copies of the locations are set here too; HOME
+    moves so the trash is on the same device as the photos (else send2trash uses the volume's .Trash-UID)."""
+    from send2trash import plat_other
+
+    data_home = tmp_path / "xdg-data"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_DATA_HOME", str(data_home))
+    monkeypatch.setattr(plat_other, "XDG_DATA_HOME", os.fsencode(data_home))
+    monkeypatch.setattr(plat_other, "HOMETRASH_B", os.fsencode(data_home / "Trash"))
+    monkeypatch.setattr(plat_other, "HOMETRASH", str(data_home / "Trash"))
+    return data_home / "Trash"
+
+
+def _trash_contents(trash_dir: Path) -> dict[str, str]:
+    return checksums(trash_dir / "files") if (trash_dir / "files").exists() else {}
+
+
+def test_trash_dry_run_changes_nothing(scene: tuple[Path, Path], tmp_path: Path, home_trash: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    photos, result = scene
+    before = checksums(photos)
+    assert act.main([str(result), "--trash"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert f"trash {photos / 'a.png'}  keep {photos / 'a_big.png'}: highest resolution (256x192)" in out
+    assert out[-1].startswith("dry run: 2 groups, 3 files to trash; nothing changed")
+    assert checksums(photos) == before and not home_trash.exists()
+
+
+def test_trash_sends_the_non_keepers_there_and_undo_restores_every_byte(
+        scene: tuple[Path, Path], tmp_path: Path, home_trash: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photos, result = scene
+    before = checksums(photos)
+    manifest = tmp_path / "undo.json"
+    assert act.main([str(result), "--trash", "--manifest", str(manifest), "--apply"]) == 0
+    assert set(checksums(photos)) == set(before) - {"a.png", "sub/a_copy.png", "b.png"}
+    trashed = _trash_contents(home_trash)
+    assert sorted(trashed.values()) == sorted(before[m] for m in ("a.png", "sub/a_copy.png", "b.png"))
+    assert sorted(trashed) == ["a.png", "a_copy.png", "b.png"]
+    steps = {s["original"]: s for s in json.loads(manifest.read_text())["steps"]}
+    info = (home_trash / "info" / (Path(steps[str(photos / "b.png")]["moved_to"]).name + ".trashinfo")).read_text()
+    assert f"Path={photos / 'b.png'}\n" in info and "DeletionDate=" in info
+    assert all(s["trashed"] and s["sha256"] == before[Path(o).relative_to(photos).as_posix()]
+               for o, s in steps.items())
+    capsys.readouterr()
+    assert undo.main([str(manifest)]) == 0
+    assert "restored 3 files" in capsys.readouterr().out
+    assert checksums(photos) == before
+    assert _trash_contents(home_trash) == {} and list((home_trash / "info").iterdir()) == []
+    assert undo.main([str(manifest)]) == 0 and "nothing to undo" in capsys.readouterr().out
+
+
+def test_undo_finds_a_trashed_file_by_its_trashinfo_and_checks_its_bytes(
+        scene: tuple[Path, Path], tmp_path: Path, home_trash: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photos, result = scene
+    before = checksums(photos)
+    manifest = tmp_path / "undo.json"
+    assert act.main([str(result), "--trash", "--only", "identical", "--manifest", str(manifest), "--apply"]) == 0
+    # Another file of the same path trashed later with other bytes, and the recorded entry renamed in the trash
+    # (as a file manager may do): undo picks the entry whose size and sha256 match.
+    from samespace import trash
+
+    (photos / "sub" / "a_copy.png").write_bytes(b"a newer file of the same name")
+    trash.send(photos / "sub" / "a_copy.png")
+    assert sorted(_trash_contents(home_trash)) == ["a_copy 1.png", "a_copy.png"]
+    os.rename(home_trash / "files" / "a_copy.png", home_trash / "files" / "moved.png")
+    os.rename(home_trash / "info" / "a_copy.png.trashinfo", home_trash / "info" / "moved.png.trashinfo")
+    capsys.readouterr()
+    assert undo.main([str(manifest)]) == 0
+    assert checksums(photos) == before
+    assert _trash_contents(home_trash) == {"a_copy 1.png": hashlib.sha256(b"a newer file of the same name").hexdigest()}
+
+
+def test_undo_refuses_a_trashed_file_whose_bytes_changed_or_that_is_gone(
+        scene: tuple[Path, Path], tmp_path: Path, home_trash: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photos, result = scene
+    manifest = tmp_path / "undo.json"
+    assert act.main([str(result), "--trash", "--only", "identical", "--manifest", str(manifest), "--apply"]) == 0
+    (stored,) = (home_trash / "files").iterdir()
+    stored.write_bytes(b"changed in the trash")
+    capsys.readouterr()
+    assert undo.main([str(manifest)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"refused: {photos / 'sub' / 'a_copy.png'}: not in the trash with its recorded size and sha256 (emptied?); "
+        "not restored"]
+    assert stored.read_bytes() == b"changed in the trash" and not (photos / "sub" / "a_copy.png").exists()
+
+
+def test_where_the_trash_cannot_be_read_undo_says_the_file_is_there(
+        scene: tuple[Path, Path], tmp_path: Path, home_trash: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from samespace import trash
+
+    photos, result = scene
+    monkeypatch.setattr(trash, "readable", lambda: False)  # as on macOS and Windows
+    manifest = tmp_path / "undo.json"
+    assert act.main([str(result), "--trash", "--only", "identical", "--manifest", str(manifest), "--apply"]) == 0
+    assert f"trash {photos / 'sub' / 'a_copy.png'} -> the system trash" in capsys.readouterr().out
+    assert json.loads(manifest.read_text())["steps"][0]["moved_to"] is None
+    assert undo.main([str(manifest)]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"refused: {photos / 'sub' / 'a_copy.png'}: is in the system trash; restore it from there"]
+
+
+def test_a_file_the_trash_refuses_is_left_where_it_was(scene: tuple[Path, Path], tmp_path: Path, home_trash: Path,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from samespace import trash
+
+    photos, result = scene
+    before = checksums(photos)
+
+    def refuse(path: str | Path) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(trash, "send", refuse)
+    assert act.main([str(result), "--trash", "--manifest", str(tmp_path / "undo.json"), "--apply"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == f"refused: {photos / 'a.png'}: cannot move it to the trash (Permission denied); left alone"
+    assert len(err) == 3 and checksums(photos) == before
+
+
+@pytest.mark.parametrize("step, message", [
+    ({"trashed": True, "original": "relative/a.png"}, "steps[0] is not a valid step"),
+    ({"trashed": True, "trash_info": "x.trashinfo"}, "steps[0] is not a valid step"),
+    ({"trashed": False, "moved_to": None}, "steps[0] is not a valid step"),
+])
+def test_a_hostile_trash_manifest_is_refused(tmp_path: Path, step: dict, message: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    rec = {"original": "/p/a.png", "moved_to": "/t/files/a.png", "keeper": "/p/b.png", "sha256": "0" * 64,
+           "size": 3, "link": None, **step}
+    path = _hostile(tmp_path, json.dumps({"format": actions.MANIFEST_FORMAT, "steps": [rec]}).encode())
+    assert undo.main([str(path)]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_undo_never_takes_a_file_a_manifest_names_outside_the_trash(
+        scene: tuple[Path, Path], tmp_path: Path, home_trash: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photos, _ = scene
+    bait = tmp_path / "elsewhere.png"
+    bait.write_bytes(b"not in any trash")
+    rec = {"original": str(photos / "gone.png"), "moved_to": str(bait), "trash_info": str(photos / "a.png"),
+           "trashed": True, "keeper": str(photos / "b.png"), "sha256": hashlib.sha256(bait.read_bytes()).hexdigest(),
+           "size": bait.stat().st_size, "link": None}
+    path = _hostile(tmp_path, json.dumps({"format": actions.MANIFEST_FORMAT, "steps": [rec]}).encode())
+    before = checksums(photos)
+    assert undo.main([str(path)]) == 1
+    assert "not in the trash" in capsys.readouterr().err
+    assert bait.read_bytes() == b"not in any trash" and checksums(photos) == before
+
+
+# --------------------------------------------------------------------------------------------
+# --choices: the photos ticked on the review page
+# --------------------------------------------------------------------------------------------
+
+
+def write_choices(path: Path, result: Path, act_on: list[str], **extra: object) -> Path:
+    groups = _group_members(result)
+    doc = {"format": actions.CHOICES_FORMAT, "version": 1, "groups": actions.groups_digest(groups),
+           "act_on": act_on, **extra}
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_choices_act_on_exactly_the_photos_named(scene: tuple[Path, Path], tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    photos, result = scene
+    before = checksums(photos)
+    # Keep a.png (the rule would keep a_big.png) and act on a_big.png only; group b is left alone.
+    choices = write_choices(tmp_path / "choices.json", result, [str(photos / "a_big.png")])
+    assert act.main([str(result), "--choices", str(choices), "--move-to", str(tmp_path / "dups")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"move {photos / 'a_big.png'}  keep {photos / 'a.png'}: chosen on the review page"
+    assert out[-1].startswith("dry run: 1 groups, 1 files to move; nothing changed") and checksums(photos) == before
+    assert act.main([str(result), "--choices", str(choices), "--symlink", "--apply"]) == 0
+    assert os.readlink(photos / "a_big.png") == str((photos / "a.png").resolve())
+    assert not (photos / "sub" / "a_copy.png").is_symlink() and not (photos / "b.png").is_symlink()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d, p: {**d, "format": "other"}, "not a SameSpace choices file"),
+    (lambda d, p: {**d, "groups": "0" * 64}, "made on the review page of another result"),
+    (lambda d, p: {**d, "act_on": "PHOTOS/a.png"}, "act_on must be a list of non-empty path strings"),
+    (lambda d, p: {**d, "act_on": ["/etc/passwd"]}, "act_on: /etc/passwd is not a photo of the groups of result.json"),
+    (lambda d, p: {**d, "act_on": [f"{p}/c.png"]}, "c.png is not a photo of the groups"),
+    (lambda d, p: {**d, "act_on": [f"{p}/b.png", f"{p}/b.png"]}, "b.png twice"),
+    (lambda d, p: {**d, "act_on": [f"{p}/b.png", f"{p}/b.jpg"]}, "every photo of group 2 is chosen"),
+    (lambda d, p: {**d, "act_on": [f"{p}/<script>.png"]}, "<script>.png is not a photo of the groups"),
+])
+def test_hostile_choices_are_one_line_exit_2_and_nothing_touched(
+        scene: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], edit, message: str) -> None:
+    photos, result = scene
+    before = checksums(photos)
+    base = json.loads(write_choices(tmp_path / "c.json", result, []).read_text())
+    path = _hostile(tmp_path, json.dumps(edit(base, str(photos))).encode())
+    assert act.main([str(result), "--choices", str(path), "--move-to", str(tmp_path / "dups"), "--apply"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: ") and message in err[0], err
+    assert checksums(photos) == before and not (tmp_path / "dups").exists()
+
+
+def test_choices_cannot_be_combined_with_only(scene: tuple[Path, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    photos, result = scene
+    choices = write_choices(tmp_path / "c.json", result, [str(photos / "b.png")])
+    assert act.main([str(result), "--choices", str(choices), "--trash", "--only", "identical"]) == 2
+    assert "cannot be combined with --only" in capsys.readouterr().err
+
+
+def test_a_chosen_group_whose_other_photos_cannot_be_read_is_refused(
+        scene: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    photos, result = scene
+    choices = write_choices(tmp_path / "c.json", result, [str(photos / "b.png")])
+    (photos / "b.jpg").unlink()  # the only photo of the group that would stay
+    assert act.main([str(result), "--choices", str(choices), "--move-to", str(tmp_path / "dups"), "--apply"]) == 1
+    err = capsys.readouterr().err
+    assert f"refused: {photos / 'b.png'}: no photo of its group that stays can be read; left alone" in err
+    assert (photos / "b.png").exists()

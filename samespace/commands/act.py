@@ -1,4 +1,5 @@
-"""``samespace act``: keep one photo per duplicate group of a ``find --json`` result and move or link the rest.
+"""``samespace act``: keep one photo per duplicate group of a ``find --json`` result and move, trash or link the
+rest (or exactly the photos a choices file from the review page names).
 
 A dry run (the default) prints the plan and changes nothing; ``--apply`` does it and writes an undo manifest
 (``samespace undo MANIFEST``). The planning, checks and moves are in samespace.actions.
@@ -20,6 +21,8 @@ EXAMPLES = """examples:
   samespace act dups.json --move-to ~/duplicates --apply     # move them; prints the undo manifest
   samespace act dups.json --hardlink --only identical --apply  # byte copies become hard links to their keeper
   samespace act dups.json --symlink --keep oldest --prefer photos/originals
+  samespace act dups.json --trash --apply                    # to the system trash; undo finds them there
+  samespace act dups.json --choices choices.json --trash     # the photos ticked on the review page (find --html)
   samespace undo dups.undo-20250101-120000.json              # put every file back
 """
 
@@ -43,6 +46,11 @@ def build_parser(prog: str = "samespace act") -> argparse.ArgumentParser:
                       "(same file system); the file itself goes to the undo folder")
     what.add_argument("--symlink", action="store_true", help="replace each duplicate by a symbolic link to its "
                       "keeper; the file itself goes to the undo folder")
+    what.add_argument("--trash", action="store_true", help="move the duplicates to the system trash (send2trash); "
+                      "undo takes them back out where the trash can be read (freedesktop trash of Linux)")
+    parser.add_argument("--choices", metavar="CHOICES.json", help="act on exactly the photos this file names "
+                        "(the review page's Export choices, made on this RESULT.json's page); every other photo "
+                        "is kept")
     parser.add_argument("--keep", choices=keepers.RULES, default=keepers.DEFAULT_RULE,
                         help="which photo of a group to keep first (default: resolution; ties: then resolution, "
                         "largest file, oldest, path order)")
@@ -99,12 +107,13 @@ def _check_places(args: argparse.Namespace, doc: actions.Document, manifest: Pat
 
 def _run(args: argparse.Namespace) -> int:
     doc = actions.load_result(args.result)
-    action = "move" if args.move_to else "hardlink" if args.hardlink else "symlink"
+    action = "move" if args.move_to else "hardlink" if args.hardlink else "trash" if args.trash else "symlink"
+    chosen = actions.load_choices(args.choices, doc) if args.choices else None
     manifest_path = Path(args.manifest) if args.manifest else default_manifest(Path(args.result))
     undo_dir = manifest_path.with_suffix(".files")
     if args.apply:
         _check_places(args, doc, manifest_path, undo_dir)
-    plan = actions.make_plan(doc, action, args.keep, args.prefer, args.only == "identical")
+    plan = actions.make_plan(doc, action, args.keep, args.prefer, args.only == "identical", chosen)
     for line in plan.refused:
         print(f"refused: {line}", file=sys.stderr)
     counts = (f"{plan.groups} groups, {len(plan.steps)} files to {action}"

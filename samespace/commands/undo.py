@@ -1,4 +1,4 @@
-"""``samespace undo``: put back every file an applied ``samespace act`` moved or replaced by a link."""
+"""``samespace undo``: put back every file an applied ``samespace act`` moved, trashed or replaced by a link."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def build_parser(prog: str = "samespace undo") -> argparse.ArgumentParser:
     parser = cli.ArgumentParser(
         prog=prog,
         description="Restore every file listed in an undo manifest written by `samespace act --apply`, byte for "
-        "byte (sha256 checked). A path that now holds something else is refused and left alone; a second undo "
+        "byte (sha256 checked); a trashed file is taken back out of a freedesktop trash (Linux; elsewhere undo says "
+        "it is in the system trash). A path that now holds something else is refused and left alone; a second undo "
         f"does nothing. Exit status: 0 done, 1 some files refused (each named), {cli.EXIT_ERROR} bad input.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=EXAMPLES,
