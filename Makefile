@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 
 REAL := data/real
 
-.PHONY: demo test check bench default-model
+.PHONY: demo test check bench default-model browser
 demo: $(VENV)/.installed
 	mkdir -p $(DEMO)
 	$(PY) model_def.py --sample-data $(SAMPLE) --config improved.yaml \
@@ -32,7 +32,16 @@ demo: $(VENV)/.installed
 		--json $(DEMO)/duplicates-model.json --html $(DEMO)/duplicates-model.html
 	$(VENV)/bin/samespace find "$(SAMPLE)/Test Data" --json $(DEMO)/duplicates.json --html $(DEMO)/duplicates.html
 
-test: $(VENV)/.installed
+# The review page's browser test drives Debian's Chromium (Playwright, pinned in requirements-dev.txt, never
+# downloads a browser): installed with apt-get when it is missing (CI runs as root; else through sudo).
+CHROMIUM := /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium chromium-driver; }
+
+test: $(VENV)/.installed browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 

@@ -10,7 +10,9 @@ photos (``find --against``) win before everything, since they are never acted on
 from __future__ import annotations
 
 import datetime
+import errno
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,13 +49,18 @@ class Choice:
 
 
 def read_facts(path: str | Path) -> Facts:
-    """The facts of one photo. Only the header is parsed (Image.open is lazy); OSError if it cannot be stat'ed."""
-    st = os.stat(path)
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except Exception:  # noqa: BLE001 - any unreadable header counts as 0 pixels, never fails the plan
-        width = height = 0
+    """The facts of one photo. Only the header is parsed (Image.open is lazy); OSError if it cannot be opened
+    or is not a regular file (opened without blocking and checked first: a FIFO is never waited on)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        try:
+            with Image.open(f) as image:
+                width, height = image.size
+        except Exception:  # noqa: BLE001 - any unreadable header counts as 0 pixels, never fails the plan
+            width = height = 0
     return Facts(str(path), int(width), int(height), st.st_size, st.st_mtime_ns)
 
 

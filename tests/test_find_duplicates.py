@@ -253,12 +253,18 @@ class _Collector(HTMLParser):
         self.urls: list[tuple[str, str, str]] = []  # tag, attribute, value
         self.text: list[str] = []
         self.open: list[str] = []
+        self.scripts: list[dict[str, str | None]] = []
+        self.policy = ""
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append(tag)
-        if tag not in ("img", "meta", "br", "link"):
+        if tag not in ("img", "meta", "br", "link", "input"):
             self.open.append(tag)
         self.urls += [(tag, k, v or "") for k, v in attrs if k in ("src", "href", "srcset", "data", "action")]
+        if tag == "script":
+            self.scripts.append(dict(attrs))
+        if tag == "meta" and dict(attrs).get("http-equiv") == "Content-Security-Policy":
+            self.policy = dict(attrs).get("content") or ""
 
     def handle_endtag(self, tag: str) -> None:
         assert self.open and self.open[-1] == tag, f"</{tag}> closes <{self.open[-1] if self.open else None}>"
@@ -275,7 +281,13 @@ def test_html_is_self_contained_and_embeds_every_group_member(cli_run: dict) -> 
     parser.feed(page)
     parser.close()
     assert parser.open == [] and parser.tags[0] == "html"
-    assert not {"script", "link", "iframe", "object"} & set(parser.tags)
+    assert not {"link", "iframe", "object", "form"} & set(parser.tags)
+    # Inline scripts only: the page's data (not run) and the one script the policy allows by its hash
+    assert parser.scripts == [{"type": "application/json", "id": "samespace-data"}, {}]
+    script = page.split("<script>", 1)[1].split("</script>", 1)[0]
+    digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
+    assert parser.policy.startswith("default-src 'none'; img-src data:;")
+    assert f"script-src 'sha256-{digest}';" in parser.policy and "connect-src" not in parser.policy
     assert "url(" not in page and "@import" not in page  # no external CSS resources
     images = [v for tag, k, v in parser.urls if tag == "img"]
     assert all(k == "src" for tag, k, _ in parser.urls)  # no href anywhere
