@@ -1,20 +1,20 @@
-"""Act on what ``samespace find --json`` found: plan, do and undo moving or linking the duplicates.
+"""Act on what ``samespace find --json`` found: plan and do moving, trashing or linking the duplicates.
 
 The result file is untrusted input (:func:`load_result`): size cap, types, and every photo it names must lie
 under a folder its summary lists. A plan keeps one photo per group (keepers.py) and records, per file acted
 on, its size, modification time and sha256 as found on disk; applying re-checks them and refuses, one line
 each, a file that changed. Nothing is ever deleted: a moved file goes to the ``--move-to`` folder, a file
 replaced by a link goes to an undo folder first, and a file is moved by a hard link then an unlink (or an
-exclusive-create copy across file systems), so an existing file is never overwritten. ``--trash`` hands the file to the
-system trash (samespace.trash) and records where it went when the trash can be read back. Every applied step is
-recorded in an undo manifest (written through outputs.atomic_write after each step), which :func:`undo` replays.
+exclusive-create copy across file systems), so an existing file is never overwritten. ``--trash`` hands the file
+to the system trash (samespace.trash) and records where it went when the trash can be read back. Every applied
+step is recorded in an undo manifest (written through outputs.atomic_write after each step), which
+samespace.undoing replays.
 Library photos (``find --against``) and keepers are never acted on. A choices file exported from the review page
-(:func:`load_choices`) names exactly the photos to act on instead of the keeper rule.
+(samespace.choices) names exactly the photos to act on instead of the keeper rule.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import errno
 import hashlib
@@ -31,10 +31,8 @@ from samespace import keepers, outputs, trash
 
 MAX_RESULT_BYTES = 256 * 2**20  # a JSON result of a few million pairs; larger is refused unread
 MAX_MANIFEST_BYTES = 256 * 2**20
-MAX_CHOICES_BYTES = 64 * 2**20
 ACTIONS = ("move", "hardlink", "symlink", "trash")
 MANIFEST_FORMAT = "samespace-undo"
-CHOICES_FORMAT = "samespace-choices"
 MAX_SUFFIX = 1000  # "name (1).jpg" ... before a name clash in the destination is refused
 
 
@@ -53,7 +51,7 @@ class Document:
     mtime_ns: int
 
 
-def _read_capped(path: Path, cap: int, what: str) -> bytes:
+def read_capped(path: Path, cap: int, what: str) -> bytes:
     """The bytes of the regular file ``path`` (never a FIFO or device), refusing one larger than ``cap``."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
@@ -69,7 +67,7 @@ def _read_capped(path: Path, cap: int, what: str) -> bytes:
     return data
 
 
-def _parse_json(path: Path, data: bytes, what: str) -> Any:
+def parse_json(path: Path, data: bytes, what: str) -> Any:
     try:
         return json.loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -80,7 +78,7 @@ def _parse_json(path: Path, data: bytes, what: str) -> Any:
         raise ActError(f"{path}: not a {what} (nested too deeply)") from exc
 
 
-def _strings(value: Any, where: str, path: Path) -> list[str]:
+def path_strings(value: Any, where: str, path: Path) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v and "\x00" not in v for v in value):
         raise ActError(f"{path}: {where} must be a list of non-empty path strings")
     return value
@@ -99,21 +97,21 @@ def load_result(path: str | Path, cap: int | None = None) -> Document:
     Relative paths are taken as written, relative to the current folder, like ``find`` wrote them.
     """
     path = Path(path)
-    data = _read_capped(path, MAX_RESULT_BYTES if cap is None else cap, "SameSpace result")
-    doc = _parse_json(path, data, "SameSpace result")
+    data = read_capped(path, MAX_RESULT_BYTES if cap is None else cap, "SameSpace result")
+    doc = parse_json(path, data, "SameSpace result")
     if not isinstance(doc, dict) or not isinstance(doc.get("groups"), list) or not isinstance(doc.get("summary"),
                                                                                               dict):
         raise ActError(f"{path}: not a SameSpace result (expected an object with groups and summary)")
     summary = doc["summary"]
-    folders = _strings(summary.get("folders"), "summary.folders", path)
-    library = _strings(summary.get("against", []), "summary.against", path)
+    folders = path_strings(summary.get("folders"), "summary.folders", path)
+    library = path_strings(summary.get("against", []), "summary.against", path)
     if not folders:
         raise ActError(f"{path}: summary.folders lists no folder")
     groups: list[list[str]] = []
     for k, group in enumerate(doc["groups"]):
         if not isinstance(group, dict):
             raise ActError(f"{path}: groups[{k}] must be an object")
-        members = _strings(group.get("members"), f"groups[{k}].members", path)
+        members = path_strings(group.get("members"), f"groups[{k}].members", path)
         if len(set(members)) != len(members):
             raise ActError(f"{path}: groups[{k}] lists a photo twice")
         for member in members:
@@ -122,45 +120,6 @@ def load_result(path: str | Path, cap: int | None = None) -> Document:
                                "folders of summary.folders / summary.against")
         groups.append(members)
     return Document(path, groups, folders, library, os.stat(path).st_mtime_ns)
-
-
-def groups_digest(groups: Sequence[Sequence[str]]) -> str:
-    """The sha256 of a result's groups (their members, in order): ties a choices file to the result it was made on."""
-    text = json.dumps([list(g) for g in groups], ensure_ascii=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
-
-
-def load_choices(path: str | Path, doc: Document) -> set[str]:
-    """The photos a choices file (the review page's "Export choices") names to act on, validated against ``doc``.
-
-    The file is untrusted input: size cap, types, the result it was made on (:func:`groups_digest`), and every
-    path must be a photo of one of the result's groups, listed once, not a library photo; a group with every
-    photo chosen is refused (a group always keeps one). ActError, one line naming the file and the value.
-    """
-    path = Path(path)
-    data = _parse_json(path, _read_capped(path, MAX_CHOICES_BYTES, "choices file"), "choices file")
-    if not isinstance(data, dict) or data.get("format") != CHOICES_FORMAT:
-        raise ActError(f"{path}: not a SameSpace choices file (export one with the review page's Export choices)")
-    if data.get("groups") != groups_digest(doc.groups):
-        raise ActError(f"{path}: made on the review page of another result (its groups differ from those of "
-                       f"{doc.path.name}); export the choices again from this result's page")
-    act_on = _strings(data.get("act_on"), "act_on", path)
-    group_of = {member: k for k, members in enumerate(doc.groups) for member in members}
-    chosen: set[str] = set()
-    for member in act_on:
-        name = outputs.printable_name(member)
-        if member not in group_of:
-            raise ActError(f"{path}: act_on: {name} is not a photo of the groups of {doc.path.name}")
-        if member in chosen:
-            raise ActError(f"{path}: act_on lists {name} twice")
-        if any(is_under(member, lib) for lib in doc.library):
-            raise ActError(f"{path}: act_on: {name} is a library photo (--against); those are never acted on")
-        chosen.add(member)
-    for k, members in enumerate(doc.groups):
-        if set(members) <= chosen:
-            raise ActError(f"{path}: every photo of group {k + 1} is chosen ({outputs.printable_name(members[0])} "
-                           "...); a group keeps at least one: untick one on the page")
-    return chosen
 
 
 def sha256_of(path: str | Path) -> str:
@@ -211,7 +170,7 @@ def make_plan(doc: Document, action: str, rule: str = keepers.DEFAULT_RULE, pref
     """Per group, the keeper and a step for every other photo that may be acted on (see the module docstring).
 
     ``only_identical``: each group is split into its sets of byte-identical photos, each set with its keeper.
-    ``chosen`` (:func:`load_choices`): act on exactly these photos; every other photo is kept, and the keeper
+    ``chosen`` (choices.load_choices): act on exactly these photos; every other photo is kept, and the keeper
     rule picks among them the one a link points to."""
     if action not in ACTIONS:
         raise ActError(f"unknown action {action!r}")
@@ -438,22 +397,6 @@ def apply_plan(plan: Plan, manifest: Manifest, move_to: Path | None, undo_dir: P
     return done, refused
 
 
-def find_in_trash(original: str, sha256: str, size: int, recorded: str | None = None) -> trash.Trashed | None:
-    """The trash entry of ``original`` whose file has exactly ``size`` bytes and ``sha256``: the ``recorded``
-    one first, else the newest such; None when there is none or the platform's trash cannot be read back.
-    Only entries listed in a trash folder with a ``.trashinfo`` naming ``original`` count (never a path a
-    manifest names on its own)."""
-    if not trash.readable():
-        return None
-    for entry in sorted(trash.entries(original), key=lambda e: e.path != recorded):  # stable: newest next
-        try:
-            if os.lstat(entry.path).st_size == size and sha256_of(entry.path) == sha256:
-                return entry
-        except OSError:
-            continue
-    return None
-
-
 def _trash_step(step: Step, manifest: Manifest) -> str:
     """Send the step's file to the system trash and record where it went; the line to report, or a
     ``refused: `` line (the file is then left where it was)."""
@@ -461,7 +404,7 @@ def _trash_step(step: Step, manifest: Manifest) -> str:
         trash.send(step.path)
     except OSError as exc:
         return "refused: " + _refusal(step.path, f"cannot move it to the trash ({exc.strerror or exc})")
-    entry = find_in_trash(os.path.abspath(step.path), step.sha256, step.size)
+    entry = trash.find(os.path.abspath(step.path), step.size, step.sha256, sha256_of)
     manifest.steps.append({"original": os.path.abspath(step.path), "moved_to": entry.path if entry else None,
                            "trash_info": entry.info if entry else None, "trashed": True, "link": None,
                            "keeper": os.path.abspath(step.keeper), "sha256": step.sha256, "size": step.size})
@@ -483,120 +426,3 @@ def _link(step: Step) -> str:
 def plan_dict(plan: Plan) -> list[dict[str, Any]]:
     """The steps as plain dictionaries (for a JSON listing of a dry run)."""
     return [asdict(s) for s in plan.steps]
-
-
-# --------------------------------------------------------------------------------------------
-# Undo
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Undone:
-    """What :func:`undo` did: files restored, steps already undone, and the refused lines."""
-
-    restored: int = 0
-    already: int = 0
-    refused: list[str] = field(default_factory=list)
-
-
-def load_manifest(path: str | Path) -> list[dict[str, Any]]:
-    """The steps of an undo manifest, validated (absolute paths, sha256, size, link kind); ActError if not."""
-    path = Path(path)
-    doc = _parse_json(path, _read_capped(path, MAX_MANIFEST_BYTES, "undo manifest"), "undo manifest")
-    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT or not isinstance(doc.get("steps"), list):
-        raise ActError(f"{path}: not a SameSpace undo manifest")
-    for k, rec in enumerate(doc["steps"]):
-        rec = rec if isinstance(rec, dict) else {}
-        trashed = rec.get("trashed") is True  # where the trash put it is None when the trash cannot be read
-        keys = ("original", "keeper") if trashed else ("original", "moved_to", "keeper")
-        paths = [rec.get(key) for key in keys] + [rec[key] for key in ("moved_to", "trash_info")
-                                                  if trashed and rec.get(key) is not None]
-        ok = (all(isinstance(p, str) and os.path.isabs(p) and "\x00" not in p for p in paths)
-              and isinstance(rec.get("sha256"), str) and len(rec["sha256"]) == 64
-              and all(c in "0123456789abcdef" for c in rec["sha256"])
-              and isinstance(rec.get("size"), int) and rec["size"] >= 0
-              and rec.get("link") in (None, "hardlink", "symlink")
-              and (rec.get("link") is None or isinstance(rec.get("link_target"), str)))
-        if not ok:
-            raise ActError(f"{path}: steps[{k}] is not a valid step (original, moved_to, keeper, sha256, size, link, "
-                           "trash_info)")
-    return doc["steps"]
-
-
-def _our_link(rec: dict[str, Any]) -> bool:
-    """Whether the original path holds the link this step made (removing it then loses nothing)."""
-    orig = rec["original"]
-    try:
-        if rec.get("link") == "symlink":
-            return os.path.islink(orig) and os.readlink(orig) == rec["link_target"]
-        if rec.get("link") == "hardlink":
-            here, there = os.lstat(orig), os.stat(rec["link_target"])  # the keeper must still be there
-            return stat.S_ISREG(here.st_mode) and (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
-    except OSError:
-        return False
-    return False
-
-
-def _already_back(rec: dict[str, Any]) -> bool:
-    try:
-        return ((rec["moved_to"] is None or not os.path.lexists(rec["moved_to"]))
-                and stat.S_ISREG(os.lstat(rec["original"]).st_mode) and sha256_of(rec["original"]) == rec["sha256"])
-    except OSError:
-        return False
-
-
-def undo(path: str | Path, report: Callable[[str], None] = print) -> Undone:
-    """Put every file of a manifest back, byte for byte; a path that now holds something else is refused
-    (never replaced). Running it again finds everything back and does nothing."""
-    done = Undone()
-    for rec in reversed(load_manifest(path)):
-        orig, moved = rec["original"], rec["moved_to"]
-        name = outputs.printable_name(orig)
-        if os.path.lexists(orig) and not _our_link(rec):
-            if _already_back(rec):
-                done.already += 1
-            else:
-                done.refused.append(f"{name}: something exists there now; not replaced")
-            continue
-        if rec.get("trashed"):
-            line = _restore_from_trash(rec)
-            if line:
-                done.refused.append(line)
-            else:
-                done.restored += 1
-                report(f"restored {name} from the trash")
-            continue
-        try:
-            if sha256_of(moved) != rec["sha256"]:
-                done.refused.append(f"{outputs.printable_name(moved)}: changed since it was moved; not restored")
-                continue
-            if os.path.lexists(orig):
-                os.unlink(orig)  # the link this step made (checked above), never the keeper itself
-            Path(orig).parent.mkdir(parents=True, exist_ok=True)
-            move_file(moved, orig, rec["sha256"])
-        except OSError as exc:
-            done.refused.append(f"{name}: cannot restore from {outputs.printable_name(moved)} "
-                                f"({exc.strerror or exc})")
-            continue
-        done.restored += 1
-        report(f"restored {name}")
-    return done
-
-
-def _restore_from_trash(rec: dict[str, Any]) -> str | None:
-    """Put a trashed file back from the trash entry recorded, or another entry of the same path with the same
-    bytes; None when restored, else the refused line (a trash that cannot be read back: one line saying so)."""
-    orig, name = rec["original"], outputs.printable_name(rec["original"])
-    entry = find_in_trash(orig, rec["sha256"], rec["size"], rec.get("moved_to"))
-    if entry is None:
-        if not trash.readable():
-            return f"{name}: is in the system trash; restore it from there"
-        return f"{name}: not in the trash with its recorded size and sha256 (emptied?); not restored"
-    try:
-        Path(orig).parent.mkdir(parents=True, exist_ok=True)
-        move_file(entry.path, orig, rec["sha256"])
-    except OSError as exc:
-        return f"{name}: cannot restore from {outputs.printable_name(entry.path)} ({exc.strerror or exc})"
-    with contextlib.suppress(OSError):  # the entry's description; the file itself is back
-        os.unlink(entry.info)
-    return None

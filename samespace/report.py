@@ -5,7 +5,7 @@ folder, its resolution, file size and modification date, and the pair scores wit
 (``A-B 0.97 identical``), coloured by tier and by how far the score lies above the threshold. The keeper rule of
 ``samespace act`` (keepers.py, the default rule) marks the photo it keeps and why; a checkbox per photo starts
 ticked for every other photo (ticked: act on it). "Export choices" downloads a JSON file that
-``samespace act RESULT.json --choices FILE`` reads (actions.load_choices checks it against the result's groups).
+``samespace act RESULT.json --choices FILE`` reads (choices.load_choices checks it against the result's groups).
 A sticky bar jumps between groups and filters them by tier and by file name.
 
 Thumbnails are JPEG data URIs; CSS and the one script are inline. A Content-Security-Policy allows only the data
@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from samespace import actions, decoding, keepers, outputs, tiers
+from samespace import actions, choices, decoding, keepers, outputs, tiers
 
 THUMB_BOX = (240, 180)
 MAX_PAIRS_SHOWN = 60  # per group; the JSON / CSV hold every pair
@@ -72,7 +72,8 @@ figure.keep .pick span::after { content: "keep"; color: #276749; }
 figure.act .pick span::after { content: "act on"; color: #9b2c2c; }
 figcaption { font-size: 12.5px; word-break: break-all; }
 figcaption .dir { color: #718096; font-size: 11.5px; }
-.facts { color: #2d3748; font-size: 12px; font-variant-numeric: tabular-nums; }
+.facts { color: #2d3748; font-size: 12px; font-variant-numeric: tabular-nums; word-break: normal; }
+figcaption .pair { word-break: normal; white-space: nowrap; }
 .keeper { color: #276749; font-size: 12px; font-weight: 600; }
 .library { color: #2b6cb0; font-size: 12px; }
 .pairs { margin-top: 10px; display: flex; flex-wrap: wrap; gap: 6px; }
@@ -283,7 +284,7 @@ def _facts_text(facts: keepers.Facts | None) -> str:
         return "cannot be read now"
     when = datetime.datetime.fromtimestamp(facts.mtime_ns / 1e9).strftime("%Y-%m-%d %H:%M")
     pixels = f"{facts.width} &times; {facts.height}" if facts.pixels else "size unknown"
-    return f"{pixels} &middot; {_size_text(facts.size)} &middot; {when}"
+    return f"{pixels} &middot; {_size_text(facts.size)}<br>modified {when}"
 
 
 def _read_facts(path: str) -> keepers.Facts | None:
@@ -416,7 +417,7 @@ def render_html(document: dict[str, Any], title: str = "SameSpace duplicate revi
         items = "\n".join(f"<li>{_esc(s['path'])}: {_esc(s['reason'])}</li>" for s in document["skipped"])
         body.append(f"<details><summary>{len(document['skipped']):,} skipped files</summary><ul>{items}</ul></details>")
     member_lists = [g["members"] for g in groups]
-    data = {"format": actions.CHOICES_FORMAT, "groups": actions.groups_digest(member_lists),
+    data = {"format": choices.CHOICES_FORMAT, "groups": choices.groups_digest(member_lists),
             "paths": [m for members in member_lists for m in members]}
     script_hash = base64.b64encode(hashlib.sha256(SCRIPT.encode("utf-8")).digest()).decode("ascii")
     policy = (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{script_hash}'; "

@@ -11,10 +11,9 @@ and sha256 are the ones recorded. Other platforms' trashes are not read back: un
 from __future__ import annotations
 
 import configparser
-import datetime
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote_to_bytes
@@ -103,6 +102,18 @@ def entries(original: str) -> Iterator[Trashed]:
     yield from sorted(found, key=lambda t: t.deleted, reverse=True)
 
 
-def now_stamp() -> str:
-    """The local time in a ``.trashinfo``'s DeletionDate form (to the second)."""
-    return datetime.datetime.now().strftime("%Y-%m-%dT%H:%M:%S")
+def find(original: str, size: int, sha256: str, digest: Callable[[str], str], recorded: str | None = None
+         ) -> Trashed | None:
+    """The trash entry of ``original`` whose file has exactly ``size`` bytes and ``sha256`` (by ``digest``): the
+    ``recorded`` one first, else the newest such; None when there is none or the platform's trash cannot be read back.
+    Only entries listed in a trash folder with a ``.trashinfo`` naming ``original`` count (never a path a
+    manifest names on its own)."""
+    if not readable():
+        return None
+    for entry in sorted(entries(original), key=lambda e: e.path != recorded):  # stable: newest next
+        try:
+            if os.lstat(entry.path).st_size == size and digest(entry.path) == sha256:
+                return entry
+        except OSError:
+            continue
+    return None

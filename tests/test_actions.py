@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from samespace import actions, cli, keepers
+from samespace import actions, choices, cli, keepers
 from samespace.commands import act, find, undo
 
 OLD = 1_600_000_000  # the photos' modification time: well before the scan
@@ -472,7 +472,7 @@ def test_undo_never_takes_a_file_a_manifest_names_outside_the_trash(
 
 def write_choices(path: Path, result: Path, act_on: list[str], **extra: object) -> Path:
     groups = _group_members(result)
-    doc = {"format": actions.CHOICES_FORMAT, "version": 1, "groups": actions.groups_digest(groups),
+    doc = {"format": choices.CHOICES_FORMAT, "version": 1, "groups": choices.groups_digest(groups),
            "act_on": act_on, **extra}
     path.write_text(json.dumps(doc))
     return path
@@ -483,12 +483,12 @@ def test_choices_act_on_exactly_the_photos_named(scene: tuple[Path, Path], tmp_p
     photos, result = scene
     before = checksums(photos)
     # Keep a.png (the rule would keep a_big.png) and act on a_big.png only; group b is left alone.
-    choices = write_choices(tmp_path / "choices.json", result, [str(photos / "a_big.png")])
-    assert act.main([str(result), "--choices", str(choices), "--move-to", str(tmp_path / "dups")]) == 0
+    picked = write_choices(tmp_path / "choices.json", result, [str(photos / "a_big.png")])
+    assert act.main([str(result), "--choices", str(picked), "--move-to", str(tmp_path / "dups")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"move {photos / 'a_big.png'}  keep {photos / 'a.png'}: chosen on the review page"
     assert out[-1].startswith("dry run: 1 groups, 1 files to move; nothing changed") and checksums(photos) == before
-    assert act.main([str(result), "--choices", str(choices), "--symlink", "--apply"]) == 0
+    assert act.main([str(result), "--choices", str(picked), "--symlink", "--apply"]) == 0
     assert os.readlink(photos / "a_big.png") == str((photos / "a.png").resolve())
     assert not (photos / "sub" / "a_copy.png").is_symlink() and not (photos / "b.png").is_symlink()
 
@@ -518,17 +518,17 @@ def test_hostile_choices_are_one_line_exit_2_and_nothing_touched(
 def test_choices_cannot_be_combined_with_only(scene: tuple[Path, Path], tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     photos, result = scene
-    choices = write_choices(tmp_path / "c.json", result, [str(photos / "b.png")])
-    assert act.main([str(result), "--choices", str(choices), "--trash", "--only", "identical"]) == 2
+    picked = write_choices(tmp_path / "c.json", result, [str(photos / "b.png")])
+    assert act.main([str(result), "--choices", str(picked), "--trash", "--only", "identical"]) == 2
     assert "cannot be combined with --only" in capsys.readouterr().err
 
 
 def test_a_chosen_group_whose_other_photos_cannot_be_read_is_refused(
         scene: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     photos, result = scene
-    choices = write_choices(tmp_path / "c.json", result, [str(photos / "b.png")])
+    picked = write_choices(tmp_path / "c.json", result, [str(photos / "b.png")])
     (photos / "b.jpg").unlink()  # the only photo of the group that would stay
-    assert act.main([str(result), "--choices", str(choices), "--move-to", str(tmp_path / "dups"), "--apply"]) == 1
+    assert act.main([str(result), "--choices", str(picked), "--move-to", str(tmp_path / "dups"), "--apply"]) == 1
     err = capsys.readouterr().err
     assert f"refused: {photos / 'b.png'}: no photo of its group that stays can be read; left alone" in err
     assert (photos / "b.png").exists()

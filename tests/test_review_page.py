@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from test_actions import checksums, write_scene
 
-from samespace import actions, report
+from samespace import choices, report
 from samespace.commands import act, find
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -66,7 +66,7 @@ def test_the_page_data_names_the_result_and_its_photos_in_order(reviewed: tuple[
     page = page_path.read_text()
     groups = [g["members"] for g in json.loads(result.read_text())["groups"]]
     data = _data(page)
-    assert data == {"format": actions.CHOICES_FORMAT, "groups": actions.groups_digest(groups),
+    assert data == {"format": choices.CHOICES_FORMAT, "groups": choices.groups_digest(groups),
                     "paths": [m for members in groups for m in members]}
     indices = [int(i) for i in re.findall(r'class="choose" data-i="(\d+)"', page)]
     assert indices == list(range(len(data["paths"])))
@@ -115,7 +115,7 @@ def test_hostile_file_names_are_escaped_in_the_html_and_in_the_page_data(tmp_pat
 def test_a_page_without_groups_still_has_its_bar_and_data() -> None:
     page = report.render_html({"groups": [], "summary": {"threshold": 0.5}})
     assert "No duplicates found" in page and '<nav id="bar">' in page
-    assert _data(page) == {"format": actions.CHOICES_FORMAT, "groups": actions.groups_digest([]), "paths": []}
+    assert _data(page) == {"format": choices.CHOICES_FORMAT, "groups": choices.groups_digest([]), "paths": []}
 
 
 # --------------------------------------------------------------------------------------------
@@ -183,18 +183,18 @@ def test_in_chromium_the_exported_choices_drive_act(reviewed: tuple[Path, Path, 
                 page.click("#export")
             download = download_info.value
             assert download.suggested_filename == "choices.json"
-            choices = tmp_path / "choices.json"
-            download.save_as(choices)
+            exported_path = tmp_path / "choices.json"
+            download.save_as(exported_path)
             assert errors == [] and all(url.startswith(("file:", "data:", "blob:")) for url in requests), requests
         finally:
             browser.close()
 
-    exported = json.loads(choices.read_text())
+    exported = json.loads(exported_path.read_text())
     groups = [g["members"] for g in json.loads(result.read_text())["groups"]]
-    assert exported == {"format": actions.CHOICES_FORMAT, "version": 1, "groups": actions.groups_digest(groups),
+    assert exported == {"format": choices.CHOICES_FORMAT, "version": 1, "groups": choices.groups_digest(groups),
                         "act_on": [str(photos / "a.png"), str(photos / "b.png")]}
     capsys.readouterr()
-    assert act.main([str(result), "--choices", str(choices), "--move-to", str(tmp_path / "dups")]) == 0
+    assert act.main([str(result), "--choices", str(exported_path), "--move-to", str(tmp_path / "dups")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out == [f"move {photos / 'a.png'}  keep {photos / 'a_big.png'}: chosen on the review page",
                    f"move {photos / 'b.png'}  keep {photos / 'b.jpg'}: chosen on the review page",

@@ -2,7 +2,8 @@
 rest (or exactly the photos a choices file from the review page names).
 
 A dry run (the default) prints the plan and changes nothing; ``--apply`` does it and writes an undo manifest
-(``samespace undo MANIFEST``). The planning, checks and moves are in samespace.actions.
+(``samespace undo MANIFEST``). The planning, checks and moves are in samespace.actions, the choices file in
+samespace.choices.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from samespace import actions, cli, keepers, outputs, photo_files
+from samespace import actions, choices, cli, keepers, outputs, photo_files
 
 EXAMPLES = """examples:
   samespace act dups.json --move-to ~/duplicates             # the plan: what would move where, nothing changed
@@ -108,7 +109,7 @@ def _check_places(args: argparse.Namespace, doc: actions.Document, manifest: Pat
 def _run(args: argparse.Namespace) -> int:
     doc = actions.load_result(args.result)
     action = "move" if args.move_to else "hardlink" if args.hardlink else "trash" if args.trash else "symlink"
-    chosen = actions.load_choices(args.choices, doc) if args.choices else None
+    chosen = choices.load_choices(args.choices, doc) if args.choices else None
     manifest_path = Path(args.manifest) if args.manifest else default_manifest(Path(args.result))
     undo_dir = manifest_path.with_suffix(".files")
     if args.apply:

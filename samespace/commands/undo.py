@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from samespace import actions, cli, outputs
+from samespace import actions, cli, outputs, undoing
 
 EXAMPLES = """examples:
   samespace undo dups.undo-20250101-120000.json   # every file back, byte for byte; again: nothing to do
@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "samespace undo") -> int
     """The command line: one ``error:`` line and exit 2 on bad input (``--debug``: the traceback)."""
     args = build_parser(prog).parse_args(argv)
     try:
-        done = actions.undo(args.manifest)
+        done = undoing.undo(args.manifest)
     except (actions.ActError, ValueError, OSError) as exc:
         if args.debug:
             raise
