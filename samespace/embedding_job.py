@@ -141,7 +141,7 @@ def run(args: argparse.Namespace, reporter: Reports, shard: sharding.Shard) -> P
         known.merge(merged)
         known.save(output)
         for p in parts:
-            p.unlink()
+            embedding_store.remove_store(p)
         listed = len(known.listed_paths())
         log.info("%s: %d photos, %d distinct contents, %d new", output, listed, len(known), len(merged))
         reporter.metrics(len(paths), {"photos": listed, "photos_embedded": len(merged)})

@@ -29,6 +29,17 @@ keys, values (finite, in range, unit-length where the scorer says so; :class:`Fi
 Anything wrong is one :class:`StoreError` line naming the file; a damaged or foreign store is ignored with one
 warning and rebuilt. Writes are atomic (``outputs.atomic_write``) and made under a file lock in the store's folder,
 merging in what another run wrote meanwhile (:meth:`EmbeddingStore.save`).
+
+Layout: the store the user names (``store.npz``, the *base*) plus *segments* beside it, ``store.npz.seg-<16 hex>``,
+each a file of the same format holding only the rows and stat entries one save added. Rewriting a store of
+millions of rows to add a hundred would cost a run more than embedding them, so a save normally writes one new
+segment (a fresh random name per save: concurrent runs never overwrite each other's). A save *compacts* instead
+(everything into a new base, then the segments it folded in are deleted) when there is no usable base, the base is
+an older version or changed on disk since this run read it, or the segments would exceed
+:data:`COMPACT_SEGMENTS` files or :data:`COMPACT_SHARE` of the base's bytes. A read takes the base, then every
+segment in name order, each validated as a whole store (a segment is untrusted input too): with ``strict`` a bad
+segment is a StoreError naming it, else it is ignored with one warning and the next save compacts it away. A
+store written before segments existed is a base without segments and reads as before.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ import io
 import json
 import os
 import re
+import secrets
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -50,6 +62,10 @@ from samespace import content_keys, outputs, store_format
 
 LOCK_NAME = ".samespace-embeddings.lock"  # one per folder: embed.py's part files leave no lock files behind
 LOCK_TIMEOUT_S = 600.0  # another run writing a store of millions of rows holds the lock for a while
+SEGMENT_INFIX = ".seg-"  # store.npz.seg-<16 hex>: rows one save appended
+COMPACT_SEGMENTS = 32  # more segment files than this: each read opens them all, so fold them into the base
+COMPACT_SHARE = 0.25  # segments above this share of the base's bytes: compaction costs < 5x the appended bytes
+LOAD_RETRIES = 3  # a segment vanishing while read: another run compacted it into the base meanwhile
 
 
 
@@ -92,6 +108,11 @@ class EmbeddingStore:
         self._chunks: dict[str, list[np.ndarray]] = {name: [] for name in fields}
         self._stats: dict[str, content_keys.StatEntry] = {}
         self._seen: tuple[str, tuple[int, ...]] | None = None  # (file, stat_signature) whose content this store holds
+        self._segments: dict[str, tuple[int, ...]] = {}  # segment file -> stat_signature held (or refused) here
+        self._base_version = store_format.VERSION
+        self._rebuild = False  # the base on disk is unusable or a segment was refused: the next save compacts
+        self._fresh_keys: list[str] = []  # rows and stat entries added since read or written: the next segment
+        self._fresh_paths: set[str] = set()
         self.changed = False
 
     def _where(self) -> str:
@@ -146,6 +167,7 @@ class EmbeddingStore:
             self._shapes[name] = rows.shape[1:]
         for k in new:
             self._row[keys[k]] = len(self._row)
+            self._fresh_keys.append(keys[k])
         self.changed = True
 
     def _consolidate(self) -> dict[str, np.ndarray]:
@@ -193,6 +215,7 @@ class EmbeddingStore:
         absolute = os.path.abspath(path)
         if self._stats.get(absolute) != entry:
             self._stats[absolute] = entry
+            self._fresh_paths.add(absolute)
             self.changed = True
 
     def stat_entry(self, path: str | Path) -> content_keys.StatEntry | None:
@@ -203,9 +226,9 @@ class EmbeddingStore:
                ctime_ns: int = 0) -> None:
         """Add a stat-index entry (when merging stores; ``record(path, *stat_entry(other_path))``)."""
         content_keys.check_key(key)
-        self._stats[os.path.abspath(path)] = content_keys.StatEntry(
-            int(size), int(mtime_ns), key, int(inode), int(ctime_ns)
-        )
+        absolute = os.path.abspath(path)
+        self._stats[absolute] = content_keys.StatEntry(int(size), int(mtime_ns), key, int(inode), int(ctime_ns))
+        self._fresh_paths.add(absolute)
         self.changed = True
 
     def stat_entries(self) -> dict[str, content_keys.StatEntry]:
@@ -233,9 +256,11 @@ class EmbeddingStore:
 
     def to_bytes(self) -> bytes:
         """The store file's content, rows sorted by key and paths sorted (same content -> same bytes)."""
-        keys = sorted(self._row)
+        return self._encode(sorted(self._row), sorted(self._stats))
+
+    def _encode(self, keys: list[str], paths: list[str]) -> bytes:
+        """A store file of the rows of ``keys`` and the stat entries of ``paths`` (a base or a segment)."""
         arrays = self.get(keys) if keys else {}
-        paths = sorted(self._stats)
         entries = [self._stats[p] for p in paths]
         encoded = [p.encode("utf-8", "surrogateescape") for p in paths]
         header = {
@@ -265,13 +290,15 @@ class EmbeddingStore:
         return buffer.getvalue()
 
     def save(self, path: str | Path) -> None:
-        """Write the store atomically (a temporary file renamed over ``path``); creates the folder.
+        """Write what this run added as a new segment beside ``path``, or compact the store into ``path``.
 
-        Under a file lock beside the store (:data:`LOCK_NAME`, one for the stores of a folder), so runs sharing a
-        store write one at a time: temporary files of the store left by a killed run are removed (every writer
-        holds the lock while its temporary file exists, so any found are stale), and when the file changed since
-        this store read it, its rows and stat entries are merged in first, so concurrent runs keep each other's
-        rows. Raises OSError when the store cannot be written (filelock.Timeout after LOCK_TIMEOUT_S is one).
+        Both atomic (a temporary file renamed into place; creates the folder) and under a file lock beside the
+        store (:data:`LOCK_NAME`, one for the stores of a folder), so runs sharing a store write one at a time:
+        temporary files of the store left by a killed run are removed (every writer holds the lock while its
+        temporary file exists, so any found are stale). A compaction first merges the base and every segment
+        written since this store read them, so concurrent runs keep each other's rows; a segment needs no merge,
+        as it holds only this run's rows. Raises OSError when the store cannot be written (filelock.Timeout after
+        LOCK_TIMEOUT_S is one).
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -282,13 +309,95 @@ class EmbeddingStore:
             raise OSError(f"{lock.lock_file}: cannot lock ({exc})") from exc
         try:
             _remove_stale_temporaries(path)
-            self._merge_from(path)
-            outputs.atomic_write(path, self.to_bytes())
-            self._seen = (os.path.abspath(path), content_keys.stat_signature(os.stat(path)))
+            if not self._append(path):
+                self._compact(path)
         finally:
             lock.release()
         self.path = self.path or path
         self.changed = False
+
+    def _append(self, path: Path) -> bool:
+        """Write this run's new rows and stat entries as a new segment (under the lock); False when the store must
+        be compacted instead (no usable base of this version as read, or too many or too large segments)."""
+        if self._rebuild or self._base_version != store_format.VERSION or self._seen is None:
+            return False
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return False
+        if self._seen != (os.path.abspath(path), content_keys.stat_signature(st)):
+            return False  # replaced or compacted meanwhile: merge it (the old behaviour) rather than guess
+        segments = segment_paths(path)
+        if len(segments) >= COMPACT_SEGMENTS:
+            return False
+        if not self._fresh_keys and not self._fresh_paths:
+            return True
+        content = self._encode(sorted(self._fresh_keys), sorted(self._fresh_paths))
+        on_disk = 0
+        for segment in segments:
+            try:
+                on_disk += os.lstat(segment).st_size
+            except FileNotFoundError:
+                pass
+        if on_disk + len(content) > COMPACT_SHARE * st.st_size:
+            return False
+        segment = path.with_name(f"{path.name}{SEGMENT_INFIX}{secrets.token_hex(8)}")
+        outputs.atomic_write(segment, content)
+        self._segments[os.path.abspath(segment)] = content_keys.stat_signature(os.stat(segment))
+        self._clear_fresh()
+        return True
+
+    def _compact(self, path: Path) -> None:
+        """Merge the base and segments on disk that this store does not hold, write it all as the new base, then
+        delete the segments folded in (under the lock). Killed between the two, the segments' rows are in both:
+        a read ignores rows it already has."""
+        self._merge_from(path)
+        segments = segment_paths(path)
+        for segment in segments:
+            self._merge_segment(segment, strict=False, replacing=True)
+        outputs.atomic_write(path, self.to_bytes())
+        self._seen = (os.path.abspath(path), content_keys.stat_signature(os.stat(path)))
+        for segment in segments:
+            try:
+                os.unlink(segment)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # e.g. a folder named like a segment: refused on every read, never ours
+                warnings.warn(f"{segment}: cannot remove this segment of the embedding store ({exc})", stacklevel=4)
+        self._segments = {}
+        self._base_version = store_format.VERSION
+        self._rebuild = False
+        self._clear_fresh()
+
+    def _clear_fresh(self) -> None:
+        self._fresh_keys = []
+        self._fresh_paths = set()
+
+    def _merge_segment(self, segment: Path, strict: bool, replacing: bool = False) -> None:
+        """Merge one segment file unless this store holds (or refused) that version of it. An unusable segment is a
+        StoreError with ``strict``, else one warning and a compaction at the next save. A segment that vanished
+        (another run compacted it meanwhile) raises :class:`SegmentVanishedError`."""
+        absolute = os.path.abspath(segment)
+        try:
+            signature = content_keys.stat_signature(os.lstat(segment))
+        except FileNotFoundError as exc:
+            raise SegmentVanishedError(str(segment)) from exc
+        if self._segments.get(absolute) == signature:
+            return
+        specs = {name: replace(spec, shape=self._shapes[name]) for name, spec in self.specs.items()}
+        try:
+            part = EmbeddingStore._load_file(segment, self.fingerprint, self.method, specs)
+            self.merge(part)
+        except store_format.StoreError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                raise SegmentVanishedError(str(segment)) from exc
+            if strict:
+                raise
+            action = "removing it" if replacing else "the next save removes it"
+            warnings.warn(f"{segment}: ignoring this segment of the embedding store "
+                          f"({store_format.one_line(exc.reason)}); {action}", stacklevel=4)
+            self._rebuild = True
+        self._segments[absolute] = signature
 
     def _merge_from(self, path: Path) -> None:
         """Merge the store file at ``path`` when it is not the version this store holds (under the lock)."""
@@ -311,7 +420,14 @@ class EmbeddingStore:
     @classmethod
     def load(cls, path: str | Path, fingerprint: str, method: str,
              fields: Mapping[str, str | store_format.FieldSpec]) -> EmbeddingStore:
-        """Read and validate a store file; anything that makes it unusable is a StoreError naming it."""
+        """Read and validate a store (its base and segments); anything that makes one of its files unusable is a
+        StoreError naming that file."""
+        return read_store(Path(path), fingerprint, method, fields, strict=True)
+
+    @classmethod
+    def _load_file(cls, path: str | Path, fingerprint: str, method: str,
+                   fields: Mapping[str, str | store_format.FieldSpec]) -> EmbeddingStore:
+        """Read and validate one store file (a base or a segment); unusable: a StoreError naming it."""
         path = Path(path)
         try:
             f, st = content_keys.open_regular(path)
@@ -393,6 +509,7 @@ class EmbeddingStore:
             raise store_format.UnusableError("keys that are not ASCII") from exc
         self._read_stat_index(archive, stat_members)
         self._arrays = arrays if rows else None
+        self._base_version = header.version
         self.changed = False  # an older version is rewritten in this one by its next save, not just for that
 
     def _read_stat_index(self, archive: store_format.Archive, members: dict[str, str]) -> None:
@@ -418,9 +535,10 @@ class EmbeddingStore:
 
 
 def _remove_stale_temporaries(path: Path) -> None:
-    """Remove ``.<name>.<8 characters>.tmp`` files beside the store: outputs.atomic_write's temporary files of it,
-    left by a killed run (the caller holds the store's lock, so no other writer has one open)."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    """Remove ``.<name>.<8 characters>.tmp`` files beside the store: outputs.atomic_write's temporary files of it
+    and of its segments, left by a killed run (the caller holds the store's lock, so no other writer has one open)."""
+    segment = rf"(?:{re.escape(SEGMENT_INFIX)}[0-9a-f]{{16}})?"
+    pattern = re.compile(rf"\.{re.escape(path.name)}{segment}\.[a-z0-9_]{{8}}\.tmp")
     with os.scandir(path.parent) as entries:
         for entry in entries:
             if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
@@ -430,31 +548,73 @@ def _remove_stale_temporaries(path: Path) -> None:
                     pass
 
 
+class SegmentVanishedError(Exception):
+    """A segment listed a moment ago is gone: another run compacted the store while this one read it."""
+
+
+def segment_paths(path: str | Path) -> list[Path]:
+    """The segments of the store at ``path`` (``<name>.seg-<16 hex>`` beside it), in name order."""
+    path = Path(path)
+    pattern = re.compile(rf"{re.escape(path.name)}{re.escape(SEGMENT_INFIX)}[0-9a-f]{{16}}")
+    try:
+        with os.scandir(path.parent) as entries:
+            return sorted(path.with_name(e.name) for e in entries if pattern.fullmatch(e.name))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def remove_store(path: str | Path) -> None:
+    """Delete a store's base and segments (e.g. embed's part files once merged); missing files are fine."""
+    for file in [Path(path), *segment_paths(path)]:
+        try:
+            os.unlink(file)
+        except FileNotFoundError:
+            pass
+
+
+def read_store(path: Path, fingerprint: str, method: str, fields: Mapping[str, str | store_format.FieldSpec],
+               strict: bool) -> EmbeddingStore:
+    """The base at ``path`` and its segments. Unusable files: StoreError with ``strict``, else one warning each
+    (an unusable base is replaced by an empty store that the next save rebuilds)."""
+    for _ in range(LOAD_RETRIES):
+        try:
+            store = EmbeddingStore._load_file(path, fingerprint, method, fields)
+        except store_format.StoreError as exc:
+            if strict:
+                raise
+            warnings.warn(f"{path}: ignoring the embedding store ({exc.reason}); it will be rebuilt", stacklevel=3)
+            store = EmbeddingStore(fingerprint, method, fields, path)
+            try:  # the unusable file is what the next save replaces, not a store to merge
+                store._seen = (os.path.abspath(path), content_keys.stat_signature(os.stat(path)))
+            except OSError:
+                pass
+            store._rebuild = True
+        try:
+            for segment in segment_paths(path):
+                store._merge_segment(segment, strict)
+        except SegmentVanishedError:
+            continue  # the base now holds its rows: read it again
+        store._clear_fresh()  # what was read is on disk already: the next segment holds only new rows
+        store.changed = store._rebuild
+        return store
+    raise store_format.StoreError(f"{path}: unusable embedding store (its segments kept vanishing while it was "
+                                  "read: other runs compacting it)", "segments kept vanishing")
+
+
 def open_store(path: str | Path, fingerprint: str, method: str, fields: Mapping[str, str | store_format.FieldSpec],
                strict: bool = False) -> EmbeddingStore:
-    """The store at ``path``, or an empty one when there is none.
+    """The store at ``path`` (base and segments), or an empty one when there is none.
 
     A damaged or foreign file is ignored with one warning (it is replaced on the next save); with ``strict``
-    (a store the user named as input) it is a StoreError instead.
+    (a store the user named as input) it is a StoreError instead. Segments without a base are merged into the
+    base the next save writes.
     """
     path = Path(path)
     if not path.exists():
         if strict:
             raise store_format.StoreError(f"{path}: no such embedding store")
         return EmbeddingStore(fingerprint, method, fields, path)
-    try:
-        return EmbeddingStore.load(path, fingerprint, method, fields)
-    except store_format.StoreError as exc:
-        if strict:
-            raise
-        warnings.warn(f"{path}: ignoring the embedding store ({exc.reason}); it will be rebuilt", stacklevel=2)
-        store = EmbeddingStore(fingerprint, method, fields, path)
-        try:  # the unusable file is what the next save replaces, not a store to merge
-            store._seen = (os.path.abspath(path), content_keys.stat_signature(os.stat(path)))
-        except OSError:
-            pass
-        store.changed = True
-        return store
+    return read_store(path, fingerprint, method, fields, strict)
 
 
 def merge_files(paths: Iterable[str | Path], fingerprint: str, method: str,
