@@ -289,8 +289,9 @@ class EmbeddingStore:
         np.savez(buffer, **out)
         return buffer.getvalue()
 
-    def save(self, path: str | Path) -> None:
-        """Write what this run added as a new segment beside ``path``, or compact the store into ``path``.
+    def save(self, path: str | Path, compact: bool = False) -> None:
+        """Write what this run added as a new segment beside ``path``, or compact the store into ``path`` (when
+        needed, or asked: ``compact``, the whole-file rewrite every save made before segments existed).
 
         Both atomic (a temporary file renamed into place; creates the folder) and under a file lock beside the
         store (:data:`LOCK_NAME`, one for the stores of a folder), so runs sharing a store write one at a time:
@@ -309,7 +310,7 @@ class EmbeddingStore:
             raise OSError(f"{lock.lock_file}: cannot lock ({exc})") from exc
         try:
             _remove_stale_temporaries(path)
-            if not self._append(path):
+            if compact or not self._append(path):
                 self._compact(path)
         finally:
             lock.release()
