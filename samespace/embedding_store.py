@@ -11,21 +11,10 @@ also keeps a stat index: absolute path -> (size, mtime ns, inode, ctime ns, cont
 unchanged is not read again; any change re-hashes it (as git's index does). The inode and ctime catch a photo
 rewritten in place with its size kept and its mtime set back (``os.utime`` cannot set the ctime).
 
-File format: an uncompressed ``.npz`` (numpy's zip of ``.npy`` arrays):
-
-- ``header``: UTF-8 JSON as uint8 ``{"format", "version", "fingerprint", "method", "fields": {name: [dtype,
-  row shape]}, "rows"}``;
-- ``keys``: ``S32`` content keys, one per row; ``field_<name>``: one array per embedding field (same row order);
-- the stat index: ``paths`` (UTF-8 bytes, concatenated) with ``path_ends`` (int64), ``sizes``, ``mtimes``,
-  ``ctimes`` (int64), ``inodes`` (uint64) and ``path_keys`` (``S32``).
-
-Version 1 had no ``inodes`` / ``ctimes``: its rows are used, and its stat entries still list its photos
-(``--embeddings``), but they never spare a hash: each photo is re-hashed once, and the next save writes version 2.
-
-The file is untrusted input. Before any array is allocated the zip directory is checked (members stored, not
-compressed, inside the file, not overlapping) and so is each member's ``.npy`` header (dtype, shape, and that the
-shape fills the member exactly), so memory never exceeds the file's size; then the header, identity, shapes,
-keys, values (finite, in range, unit-length where the scorer says so; :class:`FieldSpec`) and the stat index.
+File format and its validation as untrusted input (every array checked before memory is allocated for it; the
+header, identity, shapes, keys, values and stat index after): store_format.py. Version 1 had no ``inodes`` /
+``ctimes``: its rows are used and its stat entries still list its photos (``--embeddings``), but they never spare a
+hash: each photo is re-hashed once, and the next save writes version 2.
 Anything wrong is one :class:`StoreError` line naming the file; a damaged or foreign store is ignored with one
 warning and rebuilt. Writes are atomic (``outputs.atomic_write``) and made under a file lock in the store's folder,
 merging in what another run wrote meanwhile (:meth:`EmbeddingStore.save`).
@@ -44,8 +33,6 @@ store written before segments existed is a base without segments and reads as be
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import re
 import secrets
@@ -53,7 +40,6 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
 
 import filelock
 import numpy as np
@@ -62,12 +48,9 @@ from samespace import content_keys, outputs, store_format
 
 LOCK_NAME = ".samespace-embeddings.lock"  # one per folder: embed.py's part files leave no lock files behind
 LOCK_TIMEOUT_S = 600.0  # another run writing a store of millions of rows holds the lock for a while
-SEGMENT_INFIX = ".seg-"  # store.npz.seg-<16 hex>: rows one save appended
 COMPACT_SEGMENTS = 32  # more segment files than this: each read opens them all, so fold them into the base
 COMPACT_SHARE = 0.25  # segments above this share of the base's bytes: compaction costs < 5x the appended bytes
 LOAD_RETRIES = 3  # a segment vanishing while read: another run compacted it into the base meanwhile
-
-
 
 
 def default_store_dir() -> Path:
@@ -260,34 +243,10 @@ class EmbeddingStore:
 
     def _encode(self, keys: list[str], paths: list[str]) -> bytes:
         """A store file of the rows of ``keys`` and the stat entries of ``paths`` (a base or a segment)."""
-        arrays = self.get(keys) if keys else {}
-        entries = [self._stats[p] for p in paths]
-        encoded = [p.encode("utf-8", "surrogateescape") for p in paths]
-        header = {
-            "format": store_format.FORMAT,
-            "version": store_format.VERSION,
-            "fingerprint": self.fingerprint,
-            "method": self.method,
-            "rows": len(keys),
-            "fields": {name: [self.dtypes[name].str, None if shape is None else list(shape)]
-                       for name, shape in self._shapes.items()},
-        }
-        out = {
-            "header": np.frombuffer(json.dumps(header, sort_keys=True).encode(), np.uint8),
-            "keys": np.array(keys, dtype=content_keys.KEY_DTYPE).reshape(-1),
-            "paths": np.frombuffer(b"".join(encoded), np.uint8),
-            "path_ends": np.cumsum([len(e) for e in encoded], dtype=np.int64),
-            "sizes": np.array([e.size for e in entries], np.int64),
-            "mtimes": np.array([e.mtime_ns for e in entries], np.int64),
-            "inodes": np.array([e.inode for e in entries], np.uint64),
-            "ctimes": np.array([e.ctime_ns for e in entries], np.int64),
-            "path_keys": np.array([e.key for e in entries], dtype=content_keys.KEY_DTYPE).reshape(-1),
-        }
-        for name, dtype in self.dtypes.items():
-            out[f"field_{name}"] = arrays[name] if keys else np.zeros((0, *(self._shapes[name] or ())), dtype)
-        buffer = io.BytesIO()
-        np.savez(buffer, **out)
-        return buffer.getvalue()
+        contents = store_format.Contents(store_format.VERSION, {k: i for i, k in enumerate(keys)},
+                                         self.get(keys) if keys else None, dict(self._shapes),
+                                         {p: self._stats[p] for p in paths})
+        return store_format.to_bytes(contents, self.fingerprint, self.method, self.dtypes)
 
     def save(self, path: str | Path, compact: bool = False) -> None:
         """Write what this run added as a new segment beside ``path``, or compact the store into ``path`` (when
@@ -328,7 +287,7 @@ class EmbeddingStore:
             return False
         if self._seen != (os.path.abspath(path), content_keys.stat_signature(st)):
             return False  # replaced or compacted meanwhile: merge it (the old behaviour) rather than guess
-        segments = segment_paths(path)
+        segments = store_format.segment_paths(path)
         if len(segments) >= COMPACT_SEGMENTS:
             return False
         if not self._fresh_keys and not self._fresh_paths:
@@ -342,7 +301,7 @@ class EmbeddingStore:
                 pass
         if on_disk + len(content) > COMPACT_SHARE * st.st_size:
             return False
-        segment = path.with_name(f"{path.name}{SEGMENT_INFIX}{secrets.token_hex(8)}")
+        segment = path.with_name(f"{path.name}{store_format.SEGMENT_INFIX}{secrets.token_hex(8)}")
         outputs.atomic_write(segment, content)
         self._segments[os.path.abspath(segment)] = content_keys.stat_signature(os.stat(segment))
         self._clear_fresh()
@@ -353,7 +312,7 @@ class EmbeddingStore:
         delete the segments folded in (under the lock). Killed between the two, the segments' rows are in both:
         a read ignores rows it already has."""
         self._merge_from(path)
-        segments = segment_paths(path)
+        segments = store_format.segment_paths(path)
         for segment in segments:
             self._merge_segment(segment, strict=False, replacing=True)
         outputs.atomic_write(path, self.to_bytes())
@@ -439,7 +398,7 @@ class EmbeddingStore:
         try:
             with f:
                 store = cls(fingerprint, method, fields, path)
-                store._read(f, st.st_size)
+                store._apply(store_format.read_contents(f, st.st_size, fingerprint, method, store.specs))
         except store_format.UnusableError as exc:
             reason = store_format.one_line(str(exc))
             raise store_format.StoreError(f"{path}: unusable embedding store ({reason})", reason) from None
@@ -449,96 +408,18 @@ class EmbeddingStore:
         store._seen = (os.path.abspath(path), content_keys.stat_signature(st))
         return store
 
-    def _read(self, f: BinaryIO, size: int) -> None:
-        archive = store_format.Archive(f, size)
-        if "header" not in archive.members:
-            raise store_format.UnusableError(f"not a {store_format.FORMAT} store (no header)")
-        if archive.members["header"].file_size > store_format.MAX_HEADER_BYTES:
-            raise store_format.UnusableError(f"header of {archive.members['header'].file_size:,} bytes")
-        header = store_format.parse_header(archive.read("header", np.uint8).tobytes())
-        # the identity before the member names: a store of another method has other fields
-        if header.fingerprint != self.fingerprint or header.method != self.method:
-            raise store_format.UnusableError(
-                f"made by another scorer: {store_format.brief(header.method)}, fingerprint "
-                f"{store_format.brief(header.fingerprint[:12])}...; this run: {self.method}, "
-                f"{self.fingerprint[:12]}..."
-            )
-        if set(header.fields) != set(self.specs):
-            raise store_format.UnusableError(
-                f"fields {store_format.brief(sorted(header.fields))} differ from the scorer's {sorted(self.specs)}"
-            )
-        for name, spec in self.specs.items():
-            dtype, shape = header.fields[name]
-            if dtype != self.dtypes[name].str:
-                raise store_format.UnusableError(
-                    f"field {name}: dtype {store_format.brief(dtype)}, expected {self.dtypes[name].str}"
-                )
-            if shape is not None and spec.shape is not None and shape != tuple(spec.shape):
-                raise store_format.UnusableError(
-                    f"field {name}: rows of shape {shape}, this scorer makes {tuple(spec.shape)}"
-                )
-        stat_members = store_format.STAT_V2 if header.version == 2 else store_format.STAT_V1
-        expected = {"header", "keys", *stat_members, *(f"field_{name}" for name in self.specs)}
-        if set(archive.members) != expected:
-            missing, extra = sorted(expected - set(archive.members)), sorted(set(archive.members) - expected)
-            raise store_format.UnusableError(
-                f"arrays: missing {store_format.brief(missing)}, unexpected {store_format.brief(extra)}"
-            )
-        rows = header.rows
-        keys = archive.read("keys", content_keys.KEY_DTYPE)
-        if len(keys) != rows:
-            raise store_format.UnusableError(f"{len(keys)} keys for {rows} rows in the header")
-        arrays = {}
-        for name, spec in self.specs.items():
-            array = archive.read(f"field_{name}", self.dtypes[name], ndim=None)
-            if len(array) != rows or (rows and array.shape[1:] != header.fields[name][1]):
-                raise store_format.UnusableError(
-                    f"field {name}: array of shape {array.shape}, the header says {rows} rows of "
-                    f"shape {header.fields[name][1]}"
-                )
-            problem = spec.problem(name, array)
-            if problem:
-                raise store_format.UnusableError(problem)
-            arrays[name] = array
-            if rows:
-                self._shapes[name] = array.shape[1:]
-        if len(np.unique(keys)) != len(keys):
-            raise store_format.UnusableError("duplicate keys")
-        try:
-            self._row = {k.decode("ascii"): i for i, k in enumerate(keys.tolist())}
-        except UnicodeDecodeError as exc:
-            raise store_format.UnusableError("keys that are not ASCII") from exc
-        self._read_stat_index(archive, stat_members)
-        self._arrays = arrays if rows else None
-        self._base_version = header.version
+    def _apply(self, contents: store_format.Contents) -> None:
+        """Take the rows, shapes and stat index of a store file read and validated (store_format.read_contents)."""
+        self._row, self._stats, self._arrays = contents.rows, contents.stats, contents.arrays
+        self._shapes.update(contents.shapes)
+        self._base_version = contents.version
         self.changed = False  # an older version is rewritten in this one by its next save, not just for that
-
-    def _read_stat_index(self, archive: store_format.Archive, members: dict[str, str]) -> None:
-        index = {name: archive.read(name, dtype) for name, dtype in members.items()}
-        blob, ends = index["paths"], index["path_ends"]
-        m = len(ends)
-        if (any(len(index[name]) != m for name in members if name != "paths")
-                or (m and (ends[-1] != len(blob) or ends[0] < 0 or np.any(np.diff(ends) < 0)))
-                or (not m and len(blob))):
-            raise store_format.UnusableError("the stat index is inconsistent")
-        inodes = index["inodes"].tolist() if "inodes" in index else [content_keys.UNKNOWN_INODE] * m
-        ctimes = index["ctimes"].tolist() if "ctimes" in index else [0] * m
-        raw = blob.tobytes()
-        starts = [0, *ends[:-1].tolist()] if m else []
-        try:
-            for s, e, size, mtime, key, inode, ctime in zip(starts, ends.tolist(), index["sizes"].tolist(),
-                                                            index["mtimes"].tolist(), index["path_keys"].tolist(),
-                                                            inodes, ctimes, strict=True):
-                self._stats[raw[s:e].decode("utf-8", "surrogateescape")] = content_keys.StatEntry(
-                    size, mtime, key.decode("ascii"), inode, ctime)
-        except UnicodeDecodeError as exc:
-            raise store_format.UnusableError("stat index keys that are not ASCII") from exc
 
 
 def _remove_stale_temporaries(path: Path) -> None:
     """Remove ``.<name>.<8 characters>.tmp`` files beside the store: outputs.atomic_write's temporary files of it
     and of its segments, left by a killed run (the caller holds the store's lock, so no other writer has one open)."""
-    segment = rf"(?:{re.escape(SEGMENT_INFIX)}[0-9a-f]{{16}})?"
+    segment = rf"(?:{re.escape(store_format.SEGMENT_INFIX)}[0-9a-f]{{16}})?"
     pattern = re.compile(rf"\.{re.escape(path.name)}{segment}\.[a-z0-9_]{{8}}\.tmp")
     with os.scandir(path.parent) as entries:
         for entry in entries:
@@ -549,28 +430,17 @@ def _remove_stale_temporaries(path: Path) -> None:
                     pass
 
 
-class SegmentVanishedError(Exception):
-    """A segment listed a moment ago is gone: another run compacted the store while this one read it."""
-
-
-def segment_paths(path: str | Path) -> list[Path]:
-    """The segments of the store at ``path`` (``<name>.seg-<16 hex>`` beside it), in name order."""
-    path = Path(path)
-    pattern = re.compile(rf"{re.escape(path.name)}{re.escape(SEGMENT_INFIX)}[0-9a-f]{{16}}")
-    try:
-        with os.scandir(path.parent) as entries:
-            return sorted(path.with_name(e.name) for e in entries if pattern.fullmatch(e.name))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
 def remove_store(path: str | Path) -> None:
     """Delete a store's base and segments (e.g. embed's part files once merged); missing files are fine."""
-    for file in [Path(path), *segment_paths(path)]:
+    for file in [Path(path), *store_format.segment_paths(path)]:
         try:
             os.unlink(file)
         except FileNotFoundError:
             pass
+
+
+class SegmentVanishedError(Exception):
+    """A segment listed a moment ago is gone: another run compacted the store while this one read it."""
 
 
 def read_store(path: Path, fingerprint: str, method: str, fields: Mapping[str, str | store_format.FieldSpec],
@@ -591,7 +461,7 @@ def read_store(path: Path, fingerprint: str, method: str, fields: Mapping[str, s
                 pass
             store._rebuild = True
         try:
-            for segment in segment_paths(path):
+            for segment in store_format.segment_paths(path):
                 store._merge_segment(segment, strict)
         except SegmentVanishedError:
             continue  # the base now holds its rows: read it again

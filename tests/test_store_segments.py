@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samespace import embedding_store, outputs, scorers
+from samespace import embedding_store, outputs, scorers, store_format
 from samespace.embedding_store import EmbeddingStore
 from samespace.store_format import FieldSpec, StoreError
 
@@ -64,7 +64,7 @@ def test_a_save_writes_only_the_new_rows_as_a_segment(tmp_path: Path) -> None:
     store.record("/photos/0.jpg", 5, 6, _keys(1, 10_000)[0], 7, 3 * 10**18)  # a photo edited since
     store.save(path)
     assert _digest(path) == before  # the base is not rewritten
-    [segment] = embedding_store.segment_paths(path)
+    [segment] = store_format.segment_paths(path)
     assert segment.name.startswith("s.npz.seg-") and len(segment.name) == len("s.npz.seg-") + 16
     alone = EmbeddingStore.load(segment, FP, "cosine", FIELDS)  # a segment is a store file of its own
     assert sorted(alone.keys()) == _keys(3, 10_000)
@@ -76,7 +76,7 @@ def test_a_save_writes_only_the_new_rows_as_a_segment(tmp_path: Path) -> None:
     assert reread.stat_entry("/photos/0.jpg").key == _keys(1, 10_000)[0]  # the segment's later entry wins
     assert len(reread.stat_entries()) == BASE_ROWS + 3
     reread.save(path)  # nothing new: nothing written
-    assert embedding_store.segment_paths(path) == [segment]
+    assert store_format.segment_paths(path) == [segment]
 
 
 CONCURRENT_RUN = textwrap.dedent("""
@@ -102,7 +102,7 @@ def test_two_concurrent_runs_keep_every_row_of_both(tmp_path: Path) -> None:
             for start in (20_000, 30_000)]
     go.touch()
     assert [run.wait(timeout=120) for run in runs] == [0, 0]
-    assert len(embedding_store.segment_paths(path)) == 2  # one per run, neither rewrote the base
+    assert len(store_format.segment_paths(path)) == 2  # one per run, neither rewrote the base
     third = _open(path, strict=True)
     assert sorted(third.keys()) == sorted(_keys(BASE_ROWS) + _keys(5, 20_000) + _keys(5, 30_000))
     np.testing.assert_array_equal(third.get(_keys(5, 20_000))["vectors"], _unit(5, seed=20_000))
@@ -118,11 +118,11 @@ def test_compaction_folds_the_segments_into_the_base(tmp_path: Path, monkeypatch
         store = _open(path)
         _add(store, 2, 40_000 + 10 * k, seed=k)
         store.save(path)
-    assert len(embedding_store.segment_paths(path)) == 2
+    assert len(store_format.segment_paths(path)) == 2
     store = _open(path)
     _add(store, 2, 50_000, seed=9)
     store.save(path)  # a third segment would be over the count: compacted instead
-    assert embedding_store.segment_paths(path) == []
+    assert store_format.segment_paths(path) == []
     expected = sorted(_keys(BASE_ROWS) + _keys(2, 40_000) + _keys(2, 40_010) + _keys(2, 50_000))
     compacted = EmbeddingStore.load(path, FP, "cosine", FIELDS)
     assert sorted(compacted.keys()) == expected and len(compacted.stat_entries()) == len(expected)
@@ -134,7 +134,7 @@ def test_segments_over_a_share_of_the_base_are_compacted(tmp_path: Path) -> None
     store = _open(path)
     _add(store, 2, 60_000, seed=3)
     store.save(path)
-    assert embedding_store.segment_paths(path) == []
+    assert store_format.segment_paths(path) == []
     assert len(EmbeddingStore.load(path, FP, "cosine", FIELDS)) == 6
 
 
@@ -166,7 +166,7 @@ def test_a_hostile_segment_is_one_line_naming_it_or_one_warning(tmp_path: Path) 
         warnings.simplefilter("always")
         store.save(path)  # compacts: the refused segment is removed without a second warning
     assert not seen
-    assert embedding_store.segment_paths(path) == []
+    assert store_format.segment_paths(path) == []
     assert sorted(_open(path, strict=True).keys()) == sorted(_keys(BASE_ROWS) + _keys(1, 70_000))
 
 
@@ -211,7 +211,7 @@ def test_a_single_file_store_reads_and_grows_by_segments(tmp_path: Path) -> None
     assert sorted(reread.keys()) == _keys(BASE_ROWS)
     _add(reread, 1, 80_000, seed=8)
     reread.save(path)
-    assert _digest(path) == before and len(embedding_store.segment_paths(path)) == 1
+    assert _digest(path) == before and len(store_format.segment_paths(path)) == 1
     assert len(_open(path, strict=True)) == BASE_ROWS + 1
 
 
@@ -224,11 +224,11 @@ def test_a_base_replaced_meanwhile_is_merged_not_appended_to(tmp_path: Path) -> 
     first.save(path)  # nothing new
     store = _open(path)
     _add(store, 1, 92_000, seed=3)
-    for segment in embedding_store.segment_paths(path):  # another run compacts meanwhile
+    for segment in store_format.segment_paths(path):  # another run compacts meanwhile
         segment.unlink()
     outputs.atomic_write(path, store.to_bytes())
     second.save(path)  # its base is not the file on disk: compaction merges the new base
-    assert embedding_store.segment_paths(path) == []
+    assert store_format.segment_paths(path) == []
     assert sorted(_open(path, strict=True).keys()) == sorted(
         _keys(BASE_ROWS) + _keys(2, 90_000) + _keys(2, 91_000) + _keys(1, 92_000))
 
@@ -238,7 +238,7 @@ def test_a_segment_compacted_while_read_is_read_again(tmp_path: Path, monkeypatc
     store = _open(path)
     _add(store, 2, 95_000, seed=5)
     store.save(path)
-    [segment] = embedding_store.segment_paths(path)
+    [segment] = store_format.segment_paths(path)
     load_file = EmbeddingStore._load_file
     compacted = []
 
