@@ -11,6 +11,14 @@ grouping. Targets (PASS/FAIL): pair scoring + grouping <= 20% of the total at 5,
 20,000; time per image at 20,000 within 1.3x of that at 5,000 (about linear).
 
 One batch is timed first; sizes that would not fit in --budget-minutes are not run, and the output says so.
+
+    python benchmarks/bench_find_duplicates.py --compare-decoding [--n 1000] [--large 300] [--workers N] [--repeat 2]
+
+compares the decode pools instead: the backbone alone (``scorer.embed`` on photos decoded beforehand) against
+find's embed stage (finder.embed_photos: decoding in a pool of threads or of processes, overlapped with the model),
+in photos/s, on the first ``--n`` photos of the smallest folder and on ``--large`` generated 1200x900 JPEGs (camera
+photos decode ~100x slower than the small ones). Target (PASS/FAIL): the default pool keeps >= 85% of the
+backbone-alone speed; each figure is the best of ``--repeat`` runs, the pools alternated.
 """
 
 from __future__ import annotations
@@ -32,12 +40,13 @@ sys.path.insert(0, str(REPO))
 
 from _rss import peak_rss_gb  # noqa: E402  (benchmarks/ is on sys.path: the scripts run from it)
 
-from samespace import decoding, finder, model_scorer, scorers, scoring_methods  # noqa: E402
+from samespace import batch_decoding, decoding, finder, model_scorer, scorers, scoring_methods  # noqa: E402
 
 SIZES = (1000, 5000, 20000)
 SHARE_TARGET = 0.20
 MEMORY_TARGET_GB = 4.0
 LINEAR_TOLERANCE = 1.3
+OVERLAP_TARGET = 0.85  # embed stage / backbone alone
 
 
 def _photo(rng: np.random.Generator) -> Image.Image:
@@ -120,6 +129,76 @@ def time_one_batch(folder: Path, method: str, batch_size: int, batches: int = 3)
     return (time.perf_counter() - t) / max(len(paths) - batch_size, 1)
 
 
+def generate_large(folder: Path, n: int, seed: int = 1) -> Path:
+    """``n`` 1200x900 JPEGs (quality 90) of smooth gradients and shapes: camera-sized photos to decode."""
+    marker = folder / ".complete"
+    if marker.is_file():
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:900, 0:1200].astype(np.float32)
+    for k in range(n):
+        a, b, c = rng.random(3) * 0.02
+        base = np.stack([np.sin(a * xx + b * yy), np.cos(b * xx - c * yy), np.sin(c * xx + a * yy)], -1)
+        pixels = ((base * 0.5 + 0.5) * 255).astype(np.uint8)
+        img = Image.fromarray(pixels)
+        draw = ImageDraw.Draw(img)
+        for _ in range(12):
+            x0, y0 = int(rng.integers(0, 1100)), int(rng.integers(0, 800))
+            draw.ellipse([x0, y0, x0 + int(rng.integers(20, 300)), y0 + int(rng.integers(20, 300))],
+                         fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        img.save(folder / f"large_{k:05d}.jpg", "JPEG", quality=90)
+    marker.write_text(str(n))
+    return folder
+
+
+def compare_decoding(paths: list[Path], method: str, batch_size: int, workers: int, repeat: int) -> dict[str, float]:
+    """Photos/s of the backbone alone and of find's embed stage with each decode pool (best of ``repeat``)."""
+    decoded = [r for r in (batch_decoding.decode_path(p) for p in paths) if not isinstance(r, str)]
+    images = np.stack([r[0] for r in decoded])
+    aspects = np.array([r[1] for r in decoded])
+    best: dict[str, float] = {}
+    for _ in range(repeat):
+        scorer = _scorer(method, batch_size)
+        scorer.embed(images[:batch_size], aspects[:batch_size])  # warm-up
+        t = time.perf_counter()
+        for start in range(0, len(images), batch_size):
+            scorer.embed(images[start : start + batch_size], aspects[start : start + batch_size])
+        best["backbone"] = max(best.get("backbone", 0.0), len(images) / (time.perf_counter() - t))
+        for pool in batch_decoding.POOLS:
+            scorer = _scorer(method, batch_size)
+            scorer.embed(images[:batch_size], aspects[:batch_size])
+            t = time.perf_counter()
+            finder.embed_photos(paths, scorer, None, batch_size, progress=False, decode_workers=workers,
+                                decode_pool=pool)
+            best[pool] = max(best.get(pool, 0.0), len(paths) / (time.perf_counter() - t))
+    return best
+
+
+def main_compare(args: argparse.Namespace) -> int:
+    """--compare-decoding: the pools against the backbone alone, on small and on camera-sized photos."""
+    workers = args.workers or batch_decoding.default_workers()
+    small = sorted(generate(args.cache / f"n{min(args.sizes)}", min(args.sizes)).rglob("*.jpg"))[: args.n]
+    sets = {f"{len(small)} small (64-128 px)": small}
+    if args.large:
+        sets[f"{args.large} large (1200x900)"] = sorted(generate_large(args.cache / f"large{args.large}",
+                                                                       args.large).glob("*.jpg"))
+    print(f"method {args.method}, batch {args.batch_size}, {workers} decode workers, best of {args.repeat}; "
+          f"load average {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{'photos':>26} {'backbone img/s':>15} " + " ".join(f"{p + ' img/s':>14} {'ratio':>6}"
+                                                                 for p in batch_decoding.POOLS))
+    ok = True
+    for name, paths in sets.items():
+        best = compare_decoding(paths, args.method, args.batch_size, workers, args.repeat)
+        print(f"{name:>26} {best['backbone']:15.1f} " + " ".join(
+            f"{best[p]:14.1f} {best[p] / best['backbone']:6.2f}" for p in batch_decoding.POOLS))
+        ratio = best[batch_decoding.DEFAULT_POOL] / best["backbone"]
+        ok = ok and ratio >= OVERLAP_TARGET
+        print(f"{'PASS' if ratio >= OVERLAP_TARGET else 'FAIL'}: {name}: the default pool "
+              f"({batch_decoding.DEFAULT_POOL}) keeps {ratio:.0%} of the backbone-alone speed (target >= 85%)")
+    return 0 if ok else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
@@ -128,7 +207,14 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--budget-minutes", type=float, default=25.0)
     parser.add_argument("--run-one", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--compare-decoding", action="store_true", help="the decode pools against the backbone alone")
+    parser.add_argument("--n", type=int, default=1000, help="--compare-decoding: small photos")
+    parser.add_argument("--large", type=int, default=300, help="--compare-decoding: 1200x900 photos (0: none)")
+    parser.add_argument("--workers", type=int, help="--compare-decoding: decode workers (default: the cores)")
+    parser.add_argument("--repeat", type=int, default=2, help="--compare-decoding: runs per figure (the best)")
     args = parser.parse_args()
+    if args.compare_decoding:
+        return main_compare(args)
     if args.run_one:
         print(json.dumps(run_one(args.run_one, args.method, args.batch_size)))
         return 0

@@ -1,10 +1,18 @@
-"""Decoding photos in batches on worker threads, each photo's content key taken from the very bytes decoded."""
+"""Decoding photos in batches on a pool of workers (threads or processes), each photo's content key taken from the
+very bytes decoded.
+
+Every worker runs the one decode path (:func:`decode_path` / :func:`decode_path_keyed`), so the pixels are the same
+whatever the pool and its size; batches come back in path order while the next batch decodes beside the model.
+"""
 
 from __future__ import annotations
 
+import math
+import multiprocessing
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +23,17 @@ from samespace import (
     content_keys,
     decoding,
 )
+
+POOLS = ("thread", "process")
+DEFAULT_POOL = "thread"  # measured faster on a 2-core machine (docs/scale.md); processes pay pickling and start-up
+
+
+def default_workers() -> int:
+    """Decode workers by default: the cores this process may run on (its CPU affinity, e.g. a container's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def decode_path(path: Path) -> tuple[np.ndarray, float] | str:
@@ -55,22 +74,43 @@ class DecodedBatch:
     stats: list[os.stat_result] = field(default_factory=list)
 
 
-def decoded_batches(paths: Sequence[Path], batch_size: int, workers: int = 2,
-                    keyed: bool = False) -> Iterator[DecodedBatch]:
-    """Decode ``paths`` batch by batch in ``workers`` threads, the next batch while the caller uses this one.
+def decode_paths(paths: Sequence[Path], keyed: bool) -> list[Any]:
+    """:func:`decode_path` (``keyed``: :func:`decode_path_keyed`) of each path, in order: one task of a pool."""
+    decode: Callable[[Path], Any] = decode_path_keyed if keyed else decode_path
+    return [decode(p) for p in paths]
+
+
+def make_pool(kind: str, workers: int) -> Executor:
+    """A pool of ``workers`` decode threads or processes. Processes start by forkserver (spawn off Linux): a fork
+    of a process running torch's thread pools can deadlock."""
+    if kind == "thread":
+        return ThreadPoolExecutor(max_workers=workers)
+    if kind == "process":
+        method = "forkserver" if sys.platform.startswith("linux") else "spawn"
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+    raise ValueError(f"decode pool {kind!r}: expected one of {', '.join(POOLS)}")
+
+
+def decoded_batches(paths: Sequence[Path], batch_size: int, workers: int | None = None,
+                    keyed: bool = False, pool: str = DEFAULT_POOL) -> Iterator[DecodedBatch]:
+    """Decode ``paths`` batch by batch in ``workers`` threads or processes (``pool``; default: one per core,
+    :func:`default_workers`), the next batch while the caller uses this one.
 
     At most two batches of decoded images exist at a time. ``keyed``: hash the bytes decoded
-    (:func:`decode_path_keyed`).
+    (:func:`decode_path_keyed`). A process pool gets each batch in one task per worker (a task per photo would
+    cost more in messages than a small photo's decoding); a thread pool one task per photo.
     """
-    decode: Callable[[Path], Any] = decode_path_keyed if keyed else decode_path
+    workers = max(1, workers if workers is not None else default_workers())
 
-    def submit(start: int) -> list[Future[Any]]:
-        return [pool.submit(decode, p) for p in paths[start : start + batch_size]]
+    def submit(start: int) -> list[Future[list[Any]]]:
+        chunk = paths[start : start + batch_size]
+        step = max(1, math.ceil(len(chunk) / workers)) if pool == "process" else 1
+        return [executor.submit(decode_paths, chunk[k : k + step], keyed) for k in range(0, len(chunk), step)]
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with make_pool(pool, workers) as executor:
         pending = submit(0)
         for start in range(0, len(paths), batch_size):
-            results = [f.result() for f in pending]
+            results = [r for f in pending for r in f.result()]
             pending = submit(start + batch_size) if start + batch_size < len(paths) else []
             ok = [(start + k, r) for k, r in enumerate(results) if not isinstance(r, str)]
             bad = [(start + k, r) for k, r in enumerate(results) if isinstance(r, str)]

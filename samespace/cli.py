@@ -83,6 +83,29 @@ EXAMPLES = """examples:
 """
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (else the usual one-line usage error naming the value)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number >= 1")
+    return value
+
+
+def add_decode_options(parser: argparse.ArgumentParser) -> None:
+    """--workers and --decode-pool: how many threads or processes decode photos beside the model."""
+    from samespace import batch_decoding
+
+    parser.add_argument(
+        "--workers", type=positive_int, metavar="N",
+        help=f"photos decoded by N workers at once (default: one per core here, {batch_decoding.default_workers()})")
+    parser.add_argument(
+        "--decode-pool", choices=batch_decoding.POOLS, default=batch_decoding.DEFAULT_POOL,
+        help=f"decode in worker threads or processes (default: {batch_decoding.DEFAULT_POOL}, the faster measured)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``samespace`` command: dispatch to a subcommand's ``main``; its exit status."""
     import importlib

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from samespace import (
+    batch_decoding,
     embedding_store,
     photo_files,
     scorer_choice,
@@ -90,6 +91,8 @@ def embed_share(
     known: EmbeddingStore,
     batch_size: int,
     report: Callable[[int, int], None],
+    decode_workers: int | None = None,
+    decode_pool: str = batch_decoding.DEFAULT_POOL,
 ) -> tuple[EmbeddingStore, int, list[dict[str, str]]]:
     """Embed the photos of ``paths`` that ``known`` lacks. Returns (a store of this share's new rows and stat
     entries, photos embedded, skipped files). ``report(done, total)`` is called after every chunk."""
@@ -99,7 +102,8 @@ def embed_share(
     chunk = CHUNK_BATCHES * batch_size
     for start in range(0, len(paths), chunk):
         chunk_paths = paths[start : start + chunk]
-        result = fd.embed_photos(chunk_paths, scorer, known, batch_size, progress=False, fill_scorer=False)
+        result = fd.embed_photos(chunk_paths, scorer, known, batch_size, progress=False, fill_scorer=False,
+                                 decode_workers=decode_workers, decode_pool=decode_pool)
         embedded += result.embedded
         skipped.extend(result.skipped)
         for path in chunk_paths:
@@ -128,7 +132,8 @@ def run(args: argparse.Namespace, reporter: Reports, shard: sharding.Shard) -> P
         if shard.is_chief:  # shares differ by at most one photo: the chief's progress is the job's
             reporter.progress(done / max(total, 1))
 
-    part, embedded, skipped = embed_share(paths[start:stop], scorer, known, args.batch_size, report)
+    part, embedded, skipped = embed_share(paths[start:stop], scorer, known, args.batch_size, report, args.workers,
+                                          args.decode_pool)
     for s in skipped:
         log.warning("skipped %s: %s", s["path"], s["reason"])
     log.info("rank %d: embedded %d of its %d photos, %d skipped", shard.rank, embedded, stop - start, len(skipped))
@@ -141,7 +146,7 @@ def run(args: argparse.Namespace, reporter: Reports, shard: sharding.Shard) -> P
         known.merge(merged)
         known.save(output)
         for p in parts:
-            p.unlink()
+            embedding_store.remove_store(p)
         listed = len(known.listed_paths())
         log.info("%s: %d photos, %d distinct contents, %d new", output, listed, len(known), len(merged))
         reporter.metrics(len(paths), {"photos": listed, "photos_embedded": len(merged)})

@@ -11,37 +11,35 @@ also keeps a stat index: absolute path -> (size, mtime ns, inode, ctime ns, cont
 unchanged is not read again; any change re-hashes it (as git's index does). The inode and ctime catch a photo
 rewritten in place with its size kept and its mtime set back (``os.utime`` cannot set the ctime).
 
-File format: an uncompressed ``.npz`` (numpy's zip of ``.npy`` arrays):
-
-- ``header``: UTF-8 JSON as uint8 ``{"format", "version", "fingerprint", "method", "fields": {name: [dtype,
-  row shape]}, "rows"}``;
-- ``keys``: ``S32`` content keys, one per row; ``field_<name>``: one array per embedding field (same row order);
-- the stat index: ``paths`` (UTF-8 bytes, concatenated) with ``path_ends`` (int64), ``sizes``, ``mtimes``,
-  ``ctimes`` (int64), ``inodes`` (uint64) and ``path_keys`` (``S32``).
-
-Version 1 had no ``inodes`` / ``ctimes``: its rows are used, and its stat entries still list its photos
-(``--embeddings``), but they never spare a hash: each photo is re-hashed once, and the next save writes version 2.
-
-The file is untrusted input. Before any array is allocated the zip directory is checked (members stored, not
-compressed, inside the file, not overlapping) and so is each member's ``.npy`` header (dtype, shape, and that the
-shape fills the member exactly), so memory never exceeds the file's size; then the header, identity, shapes,
-keys, values (finite, in range, unit-length where the scorer says so; :class:`FieldSpec`) and the stat index.
+File format and its validation as untrusted input (every array checked before memory is allocated for it; the
+header, identity, shapes, keys, values and stat index after): store_format.py. Version 1 had no ``inodes`` /
+``ctimes``: its rows are used and its stat entries still list its photos (``--embeddings``), but they never spare a
+hash: each photo is re-hashed once, and the next save writes version 2.
 Anything wrong is one :class:`StoreError` line naming the file; a damaged or foreign store is ignored with one
 warning and rebuilt. Writes are atomic (``outputs.atomic_write``) and made under a file lock in the store's folder,
 merging in what another run wrote meanwhile (:meth:`EmbeddingStore.save`).
+
+Layout: the store the user names (``store.npz``, the *base*) plus *segments* beside it, ``store.npz.seg-<16 hex>``,
+each a file of the same format holding only the rows and stat entries one save added. Rewriting a store of
+millions of rows to add a hundred would cost a run more than embedding them, so a save normally writes one new
+segment (a fresh random name per save: concurrent runs never overwrite each other's). A save *compacts* instead
+(everything into a new base, then the segments it folded in are deleted) when there is no usable base, the base is
+an older version or changed on disk since this run read it, or the segments would exceed
+:data:`COMPACT_SEGMENTS` files or :data:`COMPACT_SHARE` of the base's bytes. A read takes the base, then every
+segment in name order, each validated as a whole store (a segment is untrusted input too): with ``strict`` a bad
+segment is a StoreError naming it, else it is ignored with one warning and the next save compacts it away. A
+store written before segments existed is a base without segments and reads as before.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import re
+import secrets
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO
 
 import filelock
 import numpy as np
@@ -50,8 +48,9 @@ from samespace import content_keys, outputs, store_format
 
 LOCK_NAME = ".samespace-embeddings.lock"  # one per folder: embed.py's part files leave no lock files behind
 LOCK_TIMEOUT_S = 600.0  # another run writing a store of millions of rows holds the lock for a while
-
-
+COMPACT_SEGMENTS = 32  # more segment files than this: each read opens them all, so fold them into the base
+COMPACT_SHARE = 0.25  # segments above this share of the base's bytes: compaction costs < 5x the appended bytes
+LOAD_RETRIES = 3  # a segment vanishing while read: another run compacted it into the base meanwhile
 
 
 def default_store_dir() -> Path:
@@ -92,6 +91,11 @@ class EmbeddingStore:
         self._chunks: dict[str, list[np.ndarray]] = {name: [] for name in fields}
         self._stats: dict[str, content_keys.StatEntry] = {}
         self._seen: tuple[str, tuple[int, ...]] | None = None  # (file, stat_signature) whose content this store holds
+        self._segments: dict[str, tuple[int, ...]] = {}  # segment file -> stat_signature held (or refused) here
+        self._base_version = store_format.VERSION
+        self._rebuild = False  # the base on disk is unusable or a segment was refused: the next save compacts
+        self._fresh_keys: list[str] = []  # rows and stat entries added since read or written: the next segment
+        self._fresh_paths: set[str] = set()
         self.changed = False
 
     def _where(self) -> str:
@@ -146,6 +150,7 @@ class EmbeddingStore:
             self._shapes[name] = rows.shape[1:]
         for k in new:
             self._row[keys[k]] = len(self._row)
+            self._fresh_keys.append(keys[k])
         self.changed = True
 
     def _consolidate(self) -> dict[str, np.ndarray]:
@@ -193,6 +198,7 @@ class EmbeddingStore:
         absolute = os.path.abspath(path)
         if self._stats.get(absolute) != entry:
             self._stats[absolute] = entry
+            self._fresh_paths.add(absolute)
             self.changed = True
 
     def stat_entry(self, path: str | Path) -> content_keys.StatEntry | None:
@@ -203,9 +209,9 @@ class EmbeddingStore:
                ctime_ns: int = 0) -> None:
         """Add a stat-index entry (when merging stores; ``record(path, *stat_entry(other_path))``)."""
         content_keys.check_key(key)
-        self._stats[os.path.abspath(path)] = content_keys.StatEntry(
-            int(size), int(mtime_ns), key, int(inode), int(ctime_ns)
-        )
+        absolute = os.path.abspath(path)
+        self._stats[absolute] = content_keys.StatEntry(int(size), int(mtime_ns), key, int(inode), int(ctime_ns))
+        self._fresh_paths.add(absolute)
         self.changed = True
 
     def stat_entries(self) -> dict[str, content_keys.StatEntry]:
@@ -233,45 +239,26 @@ class EmbeddingStore:
 
     def to_bytes(self) -> bytes:
         """The store file's content, rows sorted by key and paths sorted (same content -> same bytes)."""
-        keys = sorted(self._row)
-        arrays = self.get(keys) if keys else {}
-        paths = sorted(self._stats)
-        entries = [self._stats[p] for p in paths]
-        encoded = [p.encode("utf-8", "surrogateescape") for p in paths]
-        header = {
-            "format": store_format.FORMAT,
-            "version": store_format.VERSION,
-            "fingerprint": self.fingerprint,
-            "method": self.method,
-            "rows": len(keys),
-            "fields": {name: [self.dtypes[name].str, None if shape is None else list(shape)]
-                       for name, shape in self._shapes.items()},
-        }
-        out = {
-            "header": np.frombuffer(json.dumps(header, sort_keys=True).encode(), np.uint8),
-            "keys": np.array(keys, dtype=content_keys.KEY_DTYPE).reshape(-1),
-            "paths": np.frombuffer(b"".join(encoded), np.uint8),
-            "path_ends": np.cumsum([len(e) for e in encoded], dtype=np.int64),
-            "sizes": np.array([e.size for e in entries], np.int64),
-            "mtimes": np.array([e.mtime_ns for e in entries], np.int64),
-            "inodes": np.array([e.inode for e in entries], np.uint64),
-            "ctimes": np.array([e.ctime_ns for e in entries], np.int64),
-            "path_keys": np.array([e.key for e in entries], dtype=content_keys.KEY_DTYPE).reshape(-1),
-        }
-        for name, dtype in self.dtypes.items():
-            out[f"field_{name}"] = arrays[name] if keys else np.zeros((0, *(self._shapes[name] or ())), dtype)
-        buffer = io.BytesIO()
-        np.savez(buffer, **out)
-        return buffer.getvalue()
+        return self._encode(sorted(self._row), sorted(self._stats))
 
-    def save(self, path: str | Path) -> None:
-        """Write the store atomically (a temporary file renamed over ``path``); creates the folder.
+    def _encode(self, keys: list[str], paths: list[str]) -> bytes:
+        """A store file of the rows of ``keys`` and the stat entries of ``paths`` (a base or a segment)."""
+        contents = store_format.Contents(store_format.VERSION, {k: i for i, k in enumerate(keys)},
+                                         self.get(keys) if keys else None, dict(self._shapes),
+                                         {p: self._stats[p] for p in paths})
+        return store_format.to_bytes(contents, self.fingerprint, self.method, self.dtypes)
 
-        Under a file lock beside the store (:data:`LOCK_NAME`, one for the stores of a folder), so runs sharing a
-        store write one at a time: temporary files of the store left by a killed run are removed (every writer
-        holds the lock while its temporary file exists, so any found are stale), and when the file changed since
-        this store read it, its rows and stat entries are merged in first, so concurrent runs keep each other's
-        rows. Raises OSError when the store cannot be written (filelock.Timeout after LOCK_TIMEOUT_S is one).
+    def save(self, path: str | Path, compact: bool = False) -> None:
+        """Write what this run added as a new segment beside ``path``, or compact the store into ``path`` (when
+        needed, or asked: ``compact``, the whole-file rewrite every save made before segments existed).
+
+        Both atomic (a temporary file renamed into place; creates the folder) and under a file lock beside the
+        store (:data:`LOCK_NAME`, one for the stores of a folder), so runs sharing a store write one at a time:
+        temporary files of the store left by a killed run are removed (every writer holds the lock while its
+        temporary file exists, so any found are stale). A compaction first merges the base and every segment
+        written since this store read them, so concurrent runs keep each other's rows; a segment needs no merge,
+        as it holds only this run's rows. Raises OSError when the store cannot be written (filelock.Timeout after
+        LOCK_TIMEOUT_S is one).
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -282,13 +269,95 @@ class EmbeddingStore:
             raise OSError(f"{lock.lock_file}: cannot lock ({exc})") from exc
         try:
             _remove_stale_temporaries(path)
-            self._merge_from(path)
-            outputs.atomic_write(path, self.to_bytes())
-            self._seen = (os.path.abspath(path), content_keys.stat_signature(os.stat(path)))
+            if compact or not self._append(path):
+                self._compact(path)
         finally:
             lock.release()
         self.path = self.path or path
         self.changed = False
+
+    def _append(self, path: Path) -> bool:
+        """Write this run's new rows and stat entries as a new segment (under the lock); False when the store must
+        be compacted instead (no usable base of this version as read, or too many or too large segments)."""
+        if self._rebuild or self._base_version != store_format.VERSION or self._seen is None:
+            return False
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return False
+        if self._seen != (os.path.abspath(path), content_keys.stat_signature(st)):
+            return False  # replaced or compacted meanwhile: merge it (the old behaviour) rather than guess
+        segments = store_format.segment_paths(path)
+        if len(segments) >= COMPACT_SEGMENTS:
+            return False
+        if not self._fresh_keys and not self._fresh_paths:
+            return True
+        content = self._encode(sorted(self._fresh_keys), sorted(self._fresh_paths))
+        on_disk = 0
+        for segment in segments:
+            try:
+                on_disk += os.lstat(segment).st_size
+            except FileNotFoundError:
+                pass
+        if on_disk + len(content) > COMPACT_SHARE * st.st_size:
+            return False
+        segment = path.with_name(f"{path.name}{store_format.SEGMENT_INFIX}{secrets.token_hex(8)}")
+        outputs.atomic_write(segment, content)
+        self._segments[os.path.abspath(segment)] = content_keys.stat_signature(os.stat(segment))
+        self._clear_fresh()
+        return True
+
+    def _compact(self, path: Path) -> None:
+        """Merge the base and segments on disk that this store does not hold, write it all as the new base, then
+        delete the segments folded in (under the lock). Killed between the two, the segments' rows are in both:
+        a read ignores rows it already has."""
+        self._merge_from(path)
+        segments = store_format.segment_paths(path)
+        for segment in segments:
+            self._merge_segment(segment, strict=False, replacing=True)
+        outputs.atomic_write(path, self.to_bytes())
+        self._seen = (os.path.abspath(path), content_keys.stat_signature(os.stat(path)))
+        for segment in segments:
+            try:
+                os.unlink(segment)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # e.g. a folder named like a segment: refused on every read, never ours
+                warnings.warn(f"{segment}: cannot remove this segment of the embedding store ({exc})", stacklevel=4)
+        self._segments = {}
+        self._base_version = store_format.VERSION
+        self._rebuild = False
+        self._clear_fresh()
+
+    def _clear_fresh(self) -> None:
+        self._fresh_keys = []
+        self._fresh_paths = set()
+
+    def _merge_segment(self, segment: Path, strict: bool, replacing: bool = False) -> None:
+        """Merge one segment file unless this store holds (or refused) that version of it. An unusable segment is a
+        StoreError with ``strict``, else one warning and a compaction at the next save. A segment that vanished
+        (another run compacted it meanwhile) raises :class:`SegmentVanishedError`."""
+        absolute = os.path.abspath(segment)
+        try:
+            signature = content_keys.stat_signature(os.lstat(segment))
+        except FileNotFoundError as exc:
+            raise SegmentVanishedError(str(segment)) from exc
+        if self._segments.get(absolute) == signature:
+            return
+        specs = {name: replace(spec, shape=self._shapes[name]) for name, spec in self.specs.items()}
+        try:
+            part = EmbeddingStore._load_file(segment, self.fingerprint, self.method, specs)
+            self.merge(part)
+        except store_format.StoreError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError):
+                raise SegmentVanishedError(str(segment)) from exc
+            if strict:
+                raise
+            action = "removing it" if replacing else "the next save removes it"
+            warnings.warn(f"{segment}: ignoring this segment of the embedding store "
+                          f"({store_format.one_line(exc.reason)}); {action}", stacklevel=4)
+            self._rebuild = True
+        self._segments[absolute] = signature
 
     def _merge_from(self, path: Path) -> None:
         """Merge the store file at ``path`` when it is not the version this store holds (under the lock)."""
@@ -311,7 +380,14 @@ class EmbeddingStore:
     @classmethod
     def load(cls, path: str | Path, fingerprint: str, method: str,
              fields: Mapping[str, str | store_format.FieldSpec]) -> EmbeddingStore:
-        """Read and validate a store file; anything that makes it unusable is a StoreError naming it."""
+        """Read and validate a store (its base and segments); anything that makes one of its files unusable is a
+        StoreError naming that file."""
+        return read_store(Path(path), fingerprint, method, fields, strict=True)
+
+    @classmethod
+    def _load_file(cls, path: str | Path, fingerprint: str, method: str,
+                   fields: Mapping[str, str | store_format.FieldSpec]) -> EmbeddingStore:
+        """Read and validate one store file (a base or a segment); unusable: a StoreError naming it."""
         path = Path(path)
         try:
             f, st = content_keys.open_regular(path)
@@ -322,7 +398,7 @@ class EmbeddingStore:
         try:
             with f:
                 store = cls(fingerprint, method, fields, path)
-                store._read(f, st.st_size)
+                store._apply(store_format.read_contents(f, st.st_size, fingerprint, method, store.specs))
         except store_format.UnusableError as exc:
             reason = store_format.one_line(str(exc))
             raise store_format.StoreError(f"{path}: unusable embedding store ({reason})", reason) from None
@@ -332,95 +408,19 @@ class EmbeddingStore:
         store._seen = (os.path.abspath(path), content_keys.stat_signature(st))
         return store
 
-    def _read(self, f: BinaryIO, size: int) -> None:
-        archive = store_format.Archive(f, size)
-        if "header" not in archive.members:
-            raise store_format.UnusableError(f"not a {store_format.FORMAT} store (no header)")
-        if archive.members["header"].file_size > store_format.MAX_HEADER_BYTES:
-            raise store_format.UnusableError(f"header of {archive.members['header'].file_size:,} bytes")
-        header = store_format.parse_header(archive.read("header", np.uint8).tobytes())
-        # the identity before the member names: a store of another method has other fields
-        if header.fingerprint != self.fingerprint or header.method != self.method:
-            raise store_format.UnusableError(
-                f"made by another scorer: {store_format.brief(header.method)}, fingerprint "
-                f"{store_format.brief(header.fingerprint[:12])}...; this run: {self.method}, "
-                f"{self.fingerprint[:12]}..."
-            )
-        if set(header.fields) != set(self.specs):
-            raise store_format.UnusableError(
-                f"fields {store_format.brief(sorted(header.fields))} differ from the scorer's {sorted(self.specs)}"
-            )
-        for name, spec in self.specs.items():
-            dtype, shape = header.fields[name]
-            if dtype != self.dtypes[name].str:
-                raise store_format.UnusableError(
-                    f"field {name}: dtype {store_format.brief(dtype)}, expected {self.dtypes[name].str}"
-                )
-            if shape is not None and spec.shape is not None and shape != tuple(spec.shape):
-                raise store_format.UnusableError(
-                    f"field {name}: rows of shape {shape}, this scorer makes {tuple(spec.shape)}"
-                )
-        stat_members = store_format.STAT_V2 if header.version == 2 else store_format.STAT_V1
-        expected = {"header", "keys", *stat_members, *(f"field_{name}" for name in self.specs)}
-        if set(archive.members) != expected:
-            missing, extra = sorted(expected - set(archive.members)), sorted(set(archive.members) - expected)
-            raise store_format.UnusableError(
-                f"arrays: missing {store_format.brief(missing)}, unexpected {store_format.brief(extra)}"
-            )
-        rows = header.rows
-        keys = archive.read("keys", content_keys.KEY_DTYPE)
-        if len(keys) != rows:
-            raise store_format.UnusableError(f"{len(keys)} keys for {rows} rows in the header")
-        arrays = {}
-        for name, spec in self.specs.items():
-            array = archive.read(f"field_{name}", self.dtypes[name], ndim=None)
-            if len(array) != rows or (rows and array.shape[1:] != header.fields[name][1]):
-                raise store_format.UnusableError(
-                    f"field {name}: array of shape {array.shape}, the header says {rows} rows of "
-                    f"shape {header.fields[name][1]}"
-                )
-            problem = spec.problem(name, array)
-            if problem:
-                raise store_format.UnusableError(problem)
-            arrays[name] = array
-            if rows:
-                self._shapes[name] = array.shape[1:]
-        if len(np.unique(keys)) != len(keys):
-            raise store_format.UnusableError("duplicate keys")
-        try:
-            self._row = {k.decode("ascii"): i for i, k in enumerate(keys.tolist())}
-        except UnicodeDecodeError as exc:
-            raise store_format.UnusableError("keys that are not ASCII") from exc
-        self._read_stat_index(archive, stat_members)
-        self._arrays = arrays if rows else None
+    def _apply(self, contents: store_format.Contents) -> None:
+        """Take the rows, shapes and stat index of a store file read and validated (store_format.read_contents)."""
+        self._row, self._stats, self._arrays = contents.rows, contents.stats, contents.arrays
+        self._shapes.update(contents.shapes)
+        self._base_version = contents.version
         self.changed = False  # an older version is rewritten in this one by its next save, not just for that
-
-    def _read_stat_index(self, archive: store_format.Archive, members: dict[str, str]) -> None:
-        index = {name: archive.read(name, dtype) for name, dtype in members.items()}
-        blob, ends = index["paths"], index["path_ends"]
-        m = len(ends)
-        if (any(len(index[name]) != m for name in members if name != "paths")
-                or (m and (ends[-1] != len(blob) or ends[0] < 0 or np.any(np.diff(ends) < 0)))
-                or (not m and len(blob))):
-            raise store_format.UnusableError("the stat index is inconsistent")
-        inodes = index["inodes"].tolist() if "inodes" in index else [content_keys.UNKNOWN_INODE] * m
-        ctimes = index["ctimes"].tolist() if "ctimes" in index else [0] * m
-        raw = blob.tobytes()
-        starts = [0, *ends[:-1].tolist()] if m else []
-        try:
-            for s, e, size, mtime, key, inode, ctime in zip(starts, ends.tolist(), index["sizes"].tolist(),
-                                                            index["mtimes"].tolist(), index["path_keys"].tolist(),
-                                                            inodes, ctimes, strict=True):
-                self._stats[raw[s:e].decode("utf-8", "surrogateescape")] = content_keys.StatEntry(
-                    size, mtime, key.decode("ascii"), inode, ctime)
-        except UnicodeDecodeError as exc:
-            raise store_format.UnusableError("stat index keys that are not ASCII") from exc
 
 
 def _remove_stale_temporaries(path: Path) -> None:
-    """Remove ``.<name>.<8 characters>.tmp`` files beside the store: outputs.atomic_write's temporary files of it,
-    left by a killed run (the caller holds the store's lock, so no other writer has one open)."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.[a-z0-9_]{{8}}\.tmp")
+    """Remove ``.<name>.<8 characters>.tmp`` files beside the store: outputs.atomic_write's temporary files of it
+    and of its segments, left by a killed run (the caller holds the store's lock, so no other writer has one open)."""
+    segment = rf"(?:{re.escape(store_format.SEGMENT_INFIX)}[0-9a-f]{{16}})?"
+    pattern = re.compile(rf"\.{re.escape(path.name)}{segment}\.[a-z0-9_]{{8}}\.tmp")
     with os.scandir(path.parent) as entries:
         for entry in entries:
             if pattern.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
@@ -430,31 +430,62 @@ def _remove_stale_temporaries(path: Path) -> None:
                     pass
 
 
+def remove_store(path: str | Path) -> None:
+    """Delete a store's base and segments (e.g. embed's part files once merged); missing files are fine."""
+    for file in [Path(path), *store_format.segment_paths(path)]:
+        try:
+            os.unlink(file)
+        except FileNotFoundError:
+            pass
+
+
+class SegmentVanishedError(Exception):
+    """A segment listed a moment ago is gone: another run compacted the store while this one read it."""
+
+
+def read_store(path: Path, fingerprint: str, method: str, fields: Mapping[str, str | store_format.FieldSpec],
+               strict: bool) -> EmbeddingStore:
+    """The base at ``path`` and its segments. Unusable files: StoreError with ``strict``, else one warning each
+    (an unusable base is replaced by an empty store that the next save rebuilds)."""
+    for _ in range(LOAD_RETRIES):
+        try:
+            store = EmbeddingStore._load_file(path, fingerprint, method, fields)
+        except store_format.StoreError as exc:
+            if strict:
+                raise
+            warnings.warn(f"{path}: ignoring the embedding store ({exc.reason}); it will be rebuilt", stacklevel=3)
+            store = EmbeddingStore(fingerprint, method, fields, path)
+            try:  # the unusable file is what the next save replaces, not a store to merge
+                store._seen = (os.path.abspath(path), content_keys.stat_signature(os.stat(path)))
+            except OSError:
+                pass
+            store._rebuild = True
+        try:
+            for segment in store_format.segment_paths(path):
+                store._merge_segment(segment, strict)
+        except SegmentVanishedError:
+            continue  # the base now holds its rows: read it again
+        store._clear_fresh()  # what was read is on disk already: the next segment holds only new rows
+        store.changed = store._rebuild
+        return store
+    raise store_format.StoreError(f"{path}: unusable embedding store (its segments kept vanishing while it was "
+                                  "read: other runs compacting it)", "segments kept vanishing")
+
+
 def open_store(path: str | Path, fingerprint: str, method: str, fields: Mapping[str, str | store_format.FieldSpec],
                strict: bool = False) -> EmbeddingStore:
-    """The store at ``path``, or an empty one when there is none.
+    """The store at ``path`` (base and segments), or an empty one when there is none.
 
     A damaged or foreign file is ignored with one warning (it is replaced on the next save); with ``strict``
-    (a store the user named as input) it is a StoreError instead.
+    (a store the user named as input) it is a StoreError instead. Segments without a base are merged into the
+    base the next save writes.
     """
     path = Path(path)
     if not path.exists():
         if strict:
             raise store_format.StoreError(f"{path}: no such embedding store")
         return EmbeddingStore(fingerprint, method, fields, path)
-    try:
-        return EmbeddingStore.load(path, fingerprint, method, fields)
-    except store_format.StoreError as exc:
-        if strict:
-            raise
-        warnings.warn(f"{path}: ignoring the embedding store ({exc.reason}); it will be rebuilt", stacklevel=2)
-        store = EmbeddingStore(fingerprint, method, fields, path)
-        try:  # the unusable file is what the next save replaces, not a store to merge
-            store._seen = (os.path.abspath(path), content_keys.stat_signature(os.stat(path)))
-        except OSError:
-            pass
-        store.changed = True
-        return store
+    return read_store(path, fingerprint, method, fields, strict)
 
 
 def merge_files(paths: Iterable[str | Path], fingerprint: str, method: str,

@@ -96,7 +96,8 @@ def find_duplicates(
     exhaustive: bool = False,
     batch_size: int = scoring_methods.DEFAULT_BATCH_SIZE,
     progress: bool = True,
-    decode_workers: int = 2,
+    decode_workers: int | None = None,
+    decode_pool: str = batch_decoding.DEFAULT_POOL,
     store: EmbeddingStore | None = None,
     approximate: bool | None = None,
     paths: Sequence[Path] | None = None,
@@ -113,7 +114,8 @@ def find_duplicates(
     skipped: list[dict[str, str]] = []
     paths = list(paths) if paths is not None else photo_files.image_files(folders, skipped)
     timings = {"find": time.perf_counter() - t0, "decode_wait": 0.0, "embed": 0.0}
-    embedded = embed_photos(paths, scorer, store, batch_size, progress, decode_workers, timings, keys)
+    embedded = embed_photos(paths, scorer, store, batch_size, progress, decode_workers, timings, keys,
+                            decode_pool=decode_pool)
     kept, flat = embedded.kept, embedded.blank
     skipped += embedded.skipped
     _check_some_kept(kept + flat, skipped, paths, folders)
@@ -190,9 +192,10 @@ def _stream_embed(
     sink: Callable[[list[int], dict[str, np.ndarray]], None],
     batch_size: int,
     progress: bool,
-    decode_workers: int,
+    decode_workers: int | None,
     timings: dict[str, float],
     on_read: Callable[[batch_decoding.DecodedBatch], None] | None = None,
+    decode_pool: str = batch_decoding.DEFAULT_POOL,
 ) -> tuple[list[tuple[int, str]], list[int]]:
     """Decode ``paths`` in batches, embed each batch and hand (indices, fields) to ``sink``; pixels are dropped
     after each batch. Blank photos (blank.is_blank) are not embedded. Returns the (index, reason) of every file
@@ -203,7 +206,8 @@ def _stream_embed(
     # nothing to embed (every photo came from the store): no empty "0img" bar
     bar = tqdm(total=len(paths), desc=f"embed ({scorer.name})", unit="img", disable=not progress or len(paths) == 0,
                file=sys.stderr)
-    batches = batch_decoding.decoded_batches(paths, batch_size, decode_workers, keyed=on_read is not None)
+    batches = batch_decoding.decoded_batches(paths, batch_size, decode_workers, keyed=on_read is not None,
+                                             pool=decode_pool)
     while True:
         t = time.perf_counter()
         batch = next(batches, None)
@@ -255,10 +259,11 @@ def embed_photos(
     store: EmbeddingStore | None = None,
     batch_size: int = scoring_methods.DEFAULT_BATCH_SIZE,
     progress: bool = True,
-    decode_workers: int = 2,
+    decode_workers: int | None = None,
     timings: dict[str, float] | None = None,
     known_keys: Sequence[str] | None = None,
     fill_scorer: bool = True,
+    decode_pool: str = batch_decoding.DEFAULT_POOL,
 ) -> Embedded:
     """Add the embedding of every readable photo in ``paths`` to ``scorer``, in path order.
 
@@ -266,14 +271,15 @@ def embed_photos(
     (embedding_store.EmbeddingStore.key_for: the stat index, else a hash of the bytes); only keys the store
     lacks are decoded, once per distinct content, embedded and added to the store. ``known_keys`` (one per
     path) skips the lookup: the photos are opened only if the store lacks their key. ``fill_scorer=False``
-    (with a store) only fills the store (embed.py).
+    (with a store) only fills the store (embed.py). ``decode_workers`` threads or processes (``decode_pool``)
+    decode the photos (batch_decoding.decoded_batches; default: one per core).
     """
     timings = timings if timings is not None else {}
     if fill_scorer:
         check_memory(len(paths), scorer)
     if store is None:
         bad, flat = _stream_embed(paths, scorer, lambda _, fields: scorer.add_embeddings(fields), batch_size,
-                                  progress, decode_workers, timings)
+                                  progress, decode_workers, timings, decode_pool=decode_pool)
         failed = {k for k, _ in bad} | set(flat)
         skipped = [{"path": str(paths[k]), "reason": reason} for k, reason in bad]
         kept = [k for k in range(len(paths)) if k not in failed]
@@ -315,7 +321,7 @@ def embed_photos(
             store.add([read_keys[i] for i in indices], fields)
 
         bad, flat_todo = _stream_embed([paths[k] for k in todo], scorer, add, batch_size, progress, decode_workers,
-                                       timings, on_read)
+                                       timings, on_read, decode_pool)
         for i, reason in bad:
             reasons[todo[i]] = reason
         blank_keys |= {read_keys[i] for i in flat_todo}
@@ -351,7 +357,8 @@ def find_against(
     exhaustive: bool = False,
     batch_size: int = scoring_methods.DEFAULT_BATCH_SIZE,
     progress: bool = True,
-    decode_workers: int = 2,
+    decode_workers: int | None = None,
+    decode_pool: str = batch_decoding.DEFAULT_POOL,
     store: EmbeddingStore | None = None,
     approximate: bool | None = None,
 ) -> Result:
@@ -366,7 +373,8 @@ def find_against(
     new_paths, library_paths = split_sides(new_folders, library_folders, skipped)
     paths = new_paths + library_paths
     timings = {"find": time.perf_counter() - t0, "decode_wait": 0.0, "embed": 0.0}
-    embedded = embed_photos(paths, scorer, store, batch_size, progress, decode_workers, timings)
+    embedded = embed_photos(paths, scorer, store, batch_size, progress, decode_workers, timings,
+                            decode_pool=decode_pool)
     kept, flat = embedded.kept, embedded.blank  # blank photos are listed, never matched (blank.py)
     skipped += embedded.skipped
     _check_some_kept(kept + flat, skipped, paths, [*new_folders, *library_folders])

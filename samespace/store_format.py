@@ -5,16 +5,23 @@ fingerprint, method, fields, rows), ``keys`` (``S32`` content keys), ``field_<na
 field) and the stat index (``paths``, ``path_ends``, ``sizes``, ``mtimes``, ``ctimes``, ``inodes``,
 ``path_keys``). Before any array is allocated the zip directory is checked (members stored, not compressed,
 inside the file, not overlapping) and so is each member's ``.npy`` header, so memory never exceeds the file's
-size; the header's values are type-checked. :class:`FieldSpec` says what a scorer's rows must look like.
+size; the header's values are type-checked, then (:func:`read_contents`) the identity, shapes, keys, values (finite,
+in range, unit-length where the scorer says so) and the stat index. :class:`FieldSpec` says what a scorer's rows
+must look like. A store is a base file plus its segments (:func:`segment_paths`), each a file of this format.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
+import re
 import struct
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
@@ -26,6 +33,7 @@ FORMAT = "samespace-embeddings"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
 UNIT_NORM_TOLERANCE = 1e-3  # l2_normalise's float32 rows are within 1e-6 of unit length
+SEGMENT_INFIX = ".seg-"  # store.npz.seg-<16 hex>: the rows one save appended (embedding_store.py)
 MAX_HEADER_BYTES = 1 << 16  # a real header is a few hundred bytes
 MAX_ROW_DIMS = 8
 CHECK_ROWS = 1 << 14  # rows validated at a time, so the checks' temporaries stay small
@@ -223,3 +231,142 @@ def brief(value: object) -> str:
 def one_line(text: str) -> str:
     """Control characters (e.g. in member names read from the file) escaped, so a message stays one line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+@dataclass
+class Contents:
+    """A store file read and validated: its version, content key -> row, the field arrays (None without rows),
+    the row shape of each field with rows, and the stat index (absolute path -> entry)."""
+
+    version: int
+    rows: dict[str, int]
+    arrays: dict[str, np.ndarray] | None
+    shapes: dict[str, tuple[int, ...] | None]
+    stats: dict[str, content_keys.StatEntry]
+
+
+def to_bytes(contents: Contents, fingerprint: str, method: str, dtypes: Mapping[str, np.dtype]) -> bytes:
+    """The file of ``contents`` (rows in the order of ``contents.rows``, paths in the order of ``contents.stats``)."""
+    keys, paths = list(contents.rows), list(contents.stats)
+    entries = list(contents.stats.values())
+    encoded = [p.encode("utf-8", "surrogateescape") for p in paths]
+    header = {"format": FORMAT, "version": VERSION, "fingerprint": fingerprint, "method": method, "rows": len(keys),
+              "fields": {name: [dtypes[name].str, None if shape is None else list(shape)]
+                         for name, shape in contents.shapes.items()}}
+    out = {
+        "header": np.frombuffer(json.dumps(header, sort_keys=True).encode(), np.uint8),
+        "keys": np.array(keys, dtype=content_keys.KEY_DTYPE).reshape(-1),
+        "paths": np.frombuffer(b"".join(encoded), np.uint8),
+        "path_ends": np.cumsum([len(e) for e in encoded], dtype=np.int64),
+        "sizes": np.array([e.size for e in entries], np.int64),
+        "mtimes": np.array([e.mtime_ns for e in entries], np.int64),
+        "inodes": np.array([e.inode for e in entries], np.uint64),
+        "ctimes": np.array([e.ctime_ns for e in entries], np.int64),
+        "path_keys": np.array([e.key for e in entries], dtype=content_keys.KEY_DTYPE).reshape(-1),
+    }
+    for name, dtype in dtypes.items():
+        out[f"field_{name}"] = contents.arrays[name] if keys and contents.arrays is not None else \
+            np.zeros((0, *(contents.shapes[name] or ())), dtype)
+    buffer = io.BytesIO()
+    np.savez(buffer, **out)
+    return buffer.getvalue()
+
+
+def read_contents(f: BinaryIO, size: int, fingerprint: str, method: str, specs: Mapping[str, FieldSpec]) -> Contents:
+    """The validated contents of the store file ``f`` (``size`` bytes) for the scorer of ``fingerprint`` and
+    ``method`` and its ``specs``; anything wrong is an UnusableError (or one of MALFORMED)."""
+    archive = Archive(f, size)
+    if "header" not in archive.members:
+        raise UnusableError(f"not a {FORMAT} store (no header)")
+    if archive.members["header"].file_size > MAX_HEADER_BYTES:
+        raise UnusableError(f"header of {archive.members['header'].file_size:,} bytes")
+    header = parse_header(archive.read("header", np.uint8).tobytes())
+    # the identity before the member names: a store of another method has other fields
+    if header.fingerprint != fingerprint or header.method != method:
+        raise UnusableError(
+            f"made by another scorer: {brief(header.method)}, fingerprint "
+            f"{brief(header.fingerprint[:12])}...; this run: {method}, "
+            f"{fingerprint[:12]}..."
+        )
+    if set(header.fields) != set(specs):
+        raise UnusableError(
+            f"fields {brief(sorted(header.fields))} differ from the scorer's {sorted(specs)}"
+        )
+    for name, spec in specs.items():
+        dtype, shape = header.fields[name]
+        if dtype != np.dtype(specs[name].dtype).str:
+            raise UnusableError(
+                f"field {name}: dtype {brief(dtype)}, expected {np.dtype(specs[name].dtype).str}"
+            )
+        if shape is not None and spec.shape is not None and shape != tuple(spec.shape):
+            raise UnusableError(
+                f"field {name}: rows of shape {shape}, this scorer makes {tuple(spec.shape)}"
+            )
+    stat_members = STAT_V2 if header.version == 2 else STAT_V1
+    expected = {"header", "keys", *stat_members, *(f"field_{name}" for name in specs)}
+    if set(archive.members) != expected:
+        missing, extra = sorted(expected - set(archive.members)), sorted(set(archive.members) - expected)
+        raise UnusableError(
+            f"arrays: missing {brief(missing)}, unexpected {brief(extra)}"
+        )
+    rows = header.rows
+    keys = archive.read("keys", content_keys.KEY_DTYPE)
+    if len(keys) != rows:
+        raise UnusableError(f"{len(keys)} keys for {rows} rows in the header")
+    arrays, shapes = {}, {}
+    for name, spec in specs.items():
+        array = archive.read(f"field_{name}", np.dtype(specs[name].dtype), ndim=None)
+        if len(array) != rows or (rows and array.shape[1:] != header.fields[name][1]):
+            raise UnusableError(
+                f"field {name}: array of shape {array.shape}, the header says {rows} rows of "
+                f"shape {header.fields[name][1]}"
+            )
+        problem = spec.problem(name, array)
+        if problem:
+            raise UnusableError(problem)
+        arrays[name] = array
+        if rows:
+            shapes[name] = array.shape[1:]
+    if len(np.unique(keys)) != len(keys):
+        raise UnusableError("duplicate keys")
+    try:
+        row = {k.decode("ascii"): i for i, k in enumerate(keys.tolist())}
+    except UnicodeDecodeError as exc:
+        raise UnusableError("keys that are not ASCII") from exc
+    return Contents(header.version, row, arrays if rows else None, shapes, read_stat_index(archive, stat_members))
+
+
+def read_stat_index(archive: Archive, members: dict[str, str]) -> dict[str, content_keys.StatEntry]:
+    """The stat index: absolute path -> its entry."""
+    index = {name: archive.read(name, dtype) for name, dtype in members.items()}
+    blob, ends = index["paths"], index["path_ends"]
+    m = len(ends)
+    if (any(len(index[name]) != m for name in members if name != "paths")
+            or (m and (ends[-1] != len(blob) or ends[0] < 0 or np.any(np.diff(ends) < 0)))
+            or (not m and len(blob))):
+        raise UnusableError("the stat index is inconsistent")
+    inodes = index["inodes"].tolist() if "inodes" in index else [content_keys.UNKNOWN_INODE] * m
+    ctimes = index["ctimes"].tolist() if "ctimes" in index else [0] * m
+    raw = blob.tobytes()
+    starts = [0, *ends[:-1].tolist()] if m else []
+    stats = {}
+    try:
+        for s, e, size, mtime, key, inode, ctime in zip(starts, ends.tolist(), index["sizes"].tolist(),
+                                                        index["mtimes"].tolist(), index["path_keys"].tolist(),
+                                                        inodes, ctimes, strict=True):
+            stats[raw[s:e].decode("utf-8", "surrogateescape")] = content_keys.StatEntry(
+                size, mtime, key.decode("ascii"), inode, ctime)
+    except UnicodeDecodeError as exc:
+        raise UnusableError("stat index keys that are not ASCII") from exc
+    return stats
+
+
+def segment_paths(path: str | Path) -> list[Path]:
+    """The segments of the store at ``path`` (``<name>.seg-<16 hex>`` beside it), in name order."""
+    path = Path(path)
+    pattern = re.compile(rf"{re.escape(path.name)}{re.escape(SEGMENT_INFIX)}[0-9a-f]{{16}}")
+    try:
+        with os.scandir(path.parent) as entries:
+            return sorted(path.with_name(e.name) for e in entries if pattern.fullmatch(e.name))
+    except (FileNotFoundError, NotADirectoryError):
+        return []

@@ -131,6 +131,7 @@ def build_parser(prog: str = "find_duplicates.py") -> argparse.ArgumentParser:
         help="weights of the cosine / relative backbone (default: imagenet)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cli.add_decode_options(parser)
     parser.add_argument(
         "--verbose",
         action="store_true",
@@ -222,7 +223,8 @@ def run(
     from samespace import finder
 
     options = dict(top_k=args.top_k, exhaustive=args.exhaustive, batch_size=args.batch_size,
-                   progress=not args.no_progress, store=store, approximate=args.approximate)
+                   progress=not args.no_progress, store=store, approximate=args.approximate,
+                   decode_workers=args.workers, decode_pool=args.decode_pool)
     if args.against:
         return finder.find_against(args.folders, args.against, scorer, threshold, **options)
     if not args.folders:  # --embeddings alone: the photos the store lists

@@ -1,0 +1,144 @@
+"""On a CUDA machine: does find's embed stage keep up with the GPU? One run, under 5 minutes.
+
+    python benchmarks/bench_gpu.py [--photos 3000] [--batch-size 128] [--workers N] [--backbone efficientnet_lite0]
+
+Measured, in photos/s:
+
+1. the backbone alone on the GPU (inputs already there, random weights: timing only), fp32 and bf16 autocast;
+2. the decode ceiling of this machine's cores: batch_decoding.decoded_batches in a process pool of ``--workers``
+   (default: the cores) over ``--photos`` generated 1200x900 JPEGs (distinct bytes: a few drawings, each copy with
+   its own trailing bytes, so each decodes in full), no model;
+3. find's embed stage (finder.embed_photos, cosine scorer on CUDA, no store) over the same photos, with the default
+   decode pool and with a process pool.
+
+Printed: each figure and the ratios embed stage / backbone fp32 and decode ceiling / backbone fp32 (below 1: the
+cores, not the GPU, set the speed). On a machine without CUDA it says so, runs a tiny CPU smoke run of the same
+steps (8 photos), and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+from samespace import batch_decoding, finder, scorers  # noqa: E402
+from samespace.backbones import build_feature_extractor  # noqa: E402
+
+DRAWINGS = 24  # distinct pictures; the rest are byte-distinct copies (same decoding cost)
+
+
+def generate(folder: Path, n: int) -> list[Path]:
+    """``n`` 1200x900 JPEGs (quality 90) with distinct bytes."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:900, 0:1200].astype(np.float32)
+    drawings = []
+    for _ in range(min(n, DRAWINGS)):
+        a, b, c = rng.random(3) * 0.02
+        base = np.stack([np.sin(a * xx + b * yy), np.cos(b * xx - c * yy), np.sin(c * xx + a * yy)], -1)
+        img = Image.fromarray(((base * 0.5 + 0.5) * 255).astype(np.uint8))
+        draw = ImageDraw.Draw(img)
+        for _ in range(12):
+            x0, y0 = int(rng.integers(0, 1100)), int(rng.integers(0, 800))
+            draw.ellipse([x0, y0, x0 + int(rng.integers(20, 300)), y0 + int(rng.integers(20, 300))],
+                         fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+        buffer = io.BytesIO()
+        img.save(buffer, "JPEG", quality=90)
+        drawings.append(buffer.getvalue())
+    paths = []
+    for k in range(n):
+        path = folder / f"photo_{k:05d}.jpg"
+        path.write_bytes(drawings[k % len(drawings)] + k.to_bytes(4, "big"))  # after the JPEG's end: ignored
+        paths.append(path)
+    return paths
+
+
+def backbone_alone(extractor: torch.nn.Module, device: str, batch_size: int, seconds: float,
+                   bf16: bool) -> float:
+    """Photos/s of the backbone on inputs already on ``device`` (after warm-up), for about ``seconds``."""
+    x = torch.rand(batch_size, 3, 256, 256, device=device).contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+    with torch.inference_mode(), autocast:
+        for _ in range(3):
+            extractor(x)
+        sync(device)
+        done, t = 0, time.perf_counter()
+        while time.perf_counter() - t < seconds:
+            extractor(x)
+            done += batch_size
+        sync(device)
+    return done / (time.perf_counter() - t)
+
+
+def sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def decode_ceiling(paths: list[Path], batch_size: int, workers: int) -> float:
+    """Photos/s of decoding alone in a process pool (the pool's start included: find pays it too)."""
+    t = time.perf_counter()
+    for _ in batch_decoding.decoded_batches(paths, batch_size, workers, pool="process"):
+        pass
+    return len(paths) / (time.perf_counter() - t)
+
+
+def embed_stage(paths: list[Path], backbone: str, device: str, batch_size: int, workers: int, pool: str) -> float:
+    """Photos/s of finder.embed_photos (decode overlapped with the model) with a cosine scorer on ``device``."""
+    extractor = build_feature_extractor(backbone, "none").to(device)
+    scorer = scorers.CosineScorer(extractor, batch_size=batch_size, device=device)
+    t = time.perf_counter()
+    finder.embed_photos(paths, scorer, None, batch_size, progress=False, decode_workers=workers, decode_pool=pool)
+    sync(device)
+    return len(paths) / (time.perf_counter() - t)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--photos", type=int, default=3000)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=None, help="decode workers (default: the cores)")
+    parser.add_argument("--backbone", default="efficientnet_lite0",
+                        choices=("efficientnet_lite0", "mobilenet_v3_large"))
+    args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    n, batch, seconds = (args.photos, args.batch_size, 10.0) if cuda else (8, 4, 0.5)
+    workers = args.workers or batch_decoding.default_workers()
+    if not cuda:
+        print("no CUDA device here: a tiny CPU smoke run of each step (8 photos); the figures mean nothing")
+    else:
+        print(f"device: {torch.cuda.get_device_name()}; {workers} decode workers; {n} photos 1200x900; batch {batch}")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
+        paths = generate(Path(tmp), n)
+        print(f"generated {n} photos in {time.perf_counter() - t0:.1f} s")
+        extractor = build_feature_extractor(args.backbone, "none").to(device).eval()
+        fp32 = backbone_alone(extractor, device, batch, seconds, bf16=False)
+        bf16 = backbone_alone(extractor, device, batch, seconds, bf16=True)
+        del extractor
+        ceiling = decode_ceiling(paths, batch, workers)
+        stages = {pool: embed_stage(paths, args.backbone, device, batch, workers, pool)
+                  for pool in batch_decoding.POOLS}
+    print(f"backbone alone ({args.backbone}): fp32 {fp32:,.0f} photos/s, bf16 autocast {bf16:,.0f} photos/s "
+          f"(bf16 / fp32 {bf16 / fp32:.2f})")
+    print(f"decode ceiling, {workers} processes: {ceiling:,.0f} photos/s (/ backbone fp32 {ceiling / fp32:.2f})")
+    for pool, rate in stages.items():
+        print(f"find's embed stage, {pool} pool: {rate:,.0f} photos/s (/ backbone fp32 {rate / fp32:.2f}, "
+              f"/ decode ceiling {rate / ceiling:.2f})")
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
