@@ -32,9 +32,10 @@ from samespace.devsets.reshooting import COPY_EDITS as EDITS  # noqa: E402
 from samespace.devsets.reshooting import edited_copy as edited  # noqa: E402
 
 
-def features_of(path: Path) -> verification.LocalFeatures:
+def decoded(path: Path) -> tuple[np.ndarray, verification.LocalFeatures]:
+    """A photo's grey view and keypoints, as the finder's tiers make them."""
     image, aspect = decoding.decode_image(path)
-    return verification.local_features(image, aspect)
+    return verification.gray_view(image, aspect), verification.local_features(image, aspect)
 
 
 def run(split: Path, workdir: Path, limit: int | None) -> dict[str, Any]:
@@ -52,10 +53,10 @@ def run(split: Path, workdir: Path, limit: int | None) -> dict[str, Any]:
             edited(img, kind).save(out, quality=92)
             made.append(out), kinds.append(kind), originals.append(k)
     everything = [*paths, *made]
-    feats = [features_of(p) for p in everything]
+    views, feats = zip(*(decoded(p) for p in everything), strict=True)
     left = np.array(originals, np.int64)
     right = np.arange(len(paths), len(everything), dtype=np.int64)
-    found = tiers.pair_tiers([str(p) for p in everything], left, right, lambda i: feats[i])
+    found = tiers.pair_tiers([str(p) for p in everything], left, right, views.__getitem__, feats.__getitem__)
     expected = {"byte copy": tiers.IDENTICAL, **{kind: tiers.SAME_PHOTO for kind in EDITS}}
     recall = {kind: float(np.mean([t == expected[kind] for t, k in zip(found, kinds, strict=True) if k == kind]))
               for kind in expected}
@@ -77,12 +78,14 @@ def run(split: Path, workdir: Path, limit: int | None) -> dict[str, Any]:
     other_places = np.flatnonzero(~same_place)
     top = other_places[np.argsort(-cosine[other_places], kind="stable")[:300]]
     different = np.concatenate([np.flatnonzero(same_place & ~same_shot), top])
-    tagged = tiers.pair_tiers([str(p) for p in paths], i[different], j[different], lambda k: feats[k])
+    tagged = tiers.pair_tiers([str(p) for p in paths], i[different], j[different], views.__getitem__, feats.__getitem__)
     shot_scores = scorer.score(i[same_place & ~same_shot], j[same_place & ~same_shot])
     copy_scores = scorer.score(left, right)
     return {"split": str(split), "photos": n, "recall": recall,
             "different_shot_pairs": int((same_place & ~same_shot).sum()), "other_place_pairs": len(top),
             "different_photos_tagged": {t: int(sum(x == t for x in tagged)) for t in tiers.TIERS},
+            "different_photos_tagged_same_photo": [[paths[i[q]].name, paths[j[q]].name] for q, t
+                                                   in zip(different, tagged, strict=True) if t != tiers.SAME_SPACE],
             "copy_score_min": float(copy_scores.min()),
             "different_shot_score_max": float(shot_scores.max()) if len(shot_scores) else None}
 

@@ -116,6 +116,17 @@ def test_tiers_come_the_same_for_a_method_without_keypoints(copies: Path) -> Non
     assert by_pair.get(frozenset(("china.jpg", "china_q40.jpg"))) == tiers.SAME_PHOTO
 
 
+def _view(image: np.ndarray) -> np.ndarray:
+    """A photo's grey view as the tiers see it (decoded square, back in its shape)."""
+    h, w = image.shape[:2]
+    return verification.gray_view(np.asarray(Image.fromarray(image).resize((256, 256))), w / h)
+
+
+def _features(image: np.ndarray) -> verification.LocalFeatures:
+    h, w = image.shape[:2]
+    return verification.local_features(np.asarray(Image.fromarray(image).resize((256, 256))), w / h)
+
+
 def test_a_different_shot_is_same_space_not_same_photo() -> None:
     """Two photos with a perspective between them (a step aside) and two unrelated photos are never same photo."""
     china = load_sample_image("china.jpg")
@@ -125,13 +136,46 @@ def test_a_different_shot_is_same_space_not_same_photo() -> None:
     import cv2
 
     warped = cv2.warpPerspective(china, cv2.getPerspectiveTransform(src, dst), (w, h))
-    a = verification.local_features(np.asarray(Image.fromarray(china).resize((256, 256))), w / h)
-    b = verification.local_features(np.asarray(Image.fromarray(warped).resize((256, 256))), w / h)
-    found = verification.match(a, b)
-    assert found.inliers >= tiers.MIN_INLIERS and not tiers.is_same_photo(found, a, b)
+    found = verification.match(_features(china), _features(warped))
+    assert found.inliers >= 20 and tiers.perspective(found.homography) > tiers.MAX_PERSPECTIVE
+    assert not tiers.is_same_photo(found, _view(china), _view(warped))
     flower = load_sample_image("flower.jpg")
-    c = verification.local_features(np.asarray(Image.fromarray(flower).resize((256, 256))), w / h)
-    assert not tiers.is_same_photo(verification.match(a, c), a, c)
+    assert not tiers.is_same_photo(verification.match(_features(china), _features(flower)), _view(china),
+                                   _view(flower))
+
+
+def test_pixels_decide_same_photo_where_a_homography_fits_a_different_shot() -> None:
+    """A crop of china.jpg in which a stripe of the scene moved (a person walked by): the crop's matches still fit
+    one homography, but its pixels no longer agree, so it is not the same photo; the plain crop is."""
+    china = load_sample_image("china.jpg")
+    h, w = china.shape[:2]
+    crop = np.ascontiguousarray(china[h // 10: h - h // 10, w // 10: w - w // 10])
+    changed = crop.copy()
+    third = changed.shape[1] // 3
+    changed[:, third: 2 * third] = np.ascontiguousarray(changed[:, third: 2 * third][::-1])  # upside down
+    crop_view, changed_view, view = _view(crop), _view(changed), _view(china)
+    plain = verification.match(_features(china), _features(crop))
+    moved = verification.match(_features(china), _features(changed))
+    assert moved.inliers >= tiers.MIN_INLIERS and tiers.perspective(moved.homography) <= tiers.MAX_PERSPECTIVE
+    assert tiers.is_same_photo(plain, view, crop_view)
+    assert not tiers.is_same_photo(moved, view, changed_view)
+    agreement = verification.pixel_agreement(view, changed_view, moved.homography)
+    assert agreement.overlap > 0.95 and agreement.correlation < tiers.MIN_CORRELATION
+
+
+def test_a_textureless_copy_is_same_photo_without_keypoints() -> None:
+    """A smooth gradient has no keypoints; its resized, recompressed and re-exposed copies are still same photo
+    (corner to corner), and another gradient is not."""
+    y, x = np.mgrid[0:300, 0:400].astype(np.float64)
+    gradient = np.stack([x / 400 * 200 + 20, y / 300 * 180 + 30, (x + y) / 700 * 150 + 50], -1).astype(np.uint8)
+    other = np.ascontiguousarray(gradient[::-1, ::-1])
+    assert len(_features(gradient).xy) < 4  # nothing for spatial verification to match
+    brighter = np.clip(gradient.astype(np.int32) * 9 // 10 + 20, 0, 255).astype(np.uint8)
+    half = np.asarray(Image.fromarray(gradient).resize((200, 150), Image.Resampling.LANCZOS))
+    no_match = verification.Match(0, None)
+    assert tiers.is_same_photo(no_match, _view(gradient), _view(brighter))
+    assert tiers.is_same_photo(no_match, _view(gradient), _view(half))
+    assert not tiers.is_same_photo(no_match, _view(gradient), _view(other))
 
 
 def _groups_of(result: finder.Result, names: set[str]) -> set[frozenset[str]]:
