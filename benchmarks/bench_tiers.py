@@ -8,7 +8,7 @@ the finder's tiers do (samespace.tiers.pair_tiers, keypoints from decoding each 
 *different* photos that could be called a copy: the different-shot pairs of the split's manifest (real set) and
 the 300 pairs of different places with the highest cosine. Reported: the share of each edit found ``same photo``,
 of byte copies found ``identical``, how many different-photo pairs were tagged either, and the calibrated scores of
-copies against those of different shots of one place.
+copies against those of different shots of one place, as scored and as the finder reports them once tiered.
 """
 
 from __future__ import annotations
@@ -87,7 +87,12 @@ def run(split: Path, workdir: Path, limit: int | None) -> dict[str, Any]:
             "different_photos_tagged_same_photo": [[paths[i[q]].name, paths[j[q]].name] for q, t
                                                    in zip(different, tagged, strict=True) if t != tiers.SAME_SPACE],
             "copy_score_min": float(copy_scores.min()),
-            "different_shot_score_max": float(shot_scores.max()) if len(shot_scores) else None}
+            "different_shot_score_max": float(shot_scores.max()) if len(shot_scores) else None,
+            # as the finder reports them: a pair's score once its tier is known (tiers.tiered_scores)
+            "reported_copy_score_min": float(tiers.tiered_scores(copy_scores, found).min()),
+            "reported_different_shot_score_max": float(tiers.tiered_scores(
+                shot_scores, [t for q, t in zip(different, tagged, strict=True) if same_place[q] and not same_shot[q]]
+            ).max()) if len(shot_scores) else None}
 
 
 def main(argv: list[str] | None = None) -> int:

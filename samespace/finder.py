@@ -128,6 +128,10 @@ def find_duplicates(
         left, right, scores, n_scored, candidates = _NO_MATCHES
     timings["pairs"] = time.perf_counter() - t
     t = time.perf_counter()
+    left, right, scores, n_copies = tiers_of.with_copies(scorer, [str(paths[k]) for k in kept], threshold, left,
+                                                         right, scores)
+    timings["copies"] = time.perf_counter() - t
+    t = time.perf_counter()
     # Scored photos: average linkage within components (grouping.py); blank photos: identical bytes only.
     groups = grouping.linked_groups(len(kept), left, right, scores, threshold, score_fn=scorer.score)
     left, right, scores = _with_identical_blanks(paths, kept, flat, left, right, scores)
@@ -136,13 +140,17 @@ def find_duplicates(
     )
     timings["group"] = time.perf_counter() - t
     _warn_large_groups(groups)
+    t = time.perf_counter()
+    ordered = [str(paths[k]) for k in (*kept, *flat)]  # blank photos after the scored ones (see _with_identical_blanks)
+    pair_tiers = tiers_of.match_tiers(ordered, len(kept), scorer, left, right)
+    timings["tiers"] = time.perf_counter() - t
     seconds = time.perf_counter() - t0
     summary = {"folders": [str(f) for f in folders], "method": scorer.name, "threshold": threshold,
                "candidates": candidates, "files": len(paths), "images": len(kept) + len(flat),
+               "copies_below_threshold": n_copies,
                **_counts(embedded, skipped, n_scored, left, groups, seconds, timings)}
-    ordered = [str(paths[k]) for k in (*kept, *flat)]  # blank photos after the scored ones (see _with_identical_blanks)
-    return Result(ordered, skipped, left, right, scores, groups, summary, [str(paths[k]) for k in flat],
-                  tiers_of.match_tiers(ordered, len(kept), scorer, left, right))
+    return Result(ordered, skipped, left, right, tiers_of.tiered_scores(scores, pair_tiers), groups, summary,
+                  [str(paths[k]) for k in flat], pair_tiers)
 
 
 # What candidate search returns when there is nothing to score (every readable photo is blank).
@@ -388,15 +396,23 @@ def find_against(
     else:
         left, right, scores, n_scored, candidates = _NO_MATCHES
     timings["pairs"] = time.perf_counter() - t
+    t = time.perf_counter()
+    left, right, scores, n_copies = tiers_of.with_copies(scorer, [str(paths[k]) for k in kept], threshold, left,
+                                                         right, scores, n_new)
+    timings["copies"] = time.perf_counter() - t
     groups = [np.concatenate([[i], right[left == i]]) for i in np.unique(left)]
+    t = time.perf_counter()
+    scored = [str(paths[k]) for k in kept]
+    pair_tiers = tiers_of.match_tiers(scored, len(kept), scorer, left, right)
+    timings["tiers"] = time.perf_counter() - t
     seconds = time.perf_counter() - t0
     summary = {"folders": [str(f) for f in new_folders], "against": [str(f) for f in library_folders],
                "method": scorer.name, "threshold": threshold, "candidates": candidates, "files": len(paths),
                "images": len(kept), "new_images": n_new, "library_images": len(kept) - n_new,
+               "copies_below_threshold": n_copies,
                **_counts(embedded, skipped, n_scored, left, groups, seconds, timings)}
-    scored = [str(paths[k]) for k in kept]
-    return Result(scored, skipped, left, right, scores, groups, summary, [str(paths[k]) for k in flat],
-                  tiers_of.match_tiers(scored, len(kept), scorer, left, right))
+    return Result(scored, skipped, left, right, tiers_of.tiered_scores(scores, pair_tiers), groups, summary,
+                  [str(paths[k]) for k in flat], pair_tiers)
 
 
 

@@ -4,14 +4,15 @@
 - ``same photo``: one photo and an edited copy of it (resized, recompressed, cropped, recoloured, slightly
   rotated): once one is mapped onto the other, their pixels agree (samespace.verification.pixel_agreement): a
   normalised correlation of at least :data:`MIN_CORRELATION` over at least :data:`MIN_OVERLAP` of one of them.
-  Two maps are tried: corner to corner (a resized, recompressed or recoloured copy, which needs no keypoints, so
-  textureless photos are tiered too) and the homography of spatial verification when it has :data:`MIN_INLIERS`
-  inliers and almost no perspective (a crop or a rotation; a copy is not seen from elsewhere).
+  The map starts corner to corner (a resized, recompressed or recoloured copy) and, when spatial verification
+  found more than chance inliers (:data:`MIN_INLIERS`), from its homography too; a start whose pixels do not
+  agree yet is refined by aligning the grey levels (verification.aligned: an affine map, as an edit makes), so a
+  crop or a turn of a photo with few keypoints lines up too.
 - ``same space``: any other reported pair: a different shot of the place.
 
-A different shot of a place does not pass: parallax, light and moving things leave its pixels apart even where a
-homography fits its matches. MIN_CORRELATION, MIN_OVERLAP, MIN_INLIERS and MAX_PERSPECTIVE were chosen on the
-real-photo training split (docs/quality.md, "Match tiers").
+A different shot of a place does not pass: parallax, light and moving things leave its pixels apart even once
+aligned. MIN_CORRELATION and MIN_OVERLAP were chosen on the real-photo training split (docs/quality.md, "Match
+tiers").
 """
 
 from __future__ import annotations
@@ -34,32 +35,46 @@ SAME_SPACE = "same space"
 TIERS = (IDENTICAL, SAME_PHOTO, SAME_SPACE)  # strongest first
 MIN_CORRELATION = 0.95  # edited copies of the training photos: 0.97 and above; different shots: 0.83 at most
 MIN_OVERLAP = 0.75  # a 10 degree rotation keeps about 0.85 of the photo
-MIN_INLIERS = 8  # a homography from fewer matches is not tried (the pixels would reject it, at some cost)
-MAX_PERSPECTIVE = 0.03
-
-
-def perspective(homography: np.ndarray) -> float:
-    """How far a homography is from an affine map: the scale change it makes across 256 pixels
-    (``256 * (|h20| + |h21|) / |h22|``; 0 for a resize, crop or rotation)."""
-    h = np.asarray(homography, np.float64)
-    if not np.isfinite(h).all() or abs(h[2, 2]) < 1e-12:
-        return float("inf")
-    return float(256.0 * (abs(h[2, 0]) + abs(h[2, 1])) / abs(h[2, 2]))
+MIN_INLIERS = verification.FLOOR + 1  # a homography with more inliers than chance is a start worth aligning from
+COPY_SCORE = 1.0  # what an identical or same-photo pair scores, whatever the method
+SAME_SPACE_MAX_SCORE = 0.999999  # the most a different shot scores: below a copy after rounding to 6 decimals
 
 
 def is_same_photo(found: verification.Match, a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two photos are one photo and an edited copy (the rules of the module docstring): ``a`` and ``b``
     are their :func:`verification.gray_view` images, ``found`` their verification (its homography maps ``a`` to
     ``b``)."""
-    maps = [verification.frame_map(a, b)]
-    if (found.homography is not None and found.inliers >= MIN_INLIERS
-            and perspective(found.homography) <= MAX_PERSPECTIVE):
-        maps.append(found.homography)
-    for homography in maps:
-        agreement = verification.pixel_agreement(a, b, homography)
-        if agreement.correlation >= MIN_CORRELATION and agreement.overlap >= MIN_OVERLAP:
+    starts = [verification.frame_map(a, b)]
+    if found.homography is not None and found.inliers >= MIN_INLIERS:
+        starts.append(verification.affine_part(found.homography, a.shape))
+    for start in starts:
+        if _agrees(a, b, start):
+            return True
+    for start in starts:
+        refined = verification.aligned(a, b, start)
+        if refined is not None and _agrees(a, b, refined):
             return True
     return False
+
+
+def _agrees(a: np.ndarray, b: np.ndarray, homography: np.ndarray) -> bool:
+    agreement = verification.pixel_agreement(a, b, homography)
+    return agreement.correlation >= MIN_CORRELATION and agreement.overlap >= MIN_OVERLAP
+
+
+def tiered_scores(scores: np.ndarray, pair_tiers: Sequence[str]) -> np.ndarray:
+    """Scores that rank copies above re-shoots: an ``identical`` or ``same photo`` pair scores
+    :data:`COPY_SCORE` (its pixels show one photo, whatever the method estimated), a ``same space`` pair at
+    most :data:`SAME_SPACE_MAX_SCORE`.
+
+    >>> tiered_scores(np.array([0.42, 0.9999999, 0.7]), [SAME_PHOTO, SAME_SPACE, IDENTICAL]).tolist()
+    [1.0, 0.999999, 1.0]
+    """
+    scores = np.asarray(scores, np.float64)
+    if not len(pair_tiers):
+        return scores
+    copies = np.isin(np.asarray(pair_tiers), (IDENTICAL, SAME_PHOTO))
+    return np.where(copies, COPY_SCORE, np.minimum(scores, SAME_SPACE_MAX_SCORE))
 
 
 def content_digest(path: str | Path) -> str | None:
@@ -152,6 +167,38 @@ def match_tiers(paths: Sequence[str], n_scored: int, scorer: PairScorer, left: n
         return verification.match(a, b)
 
     return pair_tiers(paths, left, right, views, features, matcher)
+
+
+def copies_below_threshold(paths: Sequence[str], scorer: PairScorer, threshold: float, n_new: int | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """The pairs a scorer puts just under ``threshold`` (its ``near_misses``; none for a scorer without them) whose
+    pixels show one photo (``identical`` or ``same photo``): a copy is a duplicate whatever its score, so the
+    finder reports them too. ``paths``: the scored photos, in the scorer's order; ``n_new``: only pairs of one of
+    the first ``n_new`` photos and one of the others (new photos against a library)."""
+    near_misses = getattr(scorer, "near_misses", None)
+    if near_misses is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    left, right = near_misses(threshold)
+    if n_new is not None:
+        across = (left < n_new) & (right >= n_new)
+        left, right = left[across], right[across]
+    if not len(left):
+        return left, right
+    found = np.isin(np.asarray(match_tiers(paths, len(paths), scorer, left, right)), (IDENTICAL, SAME_PHOTO))
+    return left[found], right[found]
+
+
+def with_copies(scorer: PairScorer, paths: Sequence[str], threshold: float, left: np.ndarray, right: np.ndarray,
+                scores: np.ndarray, n_new: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The duplicate pairs (left, right, scores) plus :func:`copies_below_threshold`, each scoring
+    :data:`COPY_SCORE`, and how many were added."""
+    if not len(paths):
+        return left, right, scores, 0
+    extra_left, extra_right = copies_below_threshold(paths, scorer, threshold, n_new)
+    if not len(extra_left):
+        return left, right, scores, 0
+    return (np.concatenate([left, extra_left]), np.concatenate([right, extra_right]),
+            np.concatenate([scores, np.full(len(extra_left), COPY_SCORE)]), len(extra_left))
 
 
 def pair_parts(pair: Sequence[Any]) -> tuple[str, str, float, str]:

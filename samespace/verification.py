@@ -144,9 +144,10 @@ def bonus(inliers: np.ndarray) -> np.ndarray:
 class Agreement(NamedTuple):
     """How well two photos' pixels agree once one is mapped onto the other.
 
-    ``correlation``: the normalised cross-correlation of their lightly blurred grey levels where they overlap (1:
-    the same pixels up to brightness and contrast); ``overlap``: the share of the photo that lies more inside the
-    other that does (1 for a crop, about 0.85 for a 10 degree rotation, 0 when the map puts them apart)."""
+    ``correlation``: the normalised cross-correlation of their lightly blurred grey levels where they overlap and
+    neither is black or white (1: the same pixels up to brightness and contrast); ``overlap``: the share of the
+    photo that lies more inside the other that does (1 for a crop, about 0.85 for a 10 degree rotation, 0 when the
+    map puts them apart)."""
 
     correlation: float
     overlap: float
@@ -168,6 +169,62 @@ def frame_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.array([[b.shape[1] / a.shape[1], 0.0, 0.0], [0.0, b.shape[0] / a.shape[0], 0.0], [0.0, 0.0, 1.0]])
 
 
+ALIGN_LEVELS = 3  # coarse to fine: a 64-pixel level first, so a 25 % zoom or a 10 degree turn is within reach
+ALIGN_ITERATIONS = 50  # per level
+ALIGN_EPS = 1e-4
+# Aligned at the coarsest level, a copy's grey levels already agree (about 0.99); pairs under this stop there, so
+# most different shots cost a 64-pixel alignment, not a full one
+ALIGN_SCREEN = 0.85
+
+
+def affine_part(homography: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """The 3 x 3 affine map nearest (least squares) to ``homography`` at the four corners of a ``shape`` frame:
+    an edited copy is an affine map of its photo (a crop, resize or turn), never a change of viewpoint."""
+    h, w = shape[:2]
+    corners = np.array([[0.0, 0.0], [w, 0.0], [w, h], [0.0, h]])
+    mapped = cv2.perspectiveTransform(corners[None], np.asarray(homography, np.float64))[0]
+    solution, *_ = np.linalg.lstsq(np.hstack([corners, np.ones((4, 1))]), mapped, rcond=None)
+    return np.vstack([solution.T, [0.0, 0.0, 1.0]])
+
+
+def aligned(a: np.ndarray, b: np.ndarray, initial: np.ndarray) -> np.ndarray | None:
+    """The affine map of ``a``'s pixels to ``b``'s that best aligns two :func:`gray_view` images, refined from
+    ``initial`` (3 x 3) by OpenCV's ECC (enhanced correlation coefficient, Evangelidis and Psarakis 2008), coarse
+    to fine; None when it does not converge or the coarsest level's grey levels do not agree
+    (:data:`ALIGN_SCREEN`). It maximises the very correlation :func:`pixel_agreement` measures, so a copy whose
+    keypoints are too few or too imprecise for a homography still lines up."""
+    warp = np.asarray(initial, np.float32)[:2].copy()
+    pyramid = [(a, b)]
+    for _ in range(ALIGN_LEVELS - 1):
+        pyramid.append((cv2.pyrDown(pyramid[-1][0]), cv2.pyrDown(pyramid[-1][1])))
+    warp[:, 2] /= 2 ** (ALIGN_LEVELS - 1)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, ALIGN_ITERATIONS, ALIGN_EPS)
+    screened = False
+    for level in reversed(range(ALIGN_LEVELS)):
+        template, moving = pyramid[level]
+        if min(template.shape + moving.shape) >= 8:  # a level too small to align is skipped
+            try:  # findTransformECC's warp maps the template's (a's) coordinates to the input's (b's)
+                _, warp = cv2.findTransformECC(template, moving, warp, cv2.MOTION_AFFINE, criteria, None, 1)
+            except cv2.error:  # no convergence, or a flat image
+                return None
+            if not screened:
+                screened = True
+                coarse = pixel_agreement(template, moving, np.vstack([warp.astype(np.float64), [0.0, 0.0, 1.0]]))
+                if coarse.correlation < ALIGN_SCREEN:
+                    return None
+        if level:
+            warp[:, 2] *= 2
+    return np.vstack([warp.astype(np.float64), [0.0, 0.0, 1.0]])
+
+
+SATURATED = (8.0, 247.0)  # grey levels at or beyond these are black or white: no detail to compare
+
+
+def informative(view: np.ndarray) -> np.ndarray:
+    """Where a :func:`gray_view` image is neither black nor white (:data:`SATURATED`)."""
+    return (view > SATURATED[0]) & (view < SATURATED[1])
+
+
 def pixel_agreement(a: np.ndarray, b: np.ndarray, homography: np.ndarray) -> Agreement:
     """The :class:`Agreement` of two :func:`gray_view` images when ``homography`` maps ``a``'s pixels to ``b``'s."""
     h = np.asarray(homography, np.float64)
@@ -181,9 +238,12 @@ def pixel_agreement(a: np.ndarray, b: np.ndarray, homography: np.ndarray) -> Agr
     inside_a = cv2.erode(inside_a.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     inside_b = cv2.warpPerspective(np.ones_like(a), h, (wb, hb), flags=cv2.INTER_NEAREST) > 0.5
     overlap = max(float(inside_a.mean()), float(inside_b.mean()))
-    if inside_a.sum() < MIN_COMPARED_PIXELS:
+    # Saturated pixels say nothing of which photo it is (padding, letterbox bars, blown highlights): two different
+    # photos turned or framed alike share their black corners, whose contrast would dominate the correlation
+    compared = inside_a & informative(a) & informative(b_on_a)
+    if compared.sum() < MIN_COMPARED_PIXELS:
         return Agreement(-1.0, overlap)
-    x, y = a[inside_a].astype(np.float64), b_on_a[inside_a].astype(np.float64)
+    x, y = a[compared].astype(np.float64), b_on_a[compared].astype(np.float64)
     x, y = x - x.mean(), y - y.mean()
     norm = np.sqrt((x * x).sum() * (y * y).sum())
     return Agreement(float((x * y).sum() / norm) if norm > 0 else -1.0, overlap)

@@ -400,11 +400,15 @@ def test_option_conflicts_are_usage_errors(photos: Path) -> None:
 
 @pytest.mark.slow
 def test_checkpoint_scores_equal_model_inference_scores(trained_checkpoint: Path, test_dir: Path) -> None:
-    """find_duplicates.py --checkpoint and model_inference.py score every pair with the same function."""
+    """find_duplicates.py --checkpoint and model_inference.py score every pair with the same function (the finder
+    reports a pair its pixels show to be one photo with the copy score instead: tiers.tiered_scores)."""
 
     scorer = model_scorer.ModelScorer(checkpoint_loading.load_model(trained_checkpoint))
     result = _run(test_dir, scorer, threshold=0.0, exhaustive=True)
-    pairs = zip(result.left, result.right, result.scores, strict=True)
+    assert len(result.tiers) == len(result.left)
+    model_scores = scorer.score(result.left, result.right)
+    np.testing.assert_allclose(result.scores, tiers.tiered_scores(model_scores, result.tiers))
+    pairs = zip(result.left, result.right, model_scores, strict=True)
     found = {(result.paths[i], result.paths[j]): s for i, j, s in pairs}
     _, unique = evaluation.evaluate(
         checkpoint_loading.load_model(trained_checkpoint), test_dir, pairing="unique", methods=["model"], progress=False
