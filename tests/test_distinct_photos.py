@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 from pathlib import Path
@@ -65,14 +66,14 @@ def test_check_tables_refuses(two_sources: list[photo_sources.Source]) -> None:
     alpha, beta = two_sources
     two_shots = photo_sources.Place("pair", ("a0.png", "a1.png"), "indoor")
     with pytest.raises(photo_sources.RealPhotosError, match="one photo per place"):
-        distinct.check_tables([alpha.__class__(**{**alpha.__dict__, "places": (two_shots,)})])
-    twice = alpha.__class__(**{**alpha.__dict__, "places": alpha.places + (photo_sources.Place("again", ("a0.png",),
-                                                                                               "indoor"),)})
+        distinct.check_tables([dataclasses.replace(alpha, places=(two_shots,))])
+    again = photo_sources.Place("again", ("a0.png",), "indoor")
+    twice = dataclasses.replace(alpha, places=alpha.places + (again,))
     with pytest.raises(photo_sources.RealPhotosError, match="listed twice"):
         distinct.check_tables([twice])
     with pytest.raises(photo_sources.RealPhotosError, match="both used and dropped"):
         distinct.check_tables([alpha], [distinct.Dropped(alpha.package, "a0.png", "a copy")])
-    held = beta.__class__(**{**beta.__dict__, "name": "mate-backgrounds", "package": "mate-backgrounds"})
+    held = dataclasses.replace(beta, name="mate-backgrounds", package="mate-backgrounds")
     with pytest.raises(photo_sources.RealPhotosError, match="held out"):
         distinct.check_tables([held])
     distinct.check_tables(two_sources, [distinct.Dropped(alpha.package, "elsewhere.png", "same place")])
@@ -131,8 +132,7 @@ def test_build_refuses_copies_small_photos_and_excluded(two_sources: list[photo_
         distinct.build_distinct(tmp_path / "o1", [alpha, same], cache_dir=tmp_path / "cache")
     byte_copy = _source(tmp_path / "bytes", "delta", {})
     (tmp_path / "bytes" / "a3.png").write_bytes((Path(alpha.package) / "a3.png").read_bytes())
-    byte_copy = byte_copy.__class__(**{**byte_copy.__dict__, "places": (photo_sources.Place("x", ("a3.png",),
-                                                                                            "indoor"),)})
+    byte_copy = dataclasses.replace(byte_copy, places=(photo_sources.Place("x", ("a3.png",), "indoor"),))
     with pytest.raises(photo_sources.RealPhotosError, match="the same file"):
         distinct.build_distinct(tmp_path / "o2", [alpha, byte_copy], cache_dir=tmp_path / "cache")
     small = _source(tmp_path / "small", "small", {"s.png": _photo(np.random.default_rng(1), (300, 150))})

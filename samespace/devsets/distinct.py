@@ -102,6 +102,8 @@ def near_copies(hashes: Sequence[imagehash.ImageHash], others: Sequence[imagehas
 
 @dataclass
 class _Photo:
+    """One photo of the collection, read and resized, with the sha256 of its source file."""
+
     source: photo_sources.Source
     place: photo_sources.Place
     root: Path
@@ -110,10 +112,12 @@ class _Photo:
 
     @property
     def label(self) -> str:
+        """``package:path in the package``, as errors name the photo."""
         return f"{self.source.package}:{self.place.shots[0]}"
 
 
 def _read(sources: Sequence[photo_sources.Source], roots: dict[str, Path]) -> list[_Photo]:
+    """Every place's photo, in the order of the sources' and the places' names; missing or small ones are errors."""
     photos = []
     for source in sorted(sources, key=lambda s: s.name):
         for place in sorted(source.places, key=lambda p: p.name):
