@@ -202,7 +202,7 @@ def _write(photo: _Photo, staging: Path, room_id: int) -> dict[str, str]:
     buffer = io.BytesIO()
     photo.image.save(buffer, "JPEG", quality=QUALITY)  # no EXIF, no timestamp: the bytes depend on pixels only
     blob = buffer.getvalue()
-    city = builder._city(photo.source.name)
+    city = builder.city_name(photo.source.name)
     name = f"{city}_{room_id}_1.jpg"
     (staging / photo.place.category).mkdir(parents=True, exist_ok=True)
     (staging / photo.place.category / name).write_bytes(blob)
