@@ -15,9 +15,10 @@ and ``<city>_<id>_<n>.jpg`` names, where ``city`` is the source package and ``id
   photo, its ``shot`` id and the transform parameters. ``manifests.shot_ids`` and
   ``manifests.different_shot_pairs`` read it back for evaluation on different-shot pairs alone.
 
-This module is the command line (``build``, ``sources``, ``verify``; ``samespace devset --help``); the work is
-done by the modules of :mod:`samespace.devsets`: ``photo_sources`` (the tables), ``fetching``, ``qt_resources``,
-``reshooting``, ``builder`` and ``manifests``.
+This module is the command line (``build``, ``build-distinct``, ``sources``, ``verify``; ``samespace devset
+--help``); the work is done by the modules of :mod:`samespace.devsets`: ``photo_sources`` (the tables),
+``fetching``, ``qt_resources``, ``reshooting``, ``builder``, ``manifests`` and ``distinct`` (the duplicate-free
+collection: one real photo per place).
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ EXAMPLES = """examples:
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "samespace devset") -> int:
-    """``samespace devset build|sources|verify ...``: 0 on success, 2 with a one-line error."""
+    """``samespace devset build|build-distinct|sources|verify ...``: 0 on success, 2 with a one-line error."""
     parser = cli.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
