@@ -9,7 +9,7 @@ saved once (JPEG quality 92), every photo a group of its own (its own ``id``), s
 and ``DIR/dropped.csv`` lists the real photos of those packages left out on purpose, with the reason.
 
 A build refuses, naming both files, two photos with the same bytes or a near-identical perceptual hash (pHash of
-the resized photo within :data:`HASH_DISTANCE` bits), a photo under 200 px on its short side, and with
+the resized photo within :data:`HASH_DISTANCE` bits), a photo under 200 px on its short side once resized, and with
 ``exclude_like`` any photo near-identical to an image under those folders (e.g. ``data/real``).
 """
 
@@ -36,7 +36,7 @@ DISTINCT_TABLES = Path(__file__).with_name("distinct_sources.yaml")
 KEPT = "distinct-photos"  # the cache's folder of this collection's photos (fetching.photo_folder)
 SPLIT = "Test Data"
 QUALITY = builder.ORIGINAL_QUALITY
-MIN_SIDE = 200  # shortest side of a source photo, in pixels
+MIN_SIDE = 200  # shortest side of a written photo (longest side at most 640), in pixels
 HASH_DISTANCE = 6  # pHash bits (of 64) at or under which two photos are the same picture
 DROPPED = "dropped.csv"
 DROPPED_FIELDS = ("package", "path", "reason")
@@ -124,11 +124,13 @@ def _read(sources: Sequence[photo_sources.Source], roots: dict[str, Path]) -> li
             path = roots[source.name] / place.shots[0]
             if not path.is_file():
                 raise photo_sources.RealPhotosError(f"{path}: photo of source {source.name!r} not found")
-            img = reshooting.open_rgb(path)
-            if min(img.size) < MIN_SIDE:
-                raise photo_sources.RealPhotosError(f"{path}: {img.width}x{img.height}, under {MIN_SIDE} px")
+            img = reshooting.fit(reshooting.open_rgb(path), reshooting.MAX_SIDE)
+            if min(img.size) < MIN_SIDE:  # small, or so elongated that it is once resized
+                raise photo_sources.RealPhotosError(
+                    f"{path}: {img.width}x{img.height} once resized, under {MIN_SIDE} px on its short side"
+                )
             sha = hashlib.sha256(path.read_bytes()).hexdigest()
-            photos.append(_Photo(source, place, roots[source.name], reshooting.fit(img, reshooting.MAX_SIDE), sha))
+            photos.append(_Photo(source, place, roots[source.name], img, sha))
     return photos
 
 
