@@ -14,6 +14,11 @@ unique pair of the collection (relative and verified are scored against the coll
 and false pairs per 1,000 photos. Collections other than the whole split are drawn ``--draws`` times (seeds
 0..draws-1) and their pair counts pooled; AP is the mean over draws with duplicates. Nothing is tuned.
 
+The distinct dataset is ``samespace devset build-distinct DIR`` (``--data-dir``, default data/distinct): real
+photos of distinct places, one photo per place, so every pair a method reports there is a false pair; it is
+measured at share 0 only, over every photo once and over 10 / 100 / 1,000 photos ``--draws`` times, and every
+false pair is listed with both file names and its score.
+
 The sample dataset is the generated set's Test Data with seed 1 and 30 rooms per room type (120 places, 2-4
 photos each): seed 1, so that no room is one of the seed-0 set the defaults were calibrated on, and large
 enough for 100-photo duplicate-free collections. 1,000 places need ``--sample-rooms 250`` (about 3,000 photos,
@@ -38,6 +43,10 @@ brackets). All rows and pair counts: docs/quality.md "Folders of mostly unique p
     cosine   | 0.99/0.76/0.85 | 0.96/0.76/0.87 | 0.92/0.78/0.81 | 30        | 26        | 0
     relative | 1.00/0.95/0.98 | 0.78/0.95/0.97 | 0.46/0.91/0.87 | 418       | 454       | 960
     verified | 1.00/0.96/0.99 | 0.94/0.96/0.98 | 0.75/0.97/0.96 | 118       | 104       | 340
+
+The distinct collection (``samespace devset build-distinct``: 84 photos, 13 packages), false pairs per 1,000
+photos over the whole collection / 10-photo draws (docs/quality.md "Duplicate-free folders of real photos"):
+whash 0 / 0, phash 12 / 0, cosine 0 / 0, relative 786 / 360, verified 393 / 180, calibrated 0 / 0 (57 s).
 """
 
 from __future__ import annotations
@@ -93,10 +102,13 @@ def split_labels(dataset: str, split_dir: Path) -> tuple[list[str], np.ndarray]:
     return files, np.array([ids.setdefault(group[f], len(ids)) for f in files], np.int64)
 
 
-def collection_specs(n_places: int, draws: int,
-                     shares: tuple[float, ...] = SHARES) -> list[tuple[float, int | None, int]]:
-    """(share, places or None for all, draws) of every collection measured on a split of ``n_places`` places."""
-    specs = [(share, None, 1 if share == 1.0 else draws) for share in shares]
+def collection_specs(n_places: int, draws: int, shares: tuple[float, ...] = SHARES,
+                     with_duplicates: int | None = None) -> list[tuple[float, int | None, int]]:
+    """(share, places or None for all, draws) of every collection measured on a split of ``n_places`` places.
+
+    The whole split is drawn once at share 1, and at every share when no place has duplicates
+    (``with_duplicates`` 0: every draw would be the same folder)."""
+    specs = [(share, None, 1 if share == 1.0 or with_duplicates == 0 else draws) for share in shares]
     return specs + [(0.0, p, draws) for p in DUPLICATE_FREE_PLACES if p < n_places and 0.0 in shares]
 
 
@@ -125,9 +137,15 @@ class Method:
         if truth[scored].any():
             scores = scorer.score(left[scored], right[scored])
             ap = float(metrics.average_precision_score(truth[scored], scores))
+        false = np.flatnonzero(predicted & ~truth)
+        false_scores = scorer.score(left[false], right[false]) if len(false) and scored[false].all() else None
+        false_pairs = [[Path(result.paths[left[k]]).relative_to(folder).as_posix(),
+                        Path(result.paths[right[k]]).relative_to(folder).as_posix(),
+                        None if false_scores is None else round(float(false_scores[i]), 4)]
+                       for i, k in enumerate(false)]
         return {"photos": n, "true_pairs": int(truth.sum()), "tp": int((predicted & truth).sum()),
                 "fp": int((predicted & ~truth).sum()), "fn": int((~predicted & truth).sum()), "ap": ap,
-                "seconds": result.summary.get("seconds")}
+                "groups": len(result.groups), "false_pair_files": false_pairs, "seconds": result.summary.get("seconds")}
 
 
 def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -139,14 +157,16 @@ def pooled(runs: list[dict[str, Any]]) -> dict[str, Any]:
     aps = [r["ap"] for r in runs if r["ap"] is not None]
     return {"draws": len(runs), "photos_per_draw": photos / len(runs), "true_pairs_per_draw": (tp + fn) / len(runs),
             "precision": precision, "recall": recall, "f1": f1, "ap": float(np.mean(aps)) if aps else None,
-            "false_pairs": fp, "false_pairs_per_1000_photos": 1000 * fp / photos, "runs": runs}
+            "false_pairs": fp, "false_pairs_per_1000_photos": 1000 * fp / photos,
+            "groups_reported": sum(r["groups"] for r in runs), "runs": runs}
 
 
 def run(dataset: str, split_dir: Path, methods: list[str], draws: int, workdir: Path,
         shares: tuple[float, ...] = SHARES) -> dict[str, Any]:
     files, labels = split_labels(dataset, split_dir)
     n_places = len(np.unique(labels))
-    specs = collection_specs(n_places, draws, shares)
+    with_duplicates = int(sum(np.bincount(labels) > 1))
+    specs = collection_specs(n_places, draws, shares, with_duplicates)
     drawn = {(share, places): [prevalence.choose(files, labels, share, places, seed) for seed in range(k)]
              for share, places, k in specs}
     folders: dict[tuple[float, int | None, int], Path] = {}
@@ -163,7 +183,7 @@ def run(dataset: str, split_dir: Path, methods: list[str], draws: int, workdir: 
                          "places": places or n_places, **pooled(runs)})
         print(f"{dataset}: {name} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return {"dataset": dataset, "split": str(split_dir), "photos": len(files), "places": n_places,
-            "places_with_duplicates": int(sum(np.bincount(labels) > 1)), "rows": rows}
+            "places_with_duplicates": with_duplicates, "rows": rows}
 
 
 def _f(value: float | None, digits: int = 3) -> str:
@@ -174,27 +194,44 @@ def table(result: dict[str, Any]) -> str:
     lines = [f"{result['dataset']}: {result['split']} ({result['photos']} photos, {result['places']} places, "
              f"{result['places_with_duplicates']} with duplicates)",
              "| method | share | places | photos | true pairs | draws | precision | recall | F1 | AP | false pairs "
-             "| false pairs / 1,000 photos |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| false pairs / 1,000 photos | groups reported |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in result["rows"]:
         lines.append(f"| {r['method']} | {r['share']:.0%} | {r['places']} | {r['photos_per_draw']:.0f} | "
                      f"{r['true_pairs_per_draw']:.0f} | {r['draws']} | {_f(r['precision'])} | {_f(r['recall'])} | "
-                     f"{_f(r['f1'])} | {_f(r['ap'])} | {r['false_pairs']} | {r['false_pairs_per_1000_photos']:.1f} |")
+                     f"{_f(r['f1'])} | {_f(r['ap'])} | {r['false_pairs']} | {r['false_pairs_per_1000_photos']:.1f} | "
+                     f"{r['groups_reported']} |")
     return "\n".join(lines)
+
+
+def false_pairs(result: dict[str, Any], share: float = 0.0) -> str:
+    """Every false pair reported at ``share`` (duplicate-free collections by default): method, places, seed,
+    both files and the score, each distinct pair of files once per method."""
+    lines, seen = [], set()
+    for r in result["rows"]:
+        if r["share"] != share:
+            continue
+        for seed, run in enumerate(r["runs"]):
+            for a, b, score in run["false_pair_files"]:
+                if (r["method"], a, b) not in seen:
+                    seen.add((r["method"], a, b))
+                    lines.append(f"{r['method']} (places {r['places']}, draw {seed}): {a}  {b}  score {score}")
+    return "\n".join(lines) or "none"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--dataset", choices=("sample", "real"), required=True)
-    parser.add_argument("--data-dir", type=Path, help="real: the set root (default data/real)")
+    parser.add_argument("--dataset", choices=("sample", "real", "distinct"), required=True)
+    parser.add_argument("--data-dir", type=Path,
+                        help="real / distinct: the set root (default data/real, data/distinct)")
     parser.add_argument("--sample-seed", type=int, default=1, help="sample: generator seed (default 1)")
     parser.add_argument("--sample-rooms", type=int, default=30, help="sample: rooms per room type (default 30)")
     parser.add_argument("--methods", nargs="+", choices=scoring_methods.REFERENCE_METHODS,
                         default=list(scoring_methods.REFERENCE_METHODS))
     parser.add_argument("--draws", type=int, default=5, help="draws of each thinned collection (default 5)")
-    parser.add_argument("--shares", nargs="+", type=float, default=list(SHARES),
-                        help="shares of places with duplicates (default 1 0.3 0.1 0; 0 adds the 10 / 100 / 1,000-place "
-                        "duplicate-free collections)")
+    parser.add_argument("--shares", nargs="+", type=float,
+                        help="shares of places with duplicates (default 1 0.3 0.1 0, distinct: 0; 0 adds the "
+                        "10 / 100 / 1,000-place duplicate-free collections)")
     parser.add_argument("--split", default="Test Data",
                         help="the split drawn from (default 'Test Data'; 'Training Data' checks a change where "
                         "the defaults were fitted, before the test split is scored once)")
@@ -208,13 +245,16 @@ def main(argv: list[str] | None = None) -> int:
             root = sample_set.write_sample_dataset(workdir / "sample", seed=args.sample_seed,
                                                    rooms={"Test Data": args.sample_rooms})
         else:
-            root = args.data_dir or REPO / "data" / "real"
+            root = args.data_dir or REPO / "data" / args.dataset
+        shares = args.shares or ([0.0] if args.dataset == "distinct" else list(SHARES))
         result = run(args.dataset, root / args.split, args.methods, args.draws, workdir / "collections",
-                     tuple(args.shares))
+                     tuple(shares))
     result["seconds"] = round(time.perf_counter() - start, 1)
     if args.dataset == "sample":
         result.update(sample_seed=args.sample_seed, sample_rooms=args.sample_rooms)
     print(table(result))
+    print("false pairs in duplicate-free collections:")
+    print(false_pairs(result))
     print(f"{result['seconds']:.0f} s")
     if args.json:
         outputs.atomic_write(args.json, json.dumps(result, indent=2) + "\n")

@@ -32,7 +32,7 @@ def _sha256(blob: bytes) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def _city(source_name: str) -> str:
+def city_name(source_name: str) -> str:
     """A source name as the ``city`` part of a file name: lower-case letters, digits and dashes."""
     return re.sub(r"[^a-z0-9]+", "-", Path(source_name).name.lower()).strip("-") or "source"
 
@@ -132,7 +132,7 @@ def _write_place(
     plan += [(place.shots[chosen[int(rng.integers(n_shots))]], True) for _ in range(size - n_shots)]
     folder = staging / place.category
     folder.mkdir(parents=True, exist_ok=True)
-    city = _city(source.name)
+    city = city_name(source.name)
     originals: dict[str, tuple[Image.Image, str]] = {}
     rows = []
     for n, (shot, transformed) in enumerate(plan, start=1):

