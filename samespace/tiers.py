@@ -36,6 +36,10 @@ TIERS = (IDENTICAL, SAME_PHOTO, SAME_SPACE)  # strongest first
 MIN_CORRELATION = 0.95  # edited copies of the training photos: 0.97 and above; different shots: 0.83 at most
 MIN_OVERLAP = 0.75  # a 10 degree rotation keeps about 0.85 of the photo
 MIN_INLIERS = verification.FLOOR + 1  # a homography with more inliers than chance is a start worth aligning from
+# An edit crops, resizes and turns a photo: a fitted map must be nearly a similarity. Free affine maps let two
+# smooth skies or seas line up by shearing and squeezing one photo into a strip of the other
+MAX_STRETCH = 1.1  # ratio of the map's two singular values (1 for a similarity)
+MAX_ZOOM = 2.0  # a copy cropped to half its side, or shrunk to half, at most
 COPY_SCORE = 1.0  # what an identical or same-photo pair scores, whatever the method
 SAME_SPACE_MAX_SCORE = 0.999999  # the most a different shot scores: below a copy after rounding to 6 decimals
 
@@ -44,17 +48,35 @@ def is_same_photo(found: verification.Match, a: np.ndarray, b: np.ndarray) -> bo
     """Whether two photos are one photo and an edited copy (the rules of the module docstring): ``a`` and ``b``
     are their :func:`verification.gray_view` images, ``found`` their verification (its homography maps ``a`` to
     ``b``)."""
-    starts = [verification.frame_map(a, b)]
+    frame = verification.frame_map(a, b)
+    starts = [frame]
     if found.homography is not None and found.inliers >= MIN_INLIERS:
-        starts.append(verification.affine_part(found.homography, a.shape))
+        fitted = verification.affine_part(found.homography, a.shape)
+        if is_edit(fitted):
+            starts.append(fitted)
     for start in starts:
         if _agrees(a, b, start):
             return True
     for start in starts:
         refined = verification.aligned(a, b, start)
-        if refined is not None and _agrees(a, b, refined):
+        if refined is not None and is_edit(refined) and _agrees(a, b, refined):
             return True
     return False
+
+
+def is_edit(affine: np.ndarray) -> bool:
+    """Whether an affine map (3 x 3) is one an edit makes: nearly a similarity (:data:`MAX_STRETCH`), zooming by
+    at most :data:`MAX_ZOOM` either way, not a mirror.
+
+    >>> turn = np.array([[np.cos(0.2), -np.sin(0.2), 5.0], [np.sin(0.2), np.cos(0.2), 0.0], [0.0, 0.0, 1.0]])
+    >>> is_edit(1.25 * turn), is_edit(np.diag([1.0, 0.5, 1.0])), is_edit(np.diag([3.0, 3.0, 1.0]))
+    (True, False, False)
+    """
+    linear = np.asarray(affine, np.float64)[:2, :2]
+    if not np.isfinite(linear).all() or np.linalg.det(linear) <= 0:
+        return False
+    high, low = np.linalg.svd(linear, compute_uv=False)
+    return bool(high <= MAX_STRETCH * low and 1 / MAX_ZOOM <= np.sqrt(high * low) <= MAX_ZOOM)
 
 
 def _agrees(a: np.ndarray, b: np.ndarray, homography: np.ndarray) -> bool:

@@ -229,6 +229,26 @@ def test_a_copy_scored_under_the_threshold_is_still_reported(tmp_path: Path) -> 
     assert result.scores.tolist() == [tiers.COPY_SCORE] and result.tiers == [tiers.SAME_PHOTO]
 
 
+def test_only_maps_an_edit_makes_count() -> None:
+    """A crop, resize or turn is nearly a similarity; a fitted map that shears, squeezes, zooms past 2x or mirrors
+    is how two different smooth skies line up, and is refused."""
+    turn = np.array([[np.cos(0.2), -np.sin(0.2), 12.0], [np.sin(0.2), np.cos(0.2), -3.0], [0.0, 0.0, 1.0]])
+    for scale in (0.55, 0.8, 1.0, 1.25, 1.9):
+        assert tiers.is_edit(np.diag([scale, scale, 1.0]) @ turn)
+    for refused in ([[0.692, -0.325, 91.8], [0.02, 0.922, 17.9], [0, 0, 1]],  # a fit found between two skies
+                    [[1.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0, 0, 1]], [[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0, 0, 1]],
+                    [[-1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0, 0, 1]], [[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0, 0, 1]]):
+        assert not tiers.is_edit(np.array(refused, np.float64))
+    # the top half of a photo stretched to its full height: the pixels agree only through a squeeze
+    china = load_sample_image("china.jpg")
+    h, w = china.shape[:2]
+    stretched = np.asarray(Image.fromarray(np.ascontiguousarray(china[: h // 2])).resize((w, h)))
+    view, stretched_view = _view(china), _view(stretched)
+    fit = verification.aligned(view, stretched_view, verification.frame_map(view, stretched_view))
+    assert fit is not None and not tiers.is_edit(fit)
+    assert not tiers.is_same_photo(verification.Match(0, None), view, stretched_view)
+
+
 def test_copies_score_above_every_different_shot() -> None:
     scores = tiers.tiered_scores(np.array([0.41, 0.9999999, 0.3, 0.55]),
                                  [tiers.SAME_PHOTO, tiers.SAME_SPACE, tiers.IDENTICAL, tiers.SAME_SPACE])
