@@ -53,10 +53,10 @@ def test_each_photo_shows_its_facts_and_the_keeper_its_reason(reviewed: tuple[Pa
     assert figures["a_big.png"].startswith('<figure class="keep"') and 'checked' not in figures["a_big.png"]
     for name in ("a.png", "a_copy.png", "b.png"):
         assert figures[name].startswith('<figure class="act"') and " checked>" in figures[name], name
-    # Each other photo shows its pair with the keeper: its tier and score
+    # Each other photo shows its pair with the keeper: its tier and score (a copy scores 1.000: tiers.COPY_SCORE)
     members = json.loads(result.read_text())["groups"][0]["members"]
     big = "ABC"[members.index(str(photos / "a_big.png"))]
-    assert re.search(rf'class="pair same-photo photo-pair".*?>with {big} 0\.\d{{3}} same photo</span>',
+    assert re.search(rf'class="pair same-photo photo-pair".*?>with {big} 1\.000 same photo</span>',
                      figures["a_copy.png"])
     assert "kept: largest file" in figures["b.jpg"] and "kept:" not in figures["b.png"]
 
