@@ -12,13 +12,17 @@ from samespace import outputs, tiers
 
 
 def summary_line(summary: dict[str, Any]) -> str:
-    """One line: images, blank, skipped, pairs scored, groups, seconds (and the method and threshold)."""
+    """One line: images, blank, skipped, pairs scored, duplicate pairs (and how many are copies the score put
+    under the threshold: tiers.copies_below_threshold), groups, seconds, the method and threshold."""
     return (
         f"{summary['images']:,} images, "
         + (f"{summary['blank']:,} blank, " if summary.get("blank") else "")
         + f"{summary['skipped']:,} skipped, "
         f"{summary['pairs_scored']:,} pairs scored "
-        f"({summary['candidates']}), {summary['duplicate_pairs']:,} duplicate pairs in {summary['groups']:,} groups, "
+        f"({summary['candidates']}), {summary['duplicate_pairs']:,} duplicate pairs"
+        + (f" ({summary['copies_below_threshold']:,} of them copies under the threshold)"
+           if summary.get("copies_below_threshold") else "")
+        + f" in {summary['groups']:,} groups, "
         f"{summary['seconds']:.1f} s [{summary['method']}, threshold {summary['threshold']:g}]"
     )
 

@@ -19,6 +19,7 @@ from samespace import (
     calibrated_score,
     calibrated_scorer,
     finder,
+    result_formats,
     scorer_choice,
     scoring_methods,
     tiers,
@@ -225,6 +226,8 @@ def test_a_copy_scored_under_the_threshold_is_still_reported(tmp_path: Path) -> 
     probability = float(scorer.score(np.array([i]), np.array([j]))[0])
     assert calibrated_scorer.COPY_CHECK_FROM <= probability < threshold
     assert result.summary["copies_below_threshold"] == 1
+    assert "1 duplicate pairs (1 of them copies under the threshold) in 1 groups" in result_formats.summary_line(
+        result.summary)
     assert [sorted(names[k] for k in g) for g in result.groups] == [["scene.jpg", "scene_turned.jpg"]]
     assert result.scores.tolist() == [tiers.COPY_SCORE] and result.tiers == [tiers.SAME_PHOTO]
 
