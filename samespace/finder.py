@@ -128,8 +128,9 @@ def find_duplicates(
         left, right, scores, n_scored, candidates = _NO_MATCHES
     timings["pairs"] = time.perf_counter() - t
     t = time.perf_counter()
+    decoded: tiers_of.Decoded = {}  # the paired photos' pixels, decoded once for the copy check and the tiers
     left, right, scores, n_copies = tiers_of.with_copies(scorer, [str(paths[k]) for k in kept], threshold, left,
-                                                         right, scores)
+                                                         right, scores, decoded=decoded)
     timings["copies"] = time.perf_counter() - t
     t = time.perf_counter()
     # Scored photos: average linkage within components (grouping.py); blank photos: identical bytes only.
@@ -142,7 +143,7 @@ def find_duplicates(
     _warn_large_groups(groups)
     t = time.perf_counter()
     ordered = [str(paths[k]) for k in (*kept, *flat)]  # blank photos after the scored ones (see _with_identical_blanks)
-    pair_tiers = tiers_of.match_tiers(ordered, len(kept), scorer, left, right)
+    pair_tiers = tiers_of.match_tiers(ordered, len(kept), scorer, left, right, decoded)
     timings["tiers"] = time.perf_counter() - t
     seconds = time.perf_counter() - t0
     summary = {"folders": [str(f) for f in folders], "method": scorer.name, "threshold": threshold,
@@ -397,13 +398,14 @@ def find_against(
         left, right, scores, n_scored, candidates = _NO_MATCHES
     timings["pairs"] = time.perf_counter() - t
     t = time.perf_counter()
+    decoded: tiers_of.Decoded = {}
     left, right, scores, n_copies = tiers_of.with_copies(scorer, [str(paths[k]) for k in kept], threshold, left,
-                                                         right, scores, n_new)
+                                                         right, scores, n_new, decoded)
     timings["copies"] = time.perf_counter() - t
     groups = [np.concatenate([[i], right[left == i]]) for i in np.unique(left)]
     t = time.perf_counter()
     scored = [str(paths[k]) for k in kept]
-    pair_tiers = tiers_of.match_tiers(scored, len(kept), scorer, left, right)
+    pair_tiers = tiers_of.match_tiers(scored, len(kept), scorer, left, right, decoded)
     timings["tiers"] = time.perf_counter() - t
     seconds = time.perf_counter() - t0
     summary = {"folders": [str(f) for f in new_folders], "against": [str(f) for f in library_folders],

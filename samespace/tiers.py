@@ -150,13 +150,16 @@ def pair_tiers(
     return out
 
 
+Decoded = dict[int, tuple[np.ndarray, float] | None]  # photo index -> decoded image and aspect (None: unreadable)
+
+
 def match_tiers(paths: Sequence[str], n_scored: int, scorer: PairScorer, left: np.ndarray,
-                right: np.ndarray) -> list[str]:
+                right: np.ndarray, decoded: Decoded | None = None) -> list[str]:
     """The match tier of each reported pair (samespace.tiers). The paired photos (only those) are decoded again
-    for their pixels; keypoints come from the scorer when it has them (verified, calibrated), else from that
-    decoding."""
+    for their pixels, once per run when the caller passes the same ``decoded`` cache to every call; keypoints come
+    from the scorer when it has them (verified, calibrated), else from that decoding."""
     own: list[verification.LocalFeatures] | None = getattr(scorer, "keypoints", None)
-    decoded: dict[int, tuple[np.ndarray, float] | None] = {}
+    decoded = {} if decoded is None else decoded
     found_features: dict[int, verification.LocalFeatures | None] = {}
 
     def decode(i: int) -> tuple[np.ndarray, float] | None:
@@ -191,8 +194,8 @@ def match_tiers(paths: Sequence[str], n_scored: int, scorer: PairScorer, left: n
     return pair_tiers(paths, left, right, views, features, matcher)
 
 
-def copies_below_threshold(paths: Sequence[str], scorer: PairScorer, threshold: float, n_new: int | None = None
-                           ) -> tuple[np.ndarray, np.ndarray]:
+def copies_below_threshold(paths: Sequence[str], scorer: PairScorer, threshold: float, n_new: int | None = None,
+                           decoded: Decoded | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The pairs a scorer puts just under ``threshold`` (its ``near_misses``; none for a scorer without them) whose
     pixels show one photo (``identical`` or ``same photo``): a copy is a duplicate whatever its score, so the
     finder reports them too. ``paths``: the scored photos, in the scorer's order; ``n_new``: only pairs of one of
@@ -206,17 +209,18 @@ def copies_below_threshold(paths: Sequence[str], scorer: PairScorer, threshold: 
         left, right = left[across], right[across]
     if not len(left):
         return left, right
-    found = np.isin(np.asarray(match_tiers(paths, len(paths), scorer, left, right)), (IDENTICAL, SAME_PHOTO))
+    found = np.isin(np.asarray(match_tiers(paths, len(paths), scorer, left, right, decoded)), (IDENTICAL, SAME_PHOTO))
     return left[found], right[found]
 
 
 def with_copies(scorer: PairScorer, paths: Sequence[str], threshold: float, left: np.ndarray, right: np.ndarray,
-                scores: np.ndarray, n_new: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+                scores: np.ndarray, n_new: int | None = None, decoded: Decoded | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """The duplicate pairs (left, right, scores) plus :func:`copies_below_threshold`, each scoring
     :data:`COPY_SCORE`, and how many were added."""
     if not len(paths):
         return left, right, scores, 0
-    extra_left, extra_right = copies_below_threshold(paths, scorer, threshold, n_new)
+    extra_left, extra_right = copies_below_threshold(paths, scorer, threshold, n_new, decoded)
     if not len(extra_left):
         return left, right, scores, 0
     return (np.concatenate([left, extra_left]), np.concatenate([right, extra_right]),

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from samespace import (
     calibrated_fit,
     calibrated_score,
     calibrated_scorer,
+    decoding,
     finder,
     result_formats,
     scorer_choice,
@@ -211,7 +213,8 @@ def test_a_crop_or_turn_of_a_textureless_photo_is_same_photo() -> None:
     assert not tiers.is_same_photo(no_match, _view(turned), _view(other_turned))
 
 
-def test_a_copy_scored_under_the_threshold_is_still_reported(tmp_path: Path) -> None:
+def test_a_copy_scored_under_the_threshold_is_still_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
     """A smooth scene and its 10 degree turn: the calibrated probability is far under the threshold (few
     keypoints, a changed pooled vector) but above the copy check's floor, and the pixels show one photo, so the
     pair is reported as same photo with the copy score; an unrelated photo stays out."""
@@ -220,7 +223,15 @@ def test_a_copy_scored_under_the_threshold_is_still_reported(tmp_path: Path) -> 
     scene.rotate(10, resample=Image.Resampling.BICUBIC).save(tmp_path / "scene_turned.jpg", quality=92)
     Image.fromarray(load_sample_image("flower.jpg")).save(tmp_path / "flower.jpg", quality=92)
     scorer, threshold, _ = scorer_choice.choose_scorer("calibrated")
+    decoded_again: list[str] = []  # what the copy check and the tiers decode (the photos of checked pairs)
+
+    def counted(path: str | Path) -> tuple[np.ndarray, float]:
+        decoded_again.append(Path(path).name)
+        return decoding.decode_image(path)
+
+    monkeypatch.setattr(tiers, "decoding", SimpleNamespace(decode_image=counted, read_photo=decoding.read_photo))
     result = finder.find_duplicates([tmp_path], scorer, threshold, progress=False)
+    assert sorted(decoded_again) == ["scene.jpg", "scene_turned.jpg"]  # once each, for the check and the tier
     names = [Path(p).name for p in result.paths]
     i, j = names.index("scene.jpg"), names.index("scene_turned.jpg")
     probability = float(scorer.score(np.array([i]), np.array([j]))[0])
