@@ -13,8 +13,7 @@ from samespace.scorers import CosineScorer, LocalFeaturesMixin
 # threshold is set (evaluation of every pair of a split): their score is the evidence-free one, below 1 %.
 VERIFY_BELOW = 0.01
 # Pairs scoring at least this, yet under the threshold, are checked for being one photo (samespace.tiers): on the
-# real training split that is 92 of 4,968 verified pairs, 40 of them duplicates (docs/quality.md, "Copies found
-# below the threshold")
+# real training split that is 92 of 4,968 verified pairs, 40 of them duplicates (docs/quality.md, "Match tiers")
 COPY_CHECK_FROM = 1e-3
 
 
@@ -59,8 +58,8 @@ class CalibratedScorer(LocalFeaturesMixin, CosineScorer):
 
     def near_misses(self, threshold: float, low: float = COPY_CHECK_FROM) -> tuple[np.ndarray, np.ndarray]:
         """The verified pairs (left < right) scoring in ``[low, threshold)``: close enough that their pixels may
-        show one photo. Every pair scoring ``low`` or more was verified (when ``low`` is above
-        :data:`VERIFY_BELOW`'s bound, as the shipped default is), so the set depends on the pairs alone."""
+        show one photo. A pair left unverified scores under ``sigmoid(verify_from)``, far below the shipped
+        ``low``, so in an exhaustive run the set depends on the pairs alone."""
         if not self._matches:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         codes = np.sort(np.fromiter(self._matches, np.int64, len(self._matches)))

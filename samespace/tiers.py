@@ -47,11 +47,27 @@ SAME_SPACE_MAX_SCORE = 0.999999  # the most a different shot scores: below a cop
 def is_same_photo(found: verification.Match, a: np.ndarray, b: np.ndarray) -> bool:
     """Whether two photos are one photo and an edited copy (the rules of the module docstring): ``a`` and ``b``
     are their :func:`verification.gray_view` images, ``found`` their verification (its homography maps ``a`` to
-    ``b``)."""
-    frame = verification.frame_map(a, b)
-    starts = [frame]
-    if found.homography is not None and found.inliers >= MIN_INLIERS:
-        fitted = verification.affine_part(found.homography, a.shape)
+    ``b``). The photo with more detail (more pixels neither black nor white) is aligned onto the other, whatever
+    the pair's order: a copy with black corners does not align onto its photo as well as the photo onto it."""
+    homography = found.homography if found.inliers >= MIN_INLIERS else None
+    if _detail(b) > _detail(a):
+        if homography is not None:
+            homography = np.linalg.inv(homography) if abs(np.linalg.det(homography)) > 1e-12 else None
+        a, b = b, a
+    return _one_way(homography, a, b)
+
+
+def _detail(view: np.ndarray) -> tuple[float, float]:
+    """How much a grey view shows (its share of informative pixels), then its mean grey level to break ties."""
+    return float(verification.informative(view).mean()), float(view.mean())
+
+
+def _one_way(homography: np.ndarray | None, a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` maps onto ``b`` as an edit: corner to corner or by ``homography``'s affine part, as they are
+    or refined by aligning the grey levels."""
+    starts = [verification.frame_map(a, b)]
+    if homography is not None:
+        fitted = verification.affine_part(homography, a.shape)
         if is_edit(fitted):
             starts.append(fitted)
     for start in starts:

@@ -207,6 +207,7 @@ def test_a_crop_or_turn_of_a_textureless_photo_is_same_photo() -> None:
         start = verification.pixel_agreement(view, _view(copy), verification.frame_map(view, _view(copy)))
         assert start.correlation < tiers.MIN_CORRELATION  # corner to corner is not enough
         assert tiers.is_same_photo(no_match, view, _view(copy))
+        assert tiers.is_same_photo(no_match, _view(copy), view)  # either order
         assert not tiers.is_same_photo(no_match, _view(other), _view(copy))
     # two different scenes turned alike share their black corners, not their content
     other_turned = np.asarray(Image.fromarray(other).rotate(10, resample=Image.Resampling.BICUBIC))
@@ -261,6 +262,24 @@ def test_only_maps_an_edit_makes_count() -> None:
     fit = verification.aligned(view, stretched_view, verification.frame_map(view, stretched_view))
     assert fit is not None and not tiers.is_edit(fit)
     assert not tiers.is_same_photo(verification.Match(0, None), view, stretched_view)
+
+
+def test_a_copy_under_the_threshold_is_found_in_a_library(tmp_path: Path) -> None:
+    """New photos against a library: the turned smooth scene (new) and its original (library) are reported as one
+    photo; a copy between two new photos is not a library match."""
+    new, library = tmp_path / "new", tmp_path / "library"
+    new.mkdir(), library.mkdir()
+    scene = Image.fromarray(_smooth_scene(1))
+    scene.save(library / "scene.jpg", quality=92)
+    scene.rotate(10, resample=Image.Resampling.BICUBIC).save(new / "scene_turned.jpg", quality=92)
+    scene.rotate(10, resample=Image.Resampling.BICUBIC).save(new / "scene_turned_again.png")
+    scorer, threshold, _ = scorer_choice.choose_scorer("calibrated")
+    result = finder.find_against([new], [library], scorer, threshold, progress=False)
+    names = [Path(p).name for p in result.paths]
+    pairs = sorted((names[i], names[j], t) for i, j, t in zip(result.left, result.right, result.tiers, strict=True))
+    assert pairs == [("scene_turned.jpg", "scene.jpg", tiers.SAME_PHOTO),
+                     ("scene_turned_again.png", "scene.jpg", tiers.SAME_PHOTO)]
+    assert result.summary["copies_below_threshold"] == 2 and set(result.scores.tolist()) == {tiers.COPY_SCORE}
 
 
 def test_copies_score_above_every_different_shot() -> None:
