@@ -8,7 +8,7 @@ its default threshold.
 2. The background is the first photo (in path order) of every place of every split.
 3. Every unique pair of a split gives (cosine, mean background similarity, inliers). A photo's background
    similarity leaves out its own place (its duplicates are no background); inliers are counted for pairs with
-   cosine >= :data:`VERIFY_COSINE` (others count 0), which covers every pair the shipped coefficients verify.
+   cosine >= ``calibrated_score.VERIFY_COSINE`` (others count 0), as the finder counts them.
 4. A logistic regression (scikit-learn, C = :data:`C`) on all pairs, each split weighing the same.
 5. The threshold: the best mean group F1 (grouping.linked_groups: the finder's average-linkage groups) over
    collections of each split thinned to :data:`SHARES` of places with duplicates
@@ -28,7 +28,6 @@ import numpy as np
 
 from samespace import background, calibrated_score, decoding, labelling, matching, verification
 
-VERIFY_COSINE = 0.4
 C = 10.0  # inverse L2 strength: four weights on tens of thousands of pairs need little
 SHARES = (1.0, 0.3, 0.1)
 DRAWS = 3
@@ -77,7 +76,7 @@ def pair_features(split: SplitFeatures, bank: np.ndarray, places: Sequence[str])
     left, right = matching.upper_pairs(0, n, n)
     cosine = np.einsum("ij,ij->i", split.vectors[left], split.vectors[right]).astype(np.float64)
     inliers = np.zeros(len(left), np.int64)
-    for k in np.flatnonzero(cosine >= VERIFY_COSINE):
+    for k in np.flatnonzero(cosine >= calibrated_score.VERIFY_COSINE):
         inliers[k] = verification.count_inliers(split.keypoints[left[k]], split.keypoints[right[k]])
     return {"left": left, "right": right, "cosine": cosine, "background": 0.5 * (b[left] + b[right]),
             "inliers": inliers, "same": split.labels[left] == split.labels[right]}
@@ -148,7 +147,7 @@ def fit(roots: Sequence[str | Path], out_dir: str | Path) -> dict[str, Any]:
     provenance = {"threshold": best["threshold"], "splits": {s.name: {"photos": len(s.labels),
                   "pairs": len(f["same"]), "duplicates": int(f["same"].sum())} for s, f in zip(splits, features,
                                                                                                  strict=True)},
-                  "background_photos": len(places), "verify_cosine": VERIFY_COSINE, "C": C,
+                  "background_photos": len(places), "verify_cosine": calibrated_score.VERIFY_COSINE, "C": C,
                   "shares": list(SHARES), "draws": DRAWS, "grid": grid}
     calibrated_score.save(out_dir / calibrated_score.COEFFICIENTS_FILE.name, coefficients, provenance)
     return {"coefficients": coefficients, **provenance}

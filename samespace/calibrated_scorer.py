@@ -13,7 +13,7 @@ from samespace.scorers import CosineScorer, LocalFeaturesMixin
 # threshold is set (evaluation of every pair of a split): their score is the evidence-free one, below 1 %.
 VERIFY_BELOW = 0.01
 # Pairs scoring at least this, yet under the threshold, are checked for being one photo (samespace.tiers): on the
-# real training split that is 92 of 4,968 verified pairs, 40 of them duplicates (docs/quality.md, "Match tiers")
+# real training split that is 151 of 8,952 verified pairs, 35 of them duplicates (docs/quality.md, "Match tiers")
 COPY_CHECK_FROM = 1e-3
 
 
@@ -21,8 +21,9 @@ class CalibratedScorer(LocalFeaturesMixin, CosineScorer):
     """GeM vectors and SIFT keypoints per photo (the ``verified`` method's embeddings, so the two share a store
     layout); per pair ``sigmoid(logit(cos, background, inliers))`` (:class:`calibrated_score.Coefficients`).
 
-    The inliers of a pair are counted when its evidence-free logit is at least :attr:`verify_from` (set from the
-    threshold by :func:`samespace.scorer_choice.choose_scorer`), whatever its rank among either photo's
+    The inliers of a pair are counted when its cosine is at least ``calibrated_score.VERIFY_COSINE`` and its
+    evidence-free logit at least :attr:`verify_from` (set from the threshold by
+    :func:`samespace.scorer_choice.choose_scorer`), whatever its rank among either photo's
     neighbours: a pair's score never depends on the other photos of the run. Matches are cached, so a pair is
     verified once per run; :meth:`match` gives them to the match tiers (samespace.tiers).
     """
@@ -72,7 +73,8 @@ class CalibratedScorer(LocalFeaturesMixin, CosineScorer):
         b = self.background_similarity
         plain = self.coefficients.logit(cosine, 0.5 * (b[left] + b[right]), 0)
         inliers = np.zeros(len(left), np.int64)
-        for k in np.flatnonzero((plain >= self.verify_from) & (left != right)):
+        verify = (plain >= self.verify_from) & (cosine >= calibrated_score.VERIFY_COSINE) & (left != right)
+        for k in np.flatnonzero(verify):
             inliers[k] = self.match(int(left[k]), int(right[k])).inliers
         return calibrated_score.sigmoid(plain + self.coefficients.inliers * calibrated_score.evidence(inliers))
 

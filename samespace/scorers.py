@@ -376,7 +376,8 @@ class VerifiedScorer(LocalFeaturesMixin, RelativeScorer):
         for k in np.flatnonzero(verify):
             code = int(codes[k])
             if code not in self._inliers:
-                self._inliers[code] = verification.count_inliers(self.keypoints[code // n], self.keypoints[code % n])
+                self._inliers[code] = verification.count_inliers(
+                    self.keypoints[code // n], self.keypoints[code % n], unique=False)
             inliers[k] = self._inliers[code]
         return np.where(verify, verification.bonus(inliers), 0.0)
 

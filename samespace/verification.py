@@ -11,8 +11,9 @@ instance retrieval (Philbin et al. 2007, "Object retrieval with large vocabulari
   the backbone sees (``decoding.decode_image``: one decode path), resized back to the photo's aspect ratio with the
   same pixel count (:func:`unsquashed`); descriptors kept as uint8.
 - Each pair: RootSIFT descriptors (Arandjelovic and Zisserman 2012) matched by nearest neighbour with Lowe's ratio
-  test (:data:`RATIO`), then a RANSAC homography (:data:`REPROJECTION` pixels); the evidence is the number of
-  inlier matches. OpenCV's RANSAC draws from a fixed seed, so a pair always gets the same count.
+  test (:data:`RATIO`), at most one per keypoint of the second photo (:func:`one_to_one`; the ``verified`` method
+  keeps every match, as it was calibrated), then a RANSAC homography (:data:`REPROJECTION` pixels); the evidence
+  is the number of inlier matches. OpenCV's RANSAC draws from a fixed seed, so a pair always gets the same count.
 - The ``verified`` score (``scorers.VerifiedScorer``) is the relative score plus :func:`bonus`, which grows with the
   inliers above :data:`FLOOR`. The bonus only adds, so it is computed only for pairs that it can lift over a
   threshold: those within :data:`MAX_BONUS` below it.
@@ -115,13 +116,30 @@ class Match(NamedTuple):
     homography: np.ndarray | None
 
 
-def match(a: LocalFeatures, b: LocalFeatures) -> Match:
-    """Matches of ``a`` in ``b`` that pass the ratio test and fit one RANSAC homography (0 when fewer than 4 pass),
-    and that homography (maps ``a``'s pixels to ``b``'s)."""
+def one_to_one(matches: Sequence[cv2.DMatch]) -> list[cv2.DMatch]:
+    """The nearest of the matches that share a keypoint of the second photo, in query order.
+
+    A repeated texture (tiles, a grid, foliage) sends many keypoints of one photo to the same keypoint of another,
+    and RANSAC counts each as an inlier of a degenerate homography: on the training splits' unrelated pairs that
+    gave up to 76 inliers (real) and 17 (generated); with one match per keypoint, 11 and 10, while 90 % of their
+    duplicates still reach 10 (docs/quality.md, "One-to-one matches")."""
+    nearest: dict[int, cv2.DMatch] = {}
+    for m in matches:
+        if m.trainIdx not in nearest or m.distance < nearest[m.trainIdx].distance:
+            nearest[m.trainIdx] = m
+    return sorted(nearest.values(), key=lambda m: m.queryIdx)
+
+
+def match(a: LocalFeatures, b: LocalFeatures, unique: bool = True) -> Match:
+    """Matches of ``a`` in ``b`` that pass the ratio test, one per keypoint of ``b`` (:func:`one_to_one`; all of
+    them when ``unique`` is False, as the ``verified`` method was calibrated), and fit one RANSAC homography (0
+    when fewer than 4 pass), and that homography (maps ``a``'s pixels to ``b``'s)."""
     if len(a.xy) < 4 or len(b.xy) < 4:
         return Match(0, None)
     matches = cv2.BFMatcher(cv2.NORM_L2).knnMatch(_root_sift(a.descriptors), _root_sift(b.descriptors), k=2)
     good = [m[0] for m in matches if len(m) == 2 and m[0].distance < RATIO * m[1].distance]
+    if unique:
+        good = one_to_one(good)
     if len(good) < 4:
         return Match(0, None)
     src = a.xy[[m.queryIdx for m in good]]
@@ -130,9 +148,9 @@ def match(a: LocalFeatures, b: LocalFeatures) -> Match:
     return Match(0, None) if mask is None else Match(int(mask.sum()), homography)
 
 
-def count_inliers(a: LocalFeatures, b: LocalFeatures) -> int:
+def count_inliers(a: LocalFeatures, b: LocalFeatures, unique: bool = True) -> int:
     """The inliers of :func:`match`."""
-    return match(a, b).inliers
+    return match(a, b, unique).inliers
 
 
 def bonus(inliers: np.ndarray) -> np.ndarray:

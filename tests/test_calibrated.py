@@ -79,6 +79,34 @@ def test_verification_is_skipped_only_where_it_cannot_change_a_decision() -> Non
     assert c.probability(0.0, 0.0, 0) == pytest.approx(calibrated_score.sigmoid(-26.0))
 
 
+def test_pairs_under_the_cosine_floor_are_never_verified(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scorer verifies a pair only from ``VERIFY_COSINE`` up, as the fit counted inliers, and scores the others
+    without evidence."""
+    import torch
+
+    c = calibrated_score.Coefficients(intercept=-20.0, cosine=32.0, background=-16.5, inliers=2.8)
+    bank = background.Background(np.eye(2, dtype=np.float32), "test", "test", ("a", "b"))
+    scorer = calibrated_scorer.CalibratedScorer(torch.nn.Identity(), coefficients=c, reference=bank)
+    floor = calibrated_score.VERIFY_COSINE
+    angles = np.arccos([1.0, floor - 0.01, floor + 0.01])  # cosines to photo 0: 1, just under and just over
+    scorer.vectors = np.stack([np.cos(angles), np.sin(angles)], 1).astype(np.float32)
+    scorer.keypoints = [verification.LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))] * 3
+    scorer.background_similarity = np.zeros(3)
+    scorer.verify_from = c.verify_from(0.35)
+    assert c.logit(floor - 0.01, 0.0, 0) > scorer.verify_from  # evidence could lift it: only the floor stops it
+    verified = []
+
+    def recorded(a: verification.LocalFeatures, b: verification.LocalFeatures) -> verification.Match:
+        verified.append(1)
+        return verification.Match(0, None)
+
+    monkeypatch.setattr(verification, "match", recorded)
+    p = scorer.score(np.array([0, 0, 1]), np.array([1, 2, 2]))
+    assert len(verified) == 2  # (0, 2) and (1, 2); (0, 1) is under the floor
+    assert [left for left, _ in zip(*scorer.near_misses(1.0, 0.0), strict=True)] == [0, 1]
+    np.testing.assert_allclose(p, c.probability(np.array([floor - 0.01, floor + 0.01, 0.99969]), 0.0, 0), atol=1e-4)
+
+
 def test_fit_recovers_the_direction_of_separable_features() -> None:
     rng = np.random.default_rng(0)
     features = []

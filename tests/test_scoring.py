@@ -253,6 +253,21 @@ def test_relative_and_verified_thresholds_reproduce_on_both_training_splits(cali
         assert round(result["r0_augmented"], 4) == local_scaling.R0_AUGMENTED
 
 
+@pytest.mark.skipif(not REAL_BUILD, reason="set SAMESPACE_REAL_BUILD_DIR to the full real-photo build (seed 0)")
+def test_the_calibrated_fit_reproduces_on_both_training_splits(calibration_root: Path, tmp_path: Path) -> None:
+    """samespace calibrate --fit-calibrated: the shipped weights, background and threshold (about 2 minutes)."""
+    from samespace import background, calibrated_fit, calibrated_score
+
+    result = calibrated_fit.fit([Path(REAL_BUILD), calibration_root], tmp_path)
+    shipped = calibrated_score.load()
+    refitted = result["coefficients"]
+    for name in ("intercept", "cosine", "background", "inliers"):
+        assert getattr(refitted, name) == pytest.approx(getattr(shipped, name), rel=1e-6)
+    assert result["threshold"] == scoring_methods.CALIBRATED_THRESHOLD
+    np.testing.assert_allclose(background.load(tmp_path / background.BANK_FILE.name).vectors,
+                               background.load().vectors, atol=1e-6)
+
+
 @pytest.mark.slow
 def test_default_thresholds_reproduce_on_the_sample_set(calibration_root: Path) -> None:
     """The calibration: best F1 on the unique pairs of the sample set's Training Data (seed 0)."""

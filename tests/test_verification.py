@@ -45,13 +45,25 @@ def tilted(tilted_files: list[Path]) -> list[np.ndarray]:
 
 def test_a_tilted_copy_shares_inliers_and_other_rooms_do_not(tilted: list[np.ndarray]) -> None:
     features = [verification.local_features(image) for image in tilted]
-    copy = verification.count_inliers(features[0], features[1])
-    others = [verification.count_inliers(features[0], f) for f in features[2:]]
-    print(copy, others)
+    copy = verification.count_inliers(features[0], features[1], unique=False)  # as the verified method counts
+    others = [verification.count_inliers(features[0], f, unique=False) for f in features[2:]]
     assert copy == 14  # measured; the same every run (OpenCV's RANSAC draws from a fixed seed)
-    assert verification.count_inliers(features[0], features[1]) == copy
+    assert verification.count_inliers(features[0], features[1], unique=False) == copy
     assert max(others) <= verification.FLOOR  # chance matches earn no bonus
     assert verification.bonus(np.array([copy]))[0] == pytest.approx(verification.WEIGHT * np.sqrt(14 - 4))
+    # One match per keypoint (the default, the calibrated method's): fewer, still far above chance
+    assert verification.count_inliers(features[0], features[1]) == 11
+    assert max(verification.count_inliers(features[0], f) for f in features[2:]) <= verification.FLOOR
+
+
+def test_one_to_one_keeps_the_nearest_match_of_each_keypoint() -> None:
+    import cv2
+
+    # Keypoints 0, 1 and 3 of the first photo all match keypoint 7 of the second (a repeated texture), 2 matches 5
+    matches = [cv2.DMatch(0, 7, 0.30), cv2.DMatch(1, 7, 0.10), cv2.DMatch(2, 5, 0.40), cv2.DMatch(3, 7, 0.20)]
+    kept = verification.one_to_one(matches)
+    assert [(m.queryIdx, m.trainIdx) for m in kept] == [(1, 7), (2, 5)]
+    assert verification.one_to_one([]) == []
 
 
 def test_photos_are_matched_in_their_own_shape(tilted_files: list[Path]) -> None:
@@ -63,10 +75,11 @@ def test_photos_are_matched_in_their_own_shape(tilted_files: list[Path]) -> None
     assert verification.unsquashed(square, 1.0) is square
     assert verification.unsquashed(square, 100.0).shape == (128, 512, 3)  # clipped to MAX_ASPECT (4:1)
     features = [verification.local_features(image, aspect) for image, aspect in decoded]
-    in_squares = verification.count_inliers(*(verification.local_features(image) for image, _ in decoded[:2]))
+    in_squares = verification.count_inliers(*(verification.local_features(image) for image, _ in decoded[:2]),
+                                            unique=False)
     # measured: 14 in the squares, 15 in shape with OpenCV 5.0 (14 with 4.10, whose SIFT differs in the last bits)
-    assert in_squares == 14 and verification.count_inliers(features[0], features[1]) >= in_squares
-    assert max(verification.count_inliers(features[0], f) for f in features[2:]) <= verification.FLOOR
+    assert in_squares == 14 and verification.count_inliers(features[0], features[1], unique=False) >= in_squares
+    assert max(verification.count_inliers(features[0], f, unique=False) for f in features[2:]) <= verification.FLOOR
 
 
 def test_find_duplicates_hands_each_photos_aspect_to_the_scorer(tmp_path: Path) -> None:
@@ -141,7 +154,7 @@ def test_verified_is_relative_plus_the_bonus_of_neighbour_pairs(train_dir: Path)
     assert len(codes) >= n * local_scaling.K // 2
     neighbour = np.isin(left * n + right, codes)
     np.testing.assert_array_equal(scores[~neighbour], base[~neighbour])
-    inliers = np.array([verification.count_inliers(verified.keypoints[a], verified.keypoints[b])
+    inliers = np.array([verification.count_inliers(verified.keypoints[a], verified.keypoints[b], unique=False)
                         for a, b in zip(left[neighbour], right[neighbour], strict=True)])
     np.testing.assert_allclose(scores[neighbour], base[neighbour] + verification.bonus(inliers), atol=1e-12)
     assert (inliers > verification.FLOOR).sum() >= 5  # the generated duplicates verify
@@ -215,7 +228,7 @@ def test_a_tilted_copy_is_a_duplicate_with_method_verified(tilted_files: list[Pa
     scorer.add(batch.images, batch.aspects)
     scorer.finish()
     score = float(scorer.score(np.array([0]), np.array([1]))[0])
-    inliers = verification.count_inliers(scorer.keypoints[0], scorer.keypoints[1])
+    inliers = verification.count_inliers(scorer.keypoints[0], scorer.keypoints[1], unique=False)
     assert inliers >= 14 and score == pytest.approx(0.426 + verification.bonus(np.array([inliers]))[0], abs=0.005)
     assert score >= threshold
 

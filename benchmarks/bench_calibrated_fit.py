@@ -1,0 +1,141 @@
+"""Calibrated-score fit benchmark: how the spatial evidence is counted, compared out of sample on training splits.
+
+    python benchmarks/bench_calibrated_fit.py --sample-root data/real --generated --json fit.json
+
+Each ``<root>/Training Data`` is embedded as ``samespace calibrate --fit-calibrated`` embeds it (and the generated
+sample set's with ``--generated``, seed 0 as that command writes it). Every pair with a cosine of at least
+``calibrated_score.VERIFY_COSINE`` is verified twice: with every ratio-test match (``unique=False``, as
+``verified`` counts) and with one match per keypoint (:func:`samespace.verification.one_to_one`, the shipped
+count). For each count:
+
+- the inliers of unrelated pairs (99.9th percentile, maximum, how many reach 10) and the share of duplicates
+  reaching 10;
+- the logistic model of the shipped score fitted five times, each time leaving out a fifth of the places of every
+  split (places by label modulo 5); each left-out pair is scored by the model that did not see it, and pairs of
+  two different folds by the model fitted on everything;
+- on those out-of-fold scores: AP per split, and the mean group F1 over collections thinned to 100 / 30 / 10 % of
+  places with duplicates (samespace.calibrated_fit.thinned_group_f1) at every threshold of the fit's grid: the best
+  and the one the full fit would choose.
+
+Only training splits are read: the Test Data stays a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from samespace import background, calibrated_fit, calibrated_score, scoring_methods, verification  # noqa: E402
+from samespace.devsets import sample_set  # noqa: E402
+
+FOLDS = 5
+REACHES = 10  # inliers
+
+
+def out_of_fold(features: list[dict[str, np.ndarray]], labels: list[np.ndarray]) -> list[np.ndarray]:
+    """Scores of every pair by a model that did not see its places (pairs across two held-out folds: the full fit)."""
+    scores = [np.zeros(len(f["same"])) for f in features]
+    for fold in [*range(FOLDS), None]:
+        train = []
+        for f, lab in zip(features, labels, strict=True):
+            place_fold = lab % FOLDS
+            seen = np.ones(len(f["same"]), bool) if fold is None else (
+                (place_fold[f["left"]] != fold) & (place_fold[f["right"]] != fold))
+            train.append({k: v[seen] for k, v in f.items()})
+        model = calibrated_fit.fit_coefficients(train)
+        for f, lab, out in zip(features, labels, scores, strict=True):
+            place_fold = lab % FOLDS
+            a, b = place_fold[f["left"]], place_fold[f["right"]]
+            held = (a != b) if fold is None else ((a == fold) & (b == fold))
+            out[held] = model.probability(f["cosine"][held], f["background"][held], f["inliers"][held])
+    return scores
+
+
+def evaluate(splits: list[calibrated_fit.SplitFeatures], features: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    from sklearn.metrics import average_precision_score
+
+    labels = [s.labels for s in splits]
+    scores = out_of_fold(features, labels)
+    grid = []
+    for threshold in calibrated_fit.THRESHOLD_GRID:
+        per_split = {}
+        for s, p in zip(splits, scores, strict=True):
+            rows = calibrated_fit.thinned_group_f1(s, p, threshold)
+            per_split[s.name] = {k: float(np.mean([r[k] for r in rows])) for k in ("f1", "precision", "recall")}
+        grid.append({"threshold": threshold, "mean_group_f1": float(np.mean([v["f1"] for v in per_split.values()])),
+                     "splits": per_split})
+    negatives = np.concatenate([f["inliers"][~f["same"]] for f in features])
+    return {
+        "unrelated_inliers_p99_9": float(np.percentile(negatives, 99.9)),
+        "unrelated_inliers_max": int(negatives.max()),
+        f"unrelated_pairs_reaching_{REACHES}": {s.name: int((f["inliers"][~f["same"]] >= REACHES).sum())
+                                                 for s, f in zip(splits, features, strict=True)},
+        f"duplicates_reaching_{REACHES}": {s.name: float((f["inliers"][f["same"]] >= REACHES).mean())
+                                           for s, f in zip(splits, features, strict=True)},
+        "out_of_fold_ap": {s.name: float(average_precision_score(f["same"], p))
+                           for s, f, p in zip(splits, features, scores, strict=True)},
+        "best": max(grid, key=lambda g: g["mean_group_f1"]),
+        "grid": grid,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sample-root", action="append", default=[], help="a set root with 'Training Data'")
+    parser.add_argument("--generated", action="store_true", help="also the generated sample set (seed 0)")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        roots = [Path(r) for r in args.sample_root]
+        if args.generated or not roots:
+            roots.append(sample_set.write_sample_dataset(Path(tmp) / "generated", seed=0))
+        splits = [calibrated_fit.embed_split(root / "Training Data", root.name) for root in roots]
+    bank, places = calibrated_fit.background_of(splits)
+    shipped = background.load()
+    if shipped.places != tuple(places):
+        print("note: these splits' background differs from the shipped one", file=sys.stderr)
+    base = [calibrated_fit.pair_features(s, bank, places) for s in splits]  # one match per keypoint
+    results: dict[str, Any] = {}
+    for name, unique in (("every match (verified's count)", False), ("one match per keypoint (shipped)", True)):
+        features = []
+        for s, f in zip(splits, base, strict=True):
+            counted = f if unique else {**f, "inliers": np.array([
+                verification.count_inliers(s.keypoints[a], s.keypoints[b], unique=False) if c >= calibrated_score.
+                VERIFY_COSINE else 0 for a, b, c in zip(f["left"], f["right"], f["cosine"], strict=True)])}
+            features.append(counted)
+        results[name] = evaluate(splits, features)
+    shipped_threshold = scoring_methods.CALIBRATED_THRESHOLD
+    print(f"{sum(len(s.labels) for s in splits)} photos in {len(splits)} training splits; "
+          f"out-of-fold over {FOLDS} folds of places; {time.perf_counter() - start:.0f} s")
+    print("| inliers counted with | unrelated 99.9 % / max | unrelated reaching 10 | duplicates reaching 10 | "
+          "out-of-fold AP | best mean group F1 (threshold) | at the shipped threshold |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        at = next(g for g in r["grid"] if abs(g["threshold"] - shipped_threshold) < 1e-9)
+        per = " / ".join(f"{v['f1']:.3f} (P {v['precision']:.3f} R {v['recall']:.3f})" for v in at["splits"].values())
+        print(f"| {name} | {r['unrelated_inliers_p99_9']:.0f} / {r['unrelated_inliers_max']} | "
+              f"{' / '.join(map(str, r[f'unrelated_pairs_reaching_{REACHES}'].values()))} | "
+              f"{' / '.join(f'{v:.3f}' for v in r[f'duplicates_reaching_{REACHES}'].values())} | "
+              f"{' / '.join(f'{v:.4f}' for v in r['out_of_fold_ap'].values())} | "
+              f"{r['best']['mean_group_f1']:.4f} ({r['best']['threshold']:.2f}) | "
+              f"{at['mean_group_f1']:.4f}: {per} |")
+    print(f"splits in order: {', '.join(s.name for s in splits)}; shipped threshold {shipped_threshold}")
+    if args.json:
+        from samespace import outputs
+
+        outputs.atomic_write(args.json, json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
