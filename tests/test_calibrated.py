@@ -331,15 +331,22 @@ def _pair_scores(result: finder.Result) -> dict[frozenset[str], float]:
             for i, j, s in zip(result.left, result.right, result.scores, strict=True)}
 
 
+# How far a pair's score may move when photos are added: only the last bits of float32 cosines, which a matrix
+# product of another size rounds differently (measured: 5e-10 on one of the Test Data's pairs beside 1,000 photos)
+SCORE_BOUND = 1e-6
+
+
 def test_unrelated_photos_move_no_score(copies: Path, test_dir: Path, tmp_path: Path) -> None:
     """The generated Test Data (96 photos, 32 rooms) added to the folder: every pair of the folder's photos keeps
-    its exact score, and its groups stay."""
+    its score (within :data:`SCORE_BOUND`), and its groups stay."""
     alone = run([copies])
     both = run([copies, test_dir])
     names = set(alone.paths)
     assert _groups_of(both, names) == _groups_of(alone, names)
     scores = _pair_scores(both)
-    assert {pair: scores[pair] for pair in _pair_scores(alone)} == _pair_scores(alone)
+    alone_scores = _pair_scores(alone)
+    assert set(alone_scores) <= set(scores)
+    assert all(abs(scores[pair] - s) <= SCORE_BOUND for pair, s in alone_scores.items())
 
 
 @pytest.mark.slow
@@ -347,8 +354,8 @@ def test_unrelated_photos_move_no_score(copies: Path, test_dir: Path, tmp_path: 
                     "SAMESPACE_LONG_TESTS=1 (the 96-photo test above checks the same in the suite)")
 def test_a_thousand_unrelated_photos_change_no_group(test_dir: Path, tmp_path: Path) -> None:
     """The generated Test Data (seed 0) beside 1,000-odd photos of other generated rooms (seed 1): the groups of
-    the Test Data's photos are the same, and so is every score between two of them. (The suite's backbone is a
-    random one, so the groups are fewer than with ImageNet weights; the point is that they do not move.)"""
+    the Test Data's photos are the same, and every score between two of them is within :data:`SCORE_BOUND`. (The
+    suite's backbone is a random one, so the groups are fewer than with ImageNet weights; the point is that they do not move.)"""
     others = sample_set.write_sample_dataset(tmp_path / "others", seed=1, rooms={"Test Data": 85}) / "Test Data"
     assert len(list(others.rglob("*.jpg"))) >= 1000
     alone = run([test_dir])
@@ -357,7 +364,7 @@ def test_a_thousand_unrelated_photos_change_no_group(test_dir: Path, tmp_path: P
     assert len(_groups_of(alone, names)) >= 5
     assert _groups_of(both, names) == _groups_of(alone, names)
     scores = _pair_scores(both)
-    assert all(scores[pair] == s for pair, s in _pair_scores(alone).items())
+    assert all(abs(scores[pair] - s) <= SCORE_BOUND for pair, s in _pair_scores(alone).items())
 
 
 def test_candidate_search_scores_pairs_as_the_exhaustive_search(copies: Path) -> None:
