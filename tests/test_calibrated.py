@@ -355,7 +355,8 @@ def test_unrelated_photos_move_no_score(copies: Path, test_dir: Path, tmp_path: 
 def test_a_thousand_unrelated_photos_change_no_group(test_dir: Path, tmp_path: Path) -> None:
     """The generated Test Data (seed 0) beside 1,000-odd photos of other generated rooms (seed 1): the groups of
     the Test Data's photos are the same, and every score between two of them is within :data:`SCORE_BOUND`. (The
-    suite's backbone is a random one, so the groups are fewer than with ImageNet weights; the point is that they do not move.)"""
+    suite's backbone is a random one, so the groups are fewer than with ImageNet weights; the point is that they do
+    not move.)"""
     others = sample_set.write_sample_dataset(tmp_path / "others", seed=1, rooms={"Test Data": 85}) / "Test Data"
     assert len(list(others.rglob("*.jpg"))) >= 1000
     alone = run([test_dir])
