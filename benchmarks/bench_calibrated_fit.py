@@ -34,7 +34,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from samespace import background, calibrated_fit, calibrated_score, scoring_methods, verification  # noqa: E402
+from samespace import background, calibrated_fit, scoring_methods  # noqa: E402
 from samespace.devsets import sample_set  # noqa: E402
 
 FOLDS = 5
@@ -44,18 +44,15 @@ REACHES = 10  # inliers
 def out_of_fold(features: list[dict[str, np.ndarray]], labels: list[np.ndarray]) -> list[np.ndarray]:
     """Scores of every pair by a model that did not see its places (pairs across two held-out folds: the full fit)."""
     scores = [np.zeros(len(f["same"])) for f in features]
+    folds = [((lab % FOLDS)[f["left"]], (lab % FOLDS)[f["right"]]) for f, lab in zip(features, labels, strict=True)]
     for fold in [*range(FOLDS), None]:
         train = []
-        for f, lab in zip(features, labels, strict=True):
-            place_fold = lab % FOLDS
-            seen = np.ones(len(f["same"]), bool) if fold is None else (
-                (place_fold[f["left"]] != fold) & (place_fold[f["right"]] != fold))
+        for f, (a, b) in zip(features, folds, strict=True):
+            seen = np.ones(len(a), bool) if fold is None else (a != fold) & (b != fold)
             train.append({k: v[seen] for k, v in f.items()})
         model = calibrated_fit.fit_coefficients(train)
-        for f, lab, out in zip(features, labels, scores, strict=True):
-            place_fold = lab % FOLDS
-            a, b = place_fold[f["left"]], place_fold[f["right"]]
-            held = (a != b) if fold is None else ((a == fold) & (b == fold))
+        for f, (a, b), out in zip(features, folds, scores, strict=True):
+            held = (a != b) if fold is None else (a == fold) & (b == fold)
             out[held] = model.probability(f["cosine"][held], f["background"][held], f["inliers"][held])
     return scores
 
@@ -104,16 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     shipped = background.load()
     if shipped.places != tuple(places):
         print("note: these splits' background differs from the shipped one", file=sys.stderr)
-    base = [calibrated_fit.pair_features(s, bank, places) for s in splits]  # one match per keypoint
     results: dict[str, Any] = {}
     for name, unique in (("every match (verified's count)", False), ("one match per keypoint (shipped)", True)):
-        features = []
-        for s, f in zip(splits, base, strict=True):
-            counted = f if unique else {**f, "inliers": np.array([
-                verification.count_inliers(s.keypoints[a], s.keypoints[b], unique=False) if c >= calibrated_score.
-                VERIFY_COSINE else 0 for a, b, c in zip(f["left"], f["right"], f["cosine"], strict=True)])}
-            features.append(counted)
-        results[name] = evaluate(splits, features)
+        results[name] = evaluate(splits, [calibrated_fit.pair_features(s, bank, places, unique) for s in splits])
     shipped_threshold = scoring_methods.CALIBRATED_THRESHOLD
     print(f"{sum(len(s.labels) for s in splits)} photos in {len(splits)} training splits; "
           f"out-of-fold over {FOLDS} folds of places; {time.perf_counter() - start:.0f} s")

@@ -68,8 +68,10 @@ def background_of(splits: Sequence[SplitFeatures]) -> tuple[np.ndarray, list[str
     return np.concatenate(vectors), places
 
 
-def pair_features(split: SplitFeatures, bank: np.ndarray, places: Sequence[str]) -> dict[str, np.ndarray]:
-    """(cosine, background, inliers, same) of every unique pair of a split."""
+def pair_features(split: SplitFeatures, bank: np.ndarray, places: Sequence[str],
+                  unique: bool = True) -> dict[str, np.ndarray]:
+    """(cosine, background, inliers, same) of every unique pair of a split; ``unique``: one match per keypoint in
+    the inlier count (:func:`verification.match`), as the finder counts."""
     n = len(split.vectors)
     own = np.array(places)[None, :] == np.array([f"{split.name}:{label}" for label in split.labels])[:, None]
     b = background.similarity(split.vectors, bank, exclude=own)
@@ -77,7 +79,7 @@ def pair_features(split: SplitFeatures, bank: np.ndarray, places: Sequence[str])
     cosine = np.einsum("ij,ij->i", split.vectors[left], split.vectors[right]).astype(np.float64)
     inliers = np.zeros(len(left), np.int64)
     for k in np.flatnonzero(cosine >= calibrated_score.VERIFY_COSINE):
-        inliers[k] = verification.count_inliers(split.keypoints[left[k]], split.keypoints[right[k]])
+        inliers[k] = verification.count_inliers(split.keypoints[left[k]], split.keypoints[right[k]], unique)
     return {"left": left, "right": right, "cosine": cosine, "background": 0.5 * (b[left] + b[right]),
             "inliers": inliers, "same": split.labels[left] == split.labels[right]}
 

@@ -121,8 +121,8 @@ def one_to_one(matches: Sequence[cv2.DMatch]) -> list[cv2.DMatch]:
 
     A repeated texture (tiles, a grid, foliage) sends many keypoints of one photo to the same keypoint of another,
     and RANSAC counts each as an inlier of a degenerate homography: on the training splits' unrelated pairs that
-    gave up to 76 inliers (real) and 17 (generated); with one match per keypoint, 11 and 10, while 90 % of their
-    duplicates still reach 10 (docs/quality.md, "One-to-one matches")."""
+    gave up to 76 inliers (real) and 17 (generated); with one match per keypoint, 11 and 10, while 89 % and 86 % of
+    their duplicates still reach 10 (docs/quality.md, "One-to-one matches")."""
     nearest: dict[int, cv2.DMatch] = {}
     for m in matches:
         if m.trainIdx not in nearest or m.distance < nearest[m.trainIdx].distance:
