@@ -2,7 +2,9 @@
 very bytes decoded.
 
 Every worker runs the one decode path (:func:`decode_path` / :func:`decode_path_keyed`), so the pixels are the same
-whatever the pool and its size; batches come back in path order while the next batch decodes beside the model.
+whatever the pool and its size; batches come back in path order while the next batch decodes beside the model. A
+scorer's per-photo work beside the model (``scorers.PairScorer.photo_work``: the SIFT keypoints of ``verified`` and
+``calibrated``) runs in the same workers, on each photo right after it decodes.
 """
 
 from __future__ import annotations
@@ -72,12 +74,19 @@ class DecodedBatch:
     skipped: list[tuple[int, str]]
     keys: list[str] = field(default_factory=list)
     stats: list[os.stat_result] = field(default_factory=list)
+    prepared: list[Any] = field(default_factory=list)  # ``then(image, aspect)`` of each decoded photo, when given
 
 
-def decode_paths(paths: Sequence[Path], keyed: bool) -> list[Any]:
-    """:func:`decode_path` (``keyed``: :func:`decode_path_keyed`) of each path, in order: one task of a pool."""
+def decode_paths(
+    paths: Sequence[Path], keyed: bool, then: Callable[[np.ndarray, float], Any] | None = None
+) -> list[Any]:
+    """:func:`decode_path` (``keyed``: :func:`decode_path_keyed`) of each path, in order: one task of a pool. ``then``:
+    run on each decoded image and aspect ratio, its result appended to the photo's tuple."""
     decode: Callable[[Path], Any] = decode_path_keyed if keyed else decode_path
-    return [decode(p) for p in paths]
+    results = [decode(p) for p in paths]
+    if then is None:
+        return results
+    return [r if isinstance(r, str) else (*r, then(r[0], r[1])) for r in results]
 
 
 def make_pool(kind: str, workers: int) -> Executor:
@@ -92,20 +101,23 @@ def make_pool(kind: str, workers: int) -> Executor:
 
 
 def decoded_batches(paths: Sequence[Path], batch_size: int, workers: int | None = None,
-                    keyed: bool = False, pool: str = DEFAULT_POOL) -> Iterator[DecodedBatch]:
+                    keyed: bool = False, pool: str = DEFAULT_POOL,
+                    then: Callable[[np.ndarray, float], Any] | None = None) -> Iterator[DecodedBatch]:
     """Decode ``paths`` batch by batch in ``workers`` threads or processes (``pool``; default: one per core,
     :func:`default_workers`), the next batch while the caller uses this one.
 
     At most two batches of decoded images exist at a time. ``keyed``: hash the bytes decoded
-    (:func:`decode_path_keyed`). A process pool gets each batch in one task per worker (a task per photo would
-    cost more in messages than a small photo's decoding); a thread pool one task per photo.
+    (:func:`decode_path_keyed`). ``then(image, aspect)`` runs in the workers on each decoded photo (a module-level
+    function, so that processes can run it); its results are the batch's ``prepared``. A process pool gets each batch
+    in one task per worker (a task per photo would cost more in messages than a small photo's decoding); a thread
+    pool one task per photo.
     """
     workers = max(1, workers if workers is not None else default_workers())
 
     def submit(start: int) -> list[Future[list[Any]]]:
         chunk = paths[start : start + batch_size]
         step = max(1, math.ceil(len(chunk) / workers)) if pool == "process" else 1
-        return [executor.submit(decode_paths, chunk[k : k + step], keyed) for k in range(0, len(chunk), step)]
+        return [executor.submit(decode_paths, chunk[k : k + step], keyed, then) for k in range(0, len(chunk), step)]
 
     with make_pool(pool, workers) as executor:
         pending = submit(0)
@@ -119,4 +131,5 @@ def decoded_batches(paths: Sequence[Path], batch_size: int, workers: int | None 
                 else np.zeros((0, decoding.IMAGE_SIZE, decoding.IMAGE_SIZE, 3), np.uint8)
             )
             yield DecodedBatch([k for k, _ in ok], images, np.array([r[1] for _, r in ok], np.float64), bad,
-                               [r[2] for _, r in ok] if keyed else [], [r[3] for _, r in ok] if keyed else [])
+                               [r[2] for _, r in ok] if keyed else [], [r[3] for _, r in ok] if keyed else [],
+                               [r[-1] for _, r in ok] if then is not None else [])

@@ -216,7 +216,7 @@ def _stream_embed(
     bar = tqdm(total=len(paths), desc=f"embed ({scorer.name})", unit="img", disable=not progress or len(paths) == 0,
                file=sys.stderr)
     batches = batch_decoding.decoded_batches(paths, batch_size, decode_workers, keyed=on_read is not None,
-                                             pool=decode_pool)
+                                             pool=decode_pool, then=scorer.photo_work)
     while True:
         t = time.perf_counter()
         batch = next(batches, None)
@@ -230,7 +230,8 @@ def _stream_embed(
         flat.extend(k for k, f in zip(batch.indices, is_flat, strict=True) if f)
         if not is_flat.all():
             detailed = [k for k, f in zip(batch.indices, is_flat, strict=True) if not f]
-            sink(detailed, scorer.embed(batch.images[~is_flat], batch.aspects[~is_flat]))
+            prepared = [w for w, f in zip(batch.prepared, is_flat, strict=True) if not f] if batch.prepared else None
+            sink(detailed, scorer.embed(batch.images[~is_flat], batch.aspects[~is_flat], prepared))
         timings["embed"] = timings.get("embed", 0.0) + time.perf_counter() - t
         bad.extend(batch.skipped)
         bar.update(len(batch.indices) + len(batch.skipped))

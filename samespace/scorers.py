@@ -4,6 +4,7 @@ embeddings; nothing runs a backbone per pair. The trained model's scorer: samesp
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -81,8 +82,17 @@ class PairScorer:
     # value checks, so that a store whose rows this scorer could not have made is refused.
     fields: dict[str, FieldSpec] = {}
 
-    def embed(self, images: np.ndarray, aspects: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The per-image embeddings of a batch as named arrays (one row per image), without keeping them."""
+    # Work on each decoded photo beside the backbone: a module-level function of (image, aspect ratio) that the decode
+    # pool runs in its workers (batch_decoding.decoded_batches' ``then``), its results handed to embed() as
+    # ``prepared``. None: the scorer needs none.
+    photo_work: Callable[[np.ndarray, float], Any] | None = None
+
+    def embed(self, images: np.ndarray, aspects: np.ndarray | None = None,
+              prepared: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
+        """The per-image embeddings of a batch as named arrays (one row per image), without keeping them.
+        ``prepared``: :attr:`photo_work` of each image, done already (by the decode pool)."""
+        if prepared is not None:
+            raise ValueError(f"the {self.name} scorer has no per-photo work to be given")
         return self._as_fields(self._embed(images, _aspects(images, aspects)))
 
     def add_embeddings(self, fields: dict[str, np.ndarray]) -> None:
@@ -297,11 +307,22 @@ class LocalFeaturesMixin:
         return {"vectors": unit_vectors(self.extractor), "keypoint_count": FieldSpec("int32", (), bounds=(0, k)),
                 "keypoint_xy": FieldSpec("float32", (k, 2)), "keypoint_descriptors": FieldSpec("uint8", (k, 128))}
 
+    photo_work = staticmethod(verification.local_features)
+
     def _embed(
         self, images: np.ndarray, aspects: np.ndarray
     ) -> tuple[np.ndarray, list[verification.LocalFeatures]]:
         local = [verification.local_features(image, aspect) for image, aspect in zip(images, aspects, strict=True)]
         return super()._embed(images, aspects), local  # type: ignore[misc]
+
+    def embed(self, images: np.ndarray, aspects: np.ndarray | None = None,
+              prepared: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
+        if prepared is None:
+            return super().embed(images, aspects)  # type: ignore[misc]
+        if len(prepared) != len(images):
+            raise ValueError(f"{len(images)} images but keypoints of {len(prepared)}")
+        vectors = super()._embed(images, _aspects(images, aspects))  # type: ignore[misc]
+        return self._as_fields((vectors, list(prepared)))
 
     def _as_fields(self, part: tuple[np.ndarray, list[verification.LocalFeatures]]) -> dict[str, np.ndarray]:
         return {"vectors": part[0], **verification.pack(part[1])}

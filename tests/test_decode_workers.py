@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from samespace import batch_decoding, cli, content_keys, feature_cache
+from samespace import batch_decoding, cli, content_keys, feature_cache, scorers, verification
 from samespace.commands import embed, find
 
 
@@ -57,6 +57,38 @@ def test_the_same_pixels_whatever_the_pool_and_its_size(photos: list[Path], keye
                 np.testing.assert_array_equal(other[name], value, err_msg=f"{name} with {workers} {pool} workers")
             else:
                 assert other[name] == value, (name, workers, pool)
+
+
+@pytest.mark.parametrize(("workers", "pool"), [(1, "thread"), (3, "thread"), (2, "process")])
+def test_keypoints_found_in_the_pool_are_those_found_beside_the_model(photos: list[Path], workers: int,
+                                                                       pool: str) -> None:
+    batches = list(batch_decoding.decoded_batches(photos, batch_size=4, workers=workers, pool=pool,
+                                                  then=verification.local_features))
+    assert [len(b.prepared) for b in batches] == [len(b.indices) for b in batches] == [3, 4, 2]  # 2 unreadable
+    for batch in batches:
+        for image, aspect, found in zip(batch.images, batch.aspects, batch.prepared, strict=True):
+            here = verification.local_features(image, aspect)
+            assert len(here.xy) > 10  # a generated room: a few dozen
+            np.testing.assert_array_equal(found.xy, here.xy)
+            np.testing.assert_array_equal(found.descriptors, here.descriptors)
+    assert all(b.prepared == [] for b in batch_decoding.decoded_batches(photos, batch_size=4, workers=1))
+
+
+def test_a_scorer_takes_the_pools_keypoints_as_its_own(photos: list[Path]) -> None:
+    batch = next(batch_decoding.decoded_batches(photos, batch_size=4, workers=2, then=verification.local_features))
+    scorer = scorers.reference_scorer("calibrated")
+    assert scorer.photo_work is verification.local_features
+    given = scorer.embed(batch.images, batch.aspects, batch.prepared)
+    own = scorer.embed(batch.images, batch.aspects)
+    assert given.keys() == own.keys() == {"vectors", "keypoint_count", "keypoint_xy", "keypoint_descriptors"}
+    for name in own:
+        np.testing.assert_array_equal(given[name], own[name], err_msg=name)
+    with pytest.raises(ValueError, match="3 images but keypoints of 2"):
+        scorer.embed(batch.images, batch.aspects, batch.prepared[:2])
+    cosine = scorers.reference_scorer("cosine")
+    assert cosine.photo_work is None
+    with pytest.raises(ValueError, match="the cosine scorer has no per-photo work"):
+        cosine.embed(batch.images, batch.aspects, batch.prepared)
 
 
 def test_default_workers_are_the_cores_this_process_may_use() -> None:

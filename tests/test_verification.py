@@ -57,13 +57,27 @@ def test_a_tilted_copy_shares_inliers_and_other_rooms_do_not(tilted: list[np.nda
 
 
 def test_one_to_one_keeps_the_nearest_match_of_each_keypoint() -> None:
+    # Keypoints 0, 1 and 3 of the first photo all match keypoint 7 of the second (a repeated texture), 2 matches 5
+    kept = verification.one_to_one(np.array([7, 7, 5, 7]), np.array([0.30, 0.10, 0.40, 0.20], np.float32))
+    assert kept.tolist() == [1, 2]
+    assert verification.one_to_one(np.array([3, 3]), np.array([0.5, 0.5])).tolist() == [0]  # a tie: the first
+    assert verification.one_to_one(np.zeros(0, np.int64), np.zeros(0)).tolist() == []
+
+
+def test_ratio_matches_are_opencvs(tilted: list[np.ndarray]) -> None:
     import cv2
 
-    # Keypoints 0, 1 and 3 of the first photo all match keypoint 7 of the second (a repeated texture), 2 matches 5
-    matches = [cv2.DMatch(0, 7, 0.30), cv2.DMatch(1, 7, 0.10), cv2.DMatch(2, 5, 0.40), cv2.DMatch(3, 7, 0.20)]
-    kept = verification.one_to_one(matches)
-    assert [(m.queryIdx, m.trainIdx) for m in kept] == [(1, 7), (2, 5)]
-    assert verification.one_to_one([]) == []
+    roots = [verification.root_sift(verification.local_features(image).descriptors) for image in tilted[:4]]
+    for a in roots:
+        for b in roots:
+            query, train, distance = verification.ratio_matches(a, b)
+            knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(a, b, k=2)
+            good = [m[0] for m in knn if len(m) == 2 and m[0].distance < verification.RATIO * m[1].distance]
+            assert query.tolist() == [m.queryIdx for m in good]
+            assert train.tolist() == [m.trainIdx for m in good]
+            np.testing.assert_allclose(distance, [m.distance for m in good], atol=1e-5)
+    assert len(verification.ratio_matches(roots[0], roots[1])[0]) > 20  # the tilted copy: many matches
+    assert len(verification.ratio_matches(roots[0], roots[0][:1])[0]) == 0  # one keypoint: no second nearest
 
 
 def test_photos_are_matched_in_their_own_shape(tilted_files: list[Path]) -> None:
