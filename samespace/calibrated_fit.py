@@ -40,7 +40,7 @@ class SplitFeatures:
 
     name: str
     vectors: np.ndarray
-    keypoints: list[verification.LocalFeatures]
+    keypoints: Sequence[verification.LocalFeatures]
     labels: np.ndarray
 
 

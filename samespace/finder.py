@@ -29,17 +29,19 @@ from samespace import (
     blank,
     errors,
     grouping,
+    keypoint_table,
     matching,
     photo_files,
     scorers,
     scoring_methods,
-    verification,
 )
 from samespace import tiers as tiers_of
 from samespace.commands import find
 from samespace.embedding_store import EmbeddingStore
+from samespace.keypoint_table import physical_memory
 
 MAX_DECODE_ROUNDS = 3  # embed_photos: rounds of decoding photos whose bytes changed since their key was taken
+FROM_STORE_BATCH = 4096  # rows handed from the store to the scorer at a time (280 MB of keypoints)
 
 
 # A group with more photos than this is reported with a warning: usually a threshold too low for the collection
@@ -240,27 +242,31 @@ def _stream_embed(
     return bad, flat
 
 
-def physical_memory() -> int | None:
-    """This machine's RAM in bytes (None where the system does not say)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def check_memory(n_photos: int, scorer: scorers.PairScorer) -> None:
-    """Refuse, before any photo is decoded, a run whose keypoints (``--method verified`` or ``calibrated``: every
-    photo's, held until the pairs are scored) would take more than half of the machine's memory: it would fail hours
-    later."""
-    total = physical_memory()
-    if not isinstance(scorer, scorers.LocalFeaturesMixin) or not total:
+def check_memory(n_photos: int, scorer: scorers.PairScorer, with_store: bool = False) -> None:
+    """Refuse, before any photo is decoded, a run whose keypoints (``--method verified`` or ``calibrated``, 68 KB a
+    photo, held until the pairs are scored) cannot be held: it would fail hours later. The scorer keeps them in
+    memory up to a budget and beyond it in a scratch file (samespace.keypoint_table), which must fit in its
+    folder's free space; an embedding store holds every row it reads in memory, so with one they must fit in half
+    of the machine's memory."""
+    if not isinstance(scorer, scorers.LocalFeaturesMixin):
         return
-    need = n_photos * verification.BYTES_PER_PHOTO
-    if need > total // 2:
+    record = keypoint_table.record_dtype().itemsize
+    total = physical_memory()
+    need = n_photos * record
+    if with_store and total and need > total // 2:
         raise errors.FindDuplicatesError(
-            f"--method {scorer.name} holds about {verification.BYTES_PER_PHOTO // 1000} KB of keypoints per photo in "
-            f"memory: {n_photos:,} photos need about {need / 1e9:.1f} GB, more than half of this machine's "
-            f"{total / 1e9:.1f} GB. Use --method relative (no keypoints) for a collection this large, or split it")
+            f"--method {scorer.name} reads about {record // 1000} KB of keypoints per photo from the embedding store "
+            f"into memory: {n_photos:,} photos need about {need / 1e9:.1f} GB, more than half of this machine's "
+            f"{total / 1e9:.1f} GB. Add --no-cache (keypoints beyond memory then go to a scratch file), or split "
+            "the collection")
+    spilled = max(0, n_photos - keypoint_table.default_in_memory()) * record
+    if spilled:
+        folder, free = keypoint_table.scratch_space()
+        if spilled > free:
+            raise errors.FindDuplicatesError(
+                f"--method {scorer.name} keeps about {record // 1000} KB of keypoints per photo: {n_photos:,} photos "
+                f"need a scratch file of about {spilled / 1e9:.1f} GB in {folder}, which has {free / 1e9:.1f} GB "
+                "free. Set TMPDIR to a folder with more space, or split the collection")
 
 
 def embed_photos(
@@ -286,7 +292,7 @@ def embed_photos(
     """
     timings = timings if timings is not None else {}
     if fill_scorer:
-        check_memory(len(paths), scorer)
+        check_memory(len(paths), scorer, with_store=store is not None)
     if store is None:
         bad, flat = _stream_embed(paths, scorer, lambda _, fields: scorer.add_embeddings(fields), batch_size,
                                   progress, decode_workers, timings, decode_pool=decode_pool)
@@ -346,8 +352,9 @@ def embed_photos(
     flat = [k for k, key in enumerate(keys) if key in blank_keys and k not in reasons]
     kept = [k for k, key in enumerate(keys) if key is not None and k not in reasons and key not in blank_keys]
     t = time.perf_counter()
-    if kept and fill_scorer:
-        scorer.add_embeddings(store.get([keys[k] for k in kept]))  # type: ignore[misc]
+    if fill_scorer:
+        for start in range(0, len(kept), FROM_STORE_BATCH):  # in batches: the scorer packs or spills keypoints
+            scorer.add_embeddings(store.get([keys[k] for k in kept[start : start + FROM_STORE_BATCH]]))  # type: ignore[misc]
     timings["from_store"] = time.perf_counter() - t
     skipped = [{"path": str(paths[k]), "reason": reasons[k]} for k in sorted(reasons)]
     return Embedded(kept, skipped, embedded, len(kept) - embedded, flat)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from samespace import hashing, local_scaling, neighbours, scoring_methods, verification
+from samespace.keypoint_table import KeypointTable
 from samespace.store_format import FieldSpec
 
 
@@ -299,7 +300,8 @@ class LocalFeaturesMixin:
     """Adds each photo's SIFT keypoints (``verification.local_features`` of the same decoded image, back in its
     photo's shape) to a backbone scorer's vectors: the ``verified`` and ``calibrated`` methods' embeddings."""
 
-    keypoints: list[verification.LocalFeatures]
+    keypoints: Sequence[verification.LocalFeatures]
+    _adding: KeypointTable | None = None
 
     @property
     def fields(self) -> dict[str, FieldSpec]:
@@ -327,13 +329,30 @@ class LocalFeaturesMixin:
     def _as_fields(self, part: tuple[np.ndarray, list[verification.LocalFeatures]]) -> dict[str, np.ndarray]:
         return {"vectors": part[0], **verification.pack(part[1])}
 
-    def _from_fields(self, fields: dict[str, np.ndarray]) -> tuple[np.ndarray, list[verification.LocalFeatures]]:
-        return np.asarray(fields["vectors"]), verification.unpack(fields)
+    def _table(self) -> KeypointTable:
+        """The keypoints added since the last :meth:`finish`: packed as they come, so a run of many photos does not
+        hold them unpacked (and past a budget, not in memory: samespace.keypoint_table)."""
+        if self._adding is None:
+            self._adding = KeypointTable()
+        return self._adding
+
+    def add(self, images: np.ndarray, aspects: np.ndarray | None = None) -> None:
+        if len(images):
+            vectors, local = self._embed(images, _aspects(images, aspects))
+            self._table().extend(local)
+            self._parts.append(vectors)  # type: ignore[has-type]
+            self._n += len(images)  # type: ignore[has-type]
+
+    def add_embeddings(self, fields: dict[str, np.ndarray]) -> None:
+        n = len(fields["vectors"])
+        if n:
+            self._table().append(fields)
+            self._parts.append(np.asarray(fields["vectors"]))  # type: ignore[has-type]
+            self._n += n  # type: ignore[has-type]
 
     def finish(self) -> None:
-        parts = self._parts  # type: ignore[has-type]
-        self.keypoints = [f for part in parts for f in part[1]]
-        self._parts = [part[0] for part in parts]
+        if self._adding is not None:
+            self.keypoints, self._adding = self._adding, None
         super().finish()  # type: ignore[misc]
 
 

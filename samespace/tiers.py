@@ -174,7 +174,7 @@ def match_tiers(paths: Sequence[str], n_scored: int, scorer: PairScorer, left: n
     """The match tier of each reported pair (samespace.tiers). The paired photos (only those) are decoded again
     for their pixels, once per run when the caller passes the same ``decoded`` cache to every call; keypoints come
     from the scorer when it has them (verified, calibrated), else from that decoding."""
-    own: list[verification.LocalFeatures] | None = getattr(scorer, "keypoints", None)
+    own: Sequence[verification.LocalFeatures] | None = getattr(scorer, "keypoints", None)
     decoded = {} if decoded is None else decoded
     found_features: dict[int, verification.LocalFeatures | None] = {}
 

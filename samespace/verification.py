@@ -40,8 +40,6 @@ WEIGHT = 0.05  # bonus per sqrt(inlier above FLOOR)
 CAP = 40  # inliers counted at most: MAX_BONUS (0.3) bounds which pairs need verifying
 MAX_BONUS = WEIGHT * float(np.sqrt(CAP - FLOOR))
 MAX_ASPECT = 4.0  # a panorama wider than 4:1 is matched as 4:1 (its square holds too few pixels along one side)
-# Memory one photo's keypoints take in a run (descriptors uint8 + float32 positions): all are held until scoring
-BYTES_PER_PHOTO = MAX_KEYPOINTS * (128 + 2 * 4)
 
 
 @dataclass(frozen=True)
@@ -93,14 +91,6 @@ def pack(features: Sequence[LocalFeatures], max_keypoints: int = MAX_KEYPOINTS) 
         m = min(len(f.xy), max_keypoints)
         count[i], xy[i, :m], descriptors[i, :m] = m, f.xy[:m], f.descriptors[:m]
     return {"keypoint_count": count, "keypoint_xy": xy, "keypoint_descriptors": descriptors}
-
-
-def unpack(fields: dict[str, np.ndarray]) -> list[LocalFeatures]:
-    """The inverse of :func:`pack`."""
-    return [
-        LocalFeatures(fields["keypoint_xy"][i, :m].copy(), fields["keypoint_descriptors"][i, :m].copy())
-        for i, m in enumerate(np.asarray(fields["keypoint_count"]).tolist())
-    ]
 
 
 def root_sift(descriptors: np.ndarray) -> np.ndarray:

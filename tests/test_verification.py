@@ -14,6 +14,7 @@ from samespace import (
     decoding,
     embedding_store,
     finder,
+    keypoint_table,
     labelling,
     local_scaling,
     matching,
@@ -129,15 +130,28 @@ def test_a_flat_image_has_no_keypoints_and_verifies_nothing(tilted: list[np.ndar
     assert verification.count_inliers(flat, verification.local_features(tilted[0])) == 0
 
 
-def test_pack_and_unpack_round_trip(tilted: list[np.ndarray]) -> None:
+@pytest.mark.parametrize("in_memory", [100, 0, 2])  # in memory; in the scratch file at once; moved there on the way
+def test_packed_keypoints_come_back_from_the_table_as_found(tilted: list[np.ndarray], in_memory: int) -> None:
     features = [verification.local_features(image) for image in tilted[:2]]
     features.append(verification.local_features(np.zeros((256, 256, 3), np.uint8)))  # no keypoints at all
     fields = verification.pack(features)
     assert fields["keypoint_descriptors"].shape == (3, verification.MAX_KEYPOINTS, 128)
     assert fields["keypoint_count"].tolist() == [len(f.xy) for f in features]
-    for before, after in zip(features, verification.unpack(fields), strict=True):
+    table = keypoint_table.KeypointTable(in_memory=in_memory)
+    table.append({name: array[:1] for name, array in fields.items()})
+    assert len(table[0].xy) == len(features[0].xy)  # read before more are appended
+    table.extend(features[1:])
+    assert len(table) == 3 and table.spilled == (in_memory < 3)
+    table.extend(features[:1])
+    for before, after in zip([*features, features[0]], table, strict=True):
         np.testing.assert_array_equal(before.xy, after.xy)
         np.testing.assert_array_equal(before.descriptors, after.descriptors)
+        assert after.xy.dtype == np.float32 and after.descriptors.dtype == np.uint8
+    assert [len(f.xy) for f in table[-2:]] == [0, len(features[0].xy)]
+    with pytest.raises(IndexError, match="photo 4 of 4"):
+        table[4]
+    table.close()
+    assert len(table) == 0
 
 
 def test_bonus_is_zero_up_to_the_floor_then_grows_to_its_cap() -> None:
@@ -250,21 +264,51 @@ def test_a_tilted_copy_is_a_duplicate_with_method_verified(tilted_files: list[Pa
 def test_method_verified_refuses_up_front_a_collection_whose_keypoints_do_not_fit(
     tilted_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Keypoints of every photo stay in memory until scoring: a run that needs more than half the machine's memory is
-    refused before any photo is decoded (exit 2, one line naming the count), not after hours of embedding."""
+    """Keypoints are held until scoring: beyond the scorer's memory budget they go to a scratch file, and a store
+    reads them into memory. A run whose keypoints fit neither is refused before any photo is decoded (exit 2, one
+    line naming the count and the way out), not after hours of embedding."""
     folder = tilted_files[0].parent
     n = len(labelling.find_images(folder))
-    need = n * verification.BYTES_PER_PHOTO
-    assert verification.BYTES_PER_PHOTO == 68_000
+    record = keypoint_table.record_dtype().itemsize
+    assert record == 68_004
     decoded = []
     monkeypatch.setattr(batch_decoding, "decode_path", lambda path: decoded.append(path) or "not reached")
-    monkeypatch.setattr(finder, "physical_memory", lambda: 2 * need - 2)
+    monkeypatch.setattr(finder, "physical_memory", lambda: 2 * n * record - 2)
     out = tmp_path / "dups.json"
-    assert find.main([str(folder), "--method", "verified", "--no-cache", "--json", str(out)]) == 2
+    store = tmp_path / "store.npz"
+    assert find.main([str(folder), "--method", "verified", "--store", str(store), "--json", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "\nerror: --method verified holds about 68 KB" in "\n" + err and f"{n:,} photos" in err
-    assert decoded == [] and not out.exists()
-    monkeypatch.setattr(finder, "physical_memory", lambda: 2 * need)  # exactly half: allowed
+    assert "\nerror: --method verified reads about 68 KB" in "\n" + err and f"{n:,} photos" in err
+    assert "--no-cache" in err
+    # Without a store, the keypoints past the budget go to the scratch file: its folder must have the space
+    monkeypatch.setattr(keypoint_table, "default_in_memory", lambda *_: 1)
+    monkeypatch.setattr(keypoint_table, "scratch_space", lambda: ("/scratch", (n - 1) * record - 1))
+    assert find.main([str(folder), "--method", "calibrated", "--no-cache", "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "\nerror: --method calibrated keeps about 68 KB" in "\n" + err and "in /scratch, which has" in err
+    assert "TMPDIR" in err
+    assert decoded == [] and not out.exists() and not store.exists()
+    monkeypatch.setattr(keypoint_table, "scratch_space", lambda: ("/scratch", (n - 1) * record))  # just enough
     finder.check_memory(n, scorers.reference_scorer("verified"))
-    monkeypatch.setattr(finder, "physical_memory", lambda: 1)  # the relative default keeps no keypoints
-    finder.check_memory(10**9, scorers.reference_scorer("relative"))
+    monkeypatch.setattr(finder, "physical_memory", lambda: 2 * n * record)  # exactly half: allowed with a store
+    finder.check_memory(n, scorers.reference_scorer("verified"), with_store=True)
+    monkeypatch.setattr(finder, "physical_memory", lambda: 1)  # the relative method keeps no keypoints
+    finder.check_memory(10**9, scorers.reference_scorer("relative"), with_store=True)
+
+
+@pytest.mark.parametrize("method", ["verified", "calibrated"])
+def test_keypoints_in_the_scratch_file_give_the_same_duplicates(
+    tilted_files: list[Path], monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    """A run whose keypoints outgrow the memory budget scores every pair as one that holds them in memory."""
+    folder = tilted_files[0].parent
+    documents = []
+    for in_memory in (10**6, 1):
+        monkeypatch.setattr(keypoint_table, "default_in_memory", lambda *_, in_memory=in_memory: in_memory)
+        scorer = scorers.reference_scorer(method)
+        result = finder.find_duplicates([folder], scorer, threshold=0.3, progress=False)
+        assert isinstance(scorer.keypoints, keypoint_table.KeypointTable)
+        assert scorer.keypoints.spilled == (in_memory == 1)
+        document = result.to_dict()
+        documents.append((document["groups"], document["pairs"]))
+    assert documents[0] == documents[1] and len(documents[0][1]) >= 1
