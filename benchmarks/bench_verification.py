@@ -3,13 +3,16 @@
     python benchmarks/bench_verification.py "data/real/Training Data" [more folders] [--repeat 3]
 
 Each folder is embedded as the calibrated method embeds it (GeM vectors and SIFT keypoints); every pair with a cosine
-of at least ``calibrated_score.VERIFY_COSINE`` (the pairs the calibrated score may verify) is verified twice per
-repeat, alternating:
+of at least ``calibrated_score.VERIFY_COSINE`` (the pairs the calibrated score may verify) is verified three times
+per repeat, alternating:
 
 - ``opencv``: RootSIFT descriptors matched by ``cv2.BFMatcher(NORM_L2).knnMatch(k=2)``, the ratio test, one match
   per keypoint (nearest first, then the first of equally near ones), RANSAC: how ``verification.match`` counted
   before it computed the distances itself;
-- ``project``: ``verification.match`` (``ratio_matches``: one matrix product per pair).
+- ``project``: ``verification.match_pairs``, as the scorers verify: ``verification.match`` (``ratio_matches``: one
+  matrix product per pair) in one thread per core, each with numpy's BLAS on one thread;
+- ``serial``: ``verification.match`` one pair at a time with numpy's BLAS threads as they are (one per core by
+  default): how the scorers verified before, which must give the same matches.
 
 Both with one match per keypoint (the calibrated score's count) and with every match (``unique=False``, the verified
 method's). Prints the best time per pair of each, their ratio, and how many pairs' inlier counts or homographies
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -28,7 +32,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from samespace import calibrated_score, finder, labelling, matching, scorer_choice, verification  # noqa: E402
+from samespace import calibrated_score, finder, labelling, machine, matching, scorer_choice, verification  # noqa: E402
 
 
 def opencv_match(a: verification.LocalFeatures, b: verification.LocalFeatures, unique: bool) -> verification.Match:
@@ -70,19 +74,28 @@ def run_folder(folder: Path, repeat: int) -> None:
     keypoints = scorer.keypoints
     print(f"{folder}: {n} photos, {np.mean([len(k.xy) for k in keypoints]):.0f} keypoints a photo, {len(pairs):,} "
           f"pairs with a cosine >= {calibrated_score.VERIFY_COSINE} ({len(pairs) / max(n, 1):.1f} a photo)")
+    left_of, right_of = np.array([i for i, _ in pairs], np.int64), np.array([j for _, j in pairs], np.int64)
+    workers = machine.usable_cores()
     for unique in (True, False):
-        best = {"opencv": np.inf, "project": np.inf}
+        matchers: dict[str, Callable[[], list[verification.Match]]] = {
+            "opencv": lambda unique=unique: [opencv_match(keypoints[i], keypoints[j], unique) for i, j in pairs],
+            "project": lambda unique=unique: verification.match_pairs(keypoints, left_of, right_of, unique),
+            "serial": lambda unique=unique: [verification.match(keypoints[i], keypoints[j], unique) for i, j in pairs],
+        }
+        best = dict.fromkeys(matchers, np.inf)
         results: dict[str, list[verification.Match]] = {}
         for _ in range(repeat):
-            for name, fn in (("opencv", opencv_match), ("project", verification.match)):
+            for name, run in matchers.items():
                 start = time.perf_counter()
-                results[name] = [fn(keypoints[i], keypoints[j], unique) for i, j in pairs]
+                results[name] = run()
                 best[name] = min(best[name], time.perf_counter() - start)
         differ = sum(not same(x, y) for x, y in zip(results["opencv"], results["project"], strict=True))
+        assert all(same(x, y) for x, y in zip(results["project"], results["serial"], strict=True))
         per = {name: 1000 * t / max(len(pairs), 1) for name, t in best.items()}
         print(f"  {'one match per keypoint' if unique else 'every match':>22}: opencv {per['opencv']:.3f} ms a pair, "
               f"project {per['project']:.3f} ms a pair, project / opencv time {best['project'] / best['opencv']:.2f}"
-              f"; pairs differing {differ}")
+              f"; pairs differing {differ}; one pair at a time with numpy's BLAS threads {per['serial']:.3f} ms a "
+              f"pair (project / that: {best['project'] / best['serial']:.2f}, {workers} verification threads)")
 
 
 def main() -> int:

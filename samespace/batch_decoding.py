@@ -24,6 +24,7 @@ import numpy as np
 from samespace import (
     content_keys,
     decoding,
+    machine,
 )
 
 POOLS = ("thread", "process")
@@ -32,10 +33,7 @@ DEFAULT_POOL = "thread"  # measured faster on a 2-core machine (docs/scale.md); 
 
 def default_workers() -> int:
     """Decode workers by default: the cores this process may run on (its CPU affinity, e.g. a container's share)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    return machine.usable_cores()
 
 
 def decode_path(path: Path) -> tuple[np.ndarray, float] | str:

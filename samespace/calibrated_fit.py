@@ -78,8 +78,9 @@ def pair_features(split: SplitFeatures, bank: np.ndarray, places: Sequence[str],
     left, right = matching.upper_pairs(0, n, n)
     cosine = np.einsum("ij,ij->i", split.vectors[left], split.vectors[right]).astype(np.float64)
     inliers = np.zeros(len(left), np.int64)
-    for k in np.flatnonzero(cosine >= calibrated_score.VERIFY_COSINE):
-        inliers[k] = verification.count_inliers(split.keypoints[left[k]], split.keypoints[right[k]], unique)
+    verify = cosine >= calibrated_score.VERIFY_COSINE
+    inliers[verify] = [m.inliers for m in verification.match_pairs(split.keypoints, left[verify], right[verify],
+                                                                    unique)]
     return {"left": left, "right": right, "cosine": cosine, "background": 0.5 * (b[left] + b[right]),
             "inliers": inliers, "same": split.labels[left] == split.labels[right]}
 

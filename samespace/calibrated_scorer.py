@@ -72,10 +72,15 @@ class CalibratedScorer(LocalFeaturesMixin, CosineScorer):
     def _probabilities(self, left: np.ndarray, right: np.ndarray, cosine: np.ndarray) -> np.ndarray:
         b = self.background_similarity
         plain = self.coefficients.logit(cosine, 0.5 * (b[left] + b[right]), 0)
-        inliers = np.zeros(len(left), np.int64)
         verify = (plain >= self.verify_from) & (cosine >= calibrated_score.VERIFY_COSINE) & (left != right)
-        for k in np.flatnonzero(verify):
-            inliers[k] = self.match(int(left[k]), int(right[k])).inliers
+        low, high = np.minimum(left[verify], right[verify]), np.maximum(left[verify], right[verify])
+        codes = (low * len(self.vectors) + high).tolist()
+        todo = sorted({code for code in codes if code not in self._matches})
+        if todo:
+            new_low, new_high = np.divmod(np.array(todo, np.int64), len(self.vectors))
+            self._matches.update(zip(todo, verification.match_pairs(self.keypoints, new_low, new_high), strict=True))
+        inliers = np.zeros(len(left), np.int64)
+        inliers[verify] = [self._matches[code].inliers for code in codes]
         return calibrated_score.sigmoid(plain + self.coefficients.inliers * calibrated_score.evidence(inliers))
 
     def score(self, left: np.ndarray, right: np.ndarray, batch_size: int = 1 << 15) -> np.ndarray:

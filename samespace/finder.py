@@ -38,7 +38,6 @@ from samespace import (
 from samespace import tiers as tiers_of
 from samespace.commands import find
 from samespace.embedding_store import EmbeddingStore
-from samespace.keypoint_table import physical_memory
 
 MAX_DECODE_ROUNDS = 3  # embed_photos: rounds of decoding photos whose bytes changed since their key was taken
 FROM_STORE_BATCH = 4096  # rows handed from the store to the scorer at a time (280 MB of keypoints)
@@ -243,30 +242,12 @@ def _stream_embed(
 
 
 def check_memory(n_photos: int, scorer: scorers.PairScorer, with_store: bool = False) -> None:
-    """Refuse, before any photo is decoded, a run whose keypoints (``--method verified`` or ``calibrated``, 68 KB a
-    photo, held until the pairs are scored) cannot be held: it would fail hours later. The scorer keeps them in
-    memory up to a budget and beyond it in a scratch file (samespace.keypoint_table), which must fit in its
-    folder's free space; an embedding store holds every row it reads in memory, so with one they must fit in half
-    of the machine's memory."""
-    if not isinstance(scorer, scorers.LocalFeaturesMixin):
-        return
-    record = keypoint_table.record_dtype().itemsize
-    total = physical_memory()
-    need = n_photos * record
-    if with_store and total and need > total // 2:
-        raise errors.FindDuplicatesError(
-            f"--method {scorer.name} reads about {record // 1000} KB of keypoints per photo from the embedding store "
-            f"into memory: {n_photos:,} photos need about {need / 1e9:.1f} GB, more than half of this machine's "
-            f"{total / 1e9:.1f} GB. Add --no-cache (keypoints beyond memory then go to a scratch file), or split "
-            "the collection")
-    spilled = max(0, n_photos - keypoint_table.default_in_memory()) * record
-    if spilled:
-        folder, free = keypoint_table.scratch_space()
-        if spilled > free:
-            raise errors.FindDuplicatesError(
-                f"--method {scorer.name} keeps about {record // 1000} KB of keypoints per photo: {n_photos:,} photos "
-                f"need a scratch file of about {spilled / 1e9:.1f} GB in {folder}, which has {free / 1e9:.1f} GB "
-                "free. Set TMPDIR to a folder with more space, or split the collection")
+    """Refuse, before any photo is decoded, a run whose keypoints (``--method verified`` or ``calibrated``) cannot be
+    held until the pairs are scored (keypoint_table.room_problem): it would fail hours later."""
+    if isinstance(scorer, scorers.LocalFeaturesMixin):
+        problem = keypoint_table.room_problem(f"--method {scorer.name}", n_photos, with_store)
+        if problem:
+            raise errors.FindDuplicatesError(problem)
 
 
 def embed_photos(

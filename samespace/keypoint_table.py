@@ -9,7 +9,7 @@ running out of memory. Verification reads two records a pair; a run's pairs are 
 neighbours, so reads stay local enough for the cache.
 
 >>> import numpy as np
->>> from samespace import verification
+>>> from samespace import machine, verification
 >>> table = KeypointTable(max_keypoints=4, in_memory=1)
 >>> one = verification.LocalFeatures(np.ones((2, 2), np.float32), np.full((2, 128), 7, np.uint8))
 >>> table.append(verification.pack([one, one], max_keypoints=4))
@@ -22,12 +22,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from typing import IO, overload
 
 import numpy as np
 
-from samespace import verification
+from samespace import machine, verification
 
 # Photos whose keypoints stay in memory when the machine does not say its size (1.4 GB at 68 KB a photo)
 FALLBACK_IN_MEMORY = 20_000
@@ -40,17 +41,9 @@ def record_dtype(max_keypoints: int = verification.MAX_KEYPOINTS) -> np.dtype:
                      ("descriptors", "u1", (max_keypoints, 128))])
 
 
-def physical_memory() -> int | None:
-    """This machine's RAM in bytes (None where the system does not say)."""
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
 def default_in_memory(max_keypoints: int = verification.MAX_KEYPOINTS) -> int:
     """Photos kept in memory by default: :data:`MEMORY_SHARE` of the machine's RAM (3 GB, 44,000 photos on 24 GB)."""
-    total = physical_memory()
+    total = machine.physical_memory()
     if not total:
         return FALLBACK_IN_MEMORY
     return max(1, int(total * MEMORY_SHARE) // record_dtype(max_keypoints).itemsize)
@@ -65,6 +58,28 @@ def scratch_space() -> tuple[str, int]:
     """The scratch folder and its free bytes."""
     folder = scratch_folder()
     return folder, shutil.disk_usage(folder).free
+
+
+def room_problem(method: str, n_photos: int, with_store: bool = False) -> str | None:
+    """Why ``n_photos`` photos' keypoints cannot be held until their pairs are scored, or None. Past
+    :func:`default_in_memory` they go to the scratch file, which must fit in its folder's free space; an embedding
+    store reads every row into memory, so with one they must fit in half of the machine's memory."""
+    record = record_dtype().itemsize
+    total = machine.physical_memory()
+    need = n_photos * record
+    if with_store and total and need > total // 2:
+        return (f"{method} reads about {record // 1000} KB of keypoints per photo from the embedding store into "
+                f"memory: {n_photos:,} photos need about {need / 1e9:.1f} GB, more than half of this machine's "
+                f"{total / 1e9:.1f} GB. Add --no-cache (keypoints beyond memory then go to a scratch file), or split "
+                "the collection")
+    spilled = max(0, n_photos - default_in_memory()) * record
+    if spilled:
+        folder, free = scratch_space()
+        if spilled > free:
+            return (f"{method} keeps about {record // 1000} KB of keypoints per photo: {n_photos:,} photos need a "
+                    f"scratch file of about {spilled / 1e9:.1f} GB in {folder}, which has {free / 1e9:.1f} GB free. "
+                    "Set TMPDIR to a folder with more space, or split the collection")
+    return None
 
 
 class KeypointTable(Sequence[verification.LocalFeatures]):
@@ -85,6 +100,7 @@ class KeypointTable(Sequence[verification.LocalFeatures]):
         self._records: np.ndarray | None = None  # the chunks joined, or the scratch file mapped
         self._file: IO[bytes] | None = None
         self._n = 0
+        self._joining = threading.Lock()  # verification reads from several threads (verification.match_pairs)
 
     @property
     def spilled(self) -> bool:
@@ -140,14 +156,18 @@ class KeypointTable(Sequence[verification.LocalFeatures]):
                           "to another folder") from exc
 
     def _all(self) -> np.ndarray:
-        if self._records is None:
-            if self._file is not None:
-                self._records = np.memmap(self._file, self.dtype, mode="r", shape=(self._n,)) if self._n else \
-                    np.zeros(0, self.dtype)
-            else:
-                self._records = np.concatenate(self._chunks) if self._chunks else np.zeros(0, self.dtype)
-                self._chunks = [self._records]
-        return self._records
+        records = self._records
+        if records is None:
+            with self._joining:
+                if self._records is None:
+                    if self._file is not None:
+                        self._records = np.memmap(self._file, self.dtype, mode="r", shape=(self._n,)) if self._n \
+                            else np.zeros(0, self.dtype)
+                    else:
+                        self._records = np.concatenate(self._chunks) if self._chunks else np.zeros(0, self.dtype)
+                        self._chunks = [self._records]
+                records = self._records
+        return records
 
     @overload
     def __getitem__(self, index: int) -> verification.LocalFeatures: ...

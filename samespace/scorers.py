@@ -412,13 +412,14 @@ class VerifiedScorer(LocalFeaturesMixin, RelativeScorer):
         known = self.neighbour_codes()
         at = np.searchsorted(known, codes).clip(0, max(len(known) - 1, 0))
         verify = (known[at] == codes) & (relative >= self.verify_from) if len(known) else np.zeros(len(codes), bool)
+        wanted = codes[verify].tolist()
+        todo = sorted({code for code in wanted if code not in self._inliers})
+        if todo:
+            low, high = np.divmod(np.array(todo, np.int64), n)
+            found = verification.match_pairs(self.keypoints, low, high, unique=False)
+            self._inliers.update((code, m.inliers) for code, m in zip(todo, found, strict=True))
         inliers = np.zeros(len(codes), np.int32)
-        for k in np.flatnonzero(verify):
-            code = int(codes[k])
-            if code not in self._inliers:
-                self._inliers[code] = verification.count_inliers(
-                    self.keypoints[code // n], self.keypoints[code % n], unique=False)
-            inliers[k] = self._inliers[code]
+        inliers[verify] = [self._inliers[code] for code in wanted]
         return np.where(verify, verification.bonus(inliers), 0.0)
 
     def score(self, left: np.ndarray, right: np.ndarray, batch_size: int = 1 << 15) -> np.ndarray:

@@ -24,13 +24,19 @@ verification").
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple
 
 import cv2
 import numpy as np
 from PIL import Image
+from threadpoolctl import ThreadpoolController
+
+from samespace import machine
 
 MAX_KEYPOINTS = 500  # per photo, the strongest; 1,000 found no more duplicates on the training split
 RATIO = 0.75  # Lowe's ratio test: a match counts when its nearest descriptor is clearly nearer than the second
@@ -39,6 +45,7 @@ FLOOR = 4  # inliers that unrelated photos reach by chance (99th percentile of t
 WEIGHT = 0.05  # bonus per sqrt(inlier above FLOOR)
 CAP = 40  # inliers counted at most: MAX_BONUS (0.3) bounds which pairs need verifying
 MAX_BONUS = WEIGHT * float(np.sqrt(CAP - FLOOR))
+PAIRS_PER_TASK = 64  # pairs a verification thread takes at a time (each about 1 ms)
 MAX_ASPECT = 4.0  # a panorama wider than 4:1 is matched as 4:1 (its square holds too few pixels along one side)
 
 
@@ -97,6 +104,19 @@ def root_sift(descriptors: np.ndarray) -> np.ndarray:
     """L1-normalise and take the square root: Euclidean distance then compares like the Hellinger kernel."""
     d = descriptors.astype(np.float32)
     return np.sqrt(d / np.maximum(d.sum(1, keepdims=True), 1e-7))
+
+
+@lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()  # inspects the loaded libraries once (0.6 ms), so that each limit costs ~10 us
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager[object]:
+    """numpy's BLAS on one thread, for a loop of verifications (``with one_blas_thread(): ...``). A pair's distance
+    matrix (a few hundred rows) is too small to share between threads; when another process keeps a core busy, a
+    second BLAS thread makes each product wait for it: :func:`ratio_matches` took 7-14 ms instead of 1 ms on the
+    2-core development machine under load (docs/scale.md, "Spatial verification's cost")."""
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 class Match(NamedTuple):
@@ -168,6 +188,32 @@ def match(a: LocalFeatures, b: LocalFeatures, unique: bool = True) -> Match:
     homography, mask = cv2.findHomography(a.xy[query], b.xy[train], cv2.RANSAC, REPROJECTION, maxIters=2000,
                                           confidence=0.995)
     return Match(0, None) if mask is None else Match(int(mask.sum()), homography)
+
+
+def match_pairs(features: Sequence[LocalFeatures], left: np.ndarray, right: np.ndarray, unique: bool = True,
+                workers: int | None = None) -> list[Match]:
+    """:func:`match` of ``features[left[k]]`` and ``features[right[k]]`` for every k, in order.
+
+    The pairs are shared among ``workers`` threads (default: the cores this process may use), each product on one
+    BLAS thread (:func:`one_blas_thread`): the matrix products and RANSAC release the GIL, so pairs run side by side
+    where one pair's small products gain little from more threads. The matches are those of one thread
+    (OpenCV's RANSAC seeds each call alike; tested).
+
+    >>> one = LocalFeatures(np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8))
+    >>> match_pairs([one, one], np.array([0]), np.array([1]))
+    [Match(inliers=0, homography=None)]
+    """
+    pairs = list(zip(np.asarray(left).tolist(), np.asarray(right).tolist(), strict=True))
+    workers = machine.usable_cores() if workers is None else workers
+
+    def one_pair(pair: tuple[int, int]) -> Match:
+        return match(features[pair[0]], features[pair[1]], unique)
+
+    with one_blas_thread():
+        if workers <= 1 or len(pairs) < 2 * PAIRS_PER_TASK:
+            return [one_pair(pair) for pair in pairs]
+        with ThreadPoolExecutor(workers, thread_name_prefix="samespace-verify") as pool:
+            return list(pool.map(one_pair, pairs, chunksize=PAIRS_PER_TASK))
 
 
 def count_inliers(a: LocalFeatures, b: LocalFeatures, unique: bool = True) -> int:

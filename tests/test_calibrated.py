@@ -96,7 +96,7 @@ def test_pairs_under_the_cosine_floor_are_never_verified(monkeypatch: pytest.Mon
     assert c.logit(floor - 0.01, 0.0, 0) > scorer.verify_from  # evidence could lift it: only the floor stops it
     verified = []
 
-    def recorded(a: verification.LocalFeatures, b: verification.LocalFeatures) -> verification.Match:
+    def recorded(a: verification.LocalFeatures, b: verification.LocalFeatures, unique: bool = True) -> object:
         verified.append(1)
         return verification.Match(0, None)
 

@@ -17,6 +17,7 @@ from samespace import (
     keypoint_table,
     labelling,
     local_scaling,
+    machine,
     matching,
     scorers,
     scoring_methods,
@@ -273,7 +274,7 @@ def test_method_verified_refuses_up_front_a_collection_whose_keypoints_do_not_fi
     assert record == 68_004
     decoded = []
     monkeypatch.setattr(batch_decoding, "decode_path", lambda path: decoded.append(path) or "not reached")
-    monkeypatch.setattr(finder, "physical_memory", lambda: 2 * n * record - 2)
+    monkeypatch.setattr(machine, "physical_memory", lambda: 2 * n * record - 2)
     out = tmp_path / "dups.json"
     store = tmp_path / "store.npz"
     assert find.main([str(folder), "--method", "verified", "--store", str(store), "--json", str(out)]) == 2
@@ -290,9 +291,9 @@ def test_method_verified_refuses_up_front_a_collection_whose_keypoints_do_not_fi
     assert decoded == [] and not out.exists() and not store.exists()
     monkeypatch.setattr(keypoint_table, "scratch_space", lambda: ("/scratch", (n - 1) * record))  # just enough
     finder.check_memory(n, scorers.reference_scorer("verified"))
-    monkeypatch.setattr(finder, "physical_memory", lambda: 2 * n * record)  # exactly half: allowed with a store
+    monkeypatch.setattr(machine, "physical_memory", lambda: 2 * n * record)  # exactly half: allowed with a store
     finder.check_memory(n, scorers.reference_scorer("verified"), with_store=True)
-    monkeypatch.setattr(finder, "physical_memory", lambda: 1)  # the relative method keeps no keypoints
+    monkeypatch.setattr(machine, "physical_memory", lambda: 1)  # the relative method keeps no keypoints
     finder.check_memory(10**9, scorers.reference_scorer("relative"), with_store=True)
 
 
@@ -312,3 +313,18 @@ def test_keypoints_in_the_scratch_file_give_the_same_duplicates(
         document = result.to_dict()
         documents.append((document["groups"], document["pairs"]))
     assert documents[0] == documents[1] and len(documents[0][1]) >= 1
+
+
+def test_pairs_verified_in_threads_match_one_by_one(tilted: list[np.ndarray]) -> None:
+    features = [verification.local_features(image) for image in tilted]
+    left, right = matching.upper_pairs(0, len(features), len(features))
+    left, right = np.tile(left, 7), np.tile(right, 7)  # 147 pairs: enough to be shared among threads
+    assert len(left) >= 2 * verification.PAIRS_PER_TASK
+    for unique in (True, False):
+        alone = [verification.match(features[i], features[j], unique) for i, j in zip(left, right, strict=True)]
+        shared = verification.match_pairs(features, left, right, unique, workers=3)
+        assert [m.inliers for m in shared] == [m.inliers for m in alone]
+        assert max(m.inliers for m in alone) >= 11  # the tilted copy
+        for x, y in zip(alone, shared, strict=True):
+            assert (x.homography is None) == (y.homography is None)
+            assert x.homography is None or np.array_equal(x.homography, y.homography)
