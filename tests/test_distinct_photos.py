@@ -50,7 +50,7 @@ def two_sources(tmp_path: Path) -> list[photo_sources.Source]:
 
 def test_shipped_tables_one_photo_per_place() -> None:
     sources, dropped = distinct.load_tables()
-    assert sum(len(s.places) for s in sources) == 84
+    assert sum(len(s.places) for s in sources) == 119
     for source in sources:
         assert source.kind == "deb" and source.version and source.licence
         assert source.package not in photo_sources.HELD_OUT
