@@ -19,6 +19,7 @@ neighbours, so reads stay local enough for the cache.
 
 from __future__ import annotations
 
+import bisect
 import os
 import shutil
 import tempfile
@@ -96,11 +97,12 @@ class KeypointTable(Sequence[verification.LocalFeatures]):
         self.max_keypoints = max_keypoints
         self.in_memory = default_in_memory(max_keypoints) if in_memory is None else in_memory
         self.folder = folder
-        self._chunks: list[np.ndarray] = []
-        self._records: np.ndarray | None = None  # the chunks joined, or the scratch file mapped
+        self._chunks: list[np.ndarray] = []  # in memory: the records as appended (never joined: that would copy them)
+        self._starts: list[int] = []  # the first photo of each chunk
+        self._mapped: np.ndarray | None = None  # in the scratch file: the file mapped, once read
         self._file: IO[bytes] | None = None
         self._n = 0
-        self._joining = threading.Lock()  # verification reads from several threads (verification.match_pairs)
+        self._mapping = threading.Lock()
 
     @property
     def spilled(self) -> bool:
@@ -120,12 +122,13 @@ class KeypointTable(Sequence[verification.LocalFeatures]):
         records["count"] = count
         records["xy"] = fields["keypoint_xy"]
         records["descriptors"] = fields["keypoint_descriptors"]
-        self._records = None
+        self._mapped = None
         if self._file is None and self._n + len(records) > self.in_memory:
             self._spill()
         if self._file is not None:
             self._write(records)
         else:
+            self._starts.append(self._n)
             self._chunks.append(records)
         self._n += len(records)
 
@@ -142,7 +145,7 @@ class KeypointTable(Sequence[verification.LocalFeatures]):
                           f"({type(exc).__name__}: {exc.strerror or exc}); set TMPDIR to another folder") from exc
         for chunk in self._chunks:
             self._write(chunk)
-        self._chunks = []
+        self._chunks, self._starts = [], []
 
     def _write(self, records: np.ndarray) -> None:
         assert self._file is not None
@@ -155,19 +158,17 @@ class KeypointTable(Sequence[verification.LocalFeatures]):
                           f"({type(exc).__name__}: {exc.strerror or exc}); free some space or set TMPDIR "
                           "to another folder") from exc
 
-    def _all(self) -> np.ndarray:
-        records = self._records
-        if records is None:
-            with self._joining:
-                if self._records is None:
-                    if self._file is not None:
-                        self._records = np.memmap(self._file, self.dtype, mode="r", shape=(self._n,)) if self._n \
-                            else np.zeros(0, self.dtype)
-                    else:
-                        self._records = np.concatenate(self._chunks) if self._chunks else np.zeros(0, self.dtype)
-                        self._chunks = [self._records]
-                records = self._records
-        return records
+    def _record(self, i: int) -> np.void:
+        if self._file is None:
+            chunk = bisect.bisect_right(self._starts, i) - 1
+            return self._chunks[chunk][i - self._starts[chunk]]
+        mapped = self._mapped
+        if mapped is None:
+            with self._mapping:  # verification reads from several threads (verification.match_pairs)
+                if self._mapped is None:
+                    self._mapped = np.memmap(self._file, self.dtype, mode="r", shape=(self._n,))
+                mapped = self._mapped
+        return mapped[i]
 
     @overload
     def __getitem__(self, index: int) -> verification.LocalFeatures: ...
@@ -183,14 +184,14 @@ class KeypointTable(Sequence[verification.LocalFeatures]):
             i += self._n
         if not 0 <= i < self._n:
             raise IndexError(f"photo {index} of {self._n}")
-        record = self._all()[i]
+        record = self._record(i)
         m = int(record["count"])
         return verification.LocalFeatures(np.array(record["xy"][:m]), np.array(record["descriptors"][:m]))
 
     def close(self) -> None:
         """Drop the records and the scratch file (also done when the table is garbage collected)."""
-        self._records = None
-        self._chunks = []
+        self._mapped = None
+        self._chunks, self._starts = [], []
         if self._file is not None:
             self._file.close()
             self._file = None
