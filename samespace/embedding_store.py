@@ -1,23 +1,17 @@
 """The embedding store: per-image embeddings saved between runs, keyed by file content and scorer identity.
 
-A second ``find_duplicates.py`` run over the same photos embeds only the photos it has not seen: a photo is
-found by the hash of its bytes (:func:`content_key`), so renamed or moved photos are recognised, and an
-edited photo gets a new key. A store belongs to one scorer: its :func:`scorer_fingerprint` (decoder,
-preprocessing, every weight, the hash function) is in the header, and a store with another fingerprint is
-never used.
+A second run over the same photos embeds only those it has not seen: a photo is found by the hash of its bytes, so
+renamed or moved photos are recognised and an edited photo gets a new key. A store belongs to one scorer (its
+fingerprint: decoder, preprocessing, every weight, the hash function; another's store is never used). A stat index
+(absolute path -> size, mtime ns, inode, ctime ns, content key) spares re-reading files whose stat is unchanged, as
+git's index does; the inode and ctime catch a photo rewritten in place with its size kept and its mtime set back.
 
-Reading every photo's bytes on every run would cost as much I/O as the first run's decoding, so the store
-also keeps a stat index: absolute path -> (size, mtime ns, inode, ctime ns, content key). A file whose stat is
-unchanged is not read again; any change re-hashes it (as git's index does). The inode and ctime catch a photo
-rewritten in place with its size kept and its mtime set back (``os.utime`` cannot set the ctime).
-
-File format and its validation as untrusted input (every array checked before memory is allocated for it; the
-header, identity, shapes, keys, values and stat index after): store_format.py. Version 1 had no ``inodes`` /
-``ctimes``: its rows are used and its stat entries still list its photos (``--embeddings``), but they never spare a
-hash: each photo is re-hashed once, and the next save writes version 2.
-Anything wrong is one :class:`StoreError` line naming the file; a damaged or foreign store is ignored with one
-warning and rebuilt. Writes are atomic (``outputs.atomic_write``) and made under a file lock in the store's folder,
-merging in what another run wrote meanwhile (:meth:`EmbeddingStore.save`).
+File format and its validation as untrusted input: store_format.py (large fields are memory-mapped once checked, so
+a store of millions of rows is not held in memory). Version 1 had no ``inodes`` / ``ctimes``: its rows are used but
+its stat entries spare no hash, and the next save writes version 2. Anything wrong is one :class:`StoreError` line
+naming the file; a damaged or foreign store is ignored with one warning and rebuilt. Writes are atomic
+(``outputs.atomic_write``), streamed a few thousand rows at a time, and made under a file lock in the store's
+folder, merging in what another run wrote meanwhile (:meth:`EmbeddingStore.save`).
 
 Layout: the store the user names (``store.npz``, the *base*) plus *segments* beside it, ``store.npz.seg-<16 hex>``,
 each a file of the same format holding only the rows and stat entries one save added. Rewriting a store of
@@ -33,6 +27,7 @@ store written before segments existed is a base without segments and reads as be
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import secrets
@@ -40,6 +35,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import BinaryIO
 
 import filelock
 import numpy as np
@@ -63,11 +59,6 @@ def default_store_dir() -> Path:
 def default_store_path(method: str, fingerprint: str) -> Path:
     """``<user cache>/embeddings/<method>-<fingerprint prefix>.npz``: one store per scorer."""
     return default_store_dir() / f"{method}-{fingerprint[:20]}.npz"
-
-
-# --------------------------------------------------------------------------------------------
-# The store
-# --------------------------------------------------------------------------------------------
 
 
 class EmbeddingStore:
@@ -108,6 +99,10 @@ class EmbeddingStore:
 
     def __contains__(self, key: str) -> bool:
         return key in self._row
+
+    def rows_in_memory(self) -> int:
+        """Rows added or merged from segments since the base was read (its own are memory-mapped when large)."""
+        return sum(len(chunk) for chunk in next(iter(self._chunks.values()), []))
 
     def keys(self) -> list[str]:
         """Content keys in row order."""
@@ -153,22 +148,28 @@ class EmbeddingStore:
             self._fresh_keys.append(keys[k])
         self.changed = True
 
-    def _consolidate(self) -> dict[str, np.ndarray]:
-        if self._arrays is None or any(self._chunks.values()):
-            arrays = {}
-            for name, chunks in self._chunks.items():
-                parts = ([self._arrays[name]] if self._arrays is not None else []) + chunks
-                arrays[name] = np.concatenate(parts) if len(parts) > 1 else parts[0] if parts else None
-                self._chunks[name] = []
-            self._arrays = arrays  # type: ignore[assignment]
-        return self._arrays  # type: ignore[return-value]
+    def _added(self, name: str) -> np.ndarray | None:
+        """The rows of field ``name`` added since the base was read, joined (the base's stay where they are)."""
+        chunks = self._chunks[name]
+        if len(chunks) > 1:
+            chunks[:] = [np.concatenate(chunks)]
+        return chunks[0] if chunks else None
+
+    def get_field(self, name: str, keys: Sequence[str]) -> np.ndarray:
+        """The rows of field ``name`` of ``keys`` (all present), in the order of ``keys``."""
+        rows = np.fromiter((self._row[k] for k in keys), dtype=np.int64, count=len(keys))
+        base = self._arrays[name] if self._arrays is not None else np.zeros((0, *(self._shapes[name] or ())))
+        old = rows < len(base)
+        if old.all():  # one copy of the rows, not two (base may be memory-mapped)
+            return np.take(base, rows, axis=0).astype(self.dtypes[name], copy=False)
+        out = np.empty((len(rows), *(self._shapes[name] or ())), self.dtypes[name])
+        out[old] = base[rows[old]]
+        out[~old] = self._added(name)[rows[~old] - len(base)]  # type: ignore[index]
+        return out
 
     def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """The rows of ``keys`` (all present), each field an array in the order of ``keys``."""
-        rows = np.fromiter((self._row[k] for k in keys), dtype=np.int64, count=len(keys))
-        if not self._row:  # no arrays yet
-            return {name: np.zeros((0, *(self._shapes[name] or ())), dtype) for name, dtype in self.dtypes.items()}
-        return {name: array[rows] for name, array in self._consolidate().items()}
+        return {name: self.get_field(name, keys) for name in self.dtypes}
 
     # stat index ---------------------------------------------------------------------------
 
@@ -243,22 +244,23 @@ class EmbeddingStore:
 
     def _encode(self, keys: list[str], paths: list[str]) -> bytes:
         """A store file of the rows of ``keys`` and the stat entries of ``paths`` (a base or a segment)."""
-        contents = store_format.Contents(store_format.VERSION, {k: i for i, k in enumerate(keys)},
-                                         self.get(keys) if keys else None, dict(self._shapes),
-                                         {p: self._stats[p] for p in paths})
-        return store_format.to_bytes(contents, self.fingerprint, self.method, self.dtypes)
+        buffer = io.BytesIO()
+        self._write(buffer, keys, paths)
+        return buffer.getvalue()
+
+    def _write(self, f: BinaryIO, keys: list[str], paths: list[str]) -> None:
+        """Write that file into ``f``, the rows a few thousand at a time (store_format.write)."""
+        contents = store_format.Contents(store_format.VERSION, {k: i for i, k in enumerate(keys)}, None,
+                                         dict(self._shapes), {p: self._stats[p] for p in paths})
+        store_format.write(f, contents, self.fingerprint, self.method, self.dtypes, self.get_field)
 
     def save(self, path: str | Path, compact: bool = False) -> None:
         """Write what this run added as a new segment beside ``path``, or compact the store into ``path`` (when
-        needed, or asked: ``compact``, the whole-file rewrite every save made before segments existed).
-
-        Both atomic (a temporary file renamed into place; creates the folder) and under a file lock beside the
-        store (:data:`LOCK_NAME`, one for the stores of a folder), so runs sharing a store write one at a time:
-        temporary files of the store left by a killed run are removed (every writer holds the lock while its
-        temporary file exists, so any found are stale). A compaction first merges the base and every segment
-        written since this store read them, so concurrent runs keep each other's rows; a segment needs no merge,
-        as it holds only this run's rows. Raises OSError when the store cannot be written (filelock.Timeout after
-        LOCK_TIMEOUT_S is one).
+        needed, or asked: ``compact``). Atomic (creates the folder) and under a file lock beside the store
+        (:data:`LOCK_NAME`), so runs sharing a store write one at a time; temporary files a killed run left are
+        removed. A compaction first merges the base and every segment written since this store read them, so
+        concurrent runs keep each other's rows. Raises OSError when the store cannot be written (filelock.Timeout
+        after LOCK_TIMEOUT_S is one).
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -308,14 +310,13 @@ class EmbeddingStore:
         return True
 
     def _compact(self, path: Path) -> None:
-        """Merge the base and segments on disk that this store does not hold, write it all as the new base, then
-        delete the segments folded in (under the lock). Killed between the two, the segments' rows are in both:
-        a read ignores rows it already has."""
+        """Merge what is on disk and this store lacks, write it all as the new base, then delete the segments
+        folded in (under the lock; killed between the two, a read ignores the rows it already has)."""
         self._merge_from(path)
         segments = store_format.segment_paths(path)
         for segment in segments:
             self._merge_segment(segment, strict=False, replacing=True)
-        outputs.atomic_write(path, self.to_bytes())
+        outputs.atomic_write(path, lambda f: self._write(f, sorted(self._row), sorted(self._stats)))
         self._seen = (os.path.abspath(path), content_keys.stat_signature(os.stat(path)))
         for segment in segments:
             try:

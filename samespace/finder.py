@@ -241,11 +241,12 @@ def _stream_embed(
     return bad, flat
 
 
-def check_memory(n_photos: int, scorer: scorers.PairScorer, with_store: bool = False) -> None:
+def check_memory(n_photos: int, scorer: scorers.PairScorer, new_store_rows: int = 0) -> None:
     """Refuse, before any photo is decoded, a run whose keypoints (``--method verified`` or ``calibrated``) cannot be
-    held until the pairs are scored (keypoint_table.room_problem): it would fail hours later."""
+    held (keypoint_table.room_problem): it would fail hours later. ``n_photos``: photos the scorer will hold;
+    ``new_store_rows``: rows an embedding store will hold until it is saved."""
     if isinstance(scorer, scorers.LocalFeaturesMixin):
-        problem = keypoint_table.room_problem(f"--method {scorer.name}", n_photos, with_store)
+        problem = keypoint_table.room_problem(f"--method {scorer.name}", n_photos, new_store_rows)
         if problem:
             raise errors.FindDuplicatesError(problem)
 
@@ -273,7 +274,7 @@ def embed_photos(
     """
     timings = timings if timings is not None else {}
     if fill_scorer:
-        check_memory(len(paths), scorer, with_store=store is not None)
+        check_memory(len(paths), scorer)
     if store is None:
         bad, flat = _stream_embed(paths, scorer, lambda _, fields: scorer.add_embeddings(fields), batch_size,
                                   progress, decode_workers, timings, decode_pool=decode_pool)
@@ -291,6 +292,7 @@ def embed_photos(
             keys.append(None)
             reasons[k] = f"cannot read file ({type(exc).__name__}: {exc.strerror or exc})"
     timings["content_keys"] = time.perf_counter() - t
+    check_memory(0, scorer, len({key for key in keys if key is not None and key not in store}) + store.rows_in_memory())
     blank_keys: set[str] = set()
     embedded = 0
     # Decode what the store lacks. The row of a decoded photo is filed under the key of the bytes decoded; a

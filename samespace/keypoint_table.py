@@ -61,18 +61,19 @@ def scratch_space() -> tuple[str, int]:
     return folder, shutil.disk_usage(folder).free
 
 
-def room_problem(method: str, n_photos: int, with_store: bool = False) -> str | None:
-    """Why ``n_photos`` photos' keypoints cannot be held until their pairs are scored, or None. Past
-    :func:`default_in_memory` they go to the scratch file, which must fit in its folder's free space; an embedding
-    store reads every row into memory, so with one they must fit in half of the machine's memory."""
+def room_problem(method: str, n_photos: int, new_store_rows: int = 0) -> str | None:
+    """Why a run's keypoints cannot be held, or None. The scorer's, of ``n_photos`` photos, go to the scratch file
+    past :func:`default_in_memory`, which must fit in its folder's free space. An embedding store keeps the rows it
+    has not saved yet (``new_store_rows``) in memory, and a save builds a segment of them in memory once more: they
+    must fit in half of the machine's memory (the rows it read are memory-mapped: store_format.MAP_FROM)."""
     record = record_dtype().itemsize
     total = machine.physical_memory()
-    need = n_photos * record
-    if with_store and total and need > total // 2:
-        return (f"{method} reads about {record // 1000} KB of keypoints per photo from the embedding store into "
-                f"memory: {n_photos:,} photos need about {need / 1e9:.1f} GB, more than half of this machine's "
-                f"{total / 1e9:.1f} GB. Add --no-cache (keypoints beyond memory then go to a scratch file), or split "
-                "the collection")
+    need = 2 * new_store_rows * record
+    if total and need > total // 2:
+        return (f"{method} holds about {record // 1000} KB of keypoints per photo new to the embedding store in "
+                f"memory until the store is saved, twice while saving: {new_store_rows:,} new photos need about "
+                f"{need / 1e9:.1f} GB, more than half of this machine's {total / 1e9:.1f} GB. Run on part of the "
+                "collection at a time (each run adds its photos to the store), or add --no-cache")
     spilled = max(0, n_photos - default_in_memory()) * record
     if spilled:
         folder, free = scratch_space()

@@ -6,8 +6,10 @@ field) and the stat index (``paths``, ``path_ends``, ``sizes``, ``mtimes``, ``ct
 ``path_keys``). Before any array is allocated the zip directory is checked (members stored, not compressed,
 inside the file, not overlapping) and so is each member's ``.npy`` header, so memory never exceeds the file's
 size; the header's values are type-checked, then (:func:`read_contents`) the identity, shapes, keys, values (finite,
-in range, unit-length where the scorer says so) and the stat index. :class:`FieldSpec` says what a scorer's rows
-must look like. A store is a base file plus its segments (:func:`segment_paths`), each a file of this format.
+in range, unit-length where the scorer says so) and the stat index. Field members of :data:`MAP_FROM` bytes or more
+are memory-mapped once read through and checked, not copied into memory; :func:`write` streams a file a few
+thousand rows at a time. :class:`FieldSpec` says what a scorer's rows must look like. A store is a base file plus its
+segments (:func:`segment_paths`), each a file of this format.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ import os
 import re
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 import numpy as np
 from numpy.lib import format as npy_format
@@ -37,6 +39,10 @@ SEGMENT_INFIX = ".seg-"  # store.npz.seg-<16 hex>: the rows one save appended (e
 MAX_HEADER_BYTES = 1 << 16  # a real header is a few hundred bytes
 MAX_ROW_DIMS = 8
 CHECK_ROWS = 1 << 14  # rows validated at a time, so the checks' temporaries stay small
+# A member's local header: signature, then 22 bytes up to the name and extra-field lengths (the zip specification)
+LOCAL_HEADER = struct.Struct("<4s22xHH")
+MAP_FROM = 1 << 26  # field members of at least this many bytes (64 MiB) are memory-mapped, not read into memory
+WRITE_ROWS = 1 << 12  # rows written at a time (280 MB of keypoints), so a write never copies the whole store
 HEADER_KEYS = {"format", "version", "fingerprint", "method", "rows", "fields"}
 STAT_V1 = {
     "paths": "uint8",
@@ -114,6 +120,7 @@ class Archive:
     """The ``.npy`` members of a store file, each checked before anything is allocated for it."""
 
     def __init__(self, f: BinaryIO, size: int) -> None:
+        self._file = f
         self._zip = zipfile.ZipFile(f)
         infos = self._zip.infolist()
         names = [info.filename for info in infos]
@@ -139,8 +146,9 @@ class Archive:
             raise UnusableError(f"members {brief(others)} are not arrays")
         self.members = {name[: -len(".npy")]: info for name, info in zip(names, infos, strict=True)}
 
-    def read(self, name: str, dtype: str | np.dtype, ndim: int | None = 1) -> np.ndarray:
-        """Member ``name`` as an array of exactly ``dtype`` (and ``ndim`` dimensions when given)."""
+    def read(self, name: str, dtype: str | np.dtype, ndim: int | None = 1, map_from: int | None = None) -> np.ndarray:
+        """Member ``name`` as an array of exactly ``dtype`` (and ``ndim`` dimensions when given); memory-mapped
+        read-only when it holds at least ``map_from`` bytes (:meth:`_mapped`), else read into memory."""
         info = self.members[name]
         expected = np.dtype(dtype)
         with self._zip.open(info) as f:
@@ -160,6 +168,8 @@ class Archive:
             count = math.prod(shape)
             if f.tell() + count * expected.itemsize != info.file_size:  # before allocating: the shape is a claim
                 raise UnusableError(f"{name}: shape {brief(shape)} does not fit its {info.file_size:,} bytes")
+            if map_from is not None and count * expected.itemsize >= map_from and count:
+                return self._mapped(info, f, expected, shape)
             out = np.empty(count, expected)
             view = out.view(np.uint8)
             done = 0
@@ -171,6 +181,22 @@ class Archive:
                 done += len(chunk)
             f.read(1)  # at the end: zipfile checks the CRC (a flipped bit anywhere in the member)
         return out.reshape(shape)
+
+
+    def _mapped(self, info: zipfile.ZipInfo, member: IO[bytes], dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        """The rest of an open member, read through once so that zipfile checks its CRC (nothing kept), then mapped
+        from the file. Stores are replaced by renaming a new file over them and segments are unlinked, never
+        rewritten in place, so the mapped file does not change while a run reads it."""
+        start = member.tell()
+        while member.read(16 * content_keys.READ_CHUNK):
+            pass
+        self._file.seek(info.header_offset)
+        local = self._file.read(LOCAL_HEADER.size)
+        if len(local) != LOCAL_HEADER.size or local[:4] != b"PK\x03\x04":
+            raise UnusableError(f"{info.filename}: no local header at {info.header_offset:,}")
+        _, name_length, extra_length = LOCAL_HEADER.unpack(local)
+        offset = info.header_offset + LOCAL_HEADER.size + name_length + extra_length + start
+        return np.memmap(self._file, dtype, mode="r", offset=offset, shape=shape)
 
 
 @dataclass(frozen=True)
@@ -245,15 +271,21 @@ class Contents:
     stats: dict[str, content_keys.StatEntry]
 
 
-def to_bytes(contents: Contents, fingerprint: str, method: str, dtypes: Mapping[str, np.dtype]) -> bytes:
-    """The file of ``contents`` (rows in the order of ``contents.rows``, paths in the order of ``contents.stats``)."""
+RowSource = Callable[[str, list[str]], np.ndarray]  # (field, keys) -> those keys' rows of that field
+
+
+def write(f: BinaryIO, contents: Contents, fingerprint: str, method: str, dtypes: Mapping[str, np.dtype],
+          rows: RowSource | None = None) -> None:
+    """Write the file of ``contents`` into ``f`` (rows in the order of ``contents.rows``, paths in the order of
+    ``contents.stats``): the layout of ``np.savez``, each field streamed :data:`WRITE_ROWS` rows at a time from
+    ``rows`` (default: ``contents.arrays``), so that writing a large store does not need a copy of it in memory."""
     keys, paths = list(contents.rows), list(contents.stats)
     entries = list(contents.stats.values())
     encoded = [p.encode("utf-8", "surrogateescape") for p in paths]
     header = {"format": FORMAT, "version": VERSION, "fingerprint": fingerprint, "method": method, "rows": len(keys),
               "fields": {name: [dtypes[name].str, None if shape is None else list(shape)]
                          for name, shape in contents.shapes.items()}}
-    out = {
+    small = {
         "header": np.frombuffer(json.dumps(header, sort_keys=True).encode(), np.uint8),
         "keys": np.array(keys, dtype=content_keys.KEY_DTYPE).reshape(-1),
         "paths": np.frombuffer(b"".join(encoded), np.uint8),
@@ -264,11 +296,34 @@ def to_bytes(contents: Contents, fingerprint: str, method: str, dtypes: Mapping[
         "ctimes": np.array([e.ctime_ns for e in entries], np.int64),
         "path_keys": np.array([e.key for e in entries], dtype=content_keys.KEY_DTYPE).reshape(-1),
     }
-    for name, dtype in dtypes.items():
-        out[f"field_{name}"] = contents.arrays[name] if keys and contents.arrays is not None else \
-            np.zeros((0, *(contents.shapes[name] or ())), dtype)
+    if rows is None:
+        arrays = contents.arrays or {}
+        index = {key: i for i, key in enumerate(keys)}
+
+        def rows(name: str, chunk: list[str]) -> np.ndarray:
+            return arrays[name][[index[k] for k in chunk]]
+
+    with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in small.items():
+            with archive.open(f"{name}.npy", mode="w", force_zip64=True) as member:
+                npy_format.write_array(member, array, allow_pickle=False)
+        for name, dtype in dtypes.items():
+            shape = (len(keys), *(contents.shapes[name] or ())) if keys else (0, *(contents.shapes[name] or ()))
+            with archive.open(f"field_{name}.npy", mode="w", force_zip64=True) as member:
+                npy_format.write_array_header_1_0(member, {"descr": npy_format.dtype_to_descr(np.dtype(dtype)),
+                                                           "fortran_order": False, "shape": shape})
+                for start in range(0, len(keys), WRITE_ROWS):
+                    chunk = keys[start : start + WRITE_ROWS]
+                    block = np.ascontiguousarray(rows(name, chunk), dtype=dtype)
+                    if block.shape != (len(chunk), *shape[1:]):
+                        raise ValueError(f"field {name}: rows of shape {block.shape[1:]}, expected {shape[1:]}")
+                    member.write(block.data)
+
+
+def to_bytes(contents: Contents, fingerprint: str, method: str, dtypes: Mapping[str, np.dtype]) -> bytes:
+    """The file of ``contents`` as bytes (:func:`write`)."""
     buffer = io.BytesIO()
-    np.savez(buffer, **out)
+    write(buffer, contents, fingerprint, method, dtypes)
     return buffer.getvalue()
 
 
@@ -315,7 +370,7 @@ def read_contents(f: BinaryIO, size: int, fingerprint: str, method: str, specs: 
         raise UnusableError(f"{len(keys)} keys for {rows} rows in the header")
     arrays, shapes = {}, {}
     for name, spec in specs.items():
-        array = archive.read(f"field_{name}", np.dtype(specs[name].dtype), ndim=None)
+        array = archive.read(f"field_{name}", np.dtype(specs[name].dtype), ndim=None, map_from=MAP_FROM)
         if len(array) != rows or (rows and array.shape[1:] != header.fields[name][1]):
             raise UnusableError(
                 f"field {name}: array of shape {array.shape}, the header says {rows} rows of "

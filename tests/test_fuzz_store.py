@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samespace import embedding_store
+from samespace import embedding_store, store_format
 from samespace.embedding_store import EmbeddingStore
 from samespace.store_format import FieldSpec, StoreError
 
@@ -291,7 +291,10 @@ def alarm() -> Callable[[int], None]:
     signal.signal(signal.SIGALRM, previous)
 
 
-def test_mutated_stores_are_valid_or_one_store_error(tmp_path: Path, alarm: Callable[[int], None]) -> None:
+@pytest.mark.parametrize("map_from", [store_format.MAP_FROM, 1], ids=["read", "mapped"])
+def test_mutated_stores_are_valid_or_one_store_error(tmp_path: Path, alarm: Callable[[int], None],
+                                                     monkeypatch: pytest.MonkeyPatch, map_from: int) -> None:
+    monkeypatch.setattr(store_format, "MAP_FROM", map_from)  # fields read into memory, or memory-mapped
     bases = _bases()
     for base in bases:  # the originals read, and write the same bytes
         path = tmp_path / f"{base.name}.npz"

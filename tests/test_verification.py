@@ -266,21 +266,23 @@ def test_method_verified_refuses_up_front_a_collection_whose_keypoints_do_not_fi
     tilted_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Keypoints are held until scoring: beyond the scorer's memory budget they go to a scratch file, and a store
-    reads them into memory. A run whose keypoints fit neither is refused before any photo is decoded (exit 2, one
-    line naming the count and the way out), not after hours of embedding."""
+    holds the rows it has not saved in memory (twice while saving). A run whose keypoints fit neither is refused
+    before any photo is decoded (exit 2, one line naming the count and the way out), not after hours of embedding."""
     folder = tilted_files[0].parent
     n = len(labelling.find_images(folder))
     record = keypoint_table.record_dtype().itemsize
     assert record == 68_004
     decoded = []
     monkeypatch.setattr(batch_decoding, "decode_path", lambda path: decoded.append(path) or "not reached")
-    monkeypatch.setattr(machine, "physical_memory", lambda: 2 * n * record - 2)
+    monkeypatch.setattr(batch_decoding, "decode_path_keyed", lambda path: decoded.append(path) or "not reached")
+    monkeypatch.setattr(machine, "physical_memory", lambda: 4 * n * record - 2)
     out = tmp_path / "dups.json"
     store = tmp_path / "store.npz"
     assert find.main([str(folder), "--method", "verified", "--store", str(store), "--json", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "\nerror: --method verified reads about 68 KB" in "\n" + err and f"{n:,} photos" in err
-    assert "--no-cache" in err
+    assert "\nerror: --method verified holds about 68 KB of keypoints per photo new to the embedding store" in \
+        "\n" + err and f"{n:,} new photos" in err
+    assert "--no-cache" in err and "part of the collection at a time" in err
     # Without a store, the keypoints past the budget go to the scratch file: its folder must have the space
     monkeypatch.setattr(keypoint_table, "default_in_memory", lambda *_: 1)
     monkeypatch.setattr(keypoint_table, "scratch_space", lambda: ("/scratch", (n - 1) * record - 1))
@@ -291,10 +293,16 @@ def test_method_verified_refuses_up_front_a_collection_whose_keypoints_do_not_fi
     assert decoded == [] and not out.exists() and not store.exists()
     monkeypatch.setattr(keypoint_table, "scratch_space", lambda: ("/scratch", (n - 1) * record))  # just enough
     finder.check_memory(n, scorers.reference_scorer("verified"))
-    monkeypatch.setattr(machine, "physical_memory", lambda: 2 * n * record)  # exactly half: allowed with a store
-    finder.check_memory(n, scorers.reference_scorer("verified"), with_store=True)
+    monkeypatch.setattr(machine, "physical_memory", lambda: 4 * n * record)  # exactly half: allowed
+    finder.check_memory(0, scorers.reference_scorer("verified"), new_store_rows=n)
     monkeypatch.setattr(machine, "physical_memory", lambda: 1)  # the relative method keeps no keypoints
-    finder.check_memory(10**9, scorers.reference_scorer("relative"), with_store=True)
+    finder.check_memory(10**9, scorers.reference_scorer("relative"), new_store_rows=10**9)
+    # A store that holds every photo already: nothing new to hold, so the same memory suffices
+    monkeypatch.undo()
+    assert find.main([str(folder), "--method", "verified", "--store", str(store), "--json", str(out)]) == 0
+    monkeypatch.setattr(machine, "physical_memory", lambda: 4 * n * record - 2)
+    assert find.main([str(folder), "--method", "verified", "--store", str(store), "--json", str(out),
+                      "--overwrite"]) == 0
 
 
 @pytest.mark.parametrize("method", ["verified", "calibrated"])
