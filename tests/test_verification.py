@@ -336,3 +336,10 @@ def test_pairs_verified_in_threads_match_one_by_one(tilted: list[np.ndarray]) ->
         for x, y in zip(alone, shared, strict=True):
             assert (x.homography is None) == (y.homography is None)
             assert x.homography is None or np.array_equal(x.homography, y.homography)
+
+
+def test_a_scratch_file_that_cannot_be_made_names_its_folder(tmp_path: Path) -> None:
+    fields = verification.pack([verification.LocalFeatures(np.zeros((4, 2), np.float32), np.ones((4, 128), np.uint8))])
+    table = keypoint_table.KeypointTable(in_memory=0, folder=str(tmp_path / "missing"))
+    with pytest.raises(OSError, match=r"missing: cannot create the keypoints' scratch file .*set TMPDIR"):
+        table.append(fields)
