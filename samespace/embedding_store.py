@@ -41,6 +41,7 @@ import filelock
 import numpy as np
 
 from samespace import content_keys, outputs, store_format
+from samespace.store_rows import RowBlocks
 
 LOCK_NAME = ".samespace-embeddings.lock"  # one per folder: embed.py's part files leave no lock files behind
 LOCK_TIMEOUT_S = 600.0  # another run writing a store of millions of rows holds the lock for a while
@@ -77,9 +78,8 @@ class EmbeddingStore:
         self.dtypes = {name: np.dtype(spec.dtype) for name, spec in self.specs.items()}
         self.path = Path(path) if path is not None else None
         self._shapes: dict[str, tuple[int, ...] | None] = {n: s.shape and tuple(s.shape) for n, s in self.specs.items()}
-        self._row: dict[str, int] = {}
-        self._arrays: dict[str, np.ndarray] | None = None
-        self._chunks: dict[str, list[np.ndarray]] = {name: [] for name in fields}
+        self._row: dict[str, int] = {}  # content key -> its row in _data
+        self._data = RowBlocks()
         self._stats: dict[str, content_keys.StatEntry] = {}
         self._seen: tuple[str, tuple[int, ...]] | None = None  # (file, stat_signature) whose content this store holds
         self._segments: dict[str, tuple[int, ...]] = {}  # segment file -> stat_signature held (or refused) here
@@ -92,8 +92,6 @@ class EmbeddingStore:
     def _where(self) -> str:
         return str(self.path) if self.path is not None else "embedding store"
 
-    # rows ---------------------------------------------------------------------------------
-
     def __len__(self) -> int:
         return len(self._row)
 
@@ -101,8 +99,8 @@ class EmbeddingStore:
         return key in self._row
 
     def rows_in_memory(self) -> int:
-        """Rows added or merged from segments since the base was read (its own are memory-mapped when large)."""
-        return sum(len(chunk) for chunk in next(iter(self._chunks.values()), []))
+        """Rows held in memory: those added, and those of files too small to be memory-mapped."""
+        return self._data.in_memory()
 
     def keys(self) -> list[str]:
         """Content keys in row order."""
@@ -141,31 +139,19 @@ class EmbeddingStore:
                 raise store_format.StoreError(f"{self._where()}: cannot add rows: {problem}")
             prepared[name] = rows
         for name, rows in prepared.items():
-            self._chunks[name].append(rows)
             self._shapes[name] = rows.shape[1:]
-        for k in new:
-            self._row[keys[k]] = len(self._row)
+        start = self._data.append(prepared)
+        for i, k in enumerate(new):
+            self._row[keys[k]] = start + i
             self._fresh_keys.append(keys[k])
         self.changed = True
-
-    def _added(self, name: str) -> np.ndarray | None:
-        """The rows of field ``name`` added since the base was read, joined (the base's stay where they are)."""
-        chunks = self._chunks[name]
-        if len(chunks) > 1:
-            chunks[:] = [np.concatenate(chunks)]
-        return chunks[0] if chunks else None
 
     def get_field(self, name: str, keys: Sequence[str]) -> np.ndarray:
         """The rows of field ``name`` of ``keys`` (all present), in the order of ``keys``."""
         rows = np.fromiter((self._row[k] for k in keys), dtype=np.int64, count=len(keys))
-        base = self._arrays[name] if self._arrays is not None else np.zeros((0, *(self._shapes[name] or ())))
-        old = rows < len(base)
-        if old.all():  # one copy of the rows, not two (base may be memory-mapped)
-            return np.take(base, rows, axis=0).astype(self.dtypes[name], copy=False)
-        out = np.empty((len(rows), *(self._shapes[name] or ())), self.dtypes[name])
-        out[old] = base[rows[old]]
-        out[~old] = self._added(name)[rows[~old] - len(base)]  # type: ignore[index]
-        return out
+        if not len(rows):
+            return np.zeros((0, *(self._shapes[name] or ())), self.dtypes[name])
+        return self._data.take(name, rows, self.dtypes[name], self._shapes[name] or ())
 
     def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         """The rows of ``keys`` (all present), each field an array in the order of ``keys``."""
@@ -225,11 +211,25 @@ class EmbeddingStore:
 
     def merge(self, other: EmbeddingStore) -> None:
         """Add another store's rows and stat entries (same fingerprint); for a path both know, the entry of the
-        later version of the file (ctime, then mtime) is kept. Rows of another shape: StoreError, nothing added."""
+        later version of the file (ctime, then mtime) is kept. Rows of another shape: StoreError, nothing added.
+        Memory-mapped rows stay mapped (its rows already here are left unused in them)."""
         if other.fingerprint != self.fingerprint:
             raise store_format.StoreError("cannot merge stores of different scorers")
-        keys = other.keys()
-        if keys:
+        keys = [key for key in other.keys() if key not in self._row]
+        if keys and other.rows_in_memory() == 0:  # memory-mapped: adopt its blocks rather than copy them
+            for name, shape in other._shapes.items():
+                if self._shapes[name] is not None and shape is not None and shape != self._shapes[name]:
+                    raise store_format.StoreError(f"{self._where()}: new rows of field {name} have shape {shape}, "
+                                                  f"the store's rows {self._shapes[name]}")
+            first = len(self._data)
+            for block in other._data.blocks():
+                self._data.adopt(block)
+            self._shapes.update({name: shape for name, shape in other._shapes.items() if shape is not None})
+            for key in keys:
+                self._row[key] = first + other._row[key]
+                self._fresh_keys.append(key)
+            self.changed = True
+        elif keys:
             self.add(keys, other.get(keys))
         for path, entry in other.stat_entries().items():
             mine = self._stats.get(path)
@@ -411,7 +411,9 @@ class EmbeddingStore:
 
     def _apply(self, contents: store_format.Contents) -> None:
         """Take the rows, shapes and stat index of a store file read and validated (store_format.read_contents)."""
-        self._row, self._stats, self._arrays = contents.rows, contents.stats, contents.arrays
+        self._row, self._stats, self._data = contents.rows, contents.stats, RowBlocks()
+        if contents.arrays is not None:
+            self._data.adopt(contents.arrays)
         self._shapes.update(contents.shapes)
         self._base_version = contents.version
         self.changed = False  # an older version is rewritten in this one by its next save, not just for that

@@ -42,7 +42,7 @@ def test_large_fields_are_mapped_and_read_back_as_stored(tmp_path: Path, mapped:
     store.add(_keys(300), _rows(300, 0))
     store.save(path)
     loaded = _open(path)
-    assert all(isinstance(array, np.memmap) for array in loaded._arrays.values())  # type: ignore[union-attr]
+    assert all(isinstance(array, np.memmap) for block in loaded._data.blocks() for array in block.values())
     assert loaded.rows_in_memory() == 0
     keys = _keys(300)[::-7]
     for name in FIELDS:
@@ -75,8 +75,7 @@ def test_a_mapped_store_writes_the_bytes_of_one_read_into_memory(tmp_path: Path,
     in_memory = _open(path)
     monkeypatch.setattr(store_format, "MAP_FROM", 1)
     mapped = _open(path)
-    assert isinstance(mapped._arrays["codes"], np.memmap)  # type: ignore[index]
-    assert not isinstance(in_memory._arrays["codes"], np.memmap)  # type: ignore[index]
+    assert mapped.rows_in_memory() == 0 and in_memory.rows_in_memory() == 5000
     assert mapped.to_bytes() == in_memory.to_bytes()
     contents = store_format.read_contents(open(path, "rb"), path.stat().st_size, FP, "verified", mapped.specs)
     assert hashlib.sha256(store_format.to_bytes(contents, FP, "verified", mapped.dtypes)).digest() == \
@@ -100,3 +99,47 @@ def test_a_flipped_bit_in_a_mapped_field_is_refused(tmp_path: Path, mapped: None
         _open(path)
     with pytest.warns(UserWarning, match="ignoring the embedding store"):
         assert len(_open(path, strict=False)) == 0
+
+
+def test_merging_mapped_stores_adopts_their_rows_without_copying(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """What embed.py does with its shards and a read does with segments: mapped rows stay mapped, rows both stores
+    hold are kept once, and the merged store writes the bytes of one merged in memory."""
+    shards = []
+    for k, (start, n) in enumerate([(0, 300), (250, 200)]):  # 50 keys in both
+        shard = EmbeddingStore(FP, "verified", FIELDS)
+        rows = _rows(n, 10 + k)
+        if k:
+            rows = {name: np.concatenate([_rows(300, 10)[name][250:], array[50:]]) for name, array in rows.items()}
+        shard.add(_keys(n, start), rows)
+        shard.record(f"/photos/{k}.jpg", 1, 2, _keys(1, start)[0])
+        shard.save(tmp_path / f"part{k}.npz")
+        shards.append(tmp_path / f"part{k}.npz")
+    copied = embedding_store.merge_files(shards, FP, "verified", FIELDS)
+    assert copied.rows_in_memory() == 450  # copied: each key once
+    monkeypatch.setattr(store_format, "MAP_FROM", 1)
+    adopted = embedding_store.merge_files(shards, FP, "verified", FIELDS)
+    assert adopted.rows_in_memory() == 0 and len(adopted) == 450 == len(copied)
+    keys = _keys(450)[::-11]
+    for name in FIELDS:
+        np.testing.assert_array_equal(adopted.get_field(name, keys), copied.get_field(name, keys))
+    assert adopted.to_bytes() == copied.to_bytes()
+    adopted.add(_keys(5, 9000), _rows(5, 99))  # new rows after adopted ones
+    assert adopted.rows_in_memory() == 5
+    np.testing.assert_array_equal(adopted.get([_keys(5, 9000)[4], _keys(1, 449)[0]])["codes"],
+                                  np.concatenate([_rows(5, 99)["codes"][4:], copied.get(_keys(1, 449))["codes"]]))
+
+
+def test_a_mapped_store_of_another_row_shape_is_not_merged(tmp_path: Path, mapped: None) -> None:
+    other_fields = {"vectors": FIELDS["vectors"], "codes": FieldSpec("uint8", (4, 8))}
+    other = EmbeddingStore(FP, "verified", other_fields)
+    other.add(_keys(3), {"vectors": _rows(3, 0)["vectors"], "codes": np.zeros((3, 4, 8), np.uint8)})
+    other.save(tmp_path / "other.npz")
+    loose = {"vectors": FIELDS["vectors"], "codes": FieldSpec("uint8")}  # shapes fixed by the rows
+    mine = EmbeddingStore(FP, "verified", loose)
+    mine.add(_keys(2, 100), {"vectors": _rows(2, 1)["vectors"], "codes": np.zeros((2, 4, 16), np.uint8)})
+    read = embedding_store.open_store(tmp_path / "other.npz", FP, "verified", loose, strict=True)
+    assert read.rows_in_memory() == 0
+    with pytest.raises(StoreError, match=r"new rows of field codes have shape \(4, 8\), the store's rows \(4, 16\)"):
+        mine.merge(read)
+    assert len(mine) == 2
