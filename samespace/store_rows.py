@@ -59,10 +59,13 @@ class RowBlocks:
     def take(self, name: str, rows: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
         """Field ``name`` of rows ``rows``, in that order, as a new array of ``dtype`` and row ``shape``."""
         self._join()
-        if len(self._blocks) == 1:  # one copy of the rows asked for, not two
-            return np.take(self._blocks[0][name], rows, axis=0).astype(dtype, copy=False)
-        out = np.empty((len(rows), *shape), dtype)
+        if not len(rows):
+            return np.zeros((0, *shape), dtype)
         which = np.searchsorted(np.array(self._starts, np.int64), rows, side="right") - 1
+        if which.min() == which.max():  # all in one block: one copy of the rows asked for, not two
+            block = int(which[0])
+            return np.take(self._blocks[block][name], rows - self._starts[block], axis=0).astype(dtype, copy=False)
+        out = np.empty((len(rows), *shape), dtype)
         for block in np.unique(which):
             mask = which == block
             out[mask] = self._blocks[block][name][rows[mask] - self._starts[block]]
