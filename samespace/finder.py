@@ -292,7 +292,7 @@ def embed_photos(
             keys.append(None)
             reasons[k] = f"cannot read file ({type(exc).__name__}: {exc.strerror or exc})"
     timings["content_keys"] = time.perf_counter() - t
-    check_memory(0, scorer, len({key for key in keys if key is not None and key not in store}) + store.rows_in_memory())
+    check_memory(0, scorer, len({key for key in keys if key is not None and key not in store}))  # rows to add
     blank_keys: set[str] = set()
     embedded = 0
     # Decode what the store lacks. The row of a decoded photo is filed under the key of the bytes decoded; a
