@@ -9,7 +9,7 @@ running out of memory. Verification reads two records a pair; a run's pairs are 
 neighbours, so reads stay local enough for the cache.
 
 >>> import numpy as np
->>> from samespace import machine, verification
+>>> from samespace import verification
 >>> table = KeypointTable(max_keypoints=4, in_memory=1)
 >>> one = verification.LocalFeatures(np.ones((2, 2), np.float32), np.full((2, 128), 7, np.uint8))
 >>> table.append(verification.pack([one, one], max_keypoints=4))
