@@ -99,6 +99,7 @@ def find_duplicates(
     if store is not None:
         fingerprint = store_identity.scorer_fingerprint(scorer)
         opened = embedding_store.open_store(store, fingerprint, scorer.name, scorer.fields)
+        opened.save_to = Path(store)
     if against:
         result = finder.find_against(folders, against, scorer, threshold, batch_size=batch_size, progress=progress,
                                      store=opened)

@@ -77,6 +77,8 @@ class EmbeddingStore:
         self.specs = {name: store_format.FieldSpec.of(spec) for name, spec in fields.items()}
         self.dtypes = {name: np.dtype(spec.dtype) for name, spec in self.specs.items()}
         self.path = Path(path) if path is not None else None
+        self.save_to: Path | None = None  # where the run that opened it saves it (finder saves early there)
+        self.saved = False  # whether save() wrote it (kept by reload)
         self._shapes: dict[str, tuple[int, ...] | None] = {n: s.shape and tuple(s.shape) for n, s in self.specs.items()}
         self._row: dict[str, int] = {}  # content key -> its row in _data
         self._data = RowBlocks()
@@ -98,6 +100,17 @@ class EmbeddingStore:
     def __contains__(self, key: str) -> bool:
         return key in self._row
 
+    def reload(self, path: Path) -> None:
+        """Become the store as read afresh from ``path``: after a save there, its large fields memory-mapped."""
+        specs = {name: replace(spec, shape=self._shapes[name]) for name, spec in self.specs.items()}
+        save_to, saved = self.save_to, self.saved
+        self.__dict__.update(read_store(Path(path), self.fingerprint, self.method, specs, strict=False).__dict__)
+        self.save_to, self.saved = save_to, saved
+
+    def row_bytes(self) -> int:
+        """Bytes one row takes in memory."""
+        return sum(d.itemsize * int(np.prod(self._shapes[n] or ())) for n, d in self.dtypes.items())
+
     def rows_in_memory(self) -> int:
         """Rows held in memory: those added, and those of files too small to be memory-mapped."""
         return self._data.in_memory()
@@ -107,11 +120,9 @@ class EmbeddingStore:
         return sorted(self._row, key=self._row.__getitem__)
 
     def add(self, keys: Sequence[str], fields: dict[str, np.ndarray]) -> None:
-        """Add rows (keys already present are ignored: the same content has the same embedding).
-
-        Rows the store could not read back (another row shape than the store's or the scorer's, non-finite,
-        out of range, not unit length) are a StoreError naming the store, and nothing is added.
-        """
+        """Add rows (keys already present are ignored: the same content has the same embedding). Rows the store
+        could not read back (another row shape, non-finite, out of range, not unit length) are a StoreError naming
+        the store, and nothing is added."""
         if set(fields) != set(self.specs):
             raise ValueError(f"fields {sorted(fields)} != store fields {sorted(self.specs)}")
         seen: set[str] = set()
@@ -160,10 +171,8 @@ class EmbeddingStore:
     # stat index ---------------------------------------------------------------------------
 
     def key_for(self, path: str | Path) -> str:
-        """The content key of a file: from the stat index when its stat is unchanged, else hashed.
-
-        Raises OSError when the file cannot be read or is not a regular file.
-        """
+        """The content key of a file: from the stat index when its stat is unchanged, else hashed. Raises OSError
+        when the file cannot be read or is not a regular file."""
         absolute = os.path.abspath(path)
         known = self._stats.get(absolute)
         if known is not None and known.matches(os.stat(absolute)):
@@ -175,11 +184,9 @@ class EmbeddingStore:
         return key
 
     def remember(self, path: str | Path, st: os.stat_result, key: str) -> None:
-        """Record that the file at ``path``, as ``st`` describes it, holds content ``key``.
-
-        ``st`` must be taken before the bytes were read (e.g. fstat of the open file): if the file changes while
-        it is read, its stat changes too and the entry no longer matches.
-        """
+        """Record that the file at ``path``, as ``st`` describes it, holds content ``key``. ``st`` must be taken
+        before the bytes were read (fstat of the open file): if the file changes meanwhile, the entry no longer
+        matches."""
         content_keys.check_key(key)
         entry = content_keys.StatEntry(st.st_size, st.st_mtime_ns, key, st.st_ino, st.st_ctime_ns)
         absolute = os.path.abspath(path)
@@ -276,7 +283,7 @@ class EmbeddingStore:
         finally:
             lock.release()
         self.path = self.path or path
-        self.changed = False
+        self.changed, self.saved = False, True
 
     def _append(self, path: Path) -> bool:
         """Write this run's new rows and stat entries as a new segment (under the lock); False when the store must
@@ -310,8 +317,8 @@ class EmbeddingStore:
         return True
 
     def _compact(self, path: Path) -> None:
-        """Merge what is on disk and this store lacks, write it all as the new base, then delete the segments
-        folded in (under the lock; killed between the two, a read ignores the rows it already has)."""
+        """Merge what is on disk and this store lacks, write it all as the new base, then delete the segments folded
+        in (under the lock; killed between the two, a read ignores the rows it already has)."""
         self._merge_from(path)
         segments = store_format.segment_paths(path)
         for segment in segments:
@@ -335,9 +342,8 @@ class EmbeddingStore:
         self._fresh_paths = set()
 
     def _merge_segment(self, segment: Path, strict: bool, replacing: bool = False) -> None:
-        """Merge one segment file unless this store holds (or refused) that version of it. An unusable segment is a
-        StoreError with ``strict``, else one warning and a compaction at the next save. A segment that vanished
-        (another run compacted it meanwhile) raises :class:`SegmentVanishedError`."""
+        """Merge one segment file unless this store holds (or refused) that version of it. Unusable: a StoreError
+        with ``strict``, else one warning and a compaction at the next save. Vanished: SegmentVanishedError."""
         absolute = os.path.abspath(segment)
         try:
             signature = content_keys.stat_signature(os.lstat(segment))
@@ -372,11 +378,8 @@ class EmbeddingStore:
         try:
             self.merge(EmbeddingStore.load(path, self.fingerprint, self.method, specs))
         except store_format.StoreError as exc:
-            warnings.warn(
-                f"{path}: the embedding store on disk cannot be merged ({store_format.one_line(exc.reason)}); "
-                "replacing it",
-                stacklevel=3,
-            )
+            warnings.warn(f"{path}: the embedding store on disk cannot be merged "
+                          f"({store_format.one_line(exc.reason)}); replacing it", stacklevel=3)
 
     @classmethod
     def load(cls, path: str | Path, fingerprint: str, method: str,
@@ -477,12 +480,9 @@ def read_store(path: Path, fingerprint: str, method: str, fields: Mapping[str, s
 
 def open_store(path: str | Path, fingerprint: str, method: str, fields: Mapping[str, str | store_format.FieldSpec],
                strict: bool = False) -> EmbeddingStore:
-    """The store at ``path`` (base and segments), or an empty one when there is none.
-
-    A damaged or foreign file is ignored with one warning (it is replaced on the next save); with ``strict``
-    (a store the user named as input) it is a StoreError instead. Segments without a base are merged into the
-    base the next save writes.
-    """
+    """The store at ``path`` (base and segments), or an empty one when there is none. A damaged or foreign file is
+    ignored with one warning (replaced on the next save); with ``strict`` (a store the user named as input) it is a
+    StoreError instead. Segments without a base are merged into the base the next save writes."""
     path = Path(path)
     if not path.exists():
         if strict:

@@ -29,9 +29,9 @@ from samespace import (
     blank,
     errors,
     grouping,
-    keypoint_table,
     matching,
     photo_files,
+    run_memory,
     scorers,
     scoring_methods,
 )
@@ -241,16 +241,6 @@ def _stream_embed(
     return bad, flat
 
 
-def check_memory(n_photos: int, scorer: scorers.PairScorer, new_store_rows: int = 0) -> None:
-    """Refuse, before any photo is decoded, a run whose keypoints (``--method verified`` or ``calibrated``) cannot be
-    held (keypoint_table.room_problem): it would fail hours later. ``n_photos``: photos the scorer will hold;
-    ``new_store_rows``: rows an embedding store will hold until it is saved."""
-    if isinstance(scorer, scorers.LocalFeaturesMixin):
-        problem = keypoint_table.room_problem(f"--method {scorer.name}", n_photos, new_store_rows)
-        if problem:
-            raise errors.FindDuplicatesError(problem)
-
-
 def embed_photos(
     paths: Sequence[Path],
     scorer: scorers.PairScorer,
@@ -274,7 +264,7 @@ def embed_photos(
     """
     timings = timings if timings is not None else {}
     if fill_scorer:
-        check_memory(len(paths), scorer)
+        run_memory.check_memory(len(paths), scorer)
     if store is None:
         bad, flat = _stream_embed(paths, scorer, lambda _, fields: scorer.add_embeddings(fields), batch_size,
                                   progress, decode_workers, timings, decode_pool=decode_pool)
@@ -292,7 +282,8 @@ def embed_photos(
             keys.append(None)
             reasons[k] = f"cannot read file ({type(exc).__name__}: {exc.strerror or exc})"
     timings["content_keys"] = time.perf_counter() - t
-    check_memory(0, scorer, len({key for key in keys if key is not None and key not in store}))  # rows to add
+    if store.save_to is None:  # else rows are saved early (save_early): the store holds a bounded share of them
+        run_memory.check_memory(0, scorer, len({key for key in keys if key is not None and key not in store}))
     blank_keys: set[str] = set()
     embedded = 0
     # Decode what the store lacks. The row of a decoded photo is filed under the key of the bytes decoded; a
@@ -318,6 +309,7 @@ def embed_photos(
 
         def add(indices: list[int], fields: dict[str, np.ndarray], read_keys: dict[int, str] = read_keys) -> None:
             store.add([read_keys[i] for i in indices], fields)
+            run_memory.save_early(store)
 
         bad, flat_todo = _stream_embed([paths[k] for k in todo], scorer, add, batch_size, progress, decode_workers,
                                        timings, on_read, decode_pool)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +14,14 @@ from samespace import (
     batch_decoding,
     decoding,
     embedding_store,
+    errors,
     finder,
     keypoint_table,
     labelling,
     local_scaling,
     machine,
     matching,
+    run_memory,
     scorers,
     scoring_methods,
     store_identity,
@@ -265,9 +268,10 @@ def test_a_tilted_copy_is_a_duplicate_with_method_verified(tilted_files: list[Pa
 def test_method_verified_refuses_up_front_a_collection_whose_keypoints_do_not_fit(
     tilted_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Keypoints are held until scoring: beyond the scorer's memory budget they go to a scratch file, and a store
-    holds the rows it has not saved in memory (twice while saving). A run whose keypoints fit neither is refused
-    before any photo is decoded (exit 2, one line naming the count and the way out), not after hours of embedding."""
+    """Keypoints are held until scoring: beyond the scorer's memory budget they go to a scratch file, which must fit
+    in its folder; a store that is not saved during the run holds its new rows in memory (twice while saving). A run
+    whose keypoints fit neither is refused before any photo is decoded (exit 2, one line naming the count and the way
+    out), not after hours of embedding."""
     folder = tilted_files[0].parent
     n = len(labelling.find_images(folder))
     record = keypoint_table.record_dtype().itemsize
@@ -275,34 +279,56 @@ def test_method_verified_refuses_up_front_a_collection_whose_keypoints_do_not_fi
     decoded = []
     monkeypatch.setattr(batch_decoding, "decode_path", lambda path: decoded.append(path) or "not reached")
     monkeypatch.setattr(batch_decoding, "decode_path_keyed", lambda path: decoded.append(path) or "not reached")
-    monkeypatch.setattr(machine, "physical_memory", lambda: 4 * n * record - 2)
-    out = tmp_path / "dups.json"
-    store = tmp_path / "store.npz"
-    assert find.main([str(folder), "--method", "verified", "--store", str(store), "--json", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert "\nerror: --method verified holds about 68 KB of keypoints per photo new to the embedding store" in \
-        "\n" + err and f"{n:,} new photos" in err
-    assert "--no-cache" in err and "part of the collection at a time" in err
-    # Without a store, the keypoints past the budget go to the scratch file: its folder must have the space
     monkeypatch.setattr(keypoint_table, "default_in_memory", lambda *_: 1)
     monkeypatch.setattr(keypoint_table, "scratch_space", lambda: ("/scratch", (n - 1) * record - 1))
+    out = tmp_path / "dups.json"
     assert find.main([str(folder), "--method", "calibrated", "--no-cache", "--json", str(out)]) == 2
     err = capsys.readouterr().err
     assert "\nerror: --method calibrated keeps about 68 KB" in "\n" + err and "in /scratch, which has" in err
     assert "TMPDIR" in err
-    assert decoded == [] and not out.exists() and not store.exists()
+    assert decoded == [] and not out.exists()
     monkeypatch.setattr(keypoint_table, "scratch_space", lambda: ("/scratch", (n - 1) * record))  # just enough
-    finder.check_memory(n, scorers.reference_scorer("verified"))
-    monkeypatch.setattr(machine, "physical_memory", lambda: 4 * n * record)  # exactly half: allowed
-    finder.check_memory(0, scorers.reference_scorer("verified"), new_store_rows=n)
-    monkeypatch.setattr(machine, "physical_memory", lambda: 1)  # the relative method keeps no keypoints
-    finder.check_memory(10**9, scorers.reference_scorer("relative"), new_store_rows=10**9)
-    # A store that holds every photo already: nothing new to hold, so the same memory suffices
-    monkeypatch.undo()
-    assert find.main([str(folder), "--method", "verified", "--store", str(store), "--json", str(out)]) == 0
+    run_memory.check_memory(n, scorers.reference_scorer("verified"))
+    # A store nobody saves during the run: its new rows must fit in memory
     monkeypatch.setattr(machine, "physical_memory", lambda: 4 * n * record - 2)
-    assert find.main([str(folder), "--method", "verified", "--store", str(store), "--json", str(out),
-                      "--overwrite"]) == 0
+    with pytest.raises(errors.FindDuplicatesError, match=r"^--method verified holds about 68 KB of keypoints per "
+                       r"photo new to the embedding store .* 2 new photos .*part of the collection at a time"):
+        run_memory.check_memory(0, scorers.reference_scorer("verified"), new_store_rows=n)
+    monkeypatch.setattr(machine, "physical_memory", lambda: 4 * n * record)  # exactly half: allowed
+    run_memory.check_memory(0, scorers.reference_scorer("verified"), new_store_rows=n)
+    monkeypatch.setattr(machine, "physical_memory", lambda: 1)  # the relative method keeps no keypoints
+    run_memory.check_memory(10**9, scorers.reference_scorer("relative"), new_store_rows=10**9)
+
+
+def test_a_store_holding_too_many_new_rows_is_saved_early_and_mapped_back(
+    tilted_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """find saves its store during the run once the new rows take EARLY_SAVE_SHARE of the memory, then reads them
+    back mapped: the run goes on with the same result and the store holds every photo."""
+    folder = tilted_files[0].parent.parent / "early"
+    folder.mkdir(exist_ok=True)
+    for path in tilted_files:
+        (folder / path.name).write_bytes(path.read_bytes())
+    plain = tmp_path / "plain.json"
+    assert find.main([str(folder), "--method", "verified", "--no-cache", "--json", str(plain)]) == 0
+    reloads = []
+    original = embedding_store.EmbeddingStore.reload
+    monkeypatch.setattr(embedding_store.EmbeddingStore, "reload",
+                        lambda self, path: reloads.append(self.rows_in_memory()) or original(self, path))
+    record = keypoint_table.record_dtype().itemsize
+    monkeypatch.setattr(machine, "physical_memory", lambda: 8 * record)  # early saves once a row is held
+    monkeypatch.setattr(keypoint_table, "default_in_memory", lambda *_: 10**6)
+    early, store = tmp_path / "early.json", tmp_path / "store.npz"
+    assert find.main([str(folder), "--method", "verified", "--store", str(store), "--json", str(early),
+                      "--batch-size", "2"]) == 0
+    assert len(reloads) >= 2 and all(rows >= 1 for rows in reloads)
+    assert f"store: {store} ({len(tilted_files)} photos)" in capsys.readouterr().out
+    scorer = scorers.reference_scorer("verified")
+    read = embedding_store.open_store(store, store_identity.scorer_fingerprint(scorer), scorer.name, scorer.fields,
+                                      strict=True)
+    assert len(read) == len(tilted_files)
+    first, second = (json.loads(p.read_text()) for p in (plain, early))
+    assert first["groups"] == second["groups"] and first["pairs"] == second["pairs"]
 
 
 @pytest.mark.parametrize("method", ["verified", "calibrated"])

@@ -288,8 +288,11 @@ def _run(args: argparse.Namespace) -> int:
             raise errors.FindDuplicatesError(f"{folder}: not a directory")
     scorer, threshold, source = build_scorer(args, scorer_choice.device_for(args.device))
     store, store_path = open_store_for(args, scorer)
+    if store is not None and not args.embeddings:  # --embeddings is an input: never rewritten
+        store.save_to = store_path
     result = run(args, scorer, threshold, store)
     saved = save_store(store, None if args.embeddings else store_path)  # --embeddings is an input: never rewritten
+    saved = saved or (store is not None and store.saved and not args.embeddings)  # saved early (run_memory)
     result.summary["store"] = str(store_path) if store_path else None
     result.summary["threshold_source"] = source
     if scorer.name in scoring_methods.BACKBONE_METHODS:
