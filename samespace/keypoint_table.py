@@ -188,12 +188,3 @@ class KeypointTable(Sequence[verification.LocalFeatures]):
         record = self._record(i)
         m = int(record["count"])
         return verification.LocalFeatures(np.array(record["xy"][:m]), np.array(record["descriptors"][:m]))
-
-    def close(self) -> None:
-        """Drop the records and the scratch file (also done when the table is garbage collected)."""
-        self._mapped = None
-        self._chunks, self._starts = [], []
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        self._n = 0

@@ -14,7 +14,6 @@ segments (:func:`segment_paths`), each a file of this format.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -318,13 +317,6 @@ def write(f: BinaryIO, contents: Contents, fingerprint: str, method: str, dtypes
                     if block.shape != (len(chunk), *shape[1:]):
                         raise ValueError(f"field {name}: rows of shape {block.shape[1:]}, expected {shape[1:]}")
                     member.write(block.data)
-
-
-def to_bytes(contents: Contents, fingerprint: str, method: str, dtypes: Mapping[str, np.dtype]) -> bytes:
-    """The file of ``contents`` as bytes (:func:`write`)."""
-    buffer = io.BytesIO()
-    write(buffer, contents, fingerprint, method, dtypes)
-    return buffer.getvalue()
 
 
 def read_contents(f: BinaryIO, size: int, fingerprint: str, method: str, specs: Mapping[str, FieldSpec]) -> Contents:

@@ -4,6 +4,7 @@ the same rows, the same bytes and the same validation as a store read into memor
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +78,11 @@ def test_a_mapped_store_writes_the_bytes_of_one_read_into_memory(tmp_path: Path,
     mapped = _open(path)
     assert mapped.rows_in_memory() == 0 and in_memory.rows_in_memory() == 5000
     assert mapped.to_bytes() == in_memory.to_bytes()
-    contents = store_format.read_contents(open(path, "rb"), path.stat().st_size, FP, "verified", mapped.specs)
-    assert hashlib.sha256(store_format.to_bytes(contents, FP, "verified", mapped.dtypes)).digest() == \
-        hashlib.sha256(mapped.to_bytes()).digest()
+    with open(path, "rb") as f:  # the arrays as read, written by store_format.write on its own
+        contents = store_format.read_contents(f, path.stat().st_size, FP, "verified", mapped.specs)
+        buffer = io.BytesIO()
+        store_format.write(buffer, contents, FP, "verified", mapped.dtypes)
+    assert hashlib.sha256(buffer.getvalue()).digest() == hashlib.sha256(mapped.to_bytes()).digest()
 
 
 @pytest.mark.parametrize("where", ["codes", "vectors"])

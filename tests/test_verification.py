@@ -154,8 +154,6 @@ def test_packed_keypoints_come_back_from_the_table_as_found(tilted: list[np.ndar
     assert [len(f.xy) for f in table[-2:]] == [0, len(features[0].xy)]
     with pytest.raises(IndexError, match="photo 4 of 4"):
         table[4]
-    table.close()
-    assert len(table) == 0
 
 
 def test_bonus_is_zero_up_to_the_floor_then_grows_to_its_cap() -> None:
