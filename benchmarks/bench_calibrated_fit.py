@@ -1,4 +1,5 @@
-"""Calibrated-score fit benchmark: how the spatial evidence is counted, compared out of sample on training splits.
+"""Calibrated-score fit benchmark: how the spatial evidence is counted and weighed, compared out of sample on
+training splits.
 
     python benchmarks/bench_calibrated_fit.py --sample-root data/real --generated --json fit.json
 
@@ -6,7 +7,9 @@ Each ``<root>/Training Data`` is embedded as ``samespace calibrate --fit-calibra
 sample set's with ``--generated``, seed 0 as that command writes it). Every pair with a cosine of at least
 ``calibrated_score.VERIFY_COSINE`` is verified twice: with every ratio-test match (``unique=False``, as
 ``verified`` counts) and with one match per keypoint (:func:`samespace.verification.one_to_one`, the shipped
-count). For each count:
+count). Three models side by side: the shipped model with each count, and, with one match per keypoint, the
+shipped features plus a fifth, the inlier share (:func:`inlier_share`: inliers beyond chance as a share of the
+keypoints of the photo with fewer; a candidate that was measured and not shipped, docs/quality.md). For each:
 
 - the inliers of unrelated pairs (99.9th percentile, maximum, how many reach 10) and the share of duplicates
   reaching 10;
@@ -27,6 +30,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +38,61 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from samespace import background, calibrated_fit, scoring_methods  # noqa: E402
+from samespace import background, calibrated_fit, calibrated_score, scoring_methods, verification  # noqa: E402
 from samespace.devsets import sample_set  # noqa: E402
 
 FOLDS = 5
 REACHES = 10  # inliers
+Pairs = dict[str, np.ndarray]
+Scoring = Callable[[Pairs], np.ndarray]  # a fitted model: pairs -> probabilities
 
 
-def out_of_fold(features: list[dict[str, np.ndarray]], labels: list[np.ndarray]) -> list[np.ndarray]:
-    """Scores of every pair by a model that did not see its places (pairs across two held-out folds: the full fit)."""
+def inlier_share(inliers: np.ndarray, keypoints: np.ndarray) -> np.ndarray:
+    """``sqrt(max(inliers - FLOOR, 0) / keypoints)``, ``keypoints`` the fewer of the pair's two photos': 9 inliers
+    say more of a small or smooth photo with 40 keypoints than of one with 500.
+
+    >>> inlier_share(np.array([3, 13, 13]), np.array([10, 36, 900])).tolist()
+    [0.0, 0.5, 0.1]
+    """
+    beyond = np.maximum(inliers.astype(np.float64) - verification.FLOOR, 0.0)
+    return np.sqrt(beyond / np.maximum(keypoints, 1))
+
+
+class ShareModel:
+    """The shipped logistic regression's features plus the inlier share, fitted the same way (each split weighing
+    the same, the same C)."""
+
+    def __init__(self, features: list[Pairs]) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        x = np.concatenate([self.columns(f) for f in features])
+        y = np.concatenate([f["same"] for f in features])
+        weights = np.concatenate([np.full(len(f["same"]), len(y) / (len(features) * len(f["same"])))
+                                  for f in features])
+        self.model = LogisticRegression(C=calibrated_fit.C, max_iter=2000).fit(x, y, sample_weight=weights)
+
+    @staticmethod
+    def columns(f: Pairs) -> np.ndarray:
+        return np.stack([f["cosine"], f["background"], calibrated_score.evidence(f["inliers"]),
+                         inlier_share(f["inliers"], f["keypoints"])], 1)
+
+    def probability(self, f: Pairs) -> np.ndarray:
+        return self.model.predict_proba(self.columns(f))[:, 1]
+
+
+def shipped_probability(features: list[Pairs]) -> Scoring:
+    model = calibrated_fit.fit_coefficients(features)
+    return lambda f: model.probability(f["cosine"], f["background"], f["inliers"])
+
+
+def share_probability(features: list[Pairs]) -> Scoring:
+    return ShareModel(features).probability
+
+
+def out_of_fold(features: list[Pairs], labels: list[np.ndarray], fit: Callable[[list[Pairs]], Scoring],
+                ) -> list[np.ndarray]:
+    """Scores of every pair by a model that did not see its places (pairs across two held-out folds: the full fit);
+    ``fit`` fits a model on pairs and returns its scoring function."""
     scores = [np.zeros(len(f["same"])) for f in features]
     folds = [((lab % FOLDS)[f["left"]], (lab % FOLDS)[f["right"]]) for f, lab in zip(features, labels, strict=True)]
     for fold in [*range(FOLDS), None]:
@@ -50,18 +100,19 @@ def out_of_fold(features: list[dict[str, np.ndarray]], labels: list[np.ndarray])
         for f, (a, b) in zip(features, folds, strict=True):
             seen = np.ones(len(a), bool) if fold is None else (a != fold) & (b != fold)
             train.append({k: v[seen] for k, v in f.items()})
-        model = calibrated_fit.fit_coefficients(train)
+        score = fit(train)
         for f, (a, b), out in zip(features, folds, scores, strict=True):
             held = (a != b) if fold is None else (a == fold) & (b == fold)
-            out[held] = model.probability(f["cosine"][held], f["background"][held], f["inliers"][held])
+            out[held] = score({k: v[held] for k, v in f.items()})
     return scores
 
 
-def evaluate(splits: list[calibrated_fit.SplitFeatures], features: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+def evaluate(splits: list[calibrated_fit.SplitFeatures], features: list[Pairs],
+             fit: Callable[[list[Pairs]], Scoring] = shipped_probability) -> dict[str, Any]:
     from sklearn.metrics import average_precision_score
 
     labels = [s.labels for s in splits]
-    scores = out_of_fold(features, labels)
+    scores = out_of_fold(features, labels, fit)
     grid = []
     for threshold in calibrated_fit.THRESHOLD_GRID:
         per_split = {}
@@ -103,7 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         print("note: these splits' background differs from the shipped one", file=sys.stderr)
     results: dict[str, Any] = {}
     for name, unique in (("every match (verified's count)", False), ("one match per keypoint (shipped)", True)):
-        results[name] = evaluate(splits, [calibrated_fit.pair_features(s, bank, places, unique) for s in splits])
+        features = [calibrated_fit.pair_features(s, bank, places, unique) for s in splits]
+        results[name] = evaluate(splits, features)
+    for split, f in zip(splits, features, strict=True):  # one match per keypoint
+        counts = np.array([len(k.xy) for k in split.keypoints])
+        f["keypoints"] = np.minimum(counts[f["left"]], counts[f["right"]])
+    results["one match per keypoint, plus the inlier share (not shipped)"] = evaluate(splits, features,
+                                                                                      share_probability)
     shipped_threshold = scoring_methods.CALIBRATED_THRESHOLD
     print(f"{sum(len(s.labels) for s in splits)} photos in {len(splits)} training splits; "
           f"out-of-fold over {FOLDS} folds of places; {time.perf_counter() - start:.0f} s")
