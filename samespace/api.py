@@ -61,6 +61,7 @@ def find_duplicates(
     device: str = "auto",
     batch_size: int = scoring_methods.DEFAULT_BATCH_SIZE,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> Duplicates:
     """Find the photos of the same space (re-shot, cropped, edited) under ``folders`` (searched recursively).
 
@@ -75,6 +76,7 @@ def find_duplicates(
         device: ``auto``, ``cpu`` or ``cuda``.
         batch_size: photos embedded at a time.
         progress: show progress bars on stderr.
+        precision: the backbone's arithmetic: ``fp32``, ``bf16`` or ``fp16`` (samespace.backbones.PRECISIONS).
 
     Returns:
         The groups, the pairs with their scores and the skipped files (:class:`Duplicates`).
@@ -94,7 +96,7 @@ def find_duplicates(
             raise errors.FindDuplicatesError(f"{folder}: not a directory")
     scorer, threshold, _ = scorer_choice.choose_scorer(
         method=method, checkpoint=checkpoint, batch_size=batch_size, device=scorer_choice.device_for(device),
-        threshold=threshold)
+        threshold=threshold, precision=precision)
     opened = None
     if store is not None:
         fingerprint = store_identity.scorer_fingerprint(scorer)

@@ -64,6 +64,9 @@ class ModelScorer(scorers.PairScorer):
         self.second = torch.zeros(0)
         self._second_on_device: torch.Tensor | None = None  # moved to the model's device once, when first scored
 
+    def backbone(self) -> torch.nn.Module:
+        return self.model.features
+
     @property
     def fields(self) -> dict[str, FieldSpec]:  # type: ignore[override]
         # concatenation head: each image's share of the first classifier layer; cosine head: unit projections

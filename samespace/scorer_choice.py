@@ -36,12 +36,14 @@ def choose_scorer(
     batch_size: int = scoring_methods.DEFAULT_BATCH_SIZE,
     device: str = "cpu",
     threshold: float | None = None,
+    precision: str = "fp32",
 ) -> tuple[scorers.PairScorer, float, str]:
     """The scorer for these options, its threshold, and where the threshold came from.
 
     ``checkpoint``: a trained model (its threshold file, else 0.5); else ``method`` (scoring_methods.METHODS);
     else the shipped default model when present, else ``calibrated``
-    (``relative`` with another backbone). ``threshold`` overrides the default.
+    (``relative`` with another backbone). ``threshold`` overrides the default. ``precision``: the backbone's
+    arithmetic (samespace.backbones.PRECISIONS); a method without a backbone takes fp32 only.
 
     >>> scorer, threshold, source = choose_scorer("phash")
     >>> scorer.name, threshold, source
@@ -85,6 +87,14 @@ def choose_scorer(
     else:
         scorer = scorers.HashScorer(method)
         default, source = scoring_methods.DEFAULT_THRESHOLDS[method], "calibrated default"
+    if precision != "fp32":
+        extractor = scorer.backbone()
+        if extractor is None:
+            raise errors.FindDuplicatesError(f"--precision {precision}: the {scorer.name} method runs no backbone")
+        try:
+            extractor.set_precision(precision)  # type: ignore[operator]
+        except ValueError as exc:
+            raise errors.FindDuplicatesError(f"--precision: {exc}") from exc
     if threshold is None:
         threshold = default
     else:

@@ -72,6 +72,10 @@ class PairScorer:
         self._parts: list[Any] = []
         self._n = 0
 
+    def backbone(self) -> torch.nn.Module | None:
+        """The frozen feature extractor this scorer runs (None: it runs none, as the hashes)."""
+        return None
+
     def add(self, images: np.ndarray, aspects: np.ndarray | None = None) -> None:
         """Embed a batch of uint8 images (B, 256, 256, 3) with their photos' aspect ratios (decoding.decode_image;
         default square); the images are not kept."""
@@ -184,6 +188,9 @@ class CosineScorer(PairScorer):
         self.batch_size = batch_size
         self.device = device
         self.vectors = np.zeros((0, 0), np.float32)
+
+    def backbone(self) -> torch.nn.Module:
+        return self.extractor
 
     @property
     def fields(self) -> dict[str, FieldSpec]:  # type: ignore[override]

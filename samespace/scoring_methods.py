@@ -61,6 +61,9 @@ RELATIVE_POOLING = "gem"  # chosen on the training splits: AP 0.879 / 0.889 agai
 # The calibrated score is a probability; its default is the best mean group F1 over collections of the training
 # splits thinned to 100, 30 and 10 % of places with duplicates (samespace calibrate --fit-calibrated).
 CALIBRATED_THRESHOLD = 0.35
+# The backbone's arithmetic (samespace.backbones): fp32 by default; bf16 / fp16 autocast are options, measured in
+# docs/scale.md, "Reduced precision".
+PRECISIONS = ("fp32", "bf16", "fp16")
 REAL_PHOTO_THRESHOLDS: dict[str, float] = {"whash": 0.8594, "phash": 0.7031, "cosine": 0.6996}
 DEFAULT_THRESHOLDS: dict[str, float] = {"whash": 0.9531, "phash": 0.7344, "cosine": 0.8883, "relative": 0.2375,
                                      "verified": 0.3125, "calibrated": CALIBRATED_THRESHOLD}

@@ -65,6 +65,8 @@ def scorer_fingerprint(scorer: object) -> str:
                       str(verification.MAX_ASPECT), cv2.__version__]
         return _sha(*parts)
     if isinstance(scorer, model_scorer.ModelScorer):
-        return _sha(name, decode_identity(), preprocessing_identity(), _state_digest(scorer.model),
-                    inspect.getsource(scorers.l2_normalise))
+        parts = [name, decode_identity(), preprocessing_identity(), _state_digest(scorer.model),
+                 inspect.getsource(scorers.l2_normalise)]
+        precision = getattr(scorer.backbone(), "precision", "fp32")
+        return _sha(*parts, f"precision={precision}") if precision != "fp32" else _sha(*parts)
     raise TypeError(f"no embedding-store fingerprint for {name}")

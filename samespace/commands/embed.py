@@ -42,6 +42,7 @@ def build_parser(prog: str = "embed.py") -> argparse.ArgumentParser:
     parser.add_argument("--backbone-weights", default="imagenet", metavar="imagenet|none|PATH")
     parser.add_argument("--batch-size", type=int, default=scoring_methods.DEFAULT_BATCH_SIZE, metavar="N")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    cli.add_precision_option(parser)
     cli.add_decode_options(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a --store file that exists and was not written by SameSpace (never a photo)")

@@ -46,7 +46,8 @@ def build_scorer(args: argparse.Namespace, device: str) -> tuple[scorers.PairSco
 
     return scorer_choice.choose_scorer(
         method=args.method, checkpoint=args.checkpoint, backbone=args.backbone,
-        backbone_weights=args.backbone_weights, batch_size=args.batch_size, device=device, threshold=args.threshold)
+        backbone_weights=args.backbone_weights, batch_size=args.batch_size, device=device, threshold=args.threshold,
+        precision=args.precision)
 
 
 EXAMPLES = """examples:
@@ -108,6 +109,7 @@ def build_parser(prog: str = "find_duplicates.py") -> argparse.ArgumentParser:
         help="images per batch (default: 64)",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
+    cli.add_precision_option(parser)
     search = parser.add_mutually_exclusive_group()
     search.add_argument(
         "--top-k",
