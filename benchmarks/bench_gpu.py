@@ -4,7 +4,8 @@
 
 Measured, in photos/s:
 
-1. the backbone alone on the GPU (inputs already there, random weights: timing only), fp32 and bf16 autocast;
+1. the backbone alone on the GPU (inputs already there, random weights: timing only) in each ``--precision``
+   (samespace.backbones.PRECISIONS: fp32 with TF32 off, bf16 and fp16 autocast);
 2. the decode ceiling of this machine's cores: batch_decoding.decoded_batches in a process pool of ``--workers``
    (default: the cores) over ``--photos`` generated 1200x900 JPEGs (distinct bytes: a few drawings, each copy with
    its own trailing bytes, so each decodes in full), no model;
@@ -33,7 +34,7 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from samespace import batch_decoding, finder, scorers  # noqa: E402
-from samespace.backbones import build_feature_extractor  # noqa: E402
+from samespace.backbones import PRECISIONS, FrozenFeatureExtractor, build_feature_extractor  # noqa: E402
 
 DRAWINGS = 24  # distinct pictures; the rest are byte-distinct copies (same decoding cost)
 
@@ -63,12 +64,13 @@ def generate(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-def backbone_alone(extractor: torch.nn.Module, device: str, batch_size: int, seconds: float,
-                   bf16: bool) -> float:
-    """Photos/s of the backbone on inputs already on ``device`` (after warm-up), for about ``seconds``."""
+def backbone_alone(extractor: FrozenFeatureExtractor, device: str, batch_size: int, seconds: float,
+                   precision: str) -> float:
+    """Photos/s of the backbone in ``precision`` on inputs already on ``device`` (after warm-up), for about
+    ``seconds``."""
     x = torch.rand(batch_size, 3, 256, 256, device=device).contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
-    with torch.inference_mode(), autocast:
+    extractor.set_precision(precision)
+    with torch.inference_mode():
         for _ in range(3):
             extractor(x)
         sync(device)
@@ -124,14 +126,14 @@ def main() -> int:
         paths = generate(Path(tmp), n)
         print(f"generated {n} photos in {time.perf_counter() - t0:.1f} s")
         extractor = build_feature_extractor(args.backbone, "none").to(device).eval()
-        fp32 = backbone_alone(extractor, device, batch, seconds, bf16=False)
-        bf16 = backbone_alone(extractor, device, batch, seconds, bf16=True)
+        alone = {precision: backbone_alone(extractor, device, batch, seconds, precision) for precision in PRECISIONS}
+        fp32 = alone["fp32"]
         del extractor
         ceiling = decode_ceiling(paths, batch, workers)
         stages = {pool: embed_stage(paths, args.backbone, device, batch, workers, pool)
                   for pool in batch_decoding.POOLS}
-    print(f"backbone alone ({args.backbone}): fp32 {fp32:,.0f} photos/s, bf16 autocast {bf16:,.0f} photos/s "
-          f"(bf16 / fp32 {bf16 / fp32:.2f})")
+    print(f"backbone alone ({args.backbone}), photos/s: " + ", ".join(
+        f"{precision} {rate:,.0f} ({rate / fp32:.2f} x fp32)" for precision, rate in alone.items()))
     print(f"decode ceiling, {workers} processes: {ceiling:,.0f} photos/s (/ backbone fp32 {ceiling / fp32:.2f})")
     for pool, rate in stages.items():
         print(f"find's embed stage, {pool} pool: {rate:,.0f} photos/s (/ backbone fp32 {rate / fp32:.2f}, "
