@@ -149,7 +149,7 @@ def find_duplicates(
     seconds = time.perf_counter() - t0
     summary = {"folders": [str(f) for f in folders], "method": scorer.name, "threshold": threshold,
                "candidates": candidates, "files": len(paths), "images": len(kept) + len(flat),
-               "copies_below_threshold": n_copies,
+               "copies_below_threshold": n_copies, **_precision(scorer),
                **_counts(embedded, skipped, n_scored, left, groups, seconds, timings)}
     return Result(ordered, skipped, left, right, tiers_of.tiered_scores(scores, pair_tiers), groups, summary,
                   [str(paths[k]) for k in flat], pair_tiers)
@@ -157,6 +157,12 @@ def find_duplicates(
 
 # What candidate search returns when there is nothing to score (every readable photo is blank).
 _NO_MATCHES = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), 0, "none")
+
+
+def _precision(scorer: scorers.PairScorer) -> dict[str, str]:
+    """``{"precision": ...}`` when the backbone runs in reduced precision (``--precision``), else nothing."""
+    precision = getattr(scorer.backbone(), "precision", "fp32")
+    return {} if precision == "fp32" else {"precision": precision}
 
 
 def _counts(embedded: Embedded, skipped: list[dict[str, str]], n_scored: int, left: np.ndarray,
@@ -394,7 +400,7 @@ def find_against(
     summary = {"folders": [str(f) for f in new_folders], "against": [str(f) for f in library_folders],
                "method": scorer.name, "threshold": threshold, "candidates": candidates, "files": len(paths),
                "images": len(kept), "new_images": n_new, "library_images": len(kept) - n_new,
-               "copies_below_threshold": n_copies,
+               "copies_below_threshold": n_copies, **_precision(scorer),
                **_counts(embedded, skipped, n_scored, left, groups, seconds, timings)}
     return Result(scored, skipped, left, right, tiers_of.tiered_scores(scores, pair_tiers), groups, summary,
                   [str(paths[k]) for k in flat], pair_tiers)

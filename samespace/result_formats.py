@@ -13,7 +13,8 @@ from samespace import outputs, tiers
 
 def summary_line(summary: dict[str, Any]) -> str:
     """One line: images, blank, skipped, pairs scored, duplicate pairs (and how many are copies the score put
-    under the threshold: tiers.copies_below_threshold), groups, seconds, the method and threshold."""
+    under the threshold: tiers.copies_below_threshold), groups, seconds, the method and threshold (and the
+    backbone's precision when reduced)."""
     return (
         f"{summary['images']:,} images, "
         + (f"{summary['blank']:,} blank, " if summary.get("blank") else "")
@@ -23,7 +24,8 @@ def summary_line(summary: dict[str, Any]) -> str:
         + (f" ({summary['copies_below_threshold']:,} of them copies under the threshold)"
            if summary.get("copies_below_threshold") else "")
         + f" in {summary['groups']:,} groups, "
-        f"{summary['seconds']:.1f} s [{summary['method']}, threshold {summary['threshold']:g}]"
+        f"{summary['seconds']:.1f} s [{summary['method']}, threshold {summary['threshold']:g}"
+        + (f", {summary['precision']}]" if summary.get("precision") else "]")
     )
 
 

@@ -3,6 +3,7 @@ close, never mix with fp32 ones in a store, and are refused where no backbone ru
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ def test_find_takes_the_option_and_refuses_an_unknown_one(test_dir: Path, tmp_pa
     out = tmp_path / "groups.json"
     assert find.main([str(test_dir), "--method", "cosine", "--precision", "bf16", "--no-cache", "--no-progress",
                       "--json", str(out)]) == 0
-    assert out.is_file()
+    assert json.loads(out.read_text())["summary"]["precision"] == "bf16"  # said in the outputs too
     with pytest.raises(SystemExit) as exit_info:
         find.main([str(test_dir), "--precision", "fp8"])
     assert exit_info.value.code == 2 and "fp8" in capsys.readouterr().err
