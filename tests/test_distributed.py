@@ -66,8 +66,9 @@ def test_two_processes_of_32_train_as_one_of_64(tiny_root: Path, calibrated: Pat
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # A small learning rate keeps the loss near its start (random heads with RMSprop at 2e-3 blow it up to ~400,
     # where float rounding alone exceeds 1e-5).
+    learning_rate, alpha, batches = 1e-4, 0.9, 4
     hparams = ["--hparam", "dropout1=0", "--hparam", "dropout2=0", "--hparam", "dropout3=0",
-               "--hparam", "learning_rate=1e-4", "--batches", "4"]
+               "--hparam", f"learning_rate={learning_rate}", "--hparam", f"alpha={alpha}", "--batches", str(batches)]
     # Two processes under torchrun; one cache folder per run, so that this run extracts (half per rank).
     folder = tmp_path / "two"
     folder.mkdir()
@@ -100,9 +101,20 @@ def test_two_processes_of_32_train_as_one_of_64(tiny_root: Path, calibrated: Pat
     # The two-process checkpoint holds DistributedDataParallel's names ("module."); load_model reads either.
     assert set(two["models_state_dict"][0]) == {f"module.{name}" for name in one["models_state_dict"][0]}
     two_weights = checkpoint_loading.load_model(two_path).state_dict()
+    # The gradients agree up to float rounding (a mean over 64 pairs against the mean of two means over 32), but
+    # RMSprop divides each element's gradient by its own running RMS, so an element whose gradient is rounding
+    # noise takes a step of up to lr / sqrt(1 - alpha) either way, whatever its size. Hence: almost every element
+    # agrees to 1e-5, and none differs by more than two such steps a batch. Different data on the two ranks, or
+    # gradients left unsynchronised, move most elements apart.
+    step = learning_rate / (1 - alpha) ** 0.5
     changed = 0
     for name, value in one["models_state_dict"][0].items():
-        torch.testing.assert_close(two_weights[name], value, atol=1e-5, rtol=0, msg=name)
+        if not value.is_floating_point():
+            assert torch.equal(two_weights[name], value), name
+            continue
+        difference = (two_weights[name].double() - value.double()).abs()
+        assert (difference > 1e-5).double().mean().item() <= 0.005, name
+        assert difference.max().item() <= 2 * batches * step, name
         changed += not torch.equal(value, initial.state_dict()[name])
     assert changed >= 10  # the heads did train
 
