@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 
 REAL := data/real
 
-.PHONY: demo test check bench default-model browser
+.PHONY: demo test check bench default-model browser gpu-kit
 demo: $(VENV)/.installed
 	mkdir -p $(DEMO)
 	$(PY) model_def.py --sample-data $(SAMPLE) --config improved.yaml \
@@ -67,3 +67,13 @@ default-model: $(VENV)/.installed
 		| tee checkpoints/default-model.log
 	$(PY) -m samespace.default_model export --checkpoint "$$(tail -n 1 checkpoints/default-model.log)" \
 		--calibrate-on "$(REAL)/Training Data"
+
+# Wheels for a CUDA machine without a package index (benchmarks/gpu_check.sh installs them there): what its image
+# lacks (benchmarks/gpu-kit.txt), for its Python (GPU_PYTHON) on x86-64 Linux.
+GPU_PYTHON ?= 3.12
+gpu-kit:
+	rm -rf .whl && mkdir .whl
+	python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl -r benchmarks/gpu-kit.txt
+	du -sh .whl

@@ -10,7 +10,11 @@ Measured, in photos/s:
    (default: the cores) over ``--photos`` generated 1200x900 JPEGs (distinct bytes: a few drawings, each copy with
    its own trailing bytes, so each decodes in full), no model;
 3. find's embed stage (finder.embed_photos, cosine scorer on CUDA, no store) over the same photos, with the default
-   decode pool and with a process pool.
+   decode pool and with a process pool; then with the scorers that also find SIFT keypoints in the decode pool
+   (``verified``, ``calibrated``), process pool;
+4. JPEG decoding on the GPU (torchvision.io.decode_jpeg on CUDA, batches of ``--batch-size``, the bytes read from
+   disk, each photo resized to 256 px as the project's decode does): is it faster than the cores' pool? It gives
+   other pixels than the project's single decode path (PIL), so it would replace that path only if it were.
 
 Printed: each figure and the ratios embed stage / backbone fp32 and decode ceiling / backbone fp32 (below 1: the
 cores, not the GPU, set the speed). On a machine without CUDA it says so, runs a tiny CPU smoke run of the same
@@ -95,10 +99,30 @@ def decode_ceiling(paths: list[Path], batch_size: int, workers: int) -> float:
     return len(paths) / (time.perf_counter() - t)
 
 
-def embed_stage(paths: list[Path], backbone: str, device: str, batch_size: int, workers: int, pool: str) -> float:
-    """Photos/s of finder.embed_photos (decode overlapped with the model) with a cosine scorer on ``device``."""
-    extractor = build_feature_extractor(backbone, "none").to(device)
-    scorer = scorers.CosineScorer(extractor, batch_size=batch_size, device=device)
+def gpu_decode(paths: list[Path], device: str, batch_size: int, side: int = 256) -> float:
+    """Photos/s of reading the files and decoding them with torchvision.io.decode_jpeg on ``device``, each resized
+    so that its shorter side is ``side`` (antialiased bilinear), batch by batch."""
+    from torchvision.io import decode_jpeg
+    from torchvision.transforms.v2 import functional as tf
+
+    t = time.perf_counter()
+    for start in range(0, len(paths), batch_size):
+        datas = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths[start:start + batch_size]]
+        for image in decode_jpeg(datas, device=device):
+            tf.resize(image, [side], antialias=True)
+    sync(device)
+    return len(paths) / (time.perf_counter() - t)
+
+
+def embed_stage(paths: list[Path], backbone: str, device: str, batch_size: int, workers: int, pool: str,
+                method: str = "cosine") -> float:
+    """Photos/s of finder.embed_photos (decode overlapped with the model) with ``method``'s scorer on ``device``
+    (random backbone weights: timing only; ``verified`` and ``calibrated`` also find SIFT keypoints)."""
+    if method == "cosine":
+        extractor = build_feature_extractor(backbone, "none").to(device)
+        scorer = scorers.CosineScorer(extractor, batch_size=batch_size, device=device)
+    else:
+        scorer = scorers.reference_scorer(method, backbone, "none", device, batch_size)
     t = time.perf_counter()
     finder.embed_photos(paths, scorer, None, batch_size, progress=False, decode_workers=workers, decode_pool=pool)
     sync(device)
@@ -130,14 +154,19 @@ def main() -> int:
         fp32 = alone["fp32"]
         del extractor
         ceiling = decode_ceiling(paths, batch, workers)
-        stages = {pool: embed_stage(paths, args.backbone, device, batch, workers, pool)
+        stages = {f"cosine, {pool} pool": embed_stage(paths, args.backbone, device, batch, workers, pool)
                   for pool in batch_decoding.POOLS}
+        for method in ("verified", "calibrated"):
+            stages[f"{method}, process pool"] = embed_stage(paths, args.backbone, device, batch, workers, "process",
+                                                            method)
+        on_gpu = gpu_decode(paths, device, batch)
     print(f"backbone alone ({args.backbone}), photos/s: " + ", ".join(
         f"{precision} {rate:,.0f} ({rate / fp32:.2f} x fp32)" for precision, rate in alone.items()))
     print(f"decode ceiling, {workers} processes: {ceiling:,.0f} photos/s (/ backbone fp32 {ceiling / fp32:.2f})")
-    for pool, rate in stages.items():
-        print(f"find's embed stage, {pool} pool: {rate:,.0f} photos/s (/ backbone fp32 {rate / fp32:.2f}, "
+    for stage, rate in stages.items():
+        print(f"find's embed stage, {stage}: {rate:,.0f} photos/s (/ backbone fp32 {rate / fp32:.2f}, "
               f"/ decode ceiling {rate / ceiling:.2f})")
+    print(f"decode_jpeg on {device} and resize: {on_gpu:,.0f} photos/s (/ decode ceiling {on_gpu / ceiling:.2f})")
     print(f"total {time.perf_counter() - t0:.0f} s")
     return 0
 
