@@ -1,9 +1,11 @@
 """Act on what ``samespace find --json`` found: plan and do moving, trashing or linking the duplicates.
 
 The result file is untrusted input (:func:`load_result`): size cap, types, and every photo it names must lie
-under a folder its summary lists. A plan keeps one photo per group (keepers.py) and records, per file acted
-on, its size, modification time and sha256 as found on disk; applying re-checks them and refuses, one line
-each, a file that changed. Nothing is ever deleted: a moved file goes to the ``--move-to`` folder, a file
+under a folder its summary lists. A file whose bytes are not those find read (the content key each group
+records per member; a photo replaced, or the result used from another folder) is refused, and so is one of a
+group whose keeper is. A plan keeps one photo per group (keepers.py) and records, per file acted on, its size,
+modification time and sha256 as found on disk; applying re-checks them and refuses, one line each, a file that
+changed. Nothing is ever deleted: a moved file goes to the ``--move-to`` folder, a file
 replaced by a link goes to an undo folder first, and a file is moved by a hard link then an unlink (or an
 exclusive-create copy across file systems), so an existing file is never overwritten. ``--trash`` hands the file
 to the system trash (samespace.trash) and records where it went when the trash can be read back. Every applied
@@ -27,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samespace import keepers, outputs, trash
+from samespace import content_keys, keepers, outputs, trash
 
 MAX_RESULT_BYTES = 256 * 2**20  # a JSON result of a few million pairs; larger is refused unread
 MAX_MANIFEST_BYTES = 256 * 2**20
@@ -49,6 +51,7 @@ class Document:
     folders: list[str]
     library: list[str]
     mtime_ns: int
+    keys: dict[str, str] = field(default_factory=dict)  # member -> its content key when find ran (where recorded)
 
 
 def read_capped(path: Path, cap: int, what: str) -> bytes:
@@ -108,6 +111,7 @@ def load_result(path: str | Path, cap: int | None = None) -> Document:
     if not folders:
         raise ActError(f"{path}: summary.folders lists no folder")
     groups: list[list[str]] = []
+    keys: dict[str, str] = {}
     for k, group in enumerate(doc["groups"]):
         if not isinstance(group, dict):
             raise ActError(f"{path}: groups[{k}] must be an object")
@@ -118,8 +122,22 @@ def load_result(path: str | Path, cap: int | None = None) -> Document:
             if not any(is_under(member, f) for f in [*folders, *library]):
                 raise ActError(f"{path}: groups[{k}]: {outputs.printable_name(member)} is not under the scanned "
                                "folders of summary.folders / summary.against")
+        keys.update(_member_keys(group, members, f"groups[{k}].keys", path))
         groups.append(members)
-    return Document(path, groups, folders, library, os.stat(path).st_mtime_ns)
+    return Document(path, groups, folders, library, os.stat(path).st_mtime_ns, keys)
+
+
+def _member_keys(group: dict[str, Any], members: list[str], where: str, path: Path) -> dict[str, str]:
+    """A group's recorded content keys (``keys``: one per member, null where find could not read it); an older
+    result without them gives none, and the modification-time check alone applies."""
+    keys = group.get("keys")
+    if keys is None:
+        return {}
+    if not isinstance(keys, list) or len(keys) != len(members) or not all(
+            k is None or (isinstance(k, str) and len(k) == 2 * content_keys.KEY_BYTES and k.isascii()
+                          and all(c in "0123456789abcdef" for c in k)) for k in keys):
+        raise ActError(f"{path}: {where} must list one content key (32 hex digits) or null per member")
+    return {m: k for m, k in zip(members, keys, strict=True) if k is not None}
 
 
 def sha256_of(path: str | Path) -> str:
@@ -261,6 +279,11 @@ def _why_not(f: keepers.Facts, keeper: str, doc: Document, action: str, digest: 
             return "not a regular file (a link or a device)"
         if st.st_mtime_ns > doc.mtime_ns:
             return f"modified after {doc.path.name} was written (run find again)"
+        stale = f"holds other bytes than when {doc.path.name} was written (run find again)"
+        if _stale(f.path, doc):
+            return stale
+        if _stale(keeper, doc):
+            return f"its keeper {outputs.printable_name(keeper)} {stale}"
         if action == "hardlink" and st.st_dev != keeper_st.st_dev:
             return "on another file system than its keeper (a hard link cannot cross); use --symlink"
         if (st.st_dev, st.st_ino) == (keeper_st.st_dev, keeper_st.st_ino):
@@ -270,6 +293,12 @@ def _why_not(f: keepers.Facts, keeper: str, doc: Document, action: str, digest: 
     except OSError as exc:
         return f"cannot read ({exc.strerror or exc})"
     return None
+
+
+def _stale(path: str, doc: Document) -> bool:
+    """Whether ``path`` now holds other bytes than find recorded (False where it recorded none)."""
+    recorded = doc.keys.get(path)
+    return recorded is not None and content_keys.content_key(path) != recorded
 
 
 def changed(step: Step) -> str | None:

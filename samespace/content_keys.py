@@ -11,6 +11,7 @@ import errno
 import hashlib
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -72,6 +73,18 @@ def content_key(path: str | Path) -> str:
     f, _ = open_regular(path)
     with f:
         return hash_file(f)
+
+
+def keys_or_none(paths: Iterable[str | Path]) -> list[str | None]:
+    """The content key of each file as it is now, None where it cannot be read (find's result records them, so
+    that acting on it later can tell a photo from another file now at its path)."""
+    keys: list[str | None] = []
+    for path in paths:
+        try:
+            keys.append(content_key(path))
+        except OSError:
+            keys.append(None)
+    return keys
 
 
 def check_key(key: str) -> None:

@@ -27,6 +27,7 @@ from tqdm import tqdm
 from samespace import (
     batch_decoding,
     blank,
+    content_keys,
     errors,
     grouping,
     matching,
@@ -64,6 +65,9 @@ class Result:
     summary: dict[str, Any] = field(default_factory=dict)
     blank: list[str] = field(default_factory=list)  # photos with almost no detail (blank.py), not scored
     tiers: list[str] = field(default_factory=list)  # each pair's match tier (samespace.tiers), aligned with left
+    # Each group member's content key when the run ended (None: unreadable then), in groups' order: acting on the
+    # result later refuses a file whose bytes are no longer the ones reported (samespace.actions).
+    keys: list[list[str | None]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON document: groups (members, pairs as [path, path, score, tier]), every duplicate pair, skipped
@@ -78,7 +82,8 @@ class Result:
             if group_of[i] >= 0 and group_of[i] == group_of[j]:  # a pair across groups is listed in "pairs" only
                 group_pairs[group_of[i]].append(pair)
         groups = [
-            {"members": [self.paths[k] for k in members], "pairs": group_pairs[g]}
+            {"members": [self.paths[k] for k in members], "pairs": group_pairs[g],
+             **({"keys": self.keys[g]} if self.keys else {})}
             for g, members in enumerate(self.groups)
         ]
         return {"groups": groups, "pairs": pairs, "blank": self.blank, "skipped": self.skipped,
@@ -152,7 +157,8 @@ def find_duplicates(
                "copies_below_threshold": n_copies, **_precision(scorer),
                **_counts(embedded, skipped, n_scored, left, groups, seconds, timings)}
     return Result(ordered, skipped, left, right, tiers_of.tiered_scores(scores, pair_tiers), groups, summary,
-                  [str(paths[k]) for k in flat], pair_tiers)
+                  [str(paths[k]) for k in flat], pair_tiers,
+                  [content_keys.keys_or_none(ordered[k] for k in g) for g in groups])
 
 
 # What candidate search returns when there is nothing to score (every readable photo is blank).
@@ -403,7 +409,8 @@ def find_against(
                "copies_below_threshold": n_copies, **_precision(scorer),
                **_counts(embedded, skipped, n_scored, left, groups, seconds, timings)}
     return Result(scored, skipped, left, right, tiers_of.tiered_scores(scores, pair_tiers), groups, summary,
-                  [str(paths[k]) for k in flat], pair_tiers)
+                  [str(paths[k]) for k in flat], pair_tiers,
+                  [content_keys.keys_or_none(scored[k] for k in g) for g in groups])
 
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from samespace import actions, choices, cli, keepers
+from samespace import actions, choices, cli, content_keys, keepers
 from samespace.commands import act, find, undo
 
 OLD = 1_600_000_000  # the photos' modification time: well before the scan
@@ -176,6 +176,57 @@ def test_a_photo_edited_after_the_scan_is_refused_and_untouched(scene: tuple[Pat
     assert not (tmp_path / "dups" / "b.png").exists() and (tmp_path / "dups" / "a.png").exists()
 
 
+def test_the_result_records_each_members_content_key(scene: tuple[Path, Path]) -> None:
+    photos, result = scene
+    for group in json.loads(result.read_text())["groups"]:
+        assert group["keys"] == [content_keys.content_key(m) for m in group["members"]]
+
+
+def test_other_files_at_the_reported_paths_are_refused_whatever_their_time(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The result used from another folder that has files of the same names (or photos replaced with their old
+    modification times kept, as ``cp -p`` does): nothing of them is moved."""
+    write_scene(tmp_path / "scan" / "photos")
+    monkeypatch.chdir(tmp_path / "scan")
+    run_find(tmp_path / "result.json", Path("photos"))
+    other = tmp_path / "other" / "photos"
+    write_scene(other)
+    for k, name in enumerate(["a.png", "sub/a_copy.png", "b.jpg"]):  # the keepers' and duplicates' names
+        Image.fromarray(_blocks(10 + k)).save(other / name, format="PNG")
+        os.utime(other / name, (OLD, OLD))
+    monkeypatch.chdir(tmp_path / "other")
+    before = checksums(other)
+    capsys.readouterr()
+    assert act.main([str(tmp_path / "result.json"), "--move-to", str(tmp_path / "dups"), "--apply"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    # a_big.png and b.png are the scanned bytes (write_scene is deterministic); every other member is not, so each
+    # photo that would move either holds other bytes or has a keeper that does.
+    assert len(err) == 3 and all(" holds other bytes than when result.json was written (run find again); left "
+                                 "alone" in line for line in err), err
+    assert "refused: photos/sub/a_copy.png: holds other bytes" in err[1]
+    assert checksums(other) == before and not (tmp_path / "dups").exists()
+
+
+def test_a_group_whose_keeper_was_replaced_is_refused(scene: tuple[Path, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    photos, result = scene
+    plan = actions.make_plan(actions.load_result(result), "move")
+    step = next(s for s in plan.steps if Path(s.path).stem == "b")  # b's group: one of b.png / b.jpg moves
+    keeper = Path(step.keeper)
+    noise = np.random.default_rng(7).integers(0, 256, (96, 128, 3), dtype=np.uint8)  # more bytes: still kept
+    Image.fromarray(noise).save(keeper, format=Image.open(keeper).format)
+    os.utime(keeper, (OLD, OLD))
+    before = checksums(photos)
+    capsys.readouterr()
+    assert act.main([str(result), "--move-to", str(tmp_path / "dups"), "--apply"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"refused: {step.path}: its keeper {keeper} holds other bytes than when result.json was written "
+                   "(run find again); left alone"]
+    moved = Path(step.path).name
+    assert checksums(photos)[moved] == before[moved] and not (tmp_path / "dups" / moved).exists()
+    assert (tmp_path / "dups" / "a.png").exists()  # the other group is acted on as before
+
+
 def test_a_file_changed_between_plan_and_apply_is_refused(scene: tuple[Path, Path], tmp_path: Path) -> None:
     photos, result = scene
     plan = actions.make_plan(actions.load_result(result), "move")
@@ -254,6 +305,11 @@ def _hostile(tmp_path: Path, content: bytes) -> Path:
      "/etc/passwd is not under the scanned folders"),
     (b'{"groups": [{"members": ["PHOTOS/../../x", "PHOTOS/a.png"]}], "summary": {"folders": ["PHOTOS"]}}',
      "is not under the scanned folders"),
+    (b'{"groups": [{"members": ["PHOTOS/a.png", "PHOTOS/b.png"], '
+     b'"keys": ["00000000000000000000000000000000"]}], "summary": {"folders": ["PHOTOS"]}}',
+     "groups[0].keys must list one content key (32 hex digits) or null per member"),
+    (b'{"groups": [{"members": ["PHOTOS/a.png", "PHOTOS/b.png"], "keys": [null, "../x"]}], "summary": {"folders": '
+     b'["PHOTOS"]}}', "groups[0].keys must list one content key"),
 ])
 def test_a_hostile_result_is_one_line_exit_2_and_nothing_touched(
         scene: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes,

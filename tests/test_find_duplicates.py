@@ -18,6 +18,7 @@ from PIL import Image
 
 from samespace import (
     checkpoint_loading,
+    content_keys,
     decoding,
     evaluation,
     finder,
@@ -208,7 +209,8 @@ def test_json_has_exactly_the_documented_shape(cli_run: dict, photos: Path) -> N
     assert set(doc) == {"groups", "pairs", "blank", "skipped", "summary"} and doc["blank"] == []
     assert [{Path(m).name for m in g["members"]} for g in doc["groups"]] == EXPECTED_GROUPS
     for group in doc["groups"]:
-        assert set(group) == {"members", "pairs"}
+        assert set(group) == {"members", "pairs", "keys"}
+        assert group["keys"] == [content_keys.content_key(m) for m in group["members"]]
         for a, b, s, tier in group["pairs"]:
             assert isinstance(a, str) and isinstance(b, str) and isinstance(s, float) and tier in tiers.TIERS
             assert a in group["members"] and b in group["members"] and s >= scoring_methods.DEFAULT_THRESHOLDS["whash"]
