@@ -107,7 +107,8 @@ def gpu_decode(paths: list[Path], device: str, batch_size: int, side: int = 256)
 
     t = time.perf_counter()
     for start in range(0, len(paths), batch_size):
-        datas = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in paths[start:start + batch_size]]
+        batch = paths[start:start + batch_size]
+        datas = [torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8) for p in batch]
         for image in decode_jpeg(datas, device=device):
             tf.resize(image, [side], antialias=True)
     sync(device)
