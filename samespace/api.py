@@ -87,7 +87,7 @@ def find_duplicates(
     Example:
         >>> found = find_duplicates(["listing/"], method="phash")            # doctest: +SKIP
         >>> found.pairs[0]                                                    # doctest: +SKIP
-        ('listing/room_1.jpg', 'listing/room_1_edited.jpg', 0.96875)
+        ('listing/room_1.jpg', 'listing/room_1_edited.jpg', 1.0, 'same photo')
     """
     if isinstance(folders, (str, Path)):
         folders = [folders]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -83,6 +84,11 @@ EXAMPLES = """examples:
 """
 
 
+def counted(number: int, noun: str) -> str:
+    """``1 file``, ``2 files``: a count and its noun, plural unless the count is one."""
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number >= 1 (else the usual one-line usage error naming the value)."""
     try:
@@ -137,5 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(args[:1] or ["--help"])  # prints the help, the version or the error, and exits
     name, rest = args[0], args[1:]
     module_name, _, leading = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    return module.main([*leading, *rest], prog=f"samespace {name}" if not leading else "samespace")
+    try:
+        module = importlib.import_module(module_name)
+        return module.main([*leading, *rest], prog=f"samespace {name}" if not leading else "samespace")
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; atomic_write has removed its temporary file
+        pass
+    # After the except block, which held the frames: a progress bar in them has closed its line by now.
+    print("interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED

@@ -9,11 +9,12 @@ is decoded, and never a traceback after the work. Refused:
 - a file output that is a directory, a directory output that is a file, or one under a file;
 - a missing folder for a file output; a folder that cannot be written to (probed by creating and removing a
   temporary file); a name too long for the file system (including atomic_write's temporary-name suffix);
-- an existing file that SameSpace did not write (see :func:`is_ours`), unless ``overwrite``; an existing photo
-  anywhere (by extension or by its first bytes), even with ``overwrite``;
+- an existing file that SameSpace did not write (see :func:`is_ours`), or one it wrote of another kind than the
+  target's (:func:`file_kind`: a store never replaces a JSON result, nor a CSV an undo manifest), unless
+  ``overwrite``; an existing photo anywhere (by extension or by its first bytes), even with ``overwrite``;
 - an existing path that is not a regular file (a device, FIFO or socket) or is a symbolic link: a write renames
   a new file over the path, which would replace the node or the link itself;
-- two outputs naming one path.
+- two outputs naming one path, or both standard output.
 
 ``-`` and ``/dev/stdout`` name standard output where a target allows it (``Target.stream``): the content is
 written there directly, so ``--json /dev/stdout | jq`` works with stdout a pipe. Deciding never opens an output
@@ -22,8 +23,8 @@ for reading unless it is a regular file (a FIFO or a terminal would block).
 :func:`atomic_write` is the one writer of every file the project writes; it refuses the same special paths
 again at the moment of writing, and an error names the file.
 
-SameSpace recognises its own files by their first bytes (:data:`SIGNATURES`, :data:`GENERATOR`), so running a
-command again with the same outputs needs no flag.
+SameSpace recognises its own files and their kind by their first bytes (:data:`SIGNATURES`, :data:`MARKERS`,
+:data:`GENERATOR`), so running a command again with the same outputs needs no flag.
 """
 
 from __future__ import annotations
@@ -40,25 +41,37 @@ from typing import BinaryIO
 
 # Written into the HTML report (<meta name="generator">) and into PNG plots (the "Software" text chunk).
 GENERATOR = "SameSpace"
-# The first bytes of each JSON / CSV output SameSpace writes (the writers' tests check that they match).
-SIGNATURES: tuple[bytes, ...] = (
-    b'{\n "groups": [',  # find_duplicates.py --json
-    b'{\n  "data_dir": ',  # model_inference.py --json
-    b"group,path1,path2,score,tier\n",  # samespace find --csv
-    b"group,path1,path2,score\n",  # samespace find --csv before pairs had a tier
-    b"image1,image2,label,",  # model_inference.py --scores
-)
-MARKERS: tuple[bytes, ...] = (
-    b'"format": "samespace-embeddings"',  # the embedding store's header (embedding_store.py; a zip of .npy arrays)
-    f'<meta name="generator" content="{GENERATOR}'.encode(),  # find_duplicates.py --html
-    f"Software\x00{GENERATOR}".encode(),  # model_inference.py --plots (PNG tEXt chunk)
-)
+# The kinds of file SameSpace writes (Target.kind), as messages name them.
+RESULT_JSON = "a find result (JSON)"
+PAIRS_CSV = "a CSV of duplicate pairs"
+REVIEW_PAGE = "a review page (HTML)"
+STORE = "an embedding store"
+EVALUATION_JSON = "an evaluation report (JSON)"
+SCORES_CSV = "a CSV of pair scores"
+PLOT = "a plot (PNG)"
+UNDO_MANIFEST = "an undo manifest (samespace undo reads it to put files back)"
+# The first bytes of each JSON / CSV file SameSpace writes, and its kind (the writers' tests check that they match).
+SIGNATURES: dict[bytes, str] = {
+    b'{\n "groups": [': RESULT_JSON,  # find_duplicates.py --json
+    b'{\n  "data_dir": ': EVALUATION_JSON,  # model_inference.py --json
+    b"group,path1,path2,score,tier\n": PAIRS_CSV,  # samespace find --csv
+    b"group,path1,path2,score\n": PAIRS_CSV,  # samespace find --csv before pairs had a tier
+    b"image1,image2,label,": SCORES_CSV,  # model_inference.py --scores
+    b'{\n "format": "samespace-undo"': UNDO_MANIFEST,  # samespace act --apply (actions.Manifest)
+}
+# Bytes found within the first HEAD_BYTES of the other files SameSpace writes, and their kind.
+MARKERS: dict[bytes, str] = {
+    b'"format": "samespace-embeddings"': STORE,  # the embedding store's header (embedding_store.py; a zip of .npy)
+    f'<meta name="generator" content="{GENERATOR}'.encode(): REVIEW_PAGE,  # find_duplicates.py --html
+    f"Software\x00{GENERATOR}".encode(): PLOT,  # model_inference.py --plots (PNG tEXt chunk)
+}
 HEAD_BYTES = 4096
 # outputs.atomic_write writes ".<name>.<8 random characters>.tmp" beside the target first.
 TEMP_NAME_EXTRA = len("..") + 8 + len(".tmp")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # the photos the project reads (data.py imports them from here)
 # Names of standard output, for the outputs that may stream there (Target.stream).
 STDOUT_NAMES = frozenset({"-", "/dev/stdout"})
+STDOUT_PLACE = Path("/dev/stdout")  # where every name of STDOUT_NAMES writes, for the check of two outputs at one place
 # First bytes of photo formats (cameras, phones, raw files, the web). A file starting so is never replaced.
 PHOTO_SIGNATURES: tuple[tuple[int, bytes], ...] = (
     (0, b"\xff\xd8\xff"),  # JPEG
@@ -108,7 +121,9 @@ class Target:
     """One output of a command: its option (for messages), its path, and whether it is a folder.
 
     A folder output lists the file names it will hold (``members``), which are checked like file outputs.
-    ``stream``: ``-`` or ``/dev/stdout`` may name standard output (text outputs).
+    ``stream``: ``-`` or ``/dev/stdout`` may name standard output (text outputs). ``kind``: what the file (or a
+    folder's members) will hold (:data:`RESULT_JSON` ...); an existing SameSpace file of another kind is replaced
+    only with ``overwrite``. Without a kind, any file SameSpace wrote may be replaced.
     """
 
     option: str
@@ -116,6 +131,7 @@ class Target:
     is_dir: bool = False
     members: tuple[str, ...] = ()
     stream: bool = False
+    kind: str = ""
 
 
 def is_stdout(path: str | Path) -> bool:
@@ -144,12 +160,23 @@ def _read_head(path: str | Path) -> bytes | None:
         os.close(fd)
 
 
-def is_ours(path: str | Path) -> bool:
-    """Whether ``path`` is a file SameSpace wrote (by its first bytes), or an empty file (nothing to lose)."""
+def file_kind(path: str | Path) -> str | None:
+    """Which kind of SameSpace file ``path`` is (:data:`RESULT_JSON` ...; by its first bytes), ``""`` for an
+    empty file (nothing to lose), or None: missing, not a regular file, or not written by SameSpace."""
     head = _read_head(path)
     if head is None:
-        return False
-    return not head or head.startswith(SIGNATURES) or any(marker in head for marker in MARKERS)
+        return None
+    if not head:
+        return ""
+    for signature, kind in SIGNATURES.items():
+        if head.startswith(signature):
+            return kind
+    return next((kind for marker, kind in MARKERS.items() if marker in head), None)
+
+
+def is_ours(path: str | Path) -> bool:
+    """Whether ``path`` is a file SameSpace wrote (by its first bytes), or an empty file (nothing to lose)."""
+    return file_kind(path) is not None
 
 
 def looks_like_photo(path: str | Path, image_extensions: Collection[str] = IMAGE_EXTENSIONS) -> bool:
@@ -225,8 +252,8 @@ def _check_one(
     overwrite: bool,
     image_exts: Collection[str],
     in_new_folder: bool = False,
-) -> list[tuple[Path, Target]]:
-    """Check one target; returns the resolved file paths it will write (for the duplicate check).
+) -> None:
+    """Check one target (check_outputs has checked that no other output names its place).
 
     ``in_new_folder``: a member of a folder output that the command creates (its folder need not exist yet).
     """
@@ -235,7 +262,7 @@ def _check_one(
         raise OutputError(f"{target.option} {target.path!s}: not a file name")
     if is_stdout(target.path) and not target.is_dir:
         if target.stream:
-            return []  # written straight to standard output, nothing replaced
+            return  # written straight to standard output, nothing replaced
         raise OutputError(f"{target.option} {target.path}: cannot be written to standard output; give a file name")
     path = Path(os.path.abspath(raw))
     resolved = path.resolve()
@@ -249,11 +276,10 @@ def _check_one(
         reason = _writable(existing)
         if reason:
             raise OutputError(f"{target.option} {target.path}: cannot write in {existing} ({reason})")
-        files = [Target(target.option, raw / name) for name in target.members]
-        written: list[tuple[Path, Target]] = [(resolved, target)]
-        for member in files:
-            written += _check_one(member, inputs, input_files, overwrite, image_exts, not path.is_dir())
-        return written
+        for name in target.members:
+            member = Target(target.option, raw / name, kind=target.kind)
+            _check_one(member, inputs, input_files, overwrite, image_exts, not path.is_dir())
+        return
     if path.is_dir():
         raise OutputError(f"{target.option} {target.path}: is a folder, expected a file name")
     if not path.parent.is_dir() and not in_new_folder:
@@ -273,19 +299,24 @@ def _check_one(
             f"{target.option} {target.path}: is a {kind}, not a regular file; SameSpace writes only regular files "
             "(it would replace the " + ("link itself" if kind == "symbolic link" else kind) + "), choose a file name"
         )
-    if path.exists() and not is_ours(path) and looks_like_photo(path, image_exts):
+    found = file_kind(path)
+    if path.exists() and found is None and looks_like_photo(path, image_exts):
         raise OutputError(f"{target.option} {target.path}: is a photo; photos are never overwritten, even with "
                           "--overwrite")
-    if path.exists() and not overwrite and not is_ours(path):
+    if path.exists() and not overwrite and found is None:
         raise OutputError(
             f"{target.option} {target.path}: exists and was not written by SameSpace; "
+            "pass --overwrite to replace it, or choose another name"
+        )
+    if not overwrite and found and target.kind and found != target.kind:
+        raise OutputError(
+            f"{target.option} {target.path}: holds {found}, not {target.kind}; "
             "pass --overwrite to replace it, or choose another name"
         )
     if not in_new_folder:  # else the folder target probed its nearest existing ancestor
         reason = _writable(path.parent)
         if reason:
             raise OutputError(f"{target.option} {target.path}: cannot write in {path.parent} ({reason})")
-    return [(resolved, target)]
 
 
 def check_outputs(
@@ -299,18 +330,27 @@ def check_outputs(
 
     ``inputs`` are the input folders (an output with an image extension inside one is refused), ``input_files``
     individual input files (never an output). ``overwrite`` allows replacing existing files SameSpace did not
-    write; it never allows replacing a photo.
+    write, or wrote as another kind of file; it never allows replacing a photo.
     """
     folders = [Path(os.path.abspath(f)).resolve() for f in inputs]
     files = {Path(os.path.abspath(f)).resolve() for f in input_files}
+    targets = list(targets)
     seen: dict[Path, Target] = {}
+    for target in targets:  # first: two outputs at one place is the problem to name, whatever is there now
+        if is_stdout(target.path) and not target.is_dir:
+            where = STDOUT_PLACE  # two documents on one stream: neither would parse
+        elif str(target.path):
+            where = Path(os.path.abspath(target.path)).resolve()
+        else:
+            continue
+        for place in [where, *(where / name for name in target.members)]:
+            if place in seen:
+                name = "standard output" if place == STDOUT_PLACE else str(place)
+                raise OutputError(f"{seen[place].option} and {target.option} both name {name}; give each output its "
+                                  "own path")
+            seen[place] = target
     for target in targets:
-        for resolved, owner in _check_one(target, folders, files, overwrite, image_extensions):
-            if resolved in seen:
-                raise OutputError(
-                    f"{seen[resolved].option} and {owner.option} both name {resolved}; give each output its own path"
-                )
-            seen[resolved] = owner
+        _check_one(target, folders, files, overwrite, image_extensions)
 
 
 def atomic_write(path: str | Path, content: str | bytes | Callable[[BinaryIO], object]) -> None:

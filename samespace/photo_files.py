@@ -54,6 +54,7 @@ def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | N
     undecodable = PHOTO_EXTENSIONS - extensions
     seen: set[Path] = set()
     found: list[Path] = []
+    empty: list[Path] = []
     for folder in folders:
         root = Path(folder)
         unreadable: list[tuple[Path, str]] = []
@@ -69,7 +70,7 @@ def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | N
             )
         files = [p for p in files if p.suffix.lower() not in undecodable]
         if not files:
-            warnings.warn(f"{root}: no image files", stacklevel=2)
+            empty.append(root)
         for path in files:
             key = path.resolve()
             if key not in seen:
@@ -81,4 +82,6 @@ def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | N
             f"no image files found in {names} (looked recursively for {len(extensions)} extensions PIL reads, "
             "e.g. .jpg .jpeg .png .webp .tif .bmp .gif)"
         )
+    for root in empty:  # warned only beside photos found elsewhere: else the error above says it once
+        warnings.warn(f"{root}: no image files", stacklevel=2)
     return found

@@ -38,7 +38,8 @@ class Undone:
 def load_manifest(path: str | Path) -> list[dict[str, Any]]:
     """The steps of an undo manifest, validated (absolute paths, sha256, size, link kind); ActError if not."""
     path = Path(path)
-    doc = parse_json(path, read_capped(path, MAX_MANIFEST_BYTES, "undo manifest"), "undo manifest")
+    what = "SameSpace undo manifest"
+    doc = parse_json(path, read_capped(path, MAX_MANIFEST_BYTES, what), what)
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT or not isinstance(doc.get("steps"), list):
         raise ActError(f"{path}: not a SameSpace undo manifest")
     for k, rec in enumerate(doc["steps"]):
@@ -85,7 +86,8 @@ def undo(path: str | Path, report: Callable[[str], None] = print) -> Undone:
     """Put every file of a manifest back, byte for byte; a path that now holds something else is refused
     (never replaced). Running it again finds everything back and does nothing."""
     done = Undone()
-    for rec in reversed(load_manifest(path)):
+    steps = load_manifest(path)
+    for rec in reversed(steps):
         orig, moved = rec["original"], rec["moved_to"]
         name = outputs.printable_name(orig)
         if os.path.lexists(orig) and not _our_link(rec):
@@ -116,7 +118,26 @@ def undo(path: str | Path, report: Callable[[str], None] = print) -> Undone:
             continue
         done.restored += 1
         report(f"restored {name}")
+    _remove_empty_folders(Path(path), steps)
     return done
+
+
+def _remove_empty_folders(manifest: str | Path, steps: list[dict[str, Any]]) -> None:
+    """Remove the folders of the manifest's undo folder (``MANIFEST.files``, where act put the files it replaced
+    by links) that restoring left empty, deepest first. A folder that still holds anything is kept: os.rmdir
+    removes only an empty one, and only folders on the way to a file a step moved there are tried."""
+    top = Path(os.path.abspath(Path(manifest).with_suffix(".files")))
+    folders: set[Path] = set()
+    for rec in steps:
+        if rec.get("trashed") or not isinstance(rec.get("moved_to"), str):
+            continue
+        folder = Path(os.path.normpath(rec["moved_to"])).parent
+        if not folder.is_relative_to(top):  # a --move-to folder, the user's: left as it is
+            continue
+        folders.update([folder, *(f for f in folder.parents if f.is_relative_to(top))])
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty (a refused file is still there), or gone already
+            os.rmdir(folder)
 
 
 def _restore_from_trash(rec: dict[str, Any]) -> str | None:

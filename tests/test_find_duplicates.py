@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import shutil
+import warnings
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -316,10 +317,12 @@ def test_empty_folder_is_an_error_naming_it(tmp_path: Path, capsys: pytest.Captu
     empty = tmp_path / "empty folder"
     empty.mkdir()
     (empty / "notes.txt").write_text("no photos here")
-    with pytest.warns(UserWarning, match="no image files"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the error line says it: no warning repeats it
         code = find.main([str(empty), "--method", "whash", "--no-progress"])
-    assert code != 0
-    assert f"no image files found in {empty}" in capsys.readouterr().err
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: no image files found in {empty} (looked") and err.count("\n") == 1
     assert find.main([str(tmp_path / "missing"), "--method", "whash"]) != 0
     assert f"{tmp_path / 'missing'}: not a directory" in capsys.readouterr().err
 

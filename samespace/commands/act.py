@@ -95,7 +95,7 @@ def _check_places(args: argparse.Namespace, doc: actions.Document, manifest: Pat
         raise actions.ActError(f"--manifest {manifest}: exists; the undo manifest never replaces a file")
     if os.path.lexists(undo_dir):
         raise actions.ActError(f"{undo_dir}: exists; choose another --manifest")
-    targets = [outputs.Target("--manifest", manifest)]
+    targets = [outputs.Target("--manifest", manifest, kind=outputs.UNDO_MANIFEST)]
     if args.move_to:
         for folder in [*doc.library, *doc.folders]:
             if actions.is_under(args.move_to, folder):
@@ -112,8 +112,7 @@ def _run(args: argparse.Namespace) -> int:
     chosen = choices.load_choices(args.choices, doc) if args.choices else None
     manifest_path = Path(args.manifest) if args.manifest else default_manifest(Path(args.result))
     undo_dir = manifest_path.with_suffix(".files")
-    if args.apply:
-        _check_places(args, doc, manifest_path, undo_dir)
+    _check_places(args, doc, manifest_path, undo_dir)  # a dry run too: it refuses what --apply would refuse
     plan = actions.make_plan(doc, action, args.keep, args.prefer, args.only == "identical", chosen)
     for line in plan.refused:
         print(f"refused: {line}", file=sys.stderr)
@@ -135,5 +134,5 @@ def _run(args: argparse.Namespace) -> int:
                                        Path(os.path.abspath(undo_dir)))
     for line in refused:
         print(f"refused: {line}", file=sys.stderr)
-    print(f"done: {done} files ({counts}); undo with: samespace undo {manifest_path}")
+    print(f"done: {cli.counted(done, 'file')} ({counts}); undo with: samespace undo {manifest_path}")
     return 1 if plan.refused or refused else 0

@@ -45,7 +45,8 @@ def build_parser(prog: str = "embed.py") -> argparse.ArgumentParser:
     cli.add_precision_option(parser)
     cli.add_decode_options(parser)
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace a --store file that exists and was not written by SameSpace (never a photo)")
+                        help="replace a --store file that exists and was not written by SameSpace, or is another "
+                        "kind of SameSpace file (never a photo)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 
@@ -56,9 +57,10 @@ def check_output(args: argparse.Namespace, size: int) -> None:
     from samespace import embedding_job, sharding
 
     output = Path(args.output)
-    targets = [outputs.Target("--store", output)]
+    targets = [outputs.Target("--store", output, kind=outputs.STORE)]
     targets += [
-        outputs.Target("--store", embedding_job.part_path(output, sharding.Shard(r, size))) for r in range(size)
+        outputs.Target("--store", embedding_job.part_path(output, sharding.Shard(r, size)), kind=outputs.STORE)
+        for r in range(size)
     ]
     outputs.check_outputs(targets, inputs=args.folders, overwrite=args.overwrite,
                           image_extensions=photo_files.readable_extensions())

@@ -25,10 +25,12 @@ def check_output_paths(args: argparse.Namespace) -> None:
     """Refuse, before any work, outputs that would replace a photo or a file we did not write (outputs.py)."""
     from samespace import evaluation
 
-    targets = [outputs.Target(f"--{o}", Path(getattr(args, o)), stream=True) for o in ("json", "scores")
+    kinds = {"json": outputs.EVALUATION_JSON, "scores": outputs.SCORES_CSV}
+    targets = [outputs.Target(f"--{o}", Path(getattr(args, o)), stream=True, kind=kind) for o, kind in kinds.items()
                if getattr(args, o)]
     if args.plots:
-        targets.append(outputs.Target("--plots", Path(args.plots), is_dir=True, members=evaluation.PLOT_FILES))
+        targets.append(outputs.Target("--plots", Path(args.plots), is_dir=True, members=evaluation.PLOT_FILES,
+                                      kind=outputs.PLOT))
     try:
         outputs.check_outputs(targets, inputs=[args.data_dir], overwrite=args.overwrite)
     except outputs.OutputError as exc:
@@ -62,7 +64,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "samespace evaluate") ->
         "non-duplicate unique pairs)",
     )
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace output files that exist and were not written by SameSpace")
+                        help="replace output files that exist and were not written by SameSpace, or hold another "
+                        "kind of SameSpace file")
     parser.add_argument(
         "--methods", nargs="+", choices=scoring_methods.METHOD_CHOICES, default=list(scoring_methods.METHOD_CHOICES)
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -21,13 +22,17 @@ if TYPE_CHECKING:
 # --------------------------------------------------------------------------------------------
 
 
+# What each report holds: an existing SameSpace file of another kind is replaced only with --overwrite.
+OUTPUT_FILE_KINDS = {"json": outputs.RESULT_JSON, "csv": outputs.PAIRS_CSV, "html": outputs.REVIEW_PAGE}
+
+
 def check_output_paths(args: argparse.Namespace, store: Path | None = None) -> None:
     """Refuse, before any work, outputs that would replace a photo, a link, a device or a file we did not write
     (outputs.py): the reports (``-`` or ``/dev/stdout``: standard output) and the store file this run writes."""
-    targets = [outputs.Target(f"--{o}", Path(getattr(args, o)), stream=True) for o in ("json", "csv", "html")
-               if getattr(args, o)]
+    targets = [outputs.Target(f"--{o}", Path(getattr(args, o)), stream=True, kind=OUTPUT_FILE_KINDS[o])
+               for o in ("json", "csv", "html") if getattr(args, o)]
     if store is not None:
-        targets.append(outputs.Target("--store", store))
+        targets.append(outputs.Target("--store", store, kind=outputs.STORE))
     try:
         outputs.check_outputs(
             targets,
@@ -94,12 +99,14 @@ def build_parser(prog: str = "find_duplicates.py") -> argparse.ArgumentParser:
     )
     parser.add_argument("--threshold", type=float, metavar="T", help="duplicate when score >= T (default: see below)")
     parser.add_argument("--json", metavar="FILE", help="write groups, pairs, skipped files and the summary as JSON")
-    parser.add_argument("--csv", metavar="FILE", help="write every duplicate pair as CSV (group,path1,path2,score)")
+    parser.add_argument("--csv", metavar="FILE",
+                        help="write every duplicate pair as CSV (group,path1,path2,score,tier)")
     parser.add_argument("--html", metavar="FILE", help="write a self-contained review page with thumbnails")
     parser.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace output files that exist and were not written by SameSpace (photos are never replaced)",
+        help="replace output files that exist and were not written by SameSpace, or hold another kind of SameSpace "
+        "file (a store, a result, a page, an undo manifest); photos are never replaced",
     )
     parser.add_argument(
         "--batch-size",
@@ -166,9 +173,10 @@ def add_store_options(parser: argparse.ArgumentParser) -> None:
     cache.add_argument(
         "--embeddings",
         metavar="FILE",
-        help="group from this store (e.g. written by embed.py); without PHOTOS_DIR, every photo it lists, "
-        "without opening them. It must exist and match the scorer. It is only read: photos it lacks are embedded "
-        "for this run alone (use --store FILE to add them to it)",
+        help="group from this store (e.g. written by embed.py); without PHOTOS_DIR, every photo it lists, scored "
+        "from its embeddings (only the photos of reported pairs are opened, for their match tier). It must exist and "
+        "match the scorer. It is only read: photos it lacks are embedded for this run alone (use --store FILE to add "
+        "them to it)",
     )
     approximate = parser.add_mutually_exclusive_group()
     approximate.add_argument(
@@ -234,9 +242,23 @@ def run(
         if not listed:
             raise errors.FindDuplicatesError(f"{args.embeddings}: the store lists no photos")
         entries = store.stat_entries()  # type: ignore[union-attr]
-        return finder.find_duplicates([args.embeddings], scorer, threshold, paths=[Path(p) for p in listed],
-                               keys=[entries[p][2] for p in listed], **options)
+        return finder.find_duplicates(photo_folders(listed), scorer, threshold, paths=[Path(p) for p in listed],
+                                      keys=[entries[p][2] for p in listed], **options)
     return finder.find_duplicates(args.folders, scorer, threshold, **options)
+
+
+def photo_folders(paths: Sequence[str]) -> list[str]:
+    """The folders that hold ``paths`` (a store's photos), for summary.folders: samespace act acts only on photos
+    under them and refuses a --move-to inside them. Their common folder, keeping the photos' paths below it; when
+    that is a file system root (photos on several disks), each top-most folder that holds a photo instead."""
+    parents = sorted({os.path.dirname(os.path.abspath(p)) for p in paths})
+    try:
+        common = Path(os.path.commonpath(parents))
+    except ValueError:  # on different drives
+        common = Path(os.path.abspath(os.sep))
+    if common != common.parent:
+        return [str(common)]
+    return [p for k, p in enumerate(parents) if not any(Path(p).is_relative_to(q) for q in parents[:k])]
 
 
 def check_threshold(threshold: float | None, method: str) -> None:
@@ -261,8 +283,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "find_duplicates.py") ->
         parser.error("--backbone / --backbone-weights apply to --method cosine, relative, verified or calibrated (a "
                      "checkpoint "
                      "brings its own)")
-    if args.batch_size < 1 or (args.top_k is not None and args.top_k < 1):
-        parser.error("--batch-size and --top-k must be positive")
+    for option, value in (("--batch-size", args.batch_size), ("--top-k", args.top_k)):
+        if value is not None and value < 1:
+            parser.error(f"{option} {value}: must be positive")
     if not args.folders and not args.embeddings:
         parser.error("give PHOTOS_DIR (or --embeddings FILE)")
     if args.against and not args.folders:

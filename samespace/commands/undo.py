@@ -41,8 +41,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "samespace undo") -> int
     for line in done.refused:
         print(f"refused: {line}", file=sys.stderr)
     if not done.restored and not done.refused:
-        print(f"nothing to undo: every file of {args.manifest} is already back ({done.already} files)")
+        print(f"nothing to undo: every file of {args.manifest} is already back ({cli.counted(done.already, 'file')})")
         return 0
-    print(f"restored {done.restored} files" + (f", {done.already} already back" if done.already else "")
+    print(f"restored {cli.counted(done.restored, 'file')}" + (f", {done.already} already back" if done.already else "")
           + (f", {len(done.refused)} refused" if done.refused else ""))
     return 1 if done.refused else 0
