@@ -108,6 +108,7 @@ def find_duplicates(
     approximate: bool | None = None,
     paths: Sequence[Path] | None = None,
     keys: Sequence[str] | None = None,
+    include_hidden: bool = False,
 ) -> Result:
     """Find the duplicate groups among the photos under ``folders`` with a fresh ``scorer``.
 
@@ -118,7 +119,8 @@ def find_duplicates(
     """
     t0 = time.perf_counter()
     skipped: list[dict[str, str]] = []
-    paths = list(paths) if paths is not None else photo_files.image_files(folders, skipped)
+    hidden: list[Path] = []  # left out of the walk (photo_files.image_files); counted in the summary
+    paths = list(paths) if paths is not None else photo_files.image_files(folders, skipped, include_hidden, hidden)
     timings = {"find": time.perf_counter() - t0, "decode_wait": 0.0, "embed": 0.0}
     embedded = embed_photos(paths, scorer, store, batch_size, progress, decode_workers, timings, keys,
                             decode_pool=decode_pool)
@@ -153,7 +155,7 @@ def find_duplicates(
     timings["tiers"] = time.perf_counter() - t
     seconds = time.perf_counter() - t0
     summary = {"folders": [str(f) for f in folders], "method": scorer.name, "threshold": threshold,
-               "candidates": candidates, "files": len(paths), "images": len(kept) + len(flat),
+               "candidates": candidates, "files": len(paths), "hidden": len(hidden), "images": len(kept) + len(flat),
                "copies_below_threshold": n_copies, **_precision(scorer),
                **_counts(embedded, skipped, n_scored, left, groups, seconds, timings)}
     return Result(ordered, skipped, left, right, tiers_of.tiered_scores(scores, pair_tiers), groups, summary,
@@ -365,6 +367,7 @@ def find_against(
     decode_pool: str = batch_decoding.DEFAULT_POOL,
     store: EmbeddingStore | None = None,
     approximate: bool | None = None,
+    include_hidden: bool = False,
 ) -> Result:
     """Duplicates of new photos in a library: only pairs (new, library) are scored and reported.
 
@@ -374,7 +377,8 @@ def find_against(
     """
     t0 = time.perf_counter()
     skipped: list[dict[str, str]] = []
-    new_paths, library_paths = split_sides(new_folders, library_folders, skipped)
+    hidden: list[Path] = []
+    new_paths, library_paths = split_sides(new_folders, library_folders, skipped, include_hidden, hidden)
     paths = new_paths + library_paths
     timings = {"find": time.perf_counter() - t0, "decode_wait": 0.0, "embed": 0.0}
     embedded = embed_photos(paths, scorer, store, batch_size, progress, decode_workers, timings,
@@ -405,6 +409,7 @@ def find_against(
     seconds = time.perf_counter() - t0
     summary = {"folders": [str(f) for f in new_folders], "against": [str(f) for f in library_folders],
                "method": scorer.name, "threshold": threshold, "candidates": candidates, "files": len(paths),
+               "hidden": len(hidden),
                "images": len(kept), "new_images": n_new, "library_images": len(kept) - n_new,
                "copies_below_threshold": n_copies, **_precision(scorer),
                **_counts(embedded, skipped, n_scored, left, groups, seconds, timings)}
@@ -420,7 +425,8 @@ def _real_parent(path: Path) -> Path:
 
 
 def split_sides(
-    new_folders: Sequence[str | Path], library_folders: Sequence[str | Path], skipped: list[dict[str, str]]
+    new_folders: Sequence[str | Path], library_folders: Sequence[str | Path], skipped: list[dict[str, str]],
+    include_hidden: bool = False, hidden: list[Path] | None = None,
 ) -> tuple[list[Path], list[Path]]:
     """The photos of the new folders and of the library folders, each photo on one side only.
 
@@ -433,8 +439,8 @@ def split_sides(
     for folder, real in zip(library_folders, library, strict=True):
         if real in new:
             raise errors.FindDuplicatesError(f"{folder} is given both as PHOTOS_DIR and with --against; give it once")
-    new_paths = photo_files.image_files(new_folders, skipped)
-    library_paths = photo_files.image_files(library_folders, skipped)
+    new_paths = photo_files.image_files(new_folders, skipped, include_hidden, hidden)
+    library_paths = photo_files.image_files(library_folders, skipped, include_hidden, hidden)
 
     def nearest(real: Path) -> tuple[str, Path]:
         holders = [(len(f.parts), side, f) for side, folders in (("new", new), ("library", library))

@@ -44,9 +44,11 @@ def find_images(
     recursive: bool = True,
     extensions: Collection[str] = outputs.IMAGE_EXTENSIONS,
     unreadable: list[tuple[Path, str]] | None = None,
+    hidden: list[Path] | None = None,
 ) -> list[Path]:
     """Image files under ``root`` (lower-case ``extensions``, matched in any case), sorted by their POSIX
-    relative path. Symlinked folders are not followed; a symlink to a regular file is listed.
+    relative path. Symlinked folders are not followed; a symlink to a regular file is listed. When ``hidden`` is
+    given, files and folders below ``root`` that :func:`is_hidden` are left out and appended to it.
 
     Sorting on the relative path as a string keeps the order (and so every pair index and every
     sampled negative) identical across platforms and file systems. Sub-folders that cannot be listed, and
@@ -63,6 +65,11 @@ def find_images(
 
     found = []
     for dirpath, dirnames, filenames in os.walk(root, onerror=note):
+        if hidden is not None:
+            hidden += [Path(dirpath) / n for n in sorted(dirnames) if is_hidden(n)]
+            hidden += [Path(dirpath) / n for n in sorted(filenames) if is_hidden(n)]
+            dirnames[:] = [n for n in dirnames if not is_hidden(n)]  # os.walk does not descend into them
+            filenames = [n for n in filenames if not is_hidden(n)]
         found += [Path(dirpath) / n for n in filenames if Path(n).suffix.lower() in extensions]
         if not recursive:
             dirnames.clear()
@@ -77,6 +84,21 @@ def find_images(
         elif unreadable is not None:
             unreadable.append((path, f"not a regular file ({decoding.file_kind(mode)})"))
     return files
+
+
+# Folders of thumbnails and system files that file managers and NAS boxes write beside photos: Synology's
+# thumbnails, the resource forks a Mac puts in a zip.
+SYSTEM_FOLDERS = frozenset({"@eaDir", "__MACOSX"})
+
+
+def is_hidden(name: str) -> bool:
+    """A file or folder name a photo collection scan leaves out: hidden (``.thumbnails``, ``._IMG_1.JPG``,
+    ``.Trash-1000``) or one of :data:`SYSTEM_FOLDERS`.
+
+    >>> [is_hidden(n) for n in (".thumbnails", "._a.jpg", "@eaDir", "a.jpg", "holiday.2024")]
+    [True, True, True, False, False]
+    """
+    return name.startswith(".") or name in SYSTEM_FOLDERS
 
 
 def check_dataset_root(root: str | Path) -> None:

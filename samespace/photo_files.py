@@ -42,9 +42,12 @@ PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2",
                               ".rw2", ".raf", ".jp2", ".webp", ".tif", ".tiff"})
 
 
-def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | None = None) -> list[Path]:
+def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | None = None,
+                include_hidden: bool = False, hidden: list[Path] | None = None) -> list[Path]:
     """Image files under each folder (recursive, symlinked folders not followed), folder by folder in the
     given order, each sorted by relative POSIX path; a file reached twice (overlapping folders) is kept once.
+    Hidden files and folders and thumbnail folders below them (labelling.is_hidden: ``.thumbnails``, ``._IMG.JPG``,
+    ``@eaDir``) are left out unless ``include_hidden``, and appended to ``hidden`` when it is given.
 
     Folders that cannot be listed and photos in a format no installed decoder reads are appended to ``skipped``
     (``{"path", "reason"}``) when it is given. Raises FindDuplicatesError naming a folder that does not exist,
@@ -59,7 +62,8 @@ def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | N
         root = Path(folder)
         unreadable: list[tuple[Path, str]] = []
         try:
-            files = labelling.find_images(root, extensions=extensions | undecodable, unreadable=unreadable)
+            files = labelling.find_images(root, extensions=extensions | undecodable, unreadable=unreadable,
+                                          hidden=None if include_hidden else (hidden if hidden is not None else []))
         except labelling.DataError as exc:
             raise errors.FindDuplicatesError(str(exc)) from exc
         if skipped is not None:

@@ -120,6 +120,13 @@ def closing_lines(written: Sequence[tuple[str, str]], store: tuple[str, int | No
     return lines
 
 
+def hidden_line(count: int) -> str:
+    """The line saying how many hidden files and folders the scan left out (photo_files.image_files)."""
+    what = "hidden file or folder" if count == 1 else "hidden files and folders"
+    return (f"left out {count:,} {what} (names starting with '.', @eaDir, __MACOSX: thumbnails and system files; "
+            "--include-hidden scans them)")
+
+
 # --------------------------------------------------------------------------------------------
 # Outputs
 # --------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from samespace import (
     outputs,
     photo_files,
     report,
+    result_formats,
     scorers,
     scoring_methods,
     tiers,
@@ -325,6 +326,38 @@ def test_empty_folder_is_an_error_naming_it(tmp_path: Path, capsys: pytest.Captu
     assert err.startswith(f"error: no image files found in {empty} (looked") and err.count("\n") == 1
     assert find.main([str(tmp_path / "missing"), "--method", "whash"]) != 0
     assert f"{tmp_path / 'missing'}: not a directory" in capsys.readouterr().err
+
+
+def test_hidden_files_and_thumbnail_folders_are_left_out_and_counted(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A NAS's or file manager's thumbnails beside the photos would pair with their originals: left out by
+    default (counted on a closing line and in the summary), scanned with --include-hidden."""
+    rng = np.random.default_rng(3)
+    photo = Image.fromarray(np.kron(rng.random((12, 16, 3)) * 255, np.ones((16, 16, 1))).astype(np.uint8))
+    photo.save(tmp_path / "IMG_1.png")
+    Image.fromarray(np.kron(rng.random((12, 16, 3)) * 255, np.ones((16, 16, 1))).astype(np.uint8)).save(
+        tmp_path / "IMG_2.png")
+    for thumbnail in (".thumbnails/normal/IMG_1.png", "@eaDir/IMG_1.png/SYNOFILE_THUMB_M.png",
+                      "__MACOSX/IMG_1.png"):
+        (tmp_path / thumbnail).parent.mkdir(parents=True)
+        photo.resize((64, 48)).save(tmp_path / thumbnail)
+    (tmp_path / "._IMG_1.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    hidden = []
+    assert photo_files.image_files([tmp_path], [], hidden=hidden) == [tmp_path / "IMG_1.png", tmp_path / "IMG_2.png"]
+    assert sorted(p.name for p in hidden) == ["._IMG_1.png", ".thumbnails", "@eaDir", "__MACOSX"]
+    assert len(photo_files.image_files([tmp_path], [], include_hidden=True)) == 6
+
+    out = tmp_path.parent / f"{tmp_path.name}-out.json"
+    assert find.main([str(tmp_path), "--method", "phash", "--no-progress", "--no-cache", "--json", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2] == result_formats.hidden_line(4) and "left out 4 hidden files and folders" in lines[-2]
+    doc = json.loads(out.read_text())
+    assert doc["groups"] == [] and doc["skipped"] == [] and doc["summary"]["hidden"] == 4
+    assert find.main([str(tmp_path), "--method", "phash", "--no-progress", "--no-cache", "--json", str(out),
+                      "--include-hidden"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["summary"]["hidden"] == 0 and [len(g["members"]) for g in doc["groups"]] == [4]  # IMG_1 + 3 thumbs
+    assert [s["path"] for s in doc["skipped"]] == [str(tmp_path / "._IMG_1.png")]
 
 
 def test_only_unreadable_files_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -146,6 +146,12 @@ def build_parser(prog: str = "find_duplicates.py") -> argparse.ArgumentParser:
         action="store_true",
         help=f"list every skipped file at the end (default: the first {result_formats.MAX_LISTED_SKIPPED} and a count)",
     )
+    parser.add_argument(
+        "--include-hidden",
+        action="store_true",
+        help="also scan hidden files and folders and thumbnail folders (.thumbnails, ._IMG.JPG, @eaDir, __MACOSX), "
+        "which are left out and counted by default",
+    )
     add_store_options(parser)
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
@@ -234,7 +240,7 @@ def run(
 
     options = dict(top_k=args.top_k, exhaustive=args.exhaustive, batch_size=args.batch_size,
                    progress=not args.no_progress, store=store, approximate=args.approximate,
-                   decode_workers=args.workers, decode_pool=args.decode_pool)
+                   decode_workers=args.workers, decode_pool=args.decode_pool, include_hidden=args.include_hidden)
     if args.against:
         return finder.find_against(args.folders, args.against, scorer, threshold, **options)
     if not args.folders:  # --embeddings alone: the photos the store lists
@@ -350,5 +356,7 @@ def _run(args: argparse.Namespace) -> int:
     for line in result_formats.closing_lines(written, saved_store, document["skipped"], verbose=args.verbose,
                                              list_skipped=not listing):
         print(line, file=console)
+    if result.summary.get("hidden"):
+        print(result_formats.hidden_line(result.summary["hidden"]), file=console)
     print(result_formats.summary_line(result.summary), file=console)
     return 0
