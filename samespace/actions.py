@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samespace import content_keys, keepers, outputs, trash
+from samespace import content_keys, keepers, outputs, photo_files, trash
 
 MAX_RESULT_BYTES = 256 * 2**20  # a JSON result of a few million pairs; larger is refused unread
 MAX_MANIFEST_BYTES = 256 * 2**20
@@ -112,6 +112,7 @@ def load_result(path: str | Path, cap: int | None = None) -> Document:
         raise ActError(f"{path}: summary.folders lists no folder")
     groups: list[list[str]] = []
     keys: dict[str, str] = {}
+    images = photo_files.readable_extensions()
     for k, group in enumerate(doc["groups"]):
         if not isinstance(group, dict):
             raise ActError(f"{path}: groups[{k}] must be an object")
@@ -122,6 +123,8 @@ def load_result(path: str | Path, cap: int | None = None) -> Document:
             if not any(is_under(member, f) for f in [*folders, *library]):
                 raise ActError(f"{path}: groups[{k}]: {outputs.printable_name(member)} is not under the scanned "
                                "folders of summary.folders / summary.against")
+            if Path(member).suffix.lower() not in images:  # find lists only images: never a document or a key
+                raise ActError(f"{path}: groups[{k}]: {outputs.printable_name(member)} is not an image file name")
         keys.update(_member_keys(group, members, f"groups[{k}].keys", path))
         groups.append(members)
     return Document(path, groups, folders, library, os.stat(path).st_mtime_ns, keys)

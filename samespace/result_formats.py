@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +30,16 @@ def summary_line(summary: dict[str, Any]) -> str:
     )
 
 
+def shown_score(score: float) -> str:
+    """A score with 4 decimals, cut rather than rounded: a re-shoot scores at most 0.999999 (tiers.tiered_scores),
+    so only a copy shows 1.0000.
+
+    >>> shown_score(0.999999), shown_score(1.0), shown_score(0.35)
+    ('0.9999', '1.0000', '0.3500')
+    """
+    return f"{math.floor(round(score * 1e4, 6)) / 1e4:.4f}"
+
+
 def groups_text(document: dict[str, Any]) -> str:
     """The groups as plain text: one block per group, members then pair scores; then blank and skipped photos.
 
@@ -41,7 +52,7 @@ def groups_text(document: dict[str, Any]) -> str:
         lines.append(f"group {g} ({len(group['members'])} photos)")
         lines.extend(f"  {name(m)}" for m in group["members"])
         for a, b, s, tier in map(tiers.pair_parts, group["pairs"]):
-            lines.append(f"    {s:.4f}  {tier:<10}  {name(a)}  ~  {name(b)}")
+            lines.append(f"    {shown_score(s)}  {tier:<10}  {name(a)}  ~  {name(b)}")
     for path in document.get("blank", []):
         lines.append(f"blank {name(path)}")
     for s in document["skipped"]:

@@ -37,7 +37,7 @@ def test_done_counts_one_file_in_the_singular(scene: tuple[Path, Path], tmp_path
     _, result = scene
     assert act.main([str(result), "--move-to", str(tmp_path / "dups"), "--only", "identical", "--apply"]) == 0
     last = capsys.readouterr().out.splitlines()[-1]
-    assert last.startswith("done: 1 file (1 groups, 1 files to move, 3 not identical left); undo with: ")
+    assert last.startswith("done: 1 file (1 group, 1 file to move, 3 not identical left); undo with: ")
 
 
 @pytest.mark.parametrize("how", ["--hardlink", "--symlink"])

@@ -252,7 +252,7 @@ def test_a_library_folder_is_never_touched(tmp_path: Path, capsys: pytest.Captur
     assert act.main([str(result), "--move-to", str(library / "dups"), "--apply"]) == cli.EXIT_ERROR
     assert "inside the scanned folder" in capsys.readouterr().err
     assert act.main([str(result), "--move-to", str(tmp_path / "dups"), "--keep", "newest", "--apply"]) == 0
-    assert "1 library photos left" in capsys.readouterr().out  # newest would pick the new photo: the library wins
+    assert "1 library photo left" in capsys.readouterr().out  # newest would pick the new photo: the library wins
     assert checksums(library) == before
     assert checksums(tmp_path / "dups") == {"b_again.png": before["b.png"]} and not (new / "b_again.png").exists()
 
@@ -303,8 +303,10 @@ def _hostile(tmp_path: Path, content: bytes) -> Path:
     (b'{"groups": [{"members": [1, 2]}], "summary": {"folders": ["PHOTOS"]}}', "groups[0].members must be"),
     (b'{"groups": [{"members": ["/etc/passwd", "/etc/hosts"]}], "summary": {"folders": ["PHOTOS"]}}',
      "/etc/passwd is not under the scanned folders"),
-    (b'{"groups": [{"members": ["PHOTOS/../../x", "PHOTOS/a.png"]}], "summary": {"folders": ["PHOTOS"]}}',
+    (b'{"groups": [{"members": ["PHOTOS/../../x.png", "PHOTOS/a.png"]}], "summary": {"folders": ["PHOTOS"]}}',
      "is not under the scanned folders"),
+    (b'{"groups": [{"members": ["PHOTOS/a.png", "PHOTOS/notes.txt"]}], "summary": {"folders": ["PHOTOS"]}}',
+     "notes.txt is not an image file name"),
     (b'{"groups": [{"members": ["PHOTOS/a.png", "PHOTOS/b.png"], '
      b'"keys": ["00000000000000000000000000000000"]}], "summary": {"folders": ["PHOTOS"]}}',
      "groups[0].keys must list one content key (32 hex digits) or null per member"),
@@ -543,7 +545,7 @@ def test_choices_act_on_exactly_the_photos_named(scene: tuple[Path, Path], tmp_p
     assert act.main([str(result), "--choices", str(picked), "--move-to", str(tmp_path / "dups")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0] == f"move {photos / 'a_big.png'}  keep {photos / 'a.png'}: chosen on the review page"
-    assert out[-1].startswith("dry run: 1 groups, 1 files to move; nothing changed") and checksums(photos) == before
+    assert out[-1].startswith("dry run: 1 group, 1 file to move; nothing changed") and checksums(photos) == before
     assert act.main([str(result), "--choices", str(picked), "--symlink", "--apply"]) == 0
     assert os.readlink(photos / "a_big.png") == str((photos / "a.png").resolve())
     assert not (photos / "sub" / "a_copy.png").is_symlink() and not (photos / "b.png").is_symlink()

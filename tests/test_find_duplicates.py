@@ -457,3 +457,13 @@ def test_checkpoint_scores_equal_model_inference_scores(trained_checkpoint: Path
     }
     assert found.keys() == expected.keys()
     np.testing.assert_allclose([found[k] for k in expected], list(expected.values()), atol=1e-6)
+
+
+def test_the_listing_shows_1_0000_for_copies_only() -> None:
+    """A re-shoot reports at most 0.999999 (tiers.tiered_scores): cut, not rounded, it never reads as a copy's 1."""
+    document = {"groups": [{"members": ["a.jpg", "b.jpg", "c.jpg"],
+                            "pairs": [["a.jpg", "b.jpg", 1.0, tiers.SAME_PHOTO],
+                                      ["a.jpg", "c.jpg", 0.999999, tiers.SAME_SPACE],
+                                      ["b.jpg", "c.jpg", 0.35, tiers.SAME_SPACE]]}], "skipped": []}
+    scores = [line.split()[0] for line in result_formats.groups_text(document).splitlines()[4:]]
+    assert scores == ["1.0000", "0.9999", "0.3500"]

@@ -116,9 +116,9 @@ def _run(args: argparse.Namespace) -> int:
     plan = actions.make_plan(doc, action, args.keep, args.prefer, args.only == "identical", chosen)
     for line in plan.refused:
         print(f"refused: {line}", file=sys.stderr)
-    counts = (f"{plan.groups} groups, {len(plan.steps)} files to {action}"
+    counts = (f"{cli.counted(plan.groups, 'group')}, {cli.counted(len(plan.steps), 'file')} to {action}"
               + (f", {plan.not_identical} not identical left" if args.only else "")
-              + (f", {plan.library} library photos left" if plan.library else "")
+              + (f", {cli.counted(plan.library, 'library photo')} left" if plan.library else "")
               + (f", {len(plan.refused)} refused" if plan.refused else ""))
     if not args.apply:
         for step in plan.steps:
