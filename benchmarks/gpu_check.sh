@@ -9,11 +9,12 @@
 # Steps: bench_gpu.py (every speed figure and its ceiling); tests/test_cuda.py (every path on CUDA against the
 # CPU); bench_precision.py --device cuda (AP of fp32 / bf16 / fp16); with --suite, the whole test suite.
 set -uo pipefail
+py=${PYTHON:-python3}  # the Python that holds torch (on a CUDA image: its python3)
 out=${OUT:-gpu-check}
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" > /dev/null; then
     site=${SAMESPACE_GPU_SITE:-/tmp/samespace-site}
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl \
         || { echo "gpu_check: installing .whl/ failed"; exit 1; }
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
@@ -33,15 +34,15 @@ step() {  # step NAME SECONDS COMMAND...: run COMMAND under a limit, keep its lo
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "nvidia-smi: not found"
-python3 -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda',
+"$py" -c "import sys, torch; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda',
 torch.cuda.is_available())"
-step bench_gpu 270 python3 benchmarks/bench_gpu.py
-step test_cuda 150 python3 -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
+step bench_gpu 270 "$py" benchmarks/bench_gpu.py
+step test_cuda 150 "$py" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py
 real=()
 [ -d "data/real/Test Data" ] && real=(--real data/real)
-step bench_precision 150 python3 benchmarks/bench_precision.py --device cuda "${real[@]}"
+step bench_precision 150 "$py" benchmarks/bench_precision.py --device cuda "${real[@]}"
 if [ "${1:-}" = --suite ]; then
-    step suite 540 python3 -m pytest -q -x -p no:cacheprovider
+    step suite 540 "$py" -m pytest -q -x -p no:cacheprovider
 fi
 [ ${#failed[@]} = 0 ] && echo "gpu_check: every step passed" || echo "gpu_check: failed: ${failed[*]}"
 [ ${#failed[@]} = 0 ]
