@@ -62,6 +62,7 @@ def find_duplicates(
     batch_size: int = scoring_methods.DEFAULT_BATCH_SIZE,
     progress: bool = False,
     precision: str = "fp32",
+    include_hidden: bool = False,
 ) -> Duplicates:
     """Find the photos of the same space (re-shot, cropped, edited) under ``folders`` (searched recursively).
 
@@ -77,6 +78,8 @@ def find_duplicates(
         batch_size: photos embedded at a time.
         progress: show progress bars on stderr.
         precision: the backbone's arithmetic: ``fp32``, ``bf16`` or ``fp16`` (samespace.backbones.PRECISIONS).
+        include_hidden: also scan hidden files and folders and thumbnail folders (``.thumbnails``, ``@eaDir``),
+            which are left out by default (samespace.labelling.is_hidden).
 
     Returns:
         The groups, the pairs with their scores and the skipped files (:class:`Duplicates`).
@@ -104,10 +107,10 @@ def find_duplicates(
         opened.save_to = Path(store)
     if against:
         result = finder.find_against(folders, against, scorer, threshold, batch_size=batch_size, progress=progress,
-                                     store=opened)
+                                     store=opened, include_hidden=include_hidden)
     else:
         result = finder.find_duplicates(folders, scorer, threshold, batch_size=batch_size, progress=progress,
-                                        store=opened)
+                                        store=opened, include_hidden=include_hidden)
     if opened is not None:
         opened.save(store)
     return Duplicates.from_result(result)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,16 @@ def test_the_api_gives_paths_and_scores(train_dir: Path) -> None:
     assert all(Path(p).is_file() and Path(p).is_relative_to(train_dir) for p in members)
     with pytest.raises(samespace.FindDuplicatesError, match="not a directory"):
         samespace.find_duplicates([train_dir / "nowhere"])
+
+
+def test_the_api_leaves_thumbnail_folders_out_unless_asked(tmp_path: Path, train_dir: Path) -> None:
+    photo = next(p for p in sorted(train_dir.rglob("*.jpg")))
+    shutil.copy(photo, tmp_path / "room.jpg")
+    (tmp_path / "@eaDir").mkdir()
+    shutil.copy(photo, tmp_path / "@eaDir" / "SYNOFILE_THUMB_M.jpg")  # a NAS's thumbnail of the photo
+    assert samespace.find_duplicates(tmp_path, method="whash").groups == []
+    found = samespace.find_duplicates(tmp_path, method="whash", include_hidden=True)
+    assert [sorted(Path(p).name for p in g) for g in found.groups] == [["SYNOFILE_THUMB_M.jpg", "room.jpg"]]
 
 
 def test_the_readme_is_short_and_no_text_names_an_issue_or_a_work_period() -> None:
