@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samespace import content_keys, keepers, outputs, photo_files, trash
+from samespace import content_keys, hashing, keepers, outputs, photo_files, trash
 
 MAX_RESULT_BYTES = 256 * 2**20  # a JSON result of a few million pairs; larger is refused unread
 MAX_MANIFEST_BYTES = 256 * 2**20
@@ -145,15 +145,12 @@ def _member_keys(group: dict[str, Any], members: list[str], where: str, path: Pa
 
 def sha256_of(path: str | Path) -> str:
     """The sha256 of a regular file's bytes (a link is not followed: OSError)."""
-    digest = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file", str(path))
     with os.fdopen(fd, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashing.file_digest(f, hashlib.sha256())
 
 
 @dataclass

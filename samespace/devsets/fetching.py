@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from samespace import hashing
 from samespace.devsets import photo_sources, qt_resources
 
 log = logging.getLogger("samespace.real_photos")
@@ -120,11 +121,8 @@ def read_archive(archive: Path, wanted: Callable[[str], bool]) -> Iterator[tuple
 
 def file_sha256(path: Path) -> str:
     """The sha256 of a file, read in blocks (archives reach 135 MB)."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashing.file_digest(f, hashlib.sha256())
 
 
 def registry_archive(source: photo_sources.Source, folder: Path) -> Path:
