@@ -43,6 +43,8 @@ from samespace.devsets import sample_set  # noqa: E402
 
 FOLDS = 5
 REACHES = 10  # inliers
+RELIABILITY_BINS = (0.0, 0.05, 0.2, 0.35, 0.5, 0.7, 0.9, 1.0)  # probability bins of the reliability table
+SHOWN_THRESHOLDS = (0.1, 0.2, 0.35, 0.5, 0.75, 0.9)  # the trade-off table's rows
 Pairs = dict[str, np.ndarray]
 Scoring = Callable[[Pairs], np.ndarray]  # a fitted model: pairs -> probabilities
 
@@ -119,6 +121,9 @@ def evaluate(splits: list[calibrated_fit.SplitFeatures], features: list[Pairs],
         for s, p in zip(splits, scores, strict=True):
             rows = calibrated_fit.thinned_group_f1(s, p, threshold)
             per_split[s.name] = {k: float(np.mean([r[k] for r in rows])) for k in ("f1", "precision", "recall")}
+            per_split[s.name]["shares"] = {
+                str(share): {k: float(np.mean([r[k] for r in rows if r["share"] == share]))
+                             for k in ("f1", "precision", "recall")} for share in calibrated_fit.SHARES}
         grid.append({"threshold": threshold, "mean_group_f1": float(np.mean([v["f1"] for v in per_split.values()])),
                      "splits": per_split})
     negatives = np.concatenate([f["inliers"][~f["same"]] for f in features])
@@ -133,7 +138,23 @@ def evaluate(splits: list[calibrated_fit.SplitFeatures], features: list[Pairs],
                            for s, f, p in zip(splits, features, scores, strict=True)},
         "best": max(grid, key=lambda g: g["mean_group_f1"]),
         "grid": grid,
+        "reliability": {s.name: reliability(f["same"], p) for s, f, p in zip(splits, features, scores, strict=True)},
     }
+
+
+def reliability(same: np.ndarray, probabilities: np.ndarray) -> list[dict[str, float]]:
+    """Per bin of :data:`RELIABILITY_BINS`: its pairs, their mean probability and the share that are duplicates.
+
+    >>> reliability(np.array([False, True, True]), np.array([0.01, 0.95, 0.99]))[-1]
+    {'from': 0.9, 'to': 1.0, 'pairs': 2, 'mean_probability': 0.97, 'duplicates': 1.0}
+    """
+    bins = []
+    for low, high in zip(RELIABILITY_BINS, RELIABILITY_BINS[1:], strict=False):
+        inside = (probabilities >= low) & ((probabilities < high) if high < 1.0 else (probabilities <= high))
+        bins.append({"from": low, "to": high, "pairs": int(inside.sum()),
+                     "mean_probability": round(float(probabilities[inside].mean()), 6) if inside.any() else 0.0,
+                     "duplicates": round(float(same[inside].mean()), 6) if inside.any() else 0.0})
+    return bins
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,6 +198,23 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['best']['mean_group_f1']:.4f} ({r['best']['threshold']:.2f}) | "
               f"{at['mean_group_f1']:.4f}: {per} |")
     print(f"splits in order: {', '.join(s.name for s in splits)}; shipped threshold {shipped_threshold}")
+    shipped_model = results["one match per keypoint (shipped)"]
+    print("\nThe shipped model out of fold, group precision / recall per share of places with duplicates:")
+    columns = [f"{s.name} {share:.0%}" for s in splits for share in calibrated_fit.SHARES]
+    print("| threshold | " + " | ".join(columns) + " |")
+    print("| --- " * (1 + len(columns)) + "|")
+    for g in shipped_model["grid"]:
+        if any(abs(g["threshold"] - t) < 1e-9 for t in SHOWN_THRESHOLDS):
+            cells = [f"{v['precision']:.3f} / {v['recall']:.3f}" for s in splits
+                     for v in g["splits"][s.name]["shares"].values()]
+            print(f"| {g['threshold']:.2f} | " + " | ".join(cells) + " |")
+    print("\nReliability out of fold: pairs, mean probability, share that are duplicates")
+    print("| probability | " + " | ".join(s.name for s in splits) + " |")
+    print("| --- " * (1 + len(splits)) + "|")
+    for k, (low, high) in enumerate(zip(RELIABILITY_BINS, RELIABILITY_BINS[1:], strict=False)):
+        cells = [f"{b['pairs']:,}: {b['mean_probability']:.3f}, {b['duplicates']:.3f}"
+                 for b in (shipped_model["reliability"][s.name][k] for s in splits)]
+        print(f"| {low:.2f}-{high:.2f} | " + " | ".join(cells) + " |")
     if args.json:
         from samespace import outputs
 

@@ -16,9 +16,9 @@ unique pair of the development sets' training splits (each split weighing the sa
 probability; they ship in ``samespace/data/calibrated.json`` with the background, both written by
 ``samespace calibrate --fit-calibrated`` (samespace.calibrated_fit).
 
->>> model = Coefficients(intercept=-26.0, cosine=43.0, background=-20.5, inliers=2.45)
+>>> model = Coefficients(intercept=-19.84, cosine=32.40, background=-16.52, inliers=2.82)  # the shipped weights
 >>> float(model.probability(0.9, 0.6, 0).round(3)), float(model.probability(0.7, 0.6, 60).round(3))
-(0.998, 1.0)
+(0.356, 1.0)
 """
 
 from __future__ import annotations
