@@ -19,12 +19,19 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-import determined as det
+try:
+    import determined as det
+    from determined import pytorch
+except ModuleNotFoundError as _missing:
+    # A plain `pip install .` leaves out the train extra: as a script, one line instead of an import traceback.
+    if __name__ != "__main__" or (_missing.name or "").partition(".")[0] != "determined":
+        raise
+    print("error: model_def.py needs Determined: pip install '.[train]'", file=sys.stderr)
+    sys.exit(2)
 import torch
 import torch.distributed as dist
-from determined import pytorch
 from torch.nn import functional as F
 
 from samespace import (
@@ -248,8 +255,17 @@ def _accuracy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+class _ArgumentParser(cli.ArgumentParser):
+    """cli.ArgumentParser whose usage errors, like main's, only the chief of several processes prints."""
+
+    def error(self, message: str) -> NoReturn:
+        if not local_runs.reports_errors():
+            raise SystemExit(cli.EXIT_ERROR)
+        super().error(message)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = cli.ArgumentParser(prog="model_def.py", description=__doc__.split("\n")[0])
+    parser = _ArgumentParser(prog="model_def.py", description=__doc__.split("\n")[0])
     parser.add_argument("--local", action="store_true",
                         help="train locally (the default when there is no Determined cluster info)")
     parser.add_argument("--config", type=Path, default=REPO / "const.yaml", metavar="YAML",
@@ -310,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as exc:
         if "--debug" in argv:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        if local_runs.reports_errors():  # under torchrun every rank fails alike: the chief says it once
+            print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
@@ -329,8 +346,10 @@ def _main(argv: Sequence[str]) -> int:
     # Locally, run in this folder: local checkpoints copy the working directory as their code.
     folder = contextlib.nullcontext() if plan.on_cluster else local_runs.in_folder(REPO)
     try:
-        with folder, pytorch.init(hparams=plan.hparams, exp_conf=plan.exp_conf, distributed=distributed,
-                                  enable_tensorboard_logging=plan.on_cluster) as context:  # local: no TensorBoard path
+        with folder, local_runs.storage_notice_hidden(plan.checkpoint_storage), pytorch.init(
+            hparams=plan.hparams, exp_conf=plan.exp_conf, distributed=distributed,
+            enable_tensorboard_logging=plan.on_cluster,  # local: no TensorBoard path
+        ) as context:
             if plan.checkpoint_storage is not None:
                 local_runs.store_checkpoints_in(context, plan.checkpoint_storage)
             data_dir = args.data_dir

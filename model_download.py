@@ -27,7 +27,14 @@ class DownloadError(RuntimeError):
     """A download that cannot proceed, with one line saying why and what to do."""
 
 
-
+def _require_determined() -> None:
+    """A DownloadError unless Determined imports: a plain `pip install .` leaves out the train extra."""
+    try:
+        import determined  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] != "determined":
+            raise
+        raise DownloadError("model_download.py needs Determined: pip install '.[train]'") from exc
 
 
 def _master_url() -> str:
@@ -122,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     args = parser.parse_args(argv)
     try:
+        _require_determined()
         try:  # before asking the master for anything
             outputs.check_outputs([outputs.Target("--output", Path(args.output), is_dir=True)])
         except outputs.OutputError as exc:

@@ -14,11 +14,56 @@ import numpy as np
 import torch
 
 from samespace import hparams as hparams_table
-from samespace import run_config, siamese
+from samespace import run_config, scoring_methods, siamese
 
 
 class CheckpointError(ValueError):
     """A folder that is not a SameSpace checkpoint, with the path."""
+
+
+def check_folder(path: str | Path) -> None:
+    """Refuse a --checkpoint that is missing or is not a folder, with the same words for every command."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: checkpoint folder not found")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a folder (give the checkpoint folder that model_def.py printed or "
+                              "model_download.py downloaded)")
+
+
+def read_threshold(checkpoint_dir: str | Path) -> float | None:
+    """The best-F1 threshold in ``<checkpoint>/samespace_threshold.json`` (evaluation.write_threshold), or None
+    when there is no such file.
+
+    Only a JSON number in [0, 1] is a threshold: ``true`` or ``"0.9"`` would otherwise pass through float() and
+    silently change what is grouped. Anything else is a CheckpointError naming the file and the value.
+    """
+    path = Path(checkpoint_dir) / scoring_methods.THRESHOLD_FILE
+    if not path.is_file():
+        return None
+    try:
+        document = json.loads(run_config.read_small_file(path, run_config.MAX_METADATA_BYTES).decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f'{path}: expected {{"threshold": <number>, ...}} ({type(exc).__name__}: '
+                              f"{run_config.first_line(exc)})") from exc
+    if not isinstance(document, dict) or "threshold" not in document:
+        raise CheckpointError(f'{path}: expected {{"threshold": <number>, ...}}')
+    value = document["threshold"]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:  # also refuses NaN
+        shown = json.dumps(value)
+        shown = shown if len(shown) <= 40 else shown[:37] + "..."
+        raise CheckpointError(f"{path}: threshold {shown}: expected a JSON number in [0, 1]")
+    return float(value)
+
+
+def model_threshold(checkpoint_dir: str | Path) -> tuple[float, str]:
+    """The checkpoint's threshold (:func:`read_threshold`) and where it came from; without the file,
+    ``scoring_methods.MODEL_DEFAULT_THRESHOLD``."""
+    value = read_threshold(checkpoint_dir)
+    if value is None:
+        return scoring_methods.MODEL_DEFAULT_THRESHOLD, "default (no threshold file in the checkpoint)"
+    return value, str(Path(checkpoint_dir) / scoring_methods.THRESHOLD_FILE)
+
 
 def non_finite(tensors: Iterable[tuple[str, Any]]) -> str | None:
     """The name of the first floating-point tensor holding NaN or infinity, or None when all are finite."""
@@ -97,8 +142,9 @@ def check_finite(state: dict[str, Any], path: Path) -> None:
                                   "diverged; use an earlier checkpoint")
 
 
-def check_weights_fit(state: dict[str, Any], network: torch.nn.Module, path: Path) -> None:
-    """Refuse a checkpoint whose weights do not fit ``network`` (names and shapes), naming what differs."""
+def weight_differences(state: dict[str, Any], network: torch.nn.Module) -> list[str]:
+    """How the checkpoint's weights differ from ``network``'s (names and shapes), e.g. ``missing a, b``; empty
+    when they fit."""
     weights = state["models_state_dict"][0] if state["models_state_dict"] else {}
     if weights and all(key.startswith("module.") for key in weights):  # a multi-process run's DistributedDataParallel
         weights = {key.removeprefix("module."): value for key, value in weights.items()}
@@ -110,6 +156,13 @@ def check_weights_fit(state: dict[str, Any], network: torch.nn.Module, path: Pat
     differences = [f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
                    for label, names in (("missing", missing), ("unexpected", unexpected), ("other shape", reshaped))
                    if names]
+    return differences
+
+
+def check_weights_fit(state: dict[str, Any], network: torch.nn.Module, path: Path) -> None:
+    """Before resuming (model_def.py --resume): refuse a checkpoint whose weights do not fit the ``network`` the
+    run's own --config/--hparam build, naming what differs."""
+    differences = weight_differences(state, network)
     if differences:
         raise CheckpointError(f"{path}: the checkpoint was trained with other hyperparameters (weights "
                               f"{'; '.join(differences)}); give the --config/--hparam it was trained with")
@@ -124,6 +177,7 @@ def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -
     the network is built from the checkpoint's hyperparameters as the trial builds it, then its weights loaded.
     """
     path = Path(checkpoint_dir)
+    check_folder(path)
     load_data = read_load_data(path)
     spec = str(load_data.get("trial_cls_spec", ""))
     if not spec.endswith(":SiameseTrial") or not (path / "state_dict.pth").is_file():
@@ -139,7 +193,14 @@ def load_model(checkpoint_dir: str | Path, device: str | torch.device = "cpu") -
     check_finite(state, path / "state_dict.pth")
     hparams = {**hparams_table.optional_defaults(), **hparams_table.improved_defaults(), **load_data["hparams"]}
     network = siamese.network_from_hparams(hparams, load_backbone_weights=False)
-    check_weights_fit(state, network, path)
+    # Here the network is built from the checkpoint's own hyperparameters: a misfit means the folder disagrees
+    # with itself, which no option of the loading command could mend.
+    differences = weight_differences(state, network)
+    if differences:
+        raise CheckpointError(
+            f"{path / 'load_data.json'}: its hyperparameters do not match the model in state_dict.pth (weights "
+            f"{'; '.join(differences)}): the checkpoint is inconsistent; give a folder as model_def.py or "
+            "model_download.py wrote it")
     try:  # Determined saves the trial's one wrapped model as models_state_dict[0]
         network.load_state_dict(state["models_state_dict"][0])
     except (RuntimeError, KeyError, IndexError) as exc:  # weights that do not fit the network its hparams build

@@ -29,6 +29,7 @@ from sklearn import metrics
 from tqdm import tqdm
 
 from samespace import (
+    checkpoint_loading,
     decoding,
     hashing,
     labelling,
@@ -146,6 +147,9 @@ def evaluate(
     from samespace.feature_cache import extract_features
 
     data_dir = Path(data_dir)
+    if batch_size < 1:
+        raise EvaluationError(f"batch size {batch_size}: must be positive")
+    check_one_split(data_dir)
     folders: list[tuple[Path, str]] = []
     paths = labelling.find_images(data_dir, unreadable=folders)
     if not paths:
@@ -191,7 +195,7 @@ def evaluate(
 
 
 def table(report: dict[str, Any]) -> str:
-    """The report as a readable text table."""
+    """The report as a readable text table, the method column as wide as its longest name (``calibrated``)."""
     lines = [f"{report['data_dir']}: {report['images']} images, {len(report['skipped'])} skipped"]
     if "faithful" in report:
         f = report["faithful"]
@@ -202,16 +206,17 @@ def table(report: dict[str, Any]) -> str:
         ]
     if "unique" in report:
         u = report["unique"]
+        width = max(8, *(len(name) for name in u["methods"]))  # 8: the width every name had before calibrated
         lines += [
             "",
             f"unique (every pair once): {u['pairs']:,} pairs, {u['positive_pairs']:,} positive",
-            f"  {'method':<8} {'ROC-AUC':>7} {'AP':>6} | {'default':>7} {'P':>6} {'R':>6} {'F1':>6} "
+            f"  {'method':<{width}} {'ROC-AUC':>7} {'AP':>6} | {'default':>7} {'P':>6} {'R':>6} {'F1':>6} "
             f"| {'best-F1 thr':>11} {'P':>6} {'R':>6} {'F1':>6}",
         ]
         for name, m in u["methods"].items():
             a, b = m["at_default"], m["best_f1"]
             lines.append(
-                f"  {name:<8} {m['roc_auc']:>7.4f} {m['average_precision']:>6.4f} | {a['threshold']:>7.4f} "
+                f"  {name:<{width}} {m['roc_auc']:>7.4f} {m['average_precision']:>6.4f} | {a['threshold']:>7.4f} "
                 f"{a['precision']:>6.3f} "
                 f"{a['recall']:>6.3f} {a['f1']:>6.3f} | {b['threshold']:>11.4f} {b['precision']:>6.3f} "
                 f"{b['recall']:>6.3f} {b['f1']:>6.3f}"
@@ -265,6 +270,7 @@ def check_split(data_dir: Path, write_threshold: bool = False) -> None:
 
     evaluate() checks again on the images that decode.
     """
+    check_one_split(data_dir)
     with warnings.catch_warnings():  # evaluate() reports unparsed names; counting here stays quiet
         warnings.simplefilter("ignore")
         paths = labelling.find_images(data_dir)
@@ -274,6 +280,19 @@ def check_split(data_dir: Path, write_threshold: bool = False) -> None:
     _check_classes(data_dir, positives, negatives)
     if write_threshold:
         check_calibration_size(data_dir, positives, negatives)
+
+
+def check_one_split(data_dir: Path) -> None:
+    """Refuse a dataset root (the folder holding the split folders): scoring its photos would mix the training
+    split into the metrics, and --write-threshold would calibrate on photos the model was trained on."""
+    splits = [split for split in labelling.SPLITS if (data_dir / split).is_dir()]
+    if splits:
+        test_split = labelling.SPLITS[-1]  # "Test Data"
+        suggested = data_dir / (test_split if test_split in splits else splits[0])
+        raise EvaluationError(
+            f"{data_dir}: holds the dataset's split folders ({', '.join(repr(s) for s in splits)}); evaluate one "
+            f"split, e.g. '{suggested}'"
+        )
 
 
 def _check_classes(data_dir: str | Path, positives: int, negatives: int) -> None:
@@ -309,14 +328,16 @@ def write_threshold(checkpoint_dir: Path, report: dict[str, Any]) -> tuple[Path,
     replaced = None
     if path.is_file():
         try:
+            old = checkpoint_loading.read_threshold(checkpoint_dir)  # a JSON object with a threshold in [0, 1]
             previous = json.loads(path.read_text())
-            if previous.get("data_dir") != report["data_dir"]:
+        except (ValueError, OSError):  # CheckpointError is a ValueError
+            replaced = f"replaced an invalid threshold file {path}"
+        else:
+            if old is not None and previous.get("data_dir") != report["data_dir"]:
                 replaced = (
-                    f"replaced threshold {float(previous['threshold']):.4f} calibrated on {previous.get('data_dir')} "
+                    f"replaced threshold {old:.4f} calibrated on {previous.get('data_dir')} "
                     f"({previous.get('pairs')} pairs) with {best['threshold']:.4f} from {report['data_dir']}"
                 )
-        except (ValueError, KeyError, TypeError, AttributeError):
-            replaced = f"replaced an unreadable threshold file {path}"
     document = {
         "threshold": best["threshold"],
         "metric": "best_f1",

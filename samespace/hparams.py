@@ -88,7 +88,7 @@ HPARAMS: dict[str, Hparam] = {
     "feature_cache": Hparam(bool, True, help="run the frozen backbone once per (image, variant)"),
     "tie_twins": Hparam(bool, False, help="one twin head for both images"),
     "augment_negatives": Hparam(bool, False, help="flip / rotate training negatives too"),
-    # The improved recipe (improved.yaml; README "The improved recipe"): defaults are the published behaviour.
+    # The improved recipe (improved.yaml; docs/improved-recipe.md): defaults are the published behaviour.
     "head": Hparam(str, "concat", choices=("concat", "cosine"),
                    help="concat: the published MLP; cosine: siamese.CosineHead, which starts as the backbone cosine"),
     "pooling": Hparam(str, "avg", choices=("avg", "gem"), help="pooling of the backbone's last feature map"),
@@ -174,6 +174,21 @@ def _check_value(name: str, spec: Hparam, value: Any, check_files: bool) -> Any:
     return value
 
 
+def _check_known(values: Mapping[Any, Any]) -> None:
+    # Keys come from anyone's YAML or JSON: they may be numbers, None or huge strings.
+    unknown = sorted(_key_text(k) for k in values if k not in HPARAMS)
+    if unknown:
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise HparamError(f"unknown hyperparameter(s) {', '.join(unknown[:5])}{more}; known: {', '.join(HPARAMS)}")
+
+
+def check_values(values: Mapping[str, Any], check_files: bool = True) -> dict[str, Any]:
+    """Check only the hyperparameters given (known keys, types, ranges), not that the set is complete: e.g. the
+    ``--hparam`` overrides of a config, so that a bad one is blamed on the option rather than the file."""
+    _check_known(values)
+    return {name: _check_value(name, HPARAMS[name], value, check_files) for name, value in values.items()}
+
+
 def validate(values: Mapping[str, Any], check_files: bool = True, source: str = "") -> dict[str, Any]:
     """Check every hyperparameter against :data:`HPARAMS` and return them with the defaults filled in.
 
@@ -184,19 +199,11 @@ def validate(values: Mapping[str, Any], check_files: bool = True, source: str = 
     prefix = f"{source}: " if source else ""
     if not isinstance(values, Mapping):
         raise HparamError(f"{prefix}hyperparameters must be a mapping of names to values, not {type(values).__name__}")
-    # Keys come from anyone's YAML or JSON: they may be numbers, None or huge strings.
-    unknown = sorted(_key_text(k) for k in values if k not in HPARAMS)
-    if unknown:
-        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
-        raise HparamError(f"{prefix}unknown hyperparameter(s) {', '.join(unknown[:5])}{more}; "
-                          f"known: {', '.join(HPARAMS)}")
-    missing = [name for name, spec in HPARAMS.items() if spec.default is REQUIRED and name not in values]
-    if missing:
-        raise HparamError(f"{prefix}missing hyperparameter(s) {', '.join(missing)}")
-    out = optional_defaults()
-    for name, value in values.items():
-        try:
-            out[name] = _check_value(name, HPARAMS[name], value, check_files)
-        except HparamError as exc:
-            raise HparamError(f"{prefix}{exc}") from None
-    return out
+    try:
+        _check_known(values)
+        missing = [name for name, spec in HPARAMS.items() if spec.default is REQUIRED and name not in values]
+        if missing:
+            raise HparamError(f"missing hyperparameter(s) {', '.join(missing)}")
+        return {**optional_defaults(), **check_values(values, check_files)}
+    except HparamError as exc:
+        raise HparamError(f"{prefix}{exc}") from None

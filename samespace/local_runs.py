@@ -9,7 +9,7 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from determined import core, pytorch
 
-from samespace import labelling, outputs, resume_checks, run_config, sharding, trial_parts
+from samespace import feature_cache, labelling, outputs, resume_checks, run_config, sharding, trial_parts
 from samespace.devsets import sample_set
 
 log = logging.getLogger("samespace.trial")
@@ -91,11 +91,7 @@ def plan_run(args: argparse.Namespace, info: det.ClusterInfo | None) -> RunPlan:
                        max_length=training_length(args, config.get("searcher")),
                        latest_checkpoint=info.latest_checkpoint, seed=None)
     exp_conf = run_config.read_config(args.config)
-    try:
-        hparams = run_config.local_hparams(exp_conf, args.hparam)
-    except ValueError as exc:
-        raise run_config.UsageError(str(exc)) from exc
-    hparams = run_config.checked_hparams(hparams, str(args.config))
+    hparams = run_config.checked_local_hparams(exp_conf, args.config, args.hparam)
     max_length = training_length(args, None)
     storage, latest, skip = args.checkpoint_dir, None, 0
     if args.resume is not None:
@@ -160,6 +156,45 @@ def store_checkpoints_in(context: pytorch.PyTorchTrialContext, folder: Path) -> 
     from determined.common import storage
 
     context._core.checkpoint._storage_manager = storage.SharedFSStorageManager(str(folder))
+    if context.distributed.rank == 0:
+        log.info("storing checkpoints in %s", folder)  # in place of Determined's line (storage_notice_hidden)
+
+
+class _DefaultStorageNotice(logging.Filter):
+    """Drops Determined's ``no storage_manager provided; storing checkpoints in <its folder>``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("no storage_manager provided")
+
+
+@contextlib.contextmanager
+def storage_notice_hidden(folder: Path | None) -> Iterator[None]:
+    """While pytorch.init() runs for a local run that stores its checkpoints in ``folder`` (None: Determined's
+    default folder, which its own notice names truly): hide that notice, which would name the default folder.
+
+    Determined 0.38's pytorch.init() takes no checkpoint storage (core.init() does, but pytorch.init() calls it
+    without one), so the storage is swapped afterwards (store_checkpoints_in) and only the notice is wrong.
+    """
+    if folder is None:
+        yield
+        return
+    logger, notice = logging.getLogger("determined.core"), _DefaultStorageNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
+def reports_errors(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether this process prints a user error: a lone process, or the chief (rank 0) of several (torchrun, a
+    cluster's launcher). Every rank meets the same bad input; the others exit with the same status silently."""
+    environ = os.environ if environ is None else environ
+    rank = environ.get("RANK", environ.get("LOCAL_RANK", "0"))
+    try:
+        return int(rank) == 0
+    except ValueError:  # not a launcher's rank: rather print twice than not at all
+        return True
 
 
 def inside_code(folder: Path) -> bool:
@@ -181,11 +216,21 @@ def inside_code(folder: Path) -> bool:
 
 
 def check_inputs(args: argparse.Namespace, data_dir: Path | None) -> None:
-    """Before any work: the data folder's layout and the output folder (one line, exit 2, on a problem)."""
-    if data_dir is not None and not (args.sample_data and not all((data_dir / s).is_dir() for s in labelling.SPLITS)):
+    """Before any work: the data folder's layout and the output folders (one line, exit 2, on a problem).
+
+    A --sample-data folder still to be written and a --cache-dir given on the command line must be folders or
+    creatable; the default cache folder is not checked, as a cache that cannot be written only warns.
+    """
+    to_write = args.sample_data is not None and not all((args.sample_data / s).is_dir() for s in labelling.SPLITS)
+    if data_dir is not None and not to_write:
         labelling.check_dataset_root(data_dir)
+    # One check each: these folders may coincide (a cache beside the checkpoints is fine).
+    if to_write:
+        outputs.check_outputs([outputs.Target("--sample-data", args.sample_data, is_dir=True)])
     if args.checkpoint_dir is not None:
         outputs.check_outputs([outputs.Target("--checkpoint-dir", args.checkpoint_dir, is_dir=True)])
+    if args.cache_dir is not None and args.cache_dir != feature_cache.DEFAULT_CACHE_DIR.resolve():
+        outputs.check_outputs([outputs.Target("--cache-dir", args.cache_dir, is_dir=True)])
 
 
 def check_checkpoint_dir(folder: Path) -> None:

@@ -38,7 +38,8 @@ def resume_point(checkpoint: Path, max_batches: int | None = None) -> tuple[str,
     Everything Determined reads back is checked first, as a stranger's file: metadata.json (a JSON object whose
     ``steps_completed`` is an int in [0, max_batches]), trial_state.pkl (a pickle of plain values only, which
     Determined unpickles; its legacy workload_sequencer.pkl is refused) and state_dict.pth (present). Each problem
-    is a CheckpointError naming the file.
+    is a CheckpointError naming the file, except more steps than ``max_batches`` (--batches): a UsageError naming
+    both, as the run's length is then what is wrong.
     """
     if not checkpoint.is_dir():
         raise run_config.UsageError(f"--resume {checkpoint}: not a checkpoint folder (no such folder)")
@@ -56,11 +57,17 @@ def resume_point(checkpoint: Path, max_batches: int | None = None) -> tuple[str,
     if not isinstance(document, dict) or "steps_completed" not in document:
         raise checkpoint_loading.CheckpointError(f"{metadata}: expected a JSON object with steps_completed")
     steps = document["steps_completed"]
-    high = "the run's length" if max_batches is None else max_batches
-    if type(steps) is not int or steps < 0 or (max_batches is not None and steps > max_batches):
+    if type(steps) is not int or steps < 0:
+        high = "the run's length" if max_batches is None else max_batches
         raise checkpoint_loading.CheckpointError(
             f"{metadata}: steps_completed={hparams_table.shown(steps)}: expected a whole number "
             f"of batches in [0, {high}]"
+        )
+    if max_batches is not None and steps > max_batches:  # a run's length is its total, not what is left
+        shown = hparams_table.shown(steps)
+        raise run_config.UsageError(
+            f"--resume {checkpoint}: the checkpoint has already trained {shown} batches (steps_completed in "
+            f"{metadata}), and --batches {max_batches} is fewer; give the run's total length: --batches {shown} or more"
         )
     if (checkpoint / "trial_state.pkl").exists():  # Determined unpickles it on resume
         check_trial_state(checkpoint / "trial_state.pkl", steps)

@@ -20,26 +20,64 @@ from samespace import hparams as hparams_table
 class UsageError(ValueError):
     """A command-line error of model_def.py: one line on stderr, exit status 2."""
 
+
 # Caps on what a run reads from files it is given: real ones are a few KiB; anything far larger is not one.
 MAX_CONFIG_BYTES = 1 << 20
 MAX_CONFIG_NODES = 100_000  # values in a config once YAML aliases are expanded (a "billion laughs" stops here)
 MAX_METADATA_BYTES = 1 << 20
+
+
 def local_hparams(config: dict[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Hyperparameter values of an experiment config (constants), with KEY=VALUE overrides applied.
 
     A search range (e.g. from adaptive.yaml) has no single value and must be overridden. A config or override
     of the wrong shape is a ValueError of one line.
     """
-    values = config_hparams(config)
+    values = {**config_hparams(config), **override_values(overrides)}
+    _refuse_ranges(values)
+    return values
+
+
+def override_values(overrides: Sequence[str]) -> dict[str, Any]:
+    """The ``--hparam KEY=VALUE`` items as {KEY: typed VALUE} (a later item wins); a ValueError naming a bad item."""
+    values: dict[str, Any] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"--hparam {hparams_table.shown(item)}: expected KEY=VALUE")
         values[key.strip()] = yaml_value(value, item)
+    return values
+
+
+def _refuse_ranges(values: dict[str, Any]) -> None:
     ranges = sorted(k for k, v in values.items() if isinstance(v, dict))
     if ranges:
         raise ValueError(f"hyperparameters {ranges} are search ranges in the config; give each a value with --hparam")
-    return values
+
+
+def checked_local_hparams(config: dict[str, Any], path: Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A local run's hyperparameters (``local_hparams``) checked against hparams.py, each problem blamed where it
+    came from: a bad ``--hparam`` names the item as typed, anything else names the config file. UsageError."""
+    try:
+        from_config = config_hparams(config)
+    except ValueError as exc:
+        raise UsageError(f"{path}: {exc}") from exc
+    try:
+        given = override_values(overrides)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    items = {item.partition("=")[0].strip(): item for item in overrides}  # the item that set each key (last wins)
+    for key, value in given.items():
+        try:
+            hparams_table.check_values({key: value})
+        except hparams_table.HparamError as exc:
+            raise UsageError(f"--hparam {hparams_table.shown(items[key])}: {exc}") from exc
+    values = {**from_config, **given}
+    try:
+        _refuse_ranges(values)
+    except ValueError as exc:
+        raise UsageError(f"{path}: {exc}") from exc
+    return checked_hparams(values, str(path))
 
 
 def config_hparams(config: dict[str, Any]) -> dict[str, Any]:

@@ -58,12 +58,11 @@ def choose_scorer(
         source = f"shipped default model ({default_model.META.name})"
         scorer: scorers.PairScorer = model_scorer.ModelScorer(model, batch_size=batch_size, device=device)
     elif method == "model":
-        if not Path(checkpoint).is_dir():
-            raise errors.FindDuplicatesError(f"{checkpoint}: checkpoint folder not found")
-        from samespace.checkpoint_loading import load_model
+        from samespace import checkpoint_loading
 
-        model = load_model(checkpoint, device=device)  # a CheckpointError (ValueError) names the folder
-        default, source = scoring_methods.read_model_threshold(checkpoint)
+        checkpoint_loading.check_folder(checkpoint)  # each a CheckpointError (ValueError) naming the file
+        default, source = checkpoint_loading.model_threshold(checkpoint)
+        model = checkpoint_loading.load_model(checkpoint, device=device)
         scorer = model_scorer.ModelScorer(model, batch_size=batch_size, device=device)
     elif method in scoring_methods.BACKBONE_METHODS:
         from samespace.backbones import BackboneWeightsError

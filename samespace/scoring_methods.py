@@ -20,9 +20,7 @@ Nothing here imports torch: the command lines read these tables for their ``--he
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from samespace import local_scaling, verification
 
@@ -102,22 +100,6 @@ SCORE_RANGES: dict[str, tuple[float, float]] = {
     "verified": (-1.0 - local_scaling.BETA, 1.0 + local_scaling.BETA + verification.MAX_BONUS),
     "calibrated": (0.0, 1.0),
 }
-
-def read_model_threshold(checkpoint_dir: str | Path) -> tuple[float, str]:
-    """The best-F1 threshold written by model_inference.py into ``<checkpoint>/samespace_threshold.json``.
-
-    Returns (threshold, where it came from); MODEL_DEFAULT_THRESHOLD when the file is absent.
-    """
-    path = Path(checkpoint_dir) / THRESHOLD_FILE
-    if not path.is_file():
-        return MODEL_DEFAULT_THRESHOLD, "default (no threshold file in the checkpoint)"
-    try:
-        value = float(json.loads(path.read_text())["threshold"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f'{path}: expected {{"threshold": <number>, ...}} ({type(exc).__name__}: {exc})') from exc
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{path}: threshold {value} is not in [0, 1]")
-    return value, str(path)
 
 # What an evaluation scores (samespace evaluate): the trained model and the reference methods, on the published
 # (faithful) pairs, every unique pair, or both.

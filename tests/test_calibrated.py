@@ -266,7 +266,7 @@ def test_a_copy_scored_under_the_threshold_is_still_reported(tmp_path: Path, mon
     probability = float(scorer.score(np.array([i]), np.array([j]))[0])
     assert calibrated_scorer.COPY_CHECK_FROM <= probability < threshold
     assert result.summary["copies_below_threshold"] == 1
-    assert "1 duplicate pairs (1 of them copies under the threshold) in 1 groups" in result_formats.summary_line(
+    assert "1 duplicate pair (1 of them a copy under the threshold) in 1 group" in result_formats.summary_line(
         result.summary)
     assert [sorted(names[k] for k in g) for g in result.groups] == [["scene.jpg", "scene_turned.jpg"]]
     assert result.scores.tolist() == [tiers.COPY_SCORE] and result.tiers == [tiers.SAME_PHOTO]

@@ -152,7 +152,6 @@ def test_an_oversized_trial_state_is_never_read(copy: Path, tiny_root: Path, tin
 @pytest.mark.parametrize(("text", "words"), [
     ('{"steps_completed": 1e12}', "steps_completed=1000000000000.0: expected a whole number of batches in [0, 4]"),
     ('{"steps_completed": -5}', "steps_completed=-5: expected a whole number of batches in [0, 4]"),
-    ('{"steps_completed": 5}', "steps_completed=5: expected a whole number of batches in [0, 4]"),
     ('{"steps_completed": true}', "steps_completed=True: expected a whole number"),
     ('{"steps_completed": "2"}', "steps_completed='2': expected a whole number"),
     ('{"steps": 2}', "expected a JSON object with steps_completed"),
@@ -169,6 +168,17 @@ def test_a_bad_metadata_json_is_one_line(text: str, words: str, copy: Path, tiny
     assert resume(copy, tiny_root, tiny_cache, "--batches", "4") == 2
     err = one_line(capsys)
     assert err.startswith(f"error: {metadata}: ") and words in err, err
+    assert digests(copy) == before
+
+
+def test_a_resume_past_the_runs_length_names_both(copy: Path, tiny_root: Path, tiny_cache: Path, capsys) -> None:
+    """A checkpoint that has done more batches than --batches asks for is a usage error, not a damaged file."""
+    (copy / "metadata.json").write_text(json.dumps({"steps_completed": 5}))
+    before = digests(copy)
+    assert resume(copy, tiny_root, tiny_cache, "--batches", "4") == 2
+    err = one_line(capsys)
+    assert err.startswith(f"error: --resume {copy}: the checkpoint has already trained 5 batches"), err
+    assert "--batches 4 is fewer" in err
     assert digests(copy) == before
 
 
@@ -338,7 +348,8 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(copy: Path, tiny_root: 
     with pytest.raises(checkpoint_loading.CheckpointError, match=f"weight {name} is NaN or infinite"):
         checkpoint_loading.load_model(copy)
     expected = f"error: {state_file}: weight {name} is NaN or infinite: the run that wrote this checkpoint diverged"
-    assert evaluate.main(["--checkpoint", str(copy), "--data-dir", str(tiny_root), "--cache-dir", "none"]) == 2
+    test_split = str(tiny_root / "Test Data")
+    assert evaluate.main(["--checkpoint", str(copy), "--data-dir", test_split, "--cache-dir", "none"]) == 2
     assert one_line(capsys).startswith(expected)
     assert find.main([str(tiny_root / "Test Data"), "--checkpoint", str(copy), "--no-progress"]) == 2
     assert one_line(capsys).startswith(expected)

@@ -86,7 +86,7 @@ def test_metrics_agree_with_scikit_learn_on_the_scores_file(evaluated: dict) -> 
 
 
 def test_threshold_file_is_written_for_find_duplicates(evaluated: dict) -> None:
-    threshold, source = scoring_methods.read_model_threshold(evaluated["checkpoint"])
+    threshold, source = checkpoint_loading.model_threshold(evaluated["checkpoint"])
     assert threshold == evaluated["report"]["unique"]["methods"]["model"]["best_f1"]["threshold"]
     assert source.endswith(scoring_methods.THRESHOLD_FILE)
 

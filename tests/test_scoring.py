@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from samespace import (
+    checkpoint_loading,
     decoding,
     hashing,
     labelling,
@@ -162,12 +163,12 @@ def test_best_f1_threshold_sits_between_scores() -> None:
 
 
 def test_model_threshold_read_from_the_checkpoint_folder(tmp_path: Path) -> None:
-    assert scoring_methods.read_model_threshold(tmp_path)[0] == scoring_methods.MODEL_DEFAULT_THRESHOLD
+    assert checkpoint_loading.model_threshold(tmp_path)[0] == scoring_methods.MODEL_DEFAULT_THRESHOLD
     (tmp_path / scoring_methods.THRESHOLD_FILE).write_text(json.dumps({"threshold": 0.8125, "metric": "best_f1"}))
-    assert scoring_methods.read_model_threshold(tmp_path) == (0.8125, str(tmp_path / scoring_methods.THRESHOLD_FILE))
+    assert checkpoint_loading.model_threshold(tmp_path) == (0.8125, str(tmp_path / scoring_methods.THRESHOLD_FILE))
     (tmp_path / scoring_methods.THRESHOLD_FILE).write_text(json.dumps({"metric": "best_f1"}))
     with pytest.raises(ValueError, match="threshold"):
-        scoring_methods.read_model_threshold(tmp_path)
+        checkpoint_loading.model_threshold(tmp_path)
 
 
 def _two_rooms() -> threshold_calibration.ScoredSplit:

@@ -2,8 +2,8 @@
 
     samespace evaluate --checkpoint DIR --data-dir "data/Airbnb Data/Test Data" \
         [--pairing faithful|unique|both] [--json FILE] [--plots DIR] [--scores FILE] \
-        [--methods model whash phash cosine] [--batch-size N] [--device auto|cpu|cuda] [--cache-dir DIR]
-        [--write-threshold] [--overwrite]
+        [--methods model whash phash cosine relative verified calibrated] [--batch-size N] \
+        [--device auto|cpu|cuda] [--cache-dir DIR] [--write-threshold] [--overwrite]
 """
 
 from __future__ import annotations
@@ -13,12 +13,8 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from samespace import cli, labelling, outputs, scoring_methods
-
-if TYPE_CHECKING:
-    pass
 
 
 def check_output_paths(args: argparse.Namespace) -> None:
@@ -51,7 +47,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "samespace evaluate") ->
     parser.add_argument(
         "--checkpoint", required=True, metavar="DIR", help="a checkpoint folder written by model_def.py"
     )
-    parser.add_argument("--data-dir", required=True, help="one split folder, e.g. 'data/Airbnb Data/Test Data'")
+    parser.add_argument("--data-dir", required=True, help="one split folder, e.g. 'data/Airbnb Data/Test Data' (not "
+                        "the dataset folder that holds both splits)")
     parser.add_argument("--pairing", choices=scoring_methods.PAIRING_CHOICES, default="both")
     parser.add_argument("--json", help="write the metrics as JSON (keys 'faithful' and 'unique')")
     parser.add_argument("--plots", help="folder for roc.png and precision_recall.png (unique pairs)")
@@ -67,9 +64,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "samespace evaluate") ->
                         help="replace output files that exist and were not written by SameSpace, or hold another "
                         "kind of SameSpace file")
     parser.add_argument(
-        "--methods", nargs="+", choices=scoring_methods.METHOD_CHOICES, default=list(scoring_methods.METHOD_CHOICES)
+        "--methods", nargs="+", choices=scoring_methods.METHOD_CHOICES, default=list(scoring_methods.METHOD_CHOICES),
+        metavar="METHOD", help=f"the methods scored on the unique pairs: {', '.join(scoring_methods.METHOD_CHOICES)} "
+        "(default: all)"
     )
-    parser.add_argument("--batch-size", type=int, default=64, help="images per backbone batch (default: 64)")
+    parser.add_argument("--batch-size", type=cli.positive_int, default=64, metavar="N",
+                        help="images per backbone batch (default: 64)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--cache-dir", help="feature cache folder shared with model_def.py (default: its default; "
                         "'none' for no cache file)")
@@ -97,7 +97,7 @@ def _run(args: argparse.Namespace) -> None:
     """Check the options and outputs, evaluate, write the outputs (errors are raised, main prints them)."""
     from samespace import evaluation
     from samespace.backbones import resolve_device
-    from samespace.checkpoint_loading import load_model
+    from samespace.checkpoint_loading import check_folder, load_model
     from samespace.feature_cache import DEFAULT_CACHE_DIR
 
     cache_dir = None if (args.cache_dir or "").lower() == "none" else (args.cache_dir or DEFAULT_CACHE_DIR)
@@ -106,6 +106,7 @@ def _run(args: argparse.Namespace) -> None:
     data_dir = Path(args.data_dir)
     if not data_dir.is_dir():
         raise evaluation.EvaluationError(f"{data_dir}: not a directory")
+    check_folder(checkpoint)  # the same words as samespace find, before any photo is listed
     check_output_paths(args)
     if args.write_threshold and (args.pairing == "faithful" or "model" not in args.methods):
         raise evaluation.EvaluationError("--write-threshold needs the unique evaluation of the model "

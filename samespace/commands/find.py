@@ -317,6 +317,11 @@ def _run(args: argparse.Namespace) -> int:
     for folder in [*args.folders, *(args.against or [])]:  # fail fast, before loading a model
         if not Path(folder).is_dir():
             raise errors.FindDuplicatesError(f"{folder}: not a directory")
+    if args.checkpoint:  # the folder and its threshold file, read strictly here, before the model loads
+        from samespace import checkpoint_loading
+
+        checkpoint_loading.check_folder(args.checkpoint)
+        checkpoint_loading.read_threshold(args.checkpoint)
     scorer, threshold, source = build_scorer(args, scorer_choice.device_for(args.device))
     store, store_path = open_store_for(args, scorer)
     if store is not None and not args.embeddings:  # --embeddings is an input: never rewritten
