@@ -84,9 +84,14 @@ EXAMPLES = """examples:
 """
 
 
-def counted(number: int, noun: str) -> str:
-    """``1 file``, ``2 files``: a count and its noun, plural unless the count is one."""
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+def counted(number: int, singular: str, plural: str | None = None) -> str:
+    """``1 group``, ``1,234 groups``: a count with thousands separators and its noun, plural unless the count is
+    one.
+
+    >>> counted(1, "duplicate pair"), counted(4560, "pair"), counted(1, "of them a copy", "of them copies")
+    ('1 duplicate pair', '4,560 pairs', '1 of them a copy')
+    """
+    return f"{number:,} {singular if number == 1 else (plural or singular + 's')}"
 
 
 def positive_int(text: str) -> int:

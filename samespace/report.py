@@ -27,7 +27,7 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from samespace import actions, choices, decoding, keepers, outputs, tiers
+from samespace import actions, choices, cli, decoding, keepers, outputs, tiers
 
 THUMB_BOX = (240, 180)
 MAX_PAIRS_SHOWN = 60  # per group; the JSON / CSV hold every pair
@@ -96,6 +96,12 @@ def _esc(text: object) -> str:
     """HTML-escaped text; a file name with control characters or bytes that are not UTF-8 shows them as backslash
     escapes (the page stays valid UTF-8; the JSON and CSV keep the exact name)."""
     return html.escape(outputs.printable_name(str(text), quote=False))
+
+
+def _bold_count(number: int, noun: str) -> str:
+    """``<b>1</b> group``, ``<b>1,234</b> groups`` (cli.counted, its number in bold)."""
+    count, words = cli.counted(number, noun).split(" ", 1)
+    return f"<b>{count}</b> {words}"
 
 
 def _label(k: int) -> str:
@@ -387,11 +393,12 @@ def render_html(document: dict[str, Any], title: str = "SameSpace duplicate revi
     library = [str(f) for f in summary.get("against", [])]
     groups = document["groups"]
     meta = (
-        f"<b>{len(groups):,}</b> groups, <b>{summary.get('images_in_groups', 0):,}</b> photos in groups, "
+        f"{_bold_count(len(groups), 'group')}, {_bold_count(summary.get('images_in_groups', 0), 'photo')} in groups, "
         f"of <b>{summary.get('images', 0):,}</b> photos scanned in {_esc(', '.join(summary.get('folders', [])))}"
         f" &middot; method <b>{_esc(str(summary.get('method', '?')))}</b>, a pair is a duplicate when its "
-        f"score &ge; <b>{threshold:g}</b> &middot; {summary.get('pairs_scored', 0):,} pairs scored "
-        f"({_esc(str(summary.get('candidates', '')))}) &middot; {summary.get('skipped', 0):,} files skipped"
+        f"score &ge; <b>{threshold:g}</b> &middot; {cli.counted(summary.get('pairs_scored', 0), 'pair')} scored "
+        f"({_esc(str(summary.get('candidates', '')))}) &middot; "
+        f"{cli.counted(summary.get('skipped', 0), 'file')} skipped"
         "<br>Photos are labelled A, B, C ... in each group; <i>A-B 0.93 same space</i> is the score and match tier "
         "of photos A and B (hover it for both paths), from amber just above the threshold to green far above it; "
         "identical files are blue, edited copies of one photo purple. Largest groups first."

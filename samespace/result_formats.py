@@ -9,32 +9,22 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from samespace import outputs, tiers
-
-
-def counted(number: int, singular: str, plural: str | None = None) -> str:
-    """``1 group``, ``1,234 groups``: a count with thousands separators and its noun, plural unless the count is
-    one (cli.counted's rule; the summary's counts run to millions, so they keep their separators).
-
-    >>> counted(1, "duplicate pair"), counted(4560, "pair"), counted(1, "of them a copy", "of them copies")
-    ('1 duplicate pair', '4,560 pairs', '1 of them a copy')
-    """
-    return f"{number:,} {singular if number == 1 else (plural or singular + 's')}"
+from samespace import cli, outputs, tiers
 
 
 def summary_line(summary: dict[str, Any]) -> str:
     """One line: images, blank, skipped, pairs scored, duplicate pairs (and how many are copies the score put
     under the threshold: tiers.copies_below_threshold), groups, seconds, the method and threshold (and the
     backbone's precision when reduced)."""
+    copies = cli.counted(summary.get("copies_below_threshold", 0), "of them a copy", "of them copies")
     return (
-        f"{counted(summary['images'], 'image')}, "
+        f"{cli.counted(summary['images'], 'image')}, "
         + (f"{summary['blank']:,} blank, " if summary.get("blank") else "")
         + f"{summary['skipped']:,} skipped, "
-        f"{counted(summary['pairs_scored'], 'pair')} scored "
-        f"({summary['candidates']}), {counted(summary['duplicate_pairs'], 'duplicate pair')}"
-        + (f" ({counted(summary['copies_below_threshold'], 'of them a copy', 'of them copies')} under the threshold)"
-           if summary.get("copies_below_threshold") else "")
-        + f" in {counted(summary['groups'], 'group')}, "
+        f"{cli.counted(summary['pairs_scored'], 'pair')} scored "
+        f"({summary['candidates']}), {cli.counted(summary['duplicate_pairs'], 'duplicate pair')}"
+        + (f" ({copies} under the threshold)" if summary.get("copies_below_threshold") else "")
+        + f" in {cli.counted(summary['groups'], 'group')}, "
         f"{summary['seconds']:.1f} s [{summary['method']}, threshold {summary['threshold']:g}"
         + (f", {summary['precision']}]" if summary.get("precision") else "]")
     )

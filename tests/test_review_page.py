@@ -94,6 +94,17 @@ def test_colours_follow_the_tier_and_the_distance_from_the_threshold() -> None:
     assert '<span class="pair same-space" style="--m:0.90"' in report.render_html(doc)  # the same score, further
 
 
+def test_the_page_counts_in_the_singular_where_there_is_one() -> None:
+    doc = {"groups": [{"members": ["/x/a.jpg", "/x/b.jpg"], "pairs": [["/x/a.jpg", "/x/b.jpg", 0.95, "same space"]]}],
+           "summary": {"threshold": 0.5, "folders": ["/x"], "images_in_groups": 2, "pairs_scored": 1, "skipped": 1}}
+    page = report.render_html(doc)
+    assert "<b>1</b> group, <b>2</b> photos in groups" in page
+    assert "1 pair scored" in page and "1 file skipped" in page
+    doc["summary"].update(pairs_scored=4560, skipped=0)
+    page = report.render_html(doc)
+    assert "4,560 pairs scored" in page and "0 files skipped" in page
+
+
 def test_hostile_file_names_are_escaped_in_the_html_and_in_the_page_data(tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     write_scene(photos)
