@@ -33,6 +33,7 @@ import torch.distributed as dist
 from samespace import (
     batch_decoding,
     embedding_store,
+    errors,
     photo_files,
     scorer_choice,
     scorers,
@@ -142,14 +143,21 @@ def run(args: argparse.Namespace, reporter: Reports, shard: sharding.Shard) -> P
     sharding.barrier(shard)
     if shard.is_chief:
         parts = [part_path(output, sharding.Shard(r, shard.size)) for r in range(shard.size)]
-        merged = embedding_store.merge_files(parts, fingerprint, scorer.name, scorer.fields)
-        known.merge(merged)
-        known.save(output)
-        for p in parts:
-            embedding_store.remove_store(p)
-        listed = len(known.listed_paths())
-        log.info("%s: %d photos, %d distinct contents, %d new", output, listed, len(known), len(merged))
-        reporter.metrics(len(paths), {"photos": listed, "photos_embedded": len(merged)})
+        try:
+            merged = embedding_store.merge_files(parts, fingerprint, scorer.name, scorer.fields)
+            before = len(known)
+            known.merge(merged)
+            try:
+                known.save(output)
+            except OSError as exc:  # e.g. a read-only or immutable store: one line, not the temporary file's name
+                raise errors.FindDuplicatesError(
+                    f"{output}: cannot write the embedding store ({exc.strerror or exc})") from exc
+        finally:  # the parts only carry rows to the chief: never left beside the store
+            for p in parts:
+                embedding_store.remove_store(p)
+        listed, added = len(known.listed_paths()), len(known) - before
+        log.info("%s: %d photos, %d distinct contents, %d new", output, listed, len(known), added)
+        reporter.metrics(len(paths), {"photos": listed, "photos_embedded": added})
     sharding.barrier(shard)
     return output
 

@@ -74,13 +74,14 @@ class Result:
         files, summary."""
         tiers = self.tiers or [tiers_of.SAME_SPACE] * len(self.left)
         pairs = [[self.paths[i], self.paths[j], round(float(s), 6), tiers[k]] for k, i, j, s in self._by_score()]
-        group_of = np.full(len(self.paths), -1, np.int64)
+        groups_of: dict[int, set[int]] = {}  # with --against a library photo may be in several groups
         for g, members in enumerate(self.groups):
-            group_of[members] = g
+            for member in members.tolist():
+                groups_of.setdefault(member, set()).add(g)
         group_pairs: list[list[list[Any]]] = [[] for _ in self.groups]
         for (_, i, j, _), pair in zip(self._by_score(), pairs, strict=True):
-            if group_of[i] >= 0 and group_of[i] == group_of[j]:  # a pair across groups is listed in "pairs" only
-                group_pairs[group_of[i]].append(pair)
+            for g in sorted(groups_of.get(i, set()) & groups_of.get(j, set())):  # across groups: in "pairs" only
+                group_pairs[g].append(pair)
         groups = [
             {"members": [self.paths[k] for k in members], "pairs": group_pairs[g],
              **({"keys": self.keys[g]} if self.keys else {})}

@@ -68,6 +68,8 @@ MARKERS: dict[bytes, str] = {
 HEAD_BYTES = 4096
 # outputs.atomic_write writes ".<name>.<8 random characters>.tmp" beside the target first.
 TEMP_NAME_EXTRA = len("..") + 8 + len(".tmp")
+# A store's segments (store_format.SEGMENT_INFIX + 16 hex) and embed's parts (".part-K-of-N") are named after it.
+STORE_NAME_EXTRA = len(".seg-") + 16
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")  # the photos the project reads (data.py imports them from here)
 # Names of standard output, for the outputs that may stream there (Target.stream).
 STDOUT_NAMES = frozenset({"-", "/dev/stdout"})
@@ -236,8 +238,11 @@ def _check_length(target: Target, path: Path, existing: Path) -> None:
         raise OutputError(f"{target.option} {target.path}: path too long ({len(os.fsencode(str(path)))} bytes)")
     name_max = _name_max(existing if existing.is_dir() else existing.parent)
     below = path.relative_to(existing).parts if path != existing else ()
+    if not below and not target.is_dir:  # it exists: replacing it still writes longer names beside it
+        below = (path.name,)
+    extra = TEMP_NAME_EXTRA + (STORE_NAME_EXTRA if target.kind == STORE else 0)
     for k, part in enumerate(below):
-        limit = name_max - (TEMP_NAME_EXTRA if k == len(below) - 1 and not target.is_dir else 0)
+        limit = name_max - (extra if k == len(below) - 1 and not target.is_dir else 0)
         if len(os.fsencode(part)) > limit:
             raise OutputError(
                 f"{target.option} {target.path}: file name too long ({len(os.fsencode(part))} bytes; "

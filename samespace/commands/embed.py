@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "embed.py") -> int:
     distributed = embedding_job.start_process_group()
     shard = sharding.Shard()
     try:
-        with embedding_job.reports(distributed) as reporter:
+        with cli.clean_warnings(), embedding_job.reports(distributed) as reporter:
             shard = sharding.current()
             output = embedding_job.run(args, reporter, shard)
     except (errors.FindDuplicatesError, store_format.StoreError, ValueError, OSError) as exc:

@@ -1,0 +1,94 @@
+"""--against groups keep their pairs; a store name leaves room for its segments; embed's warnings, counts and
+parts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import re
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+from PIL import Image
+from test_actions import write_scene
+
+from samespace import embedding_store
+from samespace.commands import embed, find
+
+
+def test_new_photos_sharing_library_matches_keep_their_pairs(tmp_path: Path) -> None:
+    library, new = tmp_path / "library", tmp_path / "new"
+    write_scene(library)
+    new.mkdir()
+    for name in ("copy.png", "copy_again.png"):  # both match a.png, sub/a_copy.png and a_big.png
+        shutil.copyfile(library / "a.png", new / name)
+    shutil.copyfile(library / "b.png", new / "other.png")
+    result, table = tmp_path / "r.json", tmp_path / "r.csv"
+    assert find.main([str(new), "--against", str(library), "--method", "phash", "--no-cache", "--no-progress",
+                      "--json", str(result), "--csv", str(table)]) == 0
+    document = json.loads(result.read_text())
+    by_new = {Path(g["members"][0]).name: g for g in document["groups"]}
+    assert set(by_new) == {"copy.png", "copy_again.png", "other.png"}
+    for name, group in by_new.items():
+        expected = [p for p in document["pairs"] if str(new / name) in p[:2]]
+        assert group["pairs"] == expected and len(expected) == len(group["members"]) - 1, name
+    assert len(by_new["copy.png"]["pairs"]) == 3
+    with table.open(newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    assert len(rows) == sum(len(g["pairs"]) for g in document["groups"]) == len(document["pairs"])
+
+
+def test_a_store_name_leaves_room_for_its_segments(tmp_path: Path, capsys) -> None:
+    """A store grows by segments named after it (``<name>.seg-<16 hex>``, written through a temporary name): a name
+    that leaves no room for them is refused up front, new or existing, instead of warning on every run."""
+    photos = tmp_path / "photos"
+    write_scene(photos)
+    fits = tmp_path / ("s" * (255 - 35 - 4) + ".npz")  # 220 bytes
+    assert find.main([str(photos), "--method", "phash", "--no-progress", "--store", str(fits)]) == 0
+    Image.open(photos / "c.png").rotate(90).save(photos / "c_turned.png")  # a new photo: this run saves rows
+    assert find.main([str(photos), "--method", "phash", "--no-progress", "--store", str(fits)]) == 0
+    assert "cannot write" not in capsys.readouterr().err
+    too_long = tmp_path / ("t" * (255 - 35 - 3) + ".npz")  # 221 bytes
+    assert find.main([str(photos), "--method", "phash", "--no-progress", "--store", str(too_long)]) == 2
+    assert "file name too long (221 bytes; at most 220 here)" in capsys.readouterr().err
+    fits.rename(too_long)  # an existing store of that name is refused too: it could never grow
+    assert find.main([str(photos), "--method", "phash", "--no-progress", "--store", str(too_long)]) == 2
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_embed_warns_in_one_line_counts_new_rows_and_leaves_no_part(tmp_path: Path, capsys, caplog,
+                                                                    monkeypatch) -> None:
+    photos, store = tmp_path / "photos", tmp_path / "s.npz"
+    write_scene(photos)
+    assert find.main([str(photos), "--method", "whash", "--no-progress", "--store", str(store)]) == 0
+    capsys.readouterr()
+    caplog.set_level(logging.INFO, logger="samespace")
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings' API
+        # what Python prints outside pytest (which records warnings instead): the installed formatwarning
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    monkeypatch.setattr(warnings, "showwarning", show)
+    assert embed.main([str(photos), "--method", "phash", "--store", str(store)]) == 0  # another method's store
+    err = capsys.readouterr().err
+    assert "warning: " in err and "ignoring the embedding store" in err and "UserWarning" not in err
+    caplog.clear()
+    assert embed.main([str(photos), "--method", "phash", "--store", str(store)]) == 0  # nothing new this time
+    assert re.search(r"s\.npz: 6 photos, \d+ distinct contents, 0 new", caplog.text), caplog.text
+    before = store.read_bytes()
+
+    save = embedding_store.EmbeddingStore.save
+
+    def refused(self: embedding_store.EmbeddingStore, path: Path, compact: bool = False) -> None:
+        if Path(path) == store:  # as an immutable store refuses; the rank's part file still saves
+            raise PermissionError(1, "Operation not permitted", str(path))
+        save(self, path, compact)
+
+    monkeypatch.setattr(embedding_store.EmbeddingStore, "save", refused)
+    Image.open(photos / "c.png").rotate(90).save(photos / "c_turned.png")
+    assert embed.main([str(photos), "--method", "phash", "--store", str(store)]) == 2
+    assert capsys.readouterr().err.strip().endswith("s.npz: cannot write the embedding store (Operation not permitted)")
+    assert store.read_bytes() == before and not list(tmp_path.glob("s.npz.part-*"))
