@@ -92,3 +92,30 @@ def test_embed_warns_in_one_line_counts_new_rows_and_leaves_no_part(tmp_path: Pa
     assert embed.main([str(photos), "--method", "phash", "--store", str(store)]) == 2
     assert capsys.readouterr().err.strip().endswith("s.npz: cannot write the embedding store (Operation not permitted)")
     assert store.read_bytes() == before and not list(tmp_path.glob("s.npz.part-*"))
+
+
+def test_embeddings_alone_leave_out_photos_moved_deleted_or_edited_since(tmp_path: Path, capsys,
+                                                                         monkeypatch) -> None:
+    photos, store, result = tmp_path / "photos", tmp_path / "s.npz", tmp_path / "r.json"
+    write_scene(photos)  # groups: a, a_big, sub/a_copy; b.png, b.jpg; c alone
+    assert embed.main([str(photos), "--method", "phash", "--store", str(store)]) == 0
+    (photos / "a_big.png").rename(photos / "a_big_renamed.png")
+    (photos / "b.jpg").unlink()
+    Image.open(photos / "c.png").rotate(90).save(photos / "c.png")  # edited in place
+    capsys.readouterr()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings' API
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    monkeypatch.setattr(warnings, "showwarning", show)
+    assert find.main(["--embeddings", str(store), "--method", "phash", "--no-progress", "--json", str(result)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {store}: 2 photos left out, not found at the listed path (moved or deleted)" in err
+    assert f"warning: {store}: 1 photo left out, edited since the store embedded it" in err
+    document = json.loads(result.read_text())
+    reported = {Path(m).name for g in document["groups"] for m in g["members"]}
+    assert reported == {"a.png", "a_copy.png"} and document["summary"]["images"] == 3  # a, sub/a_copy, b.png
+    shutil.move(photos, tmp_path / "elsewhere")  # none here: the store alone speaks for every photo it lists
+    assert find.main(["--embeddings", str(store), "--method", "phash", "--no-progress", "--json", str(result)]) == 0
+    assert json.loads(result.read_text())["summary"]["images"] == 6
+    assert "left out" not in capsys.readouterr().err

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import textwrap
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from samespace import cli, errors, outputs, photo_files, result_formats, scoring
 
 if TYPE_CHECKING:
     from samespace import embedding_store, finder, scorers
+    from samespace.content_keys import StatEntry
 
 
 # --------------------------------------------------------------------------------------------
@@ -248,9 +250,37 @@ def run(
         if not listed:
             raise errors.FindDuplicatesError(f"{args.embeddings}: the store lists no photos")
         entries = store.stat_entries()  # type: ignore[union-attr]
+        listed = photos_as_embedded(listed, entries, args.embeddings)
         return finder.find_duplicates(photo_folders(listed), scorer, threshold, paths=[Path(p) for p in listed],
-                                      keys=[entries[p][2] for p in listed], **options)
+                                      keys=[entries[p].key for p in listed], **options)
     return finder.find_duplicates(args.folders, scorer, threshold, **options)
+
+
+def photos_as_embedded(listed: Sequence[str], entries: dict[str, StatEntry], store: str | Path) -> list[str]:
+    """The photos a store lists that may be grouped from their stored embeddings alone (``--embeddings`` without
+    PHOTOS_DIR): a photo edited since (another size or modification time) is left out, and so is one no longer at
+    its path (moved or deleted) while others are; when none is here, the store speaks for all of them (photos
+    embedded on another machine). Each kind left out is one warning."""
+    changed, missing = [], []
+    for path in listed:
+        try:
+            info = os.stat(path)
+        except OSError:
+            missing.append(path)
+            continue
+        if (info.st_size, info.st_mtime_ns) != (entries[path].size, entries[path].mtime_ns):
+            changed.append(path)
+    if len(missing) == len(listed):
+        return list(listed)
+    for left_out, why in ((missing, "not found at the listed path (moved or deleted)"),
+                          (changed, "edited since the store embedded it (give the folders to embed again)")):
+        if left_out:
+            warnings.warn(f"{store}: {cli.counted(len(left_out), 'photo')} left out, {why}", stacklevel=2)
+    gone = set(missing) | set(changed)
+    kept = [path for path in listed if path not in gone]
+    if not kept:
+        raise errors.FindDuplicatesError(f"{store}: no photo it lists is here as it was embedded")
+    return kept
 
 
 def photo_folders(paths: Sequence[str]) -> list[str]:
