@@ -99,15 +99,16 @@ def find_duplicates(
         checkpoint: a checkpoint folder of the trained Siamese model (model_def.py); replaces ``method``.
         against: a library folder, or several: report only duplicates between the photos of ``folders`` and these.
         store: an embedding-store file: photos it holds are not embedded again, new ones are added to it. An
-            existing file SameSpace did not write, or of another kind, is refused unless ``overwrite``.
+            existing file SameSpace did not write, of another kind, or a store of another method, is refused unless
+            ``overwrite``.
         device: ``auto``, ``cpu`` or ``cuda`` (:data:`DEVICES`); ``cuda`` without a GPU is an error.
         batch_size: photos embedded at a time, at least 1.
         progress: show progress bars on stderr.
         precision: the backbone's arithmetic: ``fp32``, ``bf16`` or ``fp16`` (samespace.scoring_methods.PRECISIONS).
         include_hidden: also scan hidden files and folders and thumbnail folders (``.thumbnails``, ``@eaDir``),
             which are left out by default (samespace.labelling.is_hidden).
-        overwrite: let ``store`` replace a file SameSpace did not write (the command line's --overwrite); a photo
-            is never replaced.
+        overwrite: let ``store`` replace a file SameSpace did not write or another method's store (the command
+            line's --overwrite); a photo is never replaced.
 
     Returns:
         The groups, the pairs with their scores and the skipped files (:class:`Duplicates`).
@@ -143,6 +144,7 @@ def find_duplicates(
     if store is not None:
         fingerprint = store_identity.scorer_fingerprint(scorer)
         try:
+            store_format.check_replaceable(store, scorer.name, overwrite)
             opened = embedding_store.open_store(store, fingerprint, scorer.name, scorer.fields)
         except store_format.StoreError as exc:
             raise _api_error(exc) from exc
@@ -195,4 +197,5 @@ def _api_error(exc: Exception) -> errors.FindDuplicatesError:
     """A command-line check's one-line error, its options spelt as find_duplicates' keywords (``--threshold 5``
     -> ``threshold 5``, ``pass --overwrite`` -> ``pass overwrite=True``); the message still names the file."""
     text = re.sub(r"^--(threshold|device|precision)\b", r"\1", str(exc))
+    text = re.sub(r"with --method (\w+)", r"with method='\1'", text).replace("another --store", "another store")
     return errors.FindDuplicatesError(text.replace("pass --overwrite", "pass overwrite=True"))

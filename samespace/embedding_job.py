@@ -38,6 +38,7 @@ from samespace import (
     scorer_choice,
     scorers,
     sharding,
+    store_format,
     store_identity,
 )
 from samespace import finder as fd
@@ -125,6 +126,7 @@ def run(args: argparse.Namespace, reporter: Reports, shard: sharding.Shard) -> P
     fingerprint = store_identity.scorer_fingerprint(scorer)
     paths = photo_files.image_files(args.folders)
     start, stop = shard.bounds(len(paths))
+    store_format.check_replaceable(output, scorer.name, args.overwrite)
     known = embedding_store.open_store(output, fingerprint, scorer.name, scorer.fields)
     t0 = time.perf_counter()
 

@@ -11,11 +11,9 @@ threshold by average linkage (grouping.py: groups do not chain). Photos are only
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -373,13 +371,14 @@ def find_against(
     """Duplicates of new photos in a library: only pairs (new, library) are scored and reported.
 
     One group per new photo that has a match: the new photo first, then its library matches. A photo under
-    both a new and a library folder belongs to the side of the folder nearer to it (see :func:`split_sides`).
+    both a new and a library folder belongs to the side of the folder nearer to it, and a link to a library photo
+    is that photo (see :func:`photo_files.split_sides`).
     With a ``store`` holding the library, only the new photos are decoded and embedded.
     """
     t0 = time.perf_counter()
     skipped: list[dict[str, str]] = []
     hidden: list[Path] = []
-    new_paths, library_paths = split_sides(new_folders, library_folders, skipped, include_hidden, hidden)
+    new_paths, library_paths = photo_files.split_sides(new_folders, library_folders, skipped, include_hidden, hidden)
     paths = new_paths + library_paths
     timings = {"find": time.perf_counter() - t0, "decode_wait": 0.0, "embed": 0.0}
     embedded = embed_photos(paths, scorer, store, batch_size, progress, decode_workers, timings,
@@ -418,48 +417,6 @@ def find_against(
                   [str(paths[k]) for k in flat], pair_tiers,
                   [content_keys.keys_or_none(scored[k] for k in g) for g in groups])
 
-
-
-def _real_parent(path: Path) -> Path:
-    """``path`` with its folders' symbolic links resolved (not the file's own: a linked photo stays put)."""
-    return Path(os.path.realpath(path.parent)) / path.name
-
-
-def split_sides(
-    new_folders: Sequence[str | Path], library_folders: Sequence[str | Path], skipped: list[dict[str, str]],
-    include_hidden: bool = False, hidden: list[Path] | None = None,
-) -> tuple[list[Path], list[Path]]:
-    """The photos of the new folders and of the library folders, each photo on one side only.
-
-    Folders may overlap (a library inside the photos folder, or the reverse): a photo under both counts on the
-    side of the folder nearest to it, and one warning per overlapping pair of folders says how many photos went
-    where. The same folder on both sides is a FindDuplicatesError.
-    """
-    new = [Path(os.path.realpath(f)) for f in new_folders]
-    library = [Path(os.path.realpath(f)) for f in library_folders]
-    for folder, real in zip(library_folders, library, strict=True):
-        if real in new:
-            raise errors.FindDuplicatesError(f"{folder} is given both as PHOTOS_DIR and with --against; give it once")
-    new_paths = photo_files.image_files(new_folders, skipped, include_hidden, hidden)
-    library_paths = photo_files.image_files(library_folders, skipped, include_hidden, hidden)
-
-    def nearest(real: Path) -> tuple[str, Path]:
-        holders = [(len(f.parts), side, f) for side, folders in (("new", new), ("library", library))
-                   for f in folders if real.is_relative_to(f)]
-        _, side, folder = max(holders)
-        return side, folder
-
-    on_both = {_real_parent(p) for p in new_paths} & {_real_parent(p) for p in library_paths}
-    side_of = {real: nearest(real) for real in on_both}
-    for (side, folder), count in sorted(Counter(side_of.values()).items()):
-        other = "PHOTOS_DIR" if side == "library" else "--against"
-        warnings.warn(f"{count:,} photos under {folder} are also under a {other} folder; they count as {side} "
-                      "photos (the nearer folder decides)", stacklevel=2)
-
-    def keep(paths: list[Path], side: str) -> list[Path]:
-        return [p for p in paths if side_of.get(_real_parent(p), (side,))[0] == side]
-
-    return keep(new_paths, "new"), keep(library_paths, "library")
 
 
 def _with_identical_blanks(

@@ -1,8 +1,11 @@
-"""Which files under the folders are photos: every image PIL can read (recursively), the rest reported."""
+"""Which files under the folders are photos: every image PIL can read (recursively), the rest reported; each file
+once, however many links reach it; with ``--against``, which side each photo is on."""
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,7 +48,8 @@ PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2",
 def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | None = None,
                 include_hidden: bool = False, hidden: list[Path] | None = None) -> list[Path]:
     """Image files under each folder (recursive, symlinked folders not followed), folder by folder in the
-    given order, each sorted by relative POSIX path; a file reached twice (overlapping folders) is kept once.
+    given order, each sorted by relative POSIX path; a file reached twice (overlapping folders, a symbolic or a
+    hard link: :func:`file_identity`) is kept once, at the first path reaching it.
     Hidden files and folders and thumbnail folders below them (labelling.is_hidden: ``.thumbnails``, ``._IMG.JPG``,
     ``@eaDir``) are left out unless ``include_hidden``, and appended to ``hidden`` when it is given.
 
@@ -55,7 +59,7 @@ def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | N
     """
     extensions = readable_extensions()
     undecodable = PHOTO_EXTENSIONS - extensions
-    seen: set[Path] = set()
+    seen: set[object] = set()
     found: list[Path] = []
     empty: list[Path] = []
     for folder in folders:
@@ -76,7 +80,7 @@ def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | N
         if not files:
             empty.append(root)
         for path in files:
-            key = path.resolve()
+            key = file_identity(path)
             if key not in seen:
                 seen.add(key)
                 found.append(path)
@@ -89,3 +93,73 @@ def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | N
     for root in empty:  # warned only beside photos found elsewhere: else the error above says it once
         warnings.warn(f"{root}: no image files", stacklevel=2)
     return found
+
+
+def file_identity(path: Path) -> object:
+    """What makes two paths one file: its device and inode, so that symbolic and hard links to a photo are that
+    photo (as fclones and czkawka count them), not a duplicate of it; after ``act --hardlink`` a re-run finds those
+    duplicates gone. A path that cannot be stat'ed is its resolved self.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> (folder / "a.jpg").write_bytes(b"x")
+    1
+    >>> (folder / "b.jpg").hardlink_to(folder / "a.jpg")
+    >>> file_identity(folder / "a.jpg") == file_identity(folder / "b.jpg")
+    True
+    """
+    try:
+        info = os.stat(path)
+    except OSError:
+        return path.resolve()
+    return info.st_dev, info.st_ino
+
+
+def _real_parent(path: Path) -> Path:
+    """``path`` with its folders' symbolic links resolved (not the file's own: a linked photo stays put)."""
+    return Path(os.path.realpath(path.parent)) / path.name
+
+
+def split_sides(
+    new_folders: Sequence[str | Path], library_folders: Sequence[str | Path], skipped: list[dict[str, str]],
+    include_hidden: bool = False, hidden: list[Path] | None = None,
+) -> tuple[list[Path], list[Path]]:
+    """The photos of the new folders and of the library folders, each photo on one side only.
+
+    Folders may overlap (a library inside the photos folder, or the reverse): a photo under both counts on the
+    side of the folder nearest to it, and one warning per overlapping pair of folders says how many photos went
+    where. A link on one side to a photo of the other (:func:`file_identity`) is that photo: it counts once, as a
+    library photo, with one warning per new folder. The same folder on both sides is a FindDuplicatesError.
+    """
+    new = [Path(os.path.realpath(f)) for f in new_folders]
+    library = [Path(os.path.realpath(f)) for f in library_folders]
+    for folder, real in zip(library_folders, library, strict=True):
+        if real in new:
+            raise errors.FindDuplicatesError(f"{folder} is given both as PHOTOS_DIR and with --against; give it once")
+    new_paths = image_files(new_folders, skipped, include_hidden, hidden)
+    library_paths = image_files(library_folders, skipped, include_hidden, hidden)
+
+    def nearest(real: Path) -> tuple[str, Path]:
+        holders = [(len(f.parts), side, f) for side, folders in (("new", new), ("library", library))
+                   for f in folders if real.is_relative_to(f)]
+        _, side, folder = max(holders)
+        return side, folder
+
+    on_both = {_real_parent(p) for p in new_paths} & {_real_parent(p) for p in library_paths}
+    side_of = {real: nearest(real) for real in on_both}
+    for (side, folder), count in sorted(Counter(side_of.values()).items()):
+        other = "PHOTOS_DIR" if side == "library" else "--against"
+        warnings.warn(f"{count:,} photos under {folder} are also under a {other} folder; they count as {side} "
+                      "photos (the nearer folder decides)", stacklevel=2)
+
+    def keep(paths: list[Path], side: str) -> list[Path]:
+        return [p for p in paths if side_of.get(_real_parent(p), (side,))[0] == side]
+
+    new_paths, library_paths = keep(new_paths, "new"), keep(library_paths, "library")
+    in_library = {file_identity(p) for p in library_paths}
+    linked = [p for p in new_paths if file_identity(p) in in_library]
+    for folder, count in Counter(next(str(f) for f in new_folders if p.is_relative_to(f)) for p in linked).items():
+        warnings.warn(f"{count:,} photos under {folder} are links to --against photos; they count once, as library "
+                      "photos", stacklevel=2)
+    left_out = set(linked)
+    return [p for p in new_paths if p not in left_out], library_paths

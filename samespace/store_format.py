@@ -253,6 +253,52 @@ def brief(value: object) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def made_by(path: str | Path) -> str | None:
+    """The method named in the header of the store file at ``path``; None when there is no such regular file or
+    it is not a readable store (a damaged file holds nothing a rebuild would lose)."""
+    try:
+        f, st = content_keys.open_regular(path)
+    except OSError:
+        return None
+    try:
+        with f:
+            archive = Archive(f, st.st_size)
+            if "header" not in archive.members or archive.members["header"].file_size > MAX_HEADER_BYTES:
+                return None
+            return parse_header(archive.read("header", np.uint8).tobytes()).method
+    except (UnusableError, *MALFORMED):
+        return None
+
+
+def check_replaceable(path: str | Path, method: str, overwrite: bool) -> None:
+    """Refuse to rebuild a store of another method at ``path`` unless ``overwrite``: its embeddings may have taken
+    hours, and one mistyped ``--method`` would lose them. A store of this method made with other weights or library
+    versions is stale for every run, and is rebuilt (with a warning) as before. Raises StoreError."""
+    other = made_by(path)
+    if other is not None and other != method and not overwrite:
+        raise StoreError(f"{path}: an embedding store made by {brief(other)}, not {method}{scorer_hint(other, method)}"
+                         "; pass --overwrite to replace it, or choose another --store")
+
+
+def scorer_hint(made_by: str, this_run: str) -> str:
+    """What reads a store made by ``made_by`` (a method name from the file), for a run of ``this_run``: ``--method``
+    for another method, the checkpoint for a trained model's store; the same method with another fingerprint
+    means other weights, settings or library versions, which only a rebuild matches.
+
+    >>> scorer_hint("phash", "calibrated")
+    '; it is read with --method phash'
+    >>> scorer_hint("calibrated", "calibrated")
+    '; made with other weights, settings or library versions'
+    """
+    if made_by == this_run:
+        return "; made with other weights, settings or library versions"
+    if made_by == "model":
+        return "; it is read with the --checkpoint it was made with"
+    if made_by.isascii() and made_by.isalpha() and len(made_by) <= 20:
+        return f"; it is read with --method {made_by}"
+    return ""
+
+
 def one_line(text: str) -> str:
     """Control characters (e.g. in member names read from the file) escaped, so a message stays one line."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
@@ -333,7 +379,7 @@ def read_contents(f: BinaryIO, size: int, fingerprint: str, method: str, specs: 
         raise UnusableError(
             f"made by another scorer: {brief(header.method)}, fingerprint "
             f"{brief(header.fingerprint[:12])}...; this run: {method}, "
-            f"{fingerprint[:12]}..."
+            f"{fingerprint[:12]}...{scorer_hint(header.method, method)}"
         )
     if set(header.fields) != set(specs):
         raise UnusableError(

@@ -13,10 +13,10 @@ import warnings
 from pathlib import Path
 
 from PIL import Image
-from test_actions import write_scene
+from test_actions import _group_members, run_find, write_scene
 
 from samespace import embedding_store
-from samespace.commands import embed, find
+from samespace.commands import act, embed, find
 
 
 def test_new_photos_sharing_library_matches_keep_their_pairs(tmp_path: Path) -> None:
@@ -72,7 +72,10 @@ def test_embed_warns_in_one_line_counts_new_rows_and_leaves_no_part(tmp_path: Pa
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
     monkeypatch.setattr(warnings, "showwarning", show)
-    assert embed.main([str(photos), "--method", "phash", "--store", str(store)]) == 0  # another method's store
+    assert embed.main([str(photos), "--method", "phash", "--store", str(store)]) == 2  # another method's store
+    assert capsys.readouterr().err == (f"error: {store}: an embedding store made by whash, not phash; it is read with "
+                                       "--method whash; pass --overwrite to replace it, or choose another --store\n")
+    assert embed.main([str(photos), "--method", "phash", "--store", str(store), "--overwrite"]) == 0
     err = capsys.readouterr().err
     assert "warning: " in err and "ignoring the embedding store" in err and "UserWarning" not in err
     caplog.clear()
@@ -119,3 +122,43 @@ def test_embeddings_alone_leave_out_photos_moved_deleted_or_edited_since(tmp_pat
     assert find.main(["--embeddings", str(store), "--method", "phash", "--no-progress", "--json", str(result)]) == 0
     assert json.loads(result.read_text())["summary"]["images"] == 6
     assert "left out" not in capsys.readouterr().err
+
+
+def test_a_link_to_a_library_photo_is_that_photo_not_a_duplicate(tmp_path: Path, capsys, monkeypatch) -> None:
+    """A symbolic or hard link under PHOTOS_DIR to a library photo is the library photo itself: it is counted once,
+    on the library side, as a file reached twice in one folder is, and one warning says so."""
+    library, new = tmp_path / "library", tmp_path / "new"
+    write_scene(library)
+    new.mkdir()
+    (new / "linked.png").symlink_to(library / "b.png")
+    (new / "hard.png").hardlink_to(library / "c.png")
+    shutil.copyfile(library / "b.png", new / "copied.png")  # a real copy stays a new photo
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001 - warnings' API
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    monkeypatch.setattr(warnings, "showwarning", show)
+    result = tmp_path / "r.json"
+    assert find.main([str(new), "--against", str(library), "--method", "phash", "--no-cache", "--no-progress",
+                      "--json", str(result)]) == 0
+    err = capsys.readouterr().err
+    assert f"2 photos under {new} are links to --against photos; they count once, as library photos" in err
+    document = json.loads(result.read_text())
+    members = {Path(m).name for g in document["groups"] for m in g["members"]}
+    assert "linked.png" not in members and "hard.png" not in members and "copied.png" in members
+    assert document["summary"]["new_images"] == 1
+
+
+def test_after_act_hardlink_a_rerun_finds_those_duplicates_gone(tmp_path: Path) -> None:
+    """``act --hardlink`` turns each duplicate into a hard link to its keeper: one file, which a re-run counts once
+    (as a symbolic link already was), so the groups it resolved are not reported again."""
+    photos = tmp_path / "photos"
+    write_scene(photos)
+    first = run_find(tmp_path / "first.json", photos)
+    assert len(_group_members(first)) == 2
+    assert act.main([str(first), "--hardlink", "--apply"]) == 0
+    second = run_find(tmp_path / "second.json", photos)
+    document = json.loads(second.read_text())
+    # a.png and sub/a_copy.png are now a_big.png, b.png is b.jpg: three files, none a duplicate of another
+    assert document["summary"]["images"] == document["summary"]["files"] == 3
+    assert document["groups"] == [] and document["pairs"] == []

@@ -88,6 +88,20 @@ def test_overwrite_replaces_a_user_file_with_a_store_that_later_runs_reuse(photo
 # --------------------------------------------------------------------------------------------
 
 
+def test_another_methods_store_is_kept_unless_overwrite(photos: Path, tmp_path: Path) -> None:
+    """A store of another method may hold hours of embeddings: a mistyped method must not rebuild it."""
+    store = tmp_path / "photos.npz"
+    samespace.find_duplicates(photos, method="phash", store=store)
+    before = store.read_bytes()
+    with pytest.raises(FindDuplicatesError, match=r"photos\.npz: an embedding store made by phash, not whash; it is "
+                       r"read with method='phash'; pass overwrite=True to replace it, or choose another store$"):
+        samespace.find_duplicates(photos, method="whash", store=store)
+    assert store.read_bytes() == before
+    with pytest.warns(UserWarning, match="ignoring the embedding store"):
+        samespace.find_duplicates(photos, method="whash", store=store, overwrite=True)
+    assert store.read_bytes() != before
+
+
 def test_a_truncated_checkpoint_is_a_find_duplicates_error(photos: Path, tmp_path: Path,
                                                            checkpoint_state: dict) -> None:
     folder = write_checkpoint(tmp_path / "truncated", checkpoint_state)

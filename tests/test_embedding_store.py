@@ -89,7 +89,10 @@ def test_damaged_store_is_ignored_with_one_warning_and_rebuilt(library: Path, tm
 def test_foreign_store_is_never_used(library: Path, tmp_path: Path) -> None:
     store = tmp_path / "store.npz"
     _cli([str(library), "--store", str(store)], tmp_path)  # phash
+    before = store.read_bytes()
     code = find.main([str(library), "--method", "whash", "--no-progress", "--store", str(store)])
+    assert code == 2 and store.read_bytes() == before  # another method's store is kept: --overwrite replaces it
+    code = find.main([str(library), "--method", "whash", "--no-progress", "--store", str(store), "--overwrite"])
     assert code == 0  # the whash run ignored the phash store (one warning) and replaced it
     fingerprint = store_identity.scorer_fingerprint(scorers.HashScorer("whash"))
     reread = embedding_store.EmbeddingStore.load(store, fingerprint, "whash", scorers.HashScorer.fields)

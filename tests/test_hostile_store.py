@@ -356,7 +356,7 @@ def test_embeddings_of_another_method_names_its_scorer(tmp_path: Path, capsys: p
     assert find.main(["--embeddings", str(tmp_path / "phash.npz"), "--method", "whash", "--no-progress"]) == 2
     assert _one_error_line(capsys) == (
         f"error: {tmp_path / 'phash.npz'}: unusable embedding store (made by another scorer: phash, fingerprint "
-        f"{phash[:12]}...; this run: whash, {whash[:12]}...)")
+        f"{phash[:12]}...; this run: whash, {whash[:12]}...; it is read with --method phash)")
 
 
 # --------------------------------------------------------------------------------------------

@@ -45,8 +45,8 @@ def build_parser(prog: str = "embed.py") -> argparse.ArgumentParser:
     cli.add_precision_option(parser)
     cli.add_decode_options(parser)
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace a --store file that exists and was not written by SameSpace, or is another "
-                        "kind of SameSpace file (never a photo)")
+                        help="replace a --store file that exists and was not written by SameSpace, is another "
+                        "kind of SameSpace file, or a store of another method (never a photo)")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
 

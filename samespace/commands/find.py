@@ -108,7 +108,8 @@ def build_parser(prog: str = "find_duplicates.py") -> argparse.ArgumentParser:
         "--overwrite",
         action="store_true",
         help="replace output files that exist and were not written by SameSpace, or hold another kind of SameSpace "
-        "file (a store, a result, a page, an undo manifest); photos are never replaced",
+        "file (a store, a result, a page, an undo manifest), or a --store of another method; photos are never "
+        "replaced",
     )
     parser.add_argument(
         "--batch-size",
@@ -211,6 +212,8 @@ def open_store_for(
     fingerprint = store_identity.scorer_fingerprint(scorer)
     path = Path(args.embeddings or args.store or embedding_store.default_store_path(scorer.name, fingerprint))
     try:
+        if not args.embeddings:  # --embeddings is an input, never rewritten
+            store_format.check_replaceable(path, scorer.name, args.overwrite)
         store = embedding_store.open_store(path, fingerprint, scorer.name, scorer.fields, strict=bool(args.embeddings))
     except store_format.StoreError as exc:
         raise errors.FindDuplicatesError(str(exc)) from exc
