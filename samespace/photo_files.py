@@ -98,7 +98,8 @@ def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | N
 def file_identity(path: Path) -> object:
     """What makes two paths one file: its device and inode, so that symbolic and hard links to a photo are that
     photo (as fclones and czkawka count them), not a duplicate of it; after ``act --hardlink`` a re-run finds those
-    duplicates gone. A path that cannot be stat'ed is its resolved self.
+    duplicates gone. A path that cannot be stat'ed, or whose file system gives no inode numbers (0), is its
+    resolved self: never two photos taken for one.
 
     >>> import tempfile
     >>> folder = Path(tempfile.mkdtemp())
@@ -112,7 +113,7 @@ def file_identity(path: Path) -> object:
         info = os.stat(path)
     except OSError:
         return path.resolve()
-    return info.st_dev, info.st_ino
+    return (info.st_dev, info.st_ino) if info.st_ino else path.resolve()
 
 
 def _real_parent(path: Path) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -162,3 +163,18 @@ def test_after_act_hardlink_a_rerun_finds_those_duplicates_gone(tmp_path: Path) 
     # a.png and sub/a_copy.png are now a_big.png, b.png is b.jpg: three files, none a duplicate of another
     assert document["summary"]["images"] == document["summary"]["files"] == 3
     assert document["groups"] == [] and document["pairs"] == []
+
+
+def test_a_file_system_without_inode_numbers_never_merges_two_photos(tmp_path: Path, monkeypatch) -> None:
+    """Some network and FUSE file systems report inode 0 for every file: each path is then its own photo."""
+    from samespace import photo_files
+
+    write_scene(tmp_path / "photos")
+    real_stat = photo_files.os.stat
+
+    def no_inodes(path, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003 - os.stat's signature
+        info = real_stat(path, *args, **kwargs)
+        return os.stat_result((info.st_mode, 0, *tuple(info)[2:]))
+
+    monkeypatch.setattr(photo_files.os, "stat", no_inodes)
+    assert len(photo_files.image_files([tmp_path / "photos"])) == 6
