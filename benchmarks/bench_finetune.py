@@ -48,7 +48,6 @@ from samespace import (  # noqa: E402
     matching,
     preprocess,
     scoring_methods,
-    verification,
 )
 
 STEPS = 300
@@ -120,25 +119,15 @@ def fine_tune(images: np.ndarray, places: np.ndarray, seed: int) -> tuple[torch.
     return body.eval(), time.perf_counter() - start
 
 
-def pair_features(vectors: np.ndarray, index: np.ndarray, labels: np.ndarray, shots: np.ndarray,
-                  bank_rows: np.ndarray, keypoints: list, inliers_seen: dict[tuple[int, int], int]) -> Pairs:
-    """(cosine, background, evidence, same, different shot) of every pair of the photos ``index``."""
-    v = vectors[index]
-    own = labels[bank_rows][None, :] == labels[index][:, None]
-    b = background.similarity(v, vectors[bank_rows], exclude=own)
-    left, right = matching.upper_pairs(0, len(index), len(index))
-    cosine = np.einsum("ij,ij->i", v[left], v[right]).astype(np.float64)
-    verify = np.flatnonzero(cosine >= calibrated_score.VERIFY_COSINE)
-    todo = [k for k in verify if (index[left[k]], index[right[k]]) not in inliers_seen]
-    if todo:
-        for k, m in zip(todo, verification.match_pairs(keypoints, index[left[todo]], index[right[todo]]), strict=True):
-            inliers_seen[(index[left[k]], index[right[k]])] = m.inliers
-    inliers = np.zeros(len(left), np.int64)
-    inliers[verify] = [inliers_seen[(index[left[k]], index[right[k]])] for k in verify]
-    same = labels[index][left] == labels[index][right]
-    return {"left": left, "right": right, "cosine": cosine, "background": 0.5 * (b[left] + b[right]),
-            "evidence": calibrated_score.evidence(inliers), "same": same,
-            "different_shot": same & (shots[index][left] != shots[index][right])}
+def fold_pairs(vectors: np.ndarray, index: np.ndarray, labels: np.ndarray, shots: np.ndarray,
+               bank_rows: np.ndarray, keypoints: list) -> Pairs:
+    """calibrated_fit.pair_features of the photos ``index`` (the background: ``bank_rows``), with the inlier
+    evidence and which pairs are different shots of one place."""
+    split = calibrated_fit.SplitFeatures("real", vectors[index], [keypoints[i] for i in index], labels[index])
+    pairs = calibrated_fit.pair_features(split, vectors[bank_rows], [f"real:{label}" for label in labels[bank_rows]])
+    pairs["evidence"] = calibrated_score.evidence(pairs["inliers"])
+    pairs["different_shot"] = pairs["same"] & (shots[index][pairs["left"]] != shots[index][pairs["right"]])
+    return pairs
 
 
 def average_precisions(same: np.ndarray, different_shot: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
@@ -217,11 +206,9 @@ def main(argv: list[str] | None = None) -> int:
             row[name] = {"ap_cosine": average_precisions(same, different, cosine)[0],
                          "ap_background": average_precisions(same, different, cosine - 0.5 * (b[left] + b[right]))}
         per_fold.append(row)
-    inliers_seen: dict[tuple[int, int], int] = {}
     fold_labels = [labels[i] for i in index]
-    frozen = [pair_features(shipped.vectors, i, labels, shots, bank_rows, shipped.keypoints, inliers_seen)
-              for i in index]
-    tuned = [pair_features(out_of_fold, i, labels, shots, bank_rows, shipped.keypoints, inliers_seen) for i in index]
+    frozen = [fold_pairs(shipped.vectors, i, labels, shots, bank_rows, shipped.keypoints) for i in index]
+    tuned = [fold_pairs(out_of_fold, i, labels, shots, bank_rows, shipped.keypoints) for i in index]
     base = ["cosine", "background", "evidence"]
     both = [{**f, "cosine_tuned": t["cosine"], "background_tuned": t["background"]}
             for f, t in zip(frozen, tuned, strict=True)]
