@@ -280,22 +280,22 @@ def check_replaceable(path: str | Path, method: str, overwrite: bool) -> None:
                          "; pass --overwrite to replace it, or choose another --store")
 
 
-def scorer_hint(made_by: str, this_run: str) -> str:
-    """What reads a store made by ``made_by`` (a method name from the file), for a run of ``this_run``: ``--method``
-    for another method, the checkpoint for a trained model's store; the same method with another fingerprint
-    means other weights, settings or library versions, which only a rebuild matches.
+def scorer_hint(store_method: str, this_run: str) -> str:
+    """What reads a store made by ``store_method`` (a method name from the file), for a run of ``this_run``:
+    ``--method`` for another method, the checkpoint for a trained model's store; the same method with another
+    fingerprint means other weights, settings or library versions, which only a rebuild matches.
 
     >>> scorer_hint("phash", "calibrated")
     '; it is read with --method phash'
     >>> scorer_hint("calibrated", "calibrated")
     '; made with other weights, settings or library versions'
     """
-    if made_by == this_run:
+    if store_method == this_run:
         return "; made with other weights, settings or library versions"
-    if made_by == "model":
+    if store_method == "model":
         return "; it is read with the --checkpoint it was made with"
-    if made_by.isascii() and made_by.isalpha() and len(made_by) <= 20:
-        return f"; it is read with --method {made_by}"
+    if store_method.isascii() and store_method.isalpha() and len(store_method) <= 20:
+        return f"; it is read with --method {store_method}"
     return ""
 
 
