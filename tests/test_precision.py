@@ -4,6 +4,7 @@ close, never mix with fp32 ones in a store, and are refused where no backbone ru
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +75,11 @@ def test_the_option_reaches_the_backbone_and_the_store_identity(trained_checkpoi
 
 def test_find_takes_the_option_and_refuses_an_unknown_one(test_dir: Path, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "groups.json"
-    assert find.main([str(test_dir), "--method", "cosine", "--precision", "bf16", "--no-cache", "--no-progress",
+    folder, out = tmp_path / "photos", tmp_path / "groups.json"
+    folder.mkdir()
+    for path in sorted(test_dir.rglob("*.jpg"))[:4]:  # a few photos: the option's path, not its quality
+        shutil.copyfile(path, folder / path.name)
+    assert find.main([str(folder), "--method", "cosine", "--precision", "bf16", "--no-cache", "--no-progress",
                       "--json", str(out)]) == 0
     assert json.loads(out.read_text())["summary"]["precision"] == "bf16"  # said in the outputs too
     with pytest.raises(SystemExit) as exit_info:

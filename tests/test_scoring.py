@@ -272,7 +272,9 @@ def test_the_calibrated_fit_reproduces_on_both_training_splits(calibration_root:
 @pytest.mark.slow
 def test_default_thresholds_reproduce_on_the_sample_set(calibration_root: Path) -> None:
     """The calibration: best F1 on the unique pairs of the sample set's Training Data (seed 0)."""
-    scores, labels = threshold_calibration.split_pair_scores(calibration_root / "Training Data")
+    # Only the methods asserted here: verified and calibrated verify most of these look-alike rooms' pairs
+    methods = (*scoring_methods.SAMPLE_CALIBRATED, "relative")
+    scores, labels = threshold_calibration.split_pair_scores(calibration_root / "Training Data", methods)
     assert len(labels) == 233 * 232 // 2 and int(labels.sum()) == 251
     for method in scoring_methods.SAMPLE_CALIBRATED:
         point = threshold_calibration.best_f1_threshold(scores[method], labels)

@@ -14,6 +14,7 @@ from determined import pytorch
 
 import model_def
 from samespace import checkpoint_loading, feature_cache, local_runs, pair_dataset, run_config
+from samespace.devsets import sample_set
 
 pytestmark = pytest.mark.slow  # trains, runs several processes or installs packages
 
@@ -27,8 +28,11 @@ def _trial(context: pytorch.PyTorchTrialContext, sample_root: Path, cache_dir: P
 
 
 def test_fit_writes_a_checkpoint_that_loads_back(
-    sample_root: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Two rooms per type to train on, one to validate on: the Trainer's wiring is tested here, not what it learns
+    sample_root = sample_set.write_sample_dataset(tmp_path / "sample", seed=0,
+                                                  rooms={"Training Data": 2, "Test Data": 1})
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))  # Determined's local checkpoint storage
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")  # local checkpoints copy the working directory as their code
@@ -81,11 +85,12 @@ def test_script_trains_and_prints_the_checkpoint_last(
     assert (path / "code" / "model_def.py").is_file() and not (path / "code" / "data" / "sample").exists()
 
     network = checkpoint_loading.load_model(path)
-    dataset = pair_dataset.DuplicateImageDataset(sample_root / "Training Data", progress=False)
+    dataset = pair_dataset.DuplicateImageDataset(sample_root / "Training Data", progress=False, keep_images=False)
     labels = torch.from_numpy(dataset.pairs.label.astype(np.float32))
     prior = labels.mean().item()
     prior_loss = -(prior * math.log(prior) + (1 - prior) * math.log(1 - prior))
-    table = feature_cache.extract_features(network.features, dataset.images, progress=False, cache_dir=cache_dir)
+    # The photo files, as the trial gives them: the table the run cached (the backbone is frozen)
+    table = feature_cache.extract_features(network.features, dataset.paths, progress=False, cache_dir=cache_dir)
     rows1, rows2 = (torch.from_numpy(r) for r in feature_cache.pair_rows(dataset.pairs))
     with torch.no_grad():
         logits = network(table.flatten(0, 1)[rows1], table.flatten(0, 1)[rows2])
