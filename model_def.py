@@ -259,7 +259,8 @@ class _ArgumentParser(cli.ArgumentParser):
     """cli.ArgumentParser whose usage errors, like main's, only the chief of several processes prints."""
 
     def error(self, message: str) -> NoReturn:
-        if not local_runs.reports_errors():
+        recorded = local_runs.record_error(f"{self.prog}: error: {message}")
+        if not local_runs.reports_errors() and recorded:
             raise SystemExit(cli.EXIT_ERROR)
         super().error(message)
 
@@ -326,7 +327,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as exc:
         if "--debug" in argv:
             raise
-        if local_runs.reports_errors():  # under torchrun every rank fails alike: the chief says it once
+        # Under torchrun every rank meets the same bad input: the chief says it once, and each rank leaves it in
+        # torchrun's error file, so an error only another rank meets is in torchrun's failure summary
+        recorded = local_runs.record_error(f"error: {exc}")
+        if local_runs.reports_errors() or not recorded:
             print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import random
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +197,23 @@ def reports_errors(environ: Mapping[str, str] | None = None) -> bool:
         return int(rank) == 0
     except ValueError:  # not a launcher's rank: rather print twice than not at all
         return True
+
+
+def record_error(message: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Leave a user error in the file torchrun names in ``TORCHELASTIC_ERROR_FILE`` (one per rank), whose failure
+    summary shows it as the root cause. A rank other than the chief prints nothing (:func:`reports_errors`), so an
+    error that only it meets reaches the user there. False when there is no such file or it cannot be written."""
+    environ = os.environ if environ is None else environ
+    path = environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return False
+    # The layout of torch's ErrorHandler.record_exception without a traceback: the summary shows the message itself
+    record = {"message": {"message": message, "extraInfo": {"timestamp": str(int(time.time()))}}}
+    try:
+        outputs.atomic_write(path, json.dumps(record))
+    except (OSError, outputs.OutputError):
+        return False
+    return True
 
 
 def inside_code(folder: Path) -> bool:

@@ -15,6 +15,7 @@ import types
 from pathlib import Path
 
 import pytest
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 import model_def
 from samespace import decoding, kaggle_data, labelling, local_runs, trial_parts
@@ -205,16 +206,40 @@ def test_only_the_chief_reports_errors(environ: dict[str, str], reports: bool) -
     assert local_runs.reports_errors(environ) is reports
 
 
+HPARAM_ERROR = "error: --hparam 'alpha=2': hyperparameter alpha=2: expected float in [0, 1)"
+
+
 def test_other_ranks_exit_2_without_a_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    for rank, printed in (("1", ""), ("0", "error: --hparam 'alpha=2': hyperparameter alpha=2: expected float in "
-                                           "[0, 1)\n")):
+    """Each rank leaves its error in torchrun's error file, whose failure summary shows the first one; only the
+    chief prints it."""
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    for rank, printed in (("1", ""), ("0", HPARAM_ERROR + "\n")):
         monkeypatch.setenv("RANK", rank)
+        error_file.unlink(missing_ok=True)
         assert model_def.main(["--data-dir", str(tmp_path), "--batches", "1", "--hparam", "alpha=2"]) == 2
         assert capsys.readouterr().err == printed
+        # What torchrun's summary shows, read by torch's own reader
+        failure = ProcessFailure(local_rank=int(rank), pid=1, exitcode=2, error_file=str(error_file))
+        assert HPARAM_ERROR in ChildFailedError("model_def.py", {int(rank): failure}).format_msg()
+        error_file.unlink()
         with pytest.raises(SystemExit) as info:  # argparse's errors too
             model_def.main(["--data-dir", str(tmp_path), "--batches", "0"])
         assert info.value.code == 2
         assert bool(capsys.readouterr().err) is bool(printed)
+        assert "model_def.py: error: --batches must be at least 1" in error_file.read_text()
+
+
+def test_a_rank_without_torchruns_error_file_prints_its_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              capsys) -> None:
+    """Another launcher may leave no error file: the error is then printed, not lost."""
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
+    assert model_def.main(["--data-dir", str(tmp_path), "--batches", "1", "--hparam", "alpha=2"]) == 2
+    assert capsys.readouterr().err == HPARAM_ERROR + "\n"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "missing-folder" / "error.json"))  # unwritable
+    assert model_def.main(["--data-dir", str(tmp_path), "--batches", "1", "--hparam", "alpha=2"]) == 2
+    assert capsys.readouterr().err == HPARAM_ERROR + "\n"
 
 
 # model_def.main under torchrun, each rank waiting for the other before it exits: torchrun stops the other workers
@@ -236,17 +261,27 @@ sys.exit(code)
 
 
 @pytest.mark.slow  # two processes under torchrun
-def test_torchrun_prints_a_user_error_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("failing", ["every rank", "rank 1 only"])
+def test_torchrun_prints_a_user_error_once(tmp_path: Path, failing: str) -> None:
+    """An error every rank meets is printed once, by the chief; one that only rank 1 meets is in torchrun's
+    failure summary (the chief here stops at once, as if its own share had gone well)."""
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER.format(repo=str(REPO), folder=str(tmp_path)))
+    source = DRIVER.format(repo=str(REPO), folder=str(tmp_path))
+    if failing == "rank 1 only":
+        source = source.replace("code = model_def.main(sys.argv[1:])",
+                                "code = model_def.main(sys.argv[1:]) if os.environ['RANK'] == '1' else 0")
+    driver.write_text(source)
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(driver),
          "--data-dir", str(tmp_path), "--batches", "1", "--hparam", "alpha=2"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode != 0 and {p.name for p in tmp_path.glob("done-*")} == {"done-0", "done-1"}
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, errors
-    assert errors == ["error: --hparam 'alpha=2': hyperparameter alpha=2: expected float in [0, 1)"]
+    lines = (result.stdout + result.stderr).splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert errors == ([HPARAM_ERROR] if failing == "every rank" else [])
+    root_cause = result.stderr.split("Root Cause (first observed failure):")[-1]
+    assert [line.strip() for line in root_cause.splitlines() if "traceback :" in line] == [
+        f"traceback : {HPARAM_ERROR}"], result.stderr[-2000:]
 
 
 # --------------------------------------------------------------------------------------------
