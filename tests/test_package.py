@@ -143,3 +143,43 @@ def test_the_readme_is_short_and_no_text_names_an_issue_or_a_work_period() -> No
              and not {".venv", ".git", "data", "checkpoints"} & set(p.relative_to(REPO).parts)]
     assert len(texts) > 60
     assert [f"{p.relative_to(REPO)}: {m.group(0)}" for p in texts for m in pattern.finditer(p.read_text())] == []
+
+
+@pytest.mark.slow  # builds and installs the package
+def test_the_built_wheel_holds_every_module_and_data_file_and_finds_duplicates(train_dir: Path,
+                                                                              tmp_path: Path) -> None:
+    """What `pip install .` installs (not the editable checkout): every module and data file of the package, and
+    the default method, whose fitted weights and background are data files, runs from it outside the checkout."""
+    source, wheels, target = tmp_path / "source", tmp_path / "wheels", tmp_path / "site"
+    source.mkdir()  # a copy: the build writes build/ and *.egg-info beside its sources, and would reuse them
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(PACKAGE, source / "samespace", ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                            "--wheel-dir", str(wheels), str(source)], capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = wheels.glob("samespace-*.whl")
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        shipped = {name for name in archive.namelist() if name.startswith("samespace/")}
+    expected = {p.relative_to(REPO).as_posix() for p in PACKAGE.rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts}
+    assert expected == shipped, (expected ^ shipped)
+    installed = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
+                                str(target), str(wheel)], capture_output=True, text=True, timeout=300)
+    assert installed.returncode == 0, installed.stderr
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    first = sorted(train_dir.rglob("*.jpg"))[0]
+    shutil.copy(first, photos / "a.jpg")
+    shutil.copy(first, photos / "b.jpg")
+    code = ("import sys, samespace\n"
+            "found = samespace.find_duplicates([sys.argv[1]])\n"
+            "print(samespace.__file__, found.method, [sorted(g) for g in found.groups])")
+    done = subprocess.run([sys.executable, "-c", code, str(photos)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin",
+                                            "XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(" ", 2) == [str(target / "samespace" / "__init__.py"), "calibrated",
+                                         f"{[[str(photos / 'a.jpg'), str(photos / 'b.jpg')]]}\n"]
