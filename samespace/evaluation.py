@@ -115,6 +115,9 @@ def unique_scores(
     and verified their own (scorers.reference_scorer) with the split as the collection; verified uses the photos'
     aspect ratios (decoding.decode_images; square when not given)."""
     out: dict[str, np.ndarray] = {}
+    # Their own backbone (Lite0, GeM), run once for all of them; the split is the collection
+    own = scorers.reference_scorers([m for m in methods if m in ("relative", "verified", "calibrated")], images,
+                                    aspects, device=device)
     for method in tqdm(methods, desc=f"score {len(left):,} pairs", unit="method", disable=not progress):
         if method == "model":
             first, second = model_scorer.model_projections(model, pooled, device)
@@ -122,11 +125,8 @@ def unique_scores(
         elif method == "cosine":
             unit = scorers.l2_normalise(pooled)
             out[method] = scorers.cosine_similarity(unit[left], unit[right])
-        elif method in ("relative", "verified", "calibrated"):  # own backbone (Lite0, GeM); the split is the collection
-            scorer = scorers.reference_scorer(method, device=device)
-            scorer.add(images, aspects)
-            scorer.finish()
-            out[method] = scorer.score(left, right)
+        elif method in own:
+            out[method] = own[method].score(left, right)
         else:
             codes = hashing.HASH_FUNCTIONS[method](images)
             out[method] = hashing.hash_similarity(codes[left], codes[right])

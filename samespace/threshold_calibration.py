@@ -137,10 +137,7 @@ def split_pair_scores(
     n = len(images)
     left, right = matching.upper_pairs(0, n, n)
     out = {}
-    for method in methods:
-        scorer = scorers.reference_scorer(method)
-        scorer.add(images, aspects)
-        scorer.finish()
+    for method, scorer in scorers.reference_scorers(methods, images, aspects).items():  # each backbone run once
         out[method] = scorer.score(left, right)
         if extras is not None and isinstance(scorer, scorers.RelativeScorer):
             extras[f"r/{method}"] = scorer.cosine_r

@@ -24,6 +24,7 @@ from samespace import (
     scorers,
     scoring_methods,
     threshold_calibration,
+    verification,
 )
 from samespace.devsets import sample_set
 
@@ -298,3 +299,26 @@ def test_default_thresholds_reproduce_on_the_sample_set(calibration_root: Path) 
         round(threshold_calibration.f1_at(scores["relative"], labels, default).f1, 4),
         *groups,
     ) == (0.2441, 0.9506, 0.9412, 0.9651, 0.9227)
+
+
+def test_reference_scorers_run_each_backbone_once_and_score_as_each_scorer_alone(
+        test_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = labelling.find_images(test_dir)[:8]
+    images, aspects, _, _ = decoding.decode_images(paths, progress=False)
+    left, right = matching.upper_pairs(0, len(images), len(images))
+    methods = ["whash", "cosine", "relative", "verified", "calibrated"]
+    alone = {}
+    for method in methods:
+        scorer = scorers.reference_scorer(method)
+        scorer.add(images, aspects)
+        scorer.finish()
+        alone[method] = scorer.score(left, right)
+    passes, sifts = [], []
+    original, original_sift = scorers.pooled_features, verification.local_features
+    monkeypatch.setattr(scorers, "pooled_features", lambda *a, **k: passes.append(1) or original(*a, **k))
+    monkeypatch.setattr(verification, "local_features", lambda *a, **k: sifts.append(1) or original_sift(*a, **k))
+    shared = scorers.reference_scorers(methods, images, aspects)
+    assert list(shared) == methods
+    assert len(passes) == 2 and len(sifts) == len(images)  # cosine's average pooling, and one GeM for the rest
+    for method in methods:
+        np.testing.assert_array_equal(shared[method].score(left, right), alone[method], err_msg=method)
