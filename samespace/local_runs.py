@@ -205,8 +205,8 @@ def record_error(message: str, environ: Mapping[str, str] | None = None) -> bool
     error that only it meets reaches the user there. False when there is no such file or it cannot be written."""
     environ = os.environ if environ is None else environ
     path = environ.get("TORCHELASTIC_ERROR_FILE")
-    if not path:
-        return False
+    if not path or (os.path.lexists(path) and not _is_error_record(Path(path))):
+        return False  # a file that is not torchrun's error record (a variable set by hand) is never replaced
     # The layout of torch's ErrorHandler.record_exception without a traceback: the summary shows the message itself
     record = {"message": {"message": message, "extraInfo": {"timestamp": str(int(time.time()))}}}
     try:
@@ -214,6 +214,17 @@ def record_error(message: str, environ: Mapping[str, str] | None = None) -> bool
     except (OSError, outputs.OutputError):
         return False
     return True
+
+
+def _is_error_record(path: Path) -> bool:
+    """Whether ``path`` is a small JSON file with torch's error-record key (``message``)."""
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > 1 << 20:
+            return False
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "message" in record
 
 
 def inside_code(folder: Path) -> bool:

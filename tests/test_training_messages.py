@@ -240,6 +240,16 @@ def test_a_rank_without_torchruns_error_file_prints_its_error(tmp_path: Path, mo
     monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(tmp_path / "missing-folder" / "error.json"))  # unwritable
     assert model_def.main(["--data-dir", str(tmp_path), "--batches", "1", "--hparam", "alpha=2"]) == 2
     assert capsys.readouterr().err == HPARAM_ERROR + "\n"
+    # The variable set by hand to a file that is not an error record: the file is kept, the error printed
+    for name, content in (("photo.jpg", b"\xff\xd8 a photo"), ("a.json", b"null"), ("b.json", b"[1, 2]"),
+                          ("c.json", b'"message"')):
+        target = tmp_path / name
+        target.write_bytes(content)
+        monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(target))
+        before = target.read_bytes()
+        assert model_def.main(["--data-dir", str(tmp_path), "--batches", "1", "--hparam", "alpha=2"]) == 2
+        assert capsys.readouterr().err == HPARAM_ERROR + "\n"
+        assert target.read_bytes() == before
 
 
 # model_def.main under torchrun, each rank waiting for the other before it exits: torchrun stops the other workers
