@@ -256,7 +256,8 @@ def _accuracy(logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
 
 
 class _ArgumentParser(cli.ArgumentParser):
-    """cli.ArgumentParser whose usage errors, like main's, only the chief of several processes prints."""
+    """cli.ArgumentParser whose usage errors, like main's, only the chief of several processes prints (each rank
+    leaves its own in torchrun's error file: local_runs.record_error)."""
 
     def error(self, message: str) -> NoReturn:
         recorded = local_runs.record_error(f"{self.prog}: error: {message}")

@@ -491,4 +491,3 @@ def reference_scorers(methods: Sequence[str], images: np.ndarray, aspects: np.nd
             scorer.add_embeddings({name: fields[name] for name in scorer.fields})
         scorer.finish()
     return built
-
