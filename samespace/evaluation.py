@@ -37,6 +37,7 @@ from samespace import (
     outputs,
     pair_sampling,
     preprocess,
+    reference_scoring,
     scorers,
     scoring_methods,
     threshold_calibration,
@@ -116,8 +117,8 @@ def unique_scores(
     aspect ratios (decoding.decode_images; square when not given)."""
     out: dict[str, np.ndarray] = {}
     # Their own backbone (Lite0, GeM), run once for all of them; the split is the collection
-    own = scorers.reference_scorers([m for m in methods if m in ("relative", "verified", "calibrated")], images,
-                                    aspects, device=device)
+    own = reference_scoring.reference_scorers([m for m in methods if m in ("relative", "verified", "calibrated")],
+                                              images, aspects, device=device, progress=progress)
     for method in tqdm(methods, desc=f"score {len(left):,} pairs", unit="method", disable=not progress):
         if method == "model":
             first, second = model_scorer.model_projections(model, pooled, device)

@@ -464,30 +464,3 @@ def reference_scorer(
         kind = {"cosine": CosineScorer, "relative": RelativeScorer, "verified": VerifiedScorer}[method]
         return kind(extractor, batch_size=batch_size, device=device)
     raise ValueError(f"not a reference method: {method!r} (choose from {scoring_methods.REFERENCE_METHODS})")
-
-
-def reference_scorers(methods: Sequence[str], images: np.ndarray, aspects: np.ndarray | None = None,
-                      device: str = "cpu") -> dict[str, PairScorer]:
-    """Finished scorers (:func:`reference_scorer`) of several methods on one collection of decoded images, each
-    backbone run once: relative, verified and calibrated (one GeM Lite0 backbone) share its vectors, and verified
-    and calibrated the keypoints. The scores are those of each scorer fed on its own.
-
-    >>> images = np.zeros((2, 256, 256, 3), np.uint8)
-    >>> sorted(reference_scorers(["whash", "relative"], images))
-    ['relative', 'whash']
-    """
-    built = {method: reference_scorer(method, device=device) for method in methods}
-    embedded: dict[str, dict[str, np.ndarray]] = {}  # backbone fingerprint -> the fields computed with it
-    # Scorers with the most fields first, so that theirs serve the others
-    for scorer in sorted(built.values(), key=lambda s: -len(s.fields)):
-        backbone = scorer.backbone() if isinstance(scorer, CosineScorer) else None
-        if backbone is None or not hasattr(backbone, "fingerprint"):
-            scorer.add(images, aspects)
-        else:
-            identity = backbone.fingerprint()
-            fields = embedded.get(identity)
-            if fields is None or not set(scorer.fields) <= set(fields):
-                fields = embedded[identity] = scorer.embed(images, aspects)
-            scorer.add_embeddings({name: fields[name] for name in scorer.fields})
-        scorer.finish()
-    return built

@@ -129,7 +129,7 @@ def split_pair_scores(
     given, receives ``r/<method>`` and ``r_augmented/<method>``: each image's neighbourhood similarity among the
     original and the augmented vectors, for the relative and verified methods.
     """
-    from samespace import matching, scorers
+    from samespace import matching, reference_scoring, scorers
 
     paths = labelling.find_images(split_dir)
     images, aspects, kept, _ = decoding.decode_images(paths, progress=False)
@@ -137,7 +137,7 @@ def split_pair_scores(
     n = len(images)
     left, right = matching.upper_pairs(0, n, n)
     out = {}
-    for method, scorer in scorers.reference_scorers(methods, images, aspects).items():  # each backbone run once
+    for method, scorer in reference_scoring.reference_scorers(methods, images, aspects).items():  # backbones run once
         out[method] = scorer.score(left, right)
         if extras is not None and isinstance(scorer, scorers.RelativeScorer):
             extras[f"r/{method}"] = scorer.cosine_r

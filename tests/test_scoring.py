@@ -21,6 +21,7 @@ from samespace import (
     matching,
     model_scorer,
     preprocess,
+    reference_scoring,
     scorers,
     scoring_methods,
     threshold_calibration,
@@ -317,8 +318,8 @@ def test_reference_scorers_run_each_backbone_once_and_score_as_each_scorer_alone
     original, original_sift = scorers.pooled_features, verification.local_features
     monkeypatch.setattr(scorers, "pooled_features", lambda *a, **k: passes.append(1) or original(*a, **k))
     monkeypatch.setattr(verification, "local_features", lambda *a, **k: sifts.append(1) or original_sift(*a, **k))
-    shared = scorers.reference_scorers(methods, images, aspects)
+    shared = reference_scoring.reference_scorers(methods, images, aspects, batch_size=3)  # batches of 3, 3 and 2
     assert list(shared) == methods
-    assert len(passes) == 2 and len(sifts) == len(images)  # cosine's average pooling, and one GeM for the rest
+    assert len(passes) == 2 * 3 and len(sifts) == len(images)  # per batch cosine's average pooling and one GeM
     for method in methods:
         np.testing.assert_array_equal(shared[method].score(left, right), alone[method], err_msg=method)
