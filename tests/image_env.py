@@ -31,26 +31,30 @@ PROVIDED = ("torch", "torchvision", "determined")
 
 
 def closure(roots: Iterable[str], exclude: Iterable[str] = ()) -> dict[str, metadata.Distribution]:
-    """The installed distributions `roots` need, transitively (markers evaluated here, no extras).
+    """The installed distributions `roots` need, transitively (markers evaluated here).
 
-    A name in `exclude` is left out together with what only it needs.
+    A requirement's extras are followed (torch needs `cuda-toolkit[cublas,...]`, whose extras name the CUDA
+    libraries; an image holds them, so pip must find them installed). A name in `exclude` is left out together
+    with what only it needs.
     """
     skip = {canonicalize_name(n) for n in exclude}
     found: dict[str, metadata.Distribution] = {}
-    stack = [canonicalize_name(n) for n in roots]
+    followed: set[tuple[str, str]] = set()  # (distribution, extra) pairs already expanded; "" is no extra
+    stack = [(canonicalize_name(n), "") for n in roots]
     while stack:
-        name = stack.pop()
-        if name in found or name in skip:
+        name, extra = stack.pop()
+        if (name, extra) in followed or name in skip:
             continue
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue  # an optional dependency this environment does not have
-        found[name] = dist
-        for spec in dist.requires or []:
+        followed.add((name, extra))
+        if name not in found:
+            try:
+                found[name] = metadata.distribution(name)
+            except metadata.PackageNotFoundError:
+                continue  # an optional dependency this environment does not have
+        for spec in found[name].requires or []:
             req = Requirement(spec)
-            if req.marker is None or req.marker.evaluate({"extra": ""}):
-                stack.append(canonicalize_name(req.name))
+            if req.marker is None or req.marker.evaluate({"extra": extra}):
+                stack += [(canonicalize_name(req.name), e) for e in ("", *sorted(req.extras))]
     return found
 
 
