@@ -182,6 +182,23 @@ def test_feature_cache_file_is_reused_and_keyed_by_content(tmp_path: Path, train
 
 
 @pytest.mark.parametrize("backbone", backbones.BACKBONES)
+def test_on_a_cpu_the_body_runs_a_few_images_at_a_time_with_the_features_of_one_pass(backbone: str) -> None:
+    torch.manual_seed(0)
+    extractor = backbones.build_feature_extractor(backbone, "none")
+    x = preprocess.to_model_input(np.random.default_rng(0).integers(0, 256, (11, 64, 64, 3), dtype=np.uint8))
+    passes: list[int] = []
+    extractor.body.register_forward_hook(lambda module, args, output: passes.append(len(args[0])))
+    assert backbones.CPU_CHUNK == 4
+    chunked = extractor(x)
+    assert passes == [4, 4, 3]
+    passes.clear()
+    extractor.cpu_chunk = len(x)
+    one_pass = extractor(x)
+    assert passes == [11]
+    torch.testing.assert_close(chunked, one_pass, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backbone", backbones.BACKBONES)
 def test_the_extractor_normalises_its_input_for_its_own_weights(backbone: str) -> None:
     """Every caller hands the backbone [0, 1] images; it applies its own mean / std (preprocess.INPUT_NORMALISATION)."""
     torch.manual_seed(0)
