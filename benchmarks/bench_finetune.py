@@ -172,14 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     start = time.perf_counter()
     split_dir = args.data_dir / "Training Data"
-    shipped = calibrated_fit.embed_split(split_dir, "real")  # shipped vectors, SIFT keypoints, labels
     paths = labelling.find_images(split_dir)
-    if len(paths) != len(shipped.labels):
+    images, aspects, kept, _ = decoding.decode_images(paths, progress=False)
+    if len(kept) != len(paths):
         raise SystemExit("some training photos could not be decoded: rebuild the set")
+    # the shipped vectors, SIFT keypoints and labels, from the photos decoded once for both
+    shipped = calibrated_fit.embed_decoded(images, aspects, labelling.group_ids(paths, split_dir), "real")
     shot_of = {r["path"]: r["shot"] for r in csv.DictReader((args.data_dir / "manifest.csv").open())}
     shots = np.array([shot_of[p.relative_to(args.data_dir).as_posix()] for p in paths])
     labels = shipped.labels
-    images = np.stack([decoding.load_image(p) for p in paths])
     names = np.unique(labels)
     np.random.default_rng(args.seed).shuffle(names)
     fold_of = np.isin(labels, names[: len(names) // 2]).astype(int)  # 1: the first half of the places

@@ -46,16 +46,21 @@ class SplitFeatures:
 
 def embed_split(split_dir: Path, name: str) -> SplitFeatures:
     """Decode and embed every photo of a labelled split as the calibrated method does."""
-    from samespace import scorers
-
     paths = labelling.find_images(split_dir)
     images, aspects, kept, _ = decoding.decode_images(paths, progress=False)
+    return embed_decoded(images, aspects, labelling.group_ids([paths[k] for k in kept], split_dir), name)
+
+
+def embed_decoded(images: np.ndarray, aspects: np.ndarray, labels: np.ndarray, name: str) -> SplitFeatures:
+    """Embed one split's decoded photos (:func:`decoding.decode_images`), whose places are ``labels``, as the
+    calibrated method does."""
+    from samespace import scorers
+
     scorer = scorers.reference_scorer("verified")  # the same embeddings: GeM Lite0 vectors and keypoints
     scorer.add(images, aspects)
     scorer.finish()
     assert isinstance(scorer, scorers.VerifiedScorer)
-    return SplitFeatures(name, scorer.vectors, scorer.keypoints,
-                         labelling.group_ids([paths[k] for k in kept], split_dir))
+    return SplitFeatures(name, scorer.vectors, scorer.keypoints, labels)
 
 
 def background_of(splits: Sequence[SplitFeatures]) -> tuple[np.ndarray, list[str]]:
