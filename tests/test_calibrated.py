@@ -350,7 +350,7 @@ def test_unrelated_photos_move_no_score(copies: Path, test_dir: Path, tmp_path: 
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("SAMESPACE_LONG_TESTS"), reason="about 6 minutes on 2 cores: set "
+@pytest.mark.skipif(not os.environ.get("SAMESPACE_LONG_TESTS"), reason="about 16 minutes on 2 cores: set "
                     "SAMESPACE_LONG_TESTS=1 (the 96-photo test above checks the same in the suite)")
 def test_a_thousand_unrelated_photos_change_no_group(test_dir: Path, tmp_path: Path) -> None:
     """The generated Test Data (seed 0) beside 1,000-odd photos of other generated rooms (seed 1): the groups of
