@@ -202,10 +202,10 @@ def test_embeddings_never_rewrites_its_input(photos: Path, tmp_path: Path, capsy
 @pytest.mark.slow
 def test_stdout_into_a_pipe_is_written_not_read(photos: Path) -> None:
     # One process (torch loads once) runs find_duplicates.py's main with each spelling of standard output.
-    runs = "; ".join(f"find_duplicates.main([{str(photos)!r}, *{FAST!r}, '--no-cache', '--json', {name!r}])"
+    runs = ", ".join(f"find_duplicates.main([{str(photos)!r}, *{FAST!r}, '--no-cache', '--json', {name!r}])"
                      for name in ("/dev/stdout", "-"))
-    run = subprocess.run([sys.executable, "-c", f"import find_duplicates; {runs}"], capture_output=True, timeout=120,
-                         cwd=REPO)
+    run = subprocess.run([sys.executable, "-c", f"import sys, find_duplicates; sys.exit(max([{runs}]))"],
+                         capture_output=True, timeout=120, cwd=REPO)
     assert run.returncode == 0, run.stderr.decode()
     decoder, text, documents = json.JSONDecoder(), run.stdout.decode(), []
     while text.strip():  # stdout holds the two documents alone; the summaries went to stderr
