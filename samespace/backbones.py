@@ -33,7 +33,7 @@ PRECISIONS = scoring_methods.PRECISIONS
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # On a CPU the body runs over this many images at a time, whatever batch the caller hands it: the activations of a
 # few 256-px images stay in the CPU's caches, those of 64 do not, and the elementwise layers (BatchNorm, activations,
-# padding) then wait on memory. 2-3x faster on 2 cores with the same features (benchmarks/bench_extraction.py).
+# padding) then wait on memory. 2.1-2.4x faster on 2 cores, the same features (benchmarks/bench_extraction.py).
 # A GPU takes the whole batch.
 CPU_CHUNK = 4
 
