@@ -278,6 +278,7 @@ DEP5 = """Format: https://www.debian.org/doc/packaging-manuals/copyright-format/
 
 Files: *
 Copyright: 2020 The packagers
+           2021 Community contributors
 License: CC-BY-SA-3.0
 
 Files: a.png
@@ -347,7 +348,8 @@ def test_debian_copyright_licence_takes_the_last_matching_paragraph(tmp_path: Pa
     licence = photo_sources.debian_copyright_licence
     assert licence(tmp_path, "usr/share/backgrounds/a.png") == "CC0, 2019 A Photographer"
     assert licence(tmp_path, "usr/share/backgrounds/b_by_someone.png") == "CC0, 2019 A Photographer"
-    assert licence(tmp_path, "usr/share/backgrounds/c.png") == "CC-BY-SA-3.0, 2020 The packagers"
+    everyone = "CC-BY-SA-3.0, 2020 The packagers; 2021 Community contributors"  # Files: *, every holder
+    assert licence(tmp_path, "usr/share/backgrounds/c.png") == everyone
     assert licence(tmp_path / "usr", "a.png") is None  # no copyright file
 
 

@@ -133,7 +133,7 @@ def debian_copyright_licence(root: Path, shot: str) -> str | None:
 
     The last ``Files:`` paragraph whose patterns match the photo's name wins, as DEP-5 says; patterns name files
     of the source tree, whose wallpapers are installed under their own names, so the name is matched as well as
-    the installed path. ``"<licence>, <copyright>"``, or None when no paragraph names the photo.
+    the installed path. ``"<licence>, <copyright holders>"``, or None when no paragraph names the photo.
     """
     name, found = PurePosixPath(shot).name, None
     for copyright_file in sorted(root.glob("usr/share/doc/*/copyright")):
@@ -149,8 +149,8 @@ def debian_copyright_licence(root: Path, shot: str) -> str | None:
                     fields[key] = [value.strip()]
             patterns = " ".join(fields.get("Files", [])).split()
             if any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(shot, p) for p in patterns):
-                owner = fields.get("Copyright", [""])[0]
-                found = ", ".join(part for part in (fields.get("License", [""])[0], owner) if part)
+                owners = "; ".join(line for line in fields.get("Copyright", []) if line)  # one holder a line
+                found = ", ".join(part for part in (fields.get("License", [""])[0], owners) if part)
     return found
 
 
