@@ -5,18 +5,21 @@
     python benchmarks/bench_neighbours.py report --results FILE         # targets from saved scale results
     python benchmarks/bench_neighbours.py diagnose [--n 250000]         # where planted pairs are lost
 
-No photos: embeddings are drawn to look like L2-normalised pooled CNN features (see :func:`synthetic`), with
-planted duplicate groups. ``scale`` runs each size in its own process (so peak RSS is its own) and times
-what find_duplicates does after embedding, by default for its default method (relative): one candidate
-search (matching.candidate_search: approximate neighbours.knn, whose first K neighbours also give the relative
-scorer's r), scoring the candidate pairs and keeping those at the method's default threshold
-(scoring_methods.DEFAULT_THRESHOLDS), and grouping (grouping.linked_groups, as find_duplicates.py). ``--method cosine``
-measures the cosine method instead. With ``--results`` each size's figures are appended to a JSON-lines file, so
-sizes can run one per command (each under ``flock /tmp/samespace-heavy.lock`` on a shared machine) and ``report``
-prints the targets from the file (each size's fastest run; ``--repeat R`` alternates the sizes R times, so a
-slow spell of the machine falls on both). ``diagnose`` searches the members of a sample of planted groups
-exactly, in the projection, through the HNSW graph (also seeded at the query's own node) and through an
-inverted file, and prints the share of the planted pairs each finds.
+No photos: embeddings are drawn to look like L2-normalised pooled CNN features (see :func:`synthetic`), with planted
+duplicate groups. ``scale`` runs each size in its own process (so peak RSS is its own) and times what
+find_duplicates does after embedding, by default for the relative method: one candidate search
+(matching.candidate_search: approximate neighbours.knn, whose first K neighbours also give the relative scorer's r),
+scoring the candidate pairs and keeping those at the method's default threshold
+(scoring_methods.DEFAULT_THRESHOLDS), and grouping (grouping.linked_groups, as find_duplicates.py).
+``--method cosine`` measures the cosine method instead. The default method, calibrated, is not measured here: it
+verifies pairs with SIFT keypoints, which synthetic vectors do not have (its cost at a million photos:
+docs/scale.md). With ``--results`` each size's figures are appended to a JSON-lines file, so sizes can run one
+per command (each under ``flock /tmp/samespace-heavy.lock`` on a shared machine) and ``report`` prints the targets
+from the file (each size's fastest run; ``--repeat R`` alternates the sizes R times, so a slow spell of the machine
+falls on both).
+``diagnose`` searches the members of a sample of planted groups exactly, in the projection, through the HNSW graph
+(also seeded at the query's own node) and through an inverted file, and prints the share of the planted pairs each
+finds.
 
 Targets (PASS/FAIL): recall of the true top-20 >= 0.99 at 100,000 vectors; at 1,000,000: <= 15 min and
 <= 8 GB peak RSS, >= 99% of the planted duplicate pairs (at or above the threshold) found;
@@ -51,7 +54,7 @@ GROWTH_TOLERANCE = 1.3
 METHODS = (
     "relative",
     "cosine",
-)  # find_duplicates' default method first; thresholds: scoring_methods.DEFAULT_THRESHOLDS
+)  # the vector-only methods, scale's default first; thresholds: scoring_methods.DEFAULT_THRESHOLDS
 # diagnose scores sampled rows only, so it cannot follow the relative method's augmentation (neighbours of
 # neighbours): it uses plain local scaling at that score's threshold, as its figures always have.
 PLAIN_RELATIVE_THRESHOLD = 0.2251
