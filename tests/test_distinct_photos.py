@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import http.client
 import io
 import subprocess
 import tarfile
@@ -340,6 +341,21 @@ def test_fetch_ubuntu_downloads_checks_and_unpacks_the_pinned_deb(monkeypatch: p
     with pytest.raises(photo_sources.RealPhotosError, match="over 4096 bytes, not the pinned package"):
         fetching.fetch(dataclasses.replace(source, places=places[:0]), tmp_path / "cache", distinct.KEPT)
     assert sorted(p.name for p in (tmp_path / "cache" / "debs").iterdir()) == ["photos-focal_1.0_all.deb"]
+
+
+def test_ubuntu_download_cut_off_names_the_package_and_keeps_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    class CutOff(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            raise http.client.IncompleteRead(b"partial")
+
+    monkeypatch.setattr(fetching.urllib.request, "urlopen", lambda url, timeout: CutOff())
+    places = (photo_sources.Place("a", ("usr/share/backgrounds/a.png",), "objects"),)
+    source = photo_sources.Source("photos-focal", "ubuntu", "photos-focal", "1.0", "per photo", labelling.SPLITS[1],
+                                  places, archive=UBUNTU_DEB, sha256="c" * 64)
+    with pytest.raises(photo_sources.RealPhotosError, match=r"cannot download photos-focal=1.0 from http://archive"):
+        fetching.fetch(source, tmp_path / "cache", distinct.KEPT)
+    assert list((tmp_path / "cache" / "debs").iterdir()) == []
 
 
 def test_debian_copyright_licence_takes_the_last_matching_paragraph(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ Ubuntu's archive, checked against their sha256, unpacked the same way), pinned n
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import logging
 import os
@@ -186,7 +187,7 @@ def ubuntu_package(source: photo_sources.Source, debs: Path) -> Path:
                 if size > MAX_DOWNLOAD:
                     raise photo_sources.RealPhotosError(f"{url}: over {MAX_DOWNLOAD} bytes, not the pinned package")
                 out.write(block)
-    except OSError as exc:  # urllib's URLError and HTTPError are OSErrors
+    except (OSError, http.client.HTTPException) as exc:  # URLError, HTTPError, timeouts; a cut-off answer
         partial.unlink(missing_ok=True)
         raise photo_sources.RealPhotosError(
             f"cannot download {source.package}={source.version} from {url} ({exc}). It needs access to Ubuntu's "
