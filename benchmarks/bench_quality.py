@@ -3,15 +3,16 @@
     python benchmarks/bench_quality.py --dataset sample            # generated sample set (written to a temp dir)
     python benchmarks/bench_quality.py --dataset real --data-dir data/real   # samespace devset build data/real
 
-For the dataset: trains the published recipe (const.yaml with backbone=efficientnet_lite0, as the issue
-measured) and the improved recipe (improved.yaml) on its Training Data, then on its Test Data prints, for
-every unique pair: ROC-AUC, AP and best F1 of both models, wHash, pHash and cosine (evaluation.evaluate),
-the relative method (cosine with local scaling, find_duplicates.py's default: local_scaling.py), the verified
-method (relative plus spatial verification of nearest neighbours: verification.py),
-AP on the different-shot pairs (real set: positives that are genuinely different shots, every negative),
-and the F1 at the threshold find_duplicates.py would use by default. Then runs find_duplicates.py with its
-defaults, and with ``--method verified``, on the Test Data and prints the pairwise precision / recall / F1 of
-its groups (two photos in one group = predicted duplicates). Run it under the shared CPU lock:
+For the dataset: trains the published recipe (const.yaml with backbone=efficientnet_lite0, whose ImageNet
+weights install offline) and the improved recipe (improved.yaml) on its Training Data, then on its Test Data
+prints, for every unique pair: ROC-AUC, AP and best F1 of both models, wHash, pHash and cosine
+(evaluation.evaluate), the relative method (cosine with local scaling: local_scaling.py), the verified method
+(relative plus spatial verification of nearest neighbours: verification.py), the calibrated method
+(find_duplicates.py's default: calibrated_score.py), AP on the different-shot pairs (real set: positives that
+are genuinely different shots, every negative), and the F1 at the threshold find_duplicates.py would use by
+default. Then runs find_duplicates.py with its defaults, and with ``--method verified``, on the Test Data and
+prints the pairwise precision / recall / F1 of its groups (two photos in one group = predicted duplicates).
+Run it under the shared CPU lock:
 ``flock /tmp/samespace-heavy.lock ...``.
 """
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=("sample", "real"), required=True)
     parser.add_argument("--data-dir", type=Path, help="set root with Training Data/ and Test Data/ "
                         "(default: sample -> generated seed 0; real -> data/real)")
-    parser.add_argument("--epochs-published", type=int, default=3, help="as the issue measured (default 3)")
+    parser.add_argument("--epochs-published", type=int, default=3, help="epochs of the published recipe (default 3)")
     parser.add_argument("--epochs-improved", type=int, default=None, help="default: improved.yaml's entrypoint")
     parser.add_argument("--recipes", nargs="+", choices=tuple(RECIPES), default=list(RECIPES))
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
