@@ -14,6 +14,8 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
+from samespace import image_formats
+
 IMAGE_SIZE = 256
 
 class UnreadableImageError(ValueError):
@@ -100,6 +102,7 @@ def open_image(path: str | Path, content: bytes) -> ImageFile.ImageFile:
     the other decoding threads. So this tries PIL's registered format plugins itself, in Image.open's order,
     and applies this module's limits instead. Raises ``PIL.UnidentifiedImageError`` when no format matches.
     """
+    image_formats.enable_heif()
     fp = io.BytesIO(content)
     prefix = content[:16]
     Image.preinit()

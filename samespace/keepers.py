@@ -19,6 +19,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from samespace import image_formats
+
 RULES = ("resolution", "largest", "newest", "oldest")
 DEFAULT_RULE = "resolution"
 
@@ -56,6 +58,7 @@ def read_facts(path: str | Path) -> Facts:
         st = os.fstat(f.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file", str(path))
+        image_formats.enable_heif()
         try:
             with Image.open(f) as image:
                 width, height = image.size

@@ -13,6 +13,7 @@ from PIL import Image, ImageFile
 
 from samespace import (
     errors,
+    image_formats,
     labelling,
 )
 
@@ -27,6 +28,7 @@ def readable_extensions() -> frozenset[str]:
     Stub formats (BUFR, GRIB, HDF5, WMF: identified but not decoded without extra plugins) and MPEG (only
     identified) are left out.
     """
+    image_formats.enable_heif()
     Image.init()
     out = set()
     for ext, fmt in Image.registered_extensions().items():
@@ -39,10 +41,22 @@ def readable_extensions() -> frozenset[str]:
     return frozenset(out)
 
 
-# Photo formats a camera or phone writes that PIL may lack a decoder for (e.g. .heic without pillow-heif):
+# Photo formats a camera or phone writes that PIL may lack a decoder for (.heic without pillow-heif, camera raw):
 # such files are listed as skipped with the reason instead of being left out silently.
-PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf",
+PHOTO_EXTENSIONS = frozenset({".heic", ".heif", ".hif", ".avif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf",
                               ".rw2", ".raf", ".jp2", ".webp", ".tif", ".tiff"})
+
+
+def no_decoder_reason(suffix: str) -> str:
+    """Why a photo of a format this installation cannot decode is skipped, and for HEIF what installs its decoder.
+
+    >>> no_decoder_reason(".CR2")
+    'no decoder for .cr2 installed'
+    """
+    suffix = suffix.lower()
+    if suffix in image_formats.HEIF_EXTENSIONS:
+        return f"no decoder for {suffix} installed ({image_formats.HEIF_EXTRA})"
+    return f"no decoder for {suffix} installed"
 
 
 def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | None = None,
@@ -73,7 +87,7 @@ def image_files(folders: Sequence[str | Path], skipped: list[dict[str, str]] | N
         if skipped is not None:
             skipped.extend({"path": str(p), "reason": reason} for p, reason in unreadable)
             skipped.extend(
-                {"path": str(p), "reason": f"no decoder for {p.suffix.lower()} installed (e.g. pillow-heif for .heic)"}
+                {"path": str(p), "reason": no_decoder_reason(p.suffix)}
                 for p in files if p.suffix.lower() in undecodable
             )
         files = [p for p in files if p.suffix.lower() not in undecodable]

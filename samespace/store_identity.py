@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 
-from samespace import decoding, hashing
+from samespace import decoding, hashing, image_formats
 
 # --------------------------------------------------------------------------------------------
 # What an embedding depends on
@@ -13,11 +13,15 @@ from samespace import decoding, hashing
 
 
 def decode_identity() -> str:
-    """The decoder's identity: decoding.decode_image's code, the image size and Pillow's version."""
+    """The decoder's identity: decoding.decode_image's code, the image size, Pillow's version and, only where the
+    HEIF plugin is installed, pillow-heif's and libheif's (installing it rebuilds a store once)."""
     from PIL import __version__ as pillow_version
 
-    return _sha(inspect.getsource(decoding.decode_image), inspect.getsource(decoding.to_rgb), str(decoding.IMAGE_SIZE),
-                pillow_version)
+    parts = [inspect.getsource(decoding.decode_image), inspect.getsource(decoding.to_rgb), str(decoding.IMAGE_SIZE),
+             pillow_version]
+    if heif := image_formats.heif_version():
+        parts.append(heif)
+    return _sha(*parts)
 
 
 def preprocessing_identity() -> str:

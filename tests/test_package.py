@@ -90,7 +90,7 @@ def test_version_matches_the_project_metadata() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["version"] == samespace.__version__
     assert project["scripts"] == {"samespace": "samespace.cli:main"}
-    assert set(project["optional-dependencies"]) == {"train", "dev"}
+    assert set(project["optional-dependencies"]) == {"train", "heif", "dev"}
     assert any(r.startswith("determined") for r in project["optional-dependencies"]["train"])
     assert not any(r.startswith(("determined", "kaggle", "pytest")) for r in project["dependencies"])
 
