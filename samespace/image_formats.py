@@ -21,7 +21,7 @@ def enable_heif() -> bool:
     """Register pillow-heif's HEIF opener with Pillow, once per process. True when HEIF photos decode here."""
     try:
         import pillow_heif
-    except (ImportError, OSError):  # not installed, or its libheif fails to load: HEIF photos are skipped, no other
+    except (ImportError, OSError):  # absent, or its libheif fails to load: HEIF skipped, the rest decode
         return False
     pillow_heif.register_heif_opener()
     return True
