@@ -90,7 +90,9 @@ def build_parser(prog: str = "find_duplicates.py") -> argparse.ArgumentParser:
             f"Exit status: 0 on success, {cli.EXIT_ERROR} on an error (no images, bad options).", width=100
         ) + "\n\n" + EXAMPLES,
     )
-    parser.add_argument("folders", nargs="*", metavar="PHOTOS_DIR", help="folders searched recursively")
+    parser.add_argument("folders", nargs="*", metavar="PHOTOS_DIR",
+                        help="folders searched recursively for every image format Pillow reads (HEIC: pip install "
+                        "'samespace[heif]')")
     how = parser.add_mutually_exclusive_group()
     how.add_argument("--checkpoint", metavar="DIR", help="score pairs with this trained model checkpoint")
     how.add_argument(
