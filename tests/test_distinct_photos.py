@@ -54,7 +54,7 @@ def two_sources(tmp_path: Path) -> list[photo_sources.Source]:
 
 def test_shipped_tables_one_photo_per_place() -> None:
     sources, dropped = distinct.load_tables()
-    assert sum(len(s.places) for s in sources) == 1050
+    assert sum(len(s.places) for s in sources) == 1049
     assert sum(len(s.places) for s in sources if s.kind == "ubuntu") == 433
     for source in sources:
         assert source.kind in ("deb", "ubuntu", "npm", "pypi") and source.version and source.licence
