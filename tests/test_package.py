@@ -64,6 +64,26 @@ def test_the_package_never_imports_the_root_trial_files() -> None:
     assert found == []
 
 
+def _vermin(target: str, *paths: Path) -> subprocess.CompletedProcess[str]:
+    run_vermin = "import sys; from vermin import main; sys.exit(main())"  # vermin has no __main__ module
+    return subprocess.run([sys.executable, "-c", run_vermin, f"--target={target}-", "--violations", "--no-tips",
+                           *map(str, paths)], capture_output=True, text=True, timeout=300, check=False)
+
+
+def test_the_shipped_code_runs_on_the_oldest_supported_python(tmp_path: Path) -> None:
+    """The package and the root files use no syntax, module, member or argument newer than ``requires-python``:
+    the suite runs on a later Python than a cluster image's (3.10), so only this reads them for it (vermin)."""
+    requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
+    oldest = re.fullmatch(r">=(3\.\d+)", requires).group(1)
+    assert oldest == "3.10"
+    newer = tmp_path / "newer.py"  # the check itself finds what the oldest Python lacks
+    newer.write_text("import tomllib\nfrom datetime import UTC\n")
+    flagged = _vermin(oldest, newer)
+    assert flagged.returncode != 0 and "'tomllib' module requires !2, 3.11" in flagged.stdout, flagged.stdout
+    shipped = _vermin(oldest, PACKAGE, *REPO.glob("*.py"))
+    assert shipped.returncode == 0, shipped.stdout + shipped.stderr
+    assert f"Minimum required versions: {oldest}" in shipped.stdout
+
 def test_help_and_version_load_no_model_code() -> None:
     """`samespace --help` and every subcommand's --help run with torch and Determined unimportable."""
     code = ("import sys; sys.modules['torch'] = sys.modules['determined'] = None; from samespace.cli import main\n"
