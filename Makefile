@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 
 REAL := data/real
 
-.PHONY: demo test check bench default-model browser gpu-kit
+.PHONY: demo test check test-python bench default-model browser gpu-kit
 demo: $(VENV)/.installed
 	mkdir -p $(DEMO)
 	$(PY) model_def.py --sample-data $(SAMPLE) --config improved.yaml \
@@ -49,6 +49,18 @@ test: $(VENV)/.installed browser
 check: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "not slow"
+
+# The suite on another Python, e.g. a cluster image's 3.10: `make test-python PYTHON=python3.10`. It installs the
+# package's ranges (pip picks releases for that Python), not requirements-dev.txt's pins, which need 3.11 or later.
+PYTHON ?= python3
+OTHER_VENV := .venv-python
+test-python: browser
+	rm -rf $(OTHER_VENV)
+	$(PYTHON) -m venv $(OTHER_VENV)
+	$(OTHER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(OTHER_VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	$(OTHER_VENV)/bin/python -m ruff check .
+	$(OTHER_VENV)/bin/python -m pytest -q
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/bench_pairs.py

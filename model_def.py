@@ -345,6 +345,8 @@ def _main(argv: Sequence[str]) -> int:
     local_runs.check_inputs(args, args.sample_data or args.data_dir)
     if args.checkpoint_dir is not None:
         local_runs.check_checkpoint_dir(args.checkpoint_dir)
+    if not plan.on_cluster:
+        local_runs.check_code_size()
     distributed = None if plan.on_cluster else local_runs.local_distributed()
     if plan.seed is not None:
         local_runs.seed_everything(plan.seed)  # on a cluster pytorch.init() seeds from the trial seed

@@ -245,6 +245,50 @@ def inside_code(folder: Path) -> bool:
     return True
 
 
+def copied_code_bytes(folder: Path, stop_above: int | None = None) -> dict[str, int]:
+    """Bytes of each top-level entry of ``folder`` that a local checkpoint copies as its code (what .detignore
+    leaves; files through symlinks count), largest first; counting stops once the total passes ``stop_above``."""
+    from determined.common import detignore
+
+    ignored = detignore.make_shutil_ignore(folder)
+    names = os.listdir(folder)
+    sizes: dict[str, int] = {}
+    total = 0
+    for name in sorted(set(names) - ignored(str(folder), names)):
+        size = 0
+        walk = os.walk(folder / name) if (folder / name).is_dir() else [(str(folder), [], [name])]
+        for parent, dirnames, filenames in walk:
+            skip = ignored(parent, dirnames + filenames)
+            dirnames[:] = [d for d in dirnames if d not in skip]
+            for file in filenames:
+                if file not in skip:
+                    with contextlib.suppress(OSError):  # a dangling link or a file gone meanwhile copies nothing
+                        size += os.stat(os.path.join(parent, file)).st_size
+            if stop_above is not None and total + size > stop_above:
+                break
+        sizes[name], total = size, total + size
+        if stop_above is not None and total > stop_above:
+            break
+    return dict(sorted(sizes.items(), key=lambda item: -item[1]))
+
+
+def check_code_size(folder: Path | None = None) -> None:
+    """Refuse a local run when ``folder`` (default: this package's folder) holds more outside .detignore than
+    Determined uploads (95 MB): every local checkpoint copies it as its code, so a virtualenv or a dataset left there
+    costs its size per checkpoint."""
+    from determined.common import constants
+
+    folder = REPO if folder is None else folder
+    limit = constants.MAX_CONTEXT_SIZE
+    sizes = copied_code_bytes(folder, stop_above=limit)
+    if sum(sizes.values()) > limit:
+        largest = ", ".join(f"{name} ({size / 2**20:,.0f} MB)" for name, size in list(sizes.items())[:3] if size)
+        raise run_config.UsageError(
+            f"{folder} holds over {limit / 2**20:.0f} MB that .detignore does not leave out, largest {largest}: every "
+            "local checkpoint copies it as its code, and `det experiment create` sends at most that much; move those "
+            "out of the folder or add them to .detignore")
+
+
 def check_inputs(args: argparse.Namespace, data_dir: Path | None) -> None:
     """Before any work: the data folder's layout and the output folders (one line, exit 2, on a problem).
 

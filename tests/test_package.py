@@ -14,8 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the dev extra brings tomli, tomllib's origin, to Python 3.10
+    import tomli as tomllib
+
 import pytest
-import tomllib
 
 import samespace
 from samespace import cli, tiers
@@ -110,6 +114,9 @@ def test_version_matches_the_project_metadata() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     assert project["version"] == samespace.__version__
     assert project["scripts"] == {"samespace": "samespace.cli:main"}
+    language = "Programming Language :: Python :: "
+    pythons = {c.removeprefix(language) for c in project["classifiers"] if c.startswith(f"{language}3.")}
+    assert pythons == {"3.10", "3.11", "3.12"}  # the supported ones (tests/test_requirements.py, docs/reproduction.md)
     assert set(project["optional-dependencies"]) == {"train", "heif", "dev"}
     assert any(r.startswith("determined") for r in project["optional-dependencies"]["train"])
     assert not any(r.startswith(("determined", "kaggle", "pytest")) for r in project["dependencies"])

@@ -185,6 +185,31 @@ def test_a_cache_dir_that_cannot_be_a_folder_is_refused_up_front(tiny: Path, tmp
     assert not creatable.parent.exists()  # checked, not created
 
 
+def test_a_code_folder_over_the_upload_limit_is_refused_before_training(tiny: Path, tmp_path: Path, capsys,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every local checkpoint copies the model folder less .detignore: a virtualenv or dataset left there is refused
+    up front, as `det experiment create` refuses it, instead of costing its size per checkpoint."""
+    code = tmp_path / "code"
+    (code / "samespace").mkdir(parents=True)
+    (code / "samespace" / "trial.py").write_text("x = 1\n")
+    (code / ".detignore").write_text(".venv*/\ndata/\n")
+    for folder in (".venv-py310", "data", "env"):
+        (code / folder).mkdir()
+        with open(code / folder / "big.bin", "wb") as f:
+            f.truncate(200 * 2**20)  # sparse: no disk used
+    assert local_runs.copied_code_bytes(code) == {"env": 200 * 2**20, "samespace": 6}
+    monkeypatch.setattr(local_runs, "REPO", code)
+    assert model_def.main(["--data-dir", str(tiny), "--batches", "1", "--cache-dir", "none"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {code} holds over 95 MB that .detignore does not leave out, largest env (200 MB): every local "
+        "checkpoint copies it as its code, and `det experiment create` sends at most that much; move those out of the "
+        "folder or add them to .detignore\n")
+    (code / ".detignore").write_text(".venv*/\ndata/\nenv/\n")
+    local_runs.check_code_size(code)  # 6 bytes left
+    monkeypatch.undo()
+    local_runs.check_code_size()  # this repository
+
+
 def test_a_sample_data_file_is_named_by_the_option(tmp_path: Path, capsys) -> None:
     a_file = tmp_path / "notes.md"
     a_file.write_text("a file")
