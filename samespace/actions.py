@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samespace import content_keys, hashing, keepers, outputs, photo_files, trash
+from samespace import content_keys, hashing, interrupts, keepers, outputs, photo_files, trash
 
 MAX_RESULT_BYTES = 256 * 2**20  # a JSON result of a few million pairs; larger is refused unread
 MAX_MANIFEST_BYTES = 256 * 2**20
@@ -381,7 +381,8 @@ class Manifest:
 def apply_plan(plan: Plan, manifest: Manifest, move_to: Path | None, undo_dir: Path,
                report: Callable[[str], None] = print) -> tuple[int, list[str]]:
     """Do each step whose file is unchanged; returns (steps done, refused lines). ``report`` gets a line per
-    step done. The manifest is written before the first step and after each."""
+    step done. The manifest is written before the first step and after each; an interrupt (Ctrl-C, SIGTERM)
+    during a step acts once the step is recorded, so the manifest names every file moved."""
     refused: list[str] = []
     done = 0
     manifest.write()
@@ -390,39 +391,40 @@ def apply_plan(plan: Plan, manifest: Manifest, move_to: Path | None, undo_dir: P
         if why:
             refused.append(_refusal(step.path, why))
             continue
-        if step.action == "trash":
-            line = _trash_step(step, manifest)
-            if line.startswith("refused: "):
-                refused.append(line.removeprefix("refused: "))
-            else:
-                done += 1
-                report(line)
-            continue
-        relative = Path(os.path.abspath(step.path)).relative_to(os.path.abspath(step.folder))
-        try:
-            went = _move_into(step.path, move_to if step.action == "move" else undo_dir, relative, step.sha256)
-        except OSError as exc:
-            refused.append(_refusal(step.path, f"cannot move ({exc.strerror or exc})"))
-            continue
-        record = {"original": os.path.abspath(step.path), "moved_to": os.path.abspath(went), "link": None,
-                  "keeper": os.path.abspath(step.keeper), "sha256": step.sha256, "size": step.size}
-        manifest.steps.append(record)
-        manifest.write()  # recorded before linking: an interrupted run can still be undone
-        if step.action != "move":
-            try:
-                record["link_target"] = _link(step)
-            except OSError as exc:  # put the file back: nothing is lost, nothing half done
-                move_file(went, step.path, step.sha256)
-                manifest.steps.pop()
-                manifest.write()
-                refused.append(_refusal(step.path, f"cannot link ({exc.strerror or exc})"))
+        with interrupts.deferred_interrupts():  # a step done is a step recorded: Ctrl-C waits for the manifest
+            if step.action == "trash":
+                line = _trash_step(step, manifest)
+                if line.startswith("refused: "):
+                    refused.append(line.removeprefix("refused: "))
+                else:
+                    done += 1
+                    report(line)
                 continue
-            record["link"] = step.action
-            manifest.write()
-        done += 1
-        report(f"{step.action} {outputs.printable_name(step.path)} -> "
-               + (outputs.printable_name(str(went)) if step.action == "move"
-                  else outputs.printable_name(step.keeper)))
+            relative = Path(os.path.abspath(step.path)).relative_to(os.path.abspath(step.folder))
+            try:
+                went = _move_into(step.path, move_to if step.action == "move" else undo_dir, relative, step.sha256)
+            except OSError as exc:
+                refused.append(_refusal(step.path, f"cannot move ({exc.strerror or exc})"))
+                continue
+            record = {"original": os.path.abspath(step.path), "moved_to": os.path.abspath(went), "link": None,
+                      "keeper": os.path.abspath(step.keeper), "sha256": step.sha256, "size": step.size}
+            manifest.steps.append(record)
+            manifest.write()  # recorded before linking: an interrupted run can still be undone
+            if step.action != "move":
+                try:
+                    record["link_target"] = _link(step)
+                except OSError as exc:  # put the file back: nothing is lost, nothing half done
+                    move_file(went, step.path, step.sha256)
+                    manifest.steps.pop()
+                    manifest.write()
+                    refused.append(_refusal(step.path, f"cannot link ({exc.strerror or exc})"))
+                    continue
+                record["link"] = step.action
+                manifest.write()
+            done += 1
+            report(f"{step.action} {outputs.printable_name(step.path)} -> "
+                   + (outputs.printable_name(str(went)) if step.action == "move"
+                      else outputs.printable_name(step.keeper)))
     return done, refused
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from samespace import outputs, trash
+from samespace import interrupts, outputs, trash
 from samespace.actions import (
     MANIFEST_FORMAT,
     MAX_MANIFEST_BYTES,
@@ -108,10 +108,11 @@ def undo(path: str | Path, report: Callable[[str], None] = print) -> Undone:
             if sha256_of(moved) != rec["sha256"]:
                 done.refused.append(f"{outputs.printable_name(moved)}: changed since it was moved; not restored")
                 continue
-            if os.path.lexists(orig):
-                os.unlink(orig)  # the link this step made (checked above), never the keeper itself
-            Path(orig).parent.mkdir(parents=True, exist_ok=True)
-            move_file(moved, orig, rec["sha256"])
+            with interrupts.deferred_interrupts():  # never a link removed and its file not yet back
+                if os.path.lexists(orig):
+                    os.unlink(orig)  # the link this step made (checked above), never the keeper itself
+                Path(orig).parent.mkdir(parents=True, exist_ok=True)
+                move_file(moved, orig, rec["sha256"])
         except OSError as exc:
             done.refused.append(f"{name}: cannot restore from {outputs.printable_name(moved)} "
                                 f"({exc.strerror or exc})")

@@ -1,14 +1,17 @@
-"""act and undo: a dry run refuses what --apply refuses, counts read right, undo tidies its folder, and a result
-of ``find --embeddings`` can be acted on."""
+"""act and undo: a dry run refuses what --apply refuses, counts read right, undo tidies its folder, a result
+of ``find --embeddings`` can be acted on, and an interrupt never leaves a moved file out of the manifest."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
 from test_actions import checksums, run_find, write_scene
 
+from samespace import actions, cli, interrupts, undoing
 from samespace.commands import act, find, undo
 
 
@@ -97,3 +100,84 @@ def test_a_result_of_embeddings_names_the_photos_folder_and_can_be_acted_on(
 ])
 def test_the_folders_of_a_stores_photos(paths: list[str], folders: list[str]) -> None:
     assert find.photo_folders(paths) == folders
+
+
+def _interrupt_after_the_first_move(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Press Ctrl-C (a real SIGINT) right after act's first file move, before anything else runs."""
+    real, moved = actions.move_file, []
+
+    def move_then_interrupt(src: str, dst: str, sha: str) -> None:
+        real(src, dst, sha)
+        moved.append(str(dst))
+        if len(moved) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(actions, "move_file", move_then_interrupt)
+    return moved
+
+
+@pytest.mark.parametrize("how", ["--move-to", "--hardlink"])
+def test_ctrl_c_during_a_step_stops_after_it_is_recorded_and_undo_restores_everything(
+        scene: tuple[Path, Path], tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    photos, result = scene
+    before = checksums(photos)
+    manifest = tmp_path / "m.json"
+    moved = _interrupt_after_the_first_move(monkeypatch)
+    where = [how, str(tmp_path / "dups")] if how == "--move-to" else [how]
+    assert cli.main(["act", str(result), *where, "--manifest", str(manifest), "--apply"]) == cli.EXIT_INTERRUPTED
+    assert capsys.readouterr().err.splitlines()[-2:] == [
+        f"stopped after 1 file; undo with: samespace undo {manifest}", "interrupted"]
+    steps = json.loads(manifest.read_text())["steps"]
+    assert [s["moved_to"] for s in steps] == moved  # the one file moved is recorded, and no other moved
+    assert steps[0]["link"] == (None if how == "--move-to" else "hardlink")  # a link step is finished, not cut
+    assert len(set(checksums(photos)) ^ set(before)) == (1 if how == "--move-to" else 0)
+    monkeypatch.undo()
+    assert undo.main([str(manifest)]) == 0
+    assert checksums(photos) == before
+
+
+def test_ctrl_c_during_undo_puts_the_file_of_that_step_back_first(
+        scene: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    photos, result = scene
+    before = checksums(photos)
+    manifest = tmp_path / "m.json"
+    assert act.main([str(result), "--symlink", "--manifest", str(manifest), "--apply"]) == 0
+    real = undoing.move_file
+
+    def interrupt_then_move(src: str, dst: str, sha: str) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # after the step removed its link, before the file is back
+        real(src, dst, sha)
+
+    monkeypatch.setattr(undoing, "move_file", interrupt_then_move)
+    with pytest.raises(KeyboardInterrupt):
+        undo.main([str(manifest)])
+    last = json.loads(manifest.read_text())["steps"][-1]["original"]  # undo goes from the last step back
+    name = Path(last).relative_to(photos).as_posix()
+    assert checksums(photos)[name] == before[name]  # the file, not its link, and not missing
+    monkeypatch.undo()
+    assert undo.main([str(manifest)]) == 0
+    assert checksums(photos) == before
+
+
+def test_held_signals_act_once_each_when_the_block_ends_and_their_handlers_come_back() -> None:
+    came: list[int] = []
+
+    def note(signum: int, frame: object) -> None:
+        came.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, note)
+    try:
+        with interrupts.deferred_interrupts():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert came == []  # nothing acts inside the block
+        assert came == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGTERM) is note
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    with pytest.raises(KeyboardInterrupt), interrupts.deferred_interrupts():
+        os.kill(os.getpid(), signal.SIGINT)
+        came.append(0)  # still runs: Ctrl-C waits for the end of the block
+    assert came == [signal.SIGTERM, 0]

@@ -130,8 +130,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"nothing to do: {counts}")
         return 1 if plan.refused else 0
     manifest = actions.Manifest(manifest_path, os.path.abspath(args.result), action)
-    done, refused = actions.apply_plan(plan, manifest, Path(os.path.abspath(args.move_to)) if args.move_to else None,
-                                       Path(os.path.abspath(undo_dir)))
+    try:
+        done, refused = actions.apply_plan(plan, manifest,
+                                           Path(os.path.abspath(args.move_to)) if args.move_to else None,
+                                           Path(os.path.abspath(undo_dir)))
+    except KeyboardInterrupt:  # between steps: every file moved so far is in the manifest
+        print(f"stopped after {cli.counted(len(manifest.steps), 'file')}; undo with: samespace undo {manifest_path}",
+              file=sys.stderr)
+        raise
     for line in refused:
         print(f"refused: {line}", file=sys.stderr)
     print(f"done: {cli.counted(done, 'file')} ({counts}); undo with: samespace undo {manifest_path}")
