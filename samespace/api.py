@@ -149,12 +149,13 @@ def find_duplicates(
         except store_format.StoreError as exc:
             raise _api_error(exc) from exc
         opened.save_to = Path(store)
-    if against:
-        result = finder.find_against(folders, against, scorer, threshold, batch_size=batch_size, progress=progress,
-                                     store=opened, include_hidden=include_hidden)
-    else:
-        result = finder.find_duplicates(folders, scorer, threshold, batch_size=batch_size, progress=progress,
-                                        store=opened, include_hidden=include_hidden)
+    with find.kept_on_interrupt(opened, Path(store) if store is not None else None):
+        if against:
+            result = finder.find_against(folders, against, scorer, threshold, batch_size=batch_size,
+                                         progress=progress, store=opened, include_hidden=include_hidden)
+        else:
+            result = finder.find_duplicates(folders, scorer, threshold, batch_size=batch_size, progress=progress,
+                                            store=opened, include_hidden=include_hidden)
     if opened is not None:
         opened.save(store)
     return Duplicates.from_result(result)

@@ -135,8 +135,9 @@ def run(args: argparse.Namespace, reporter: Reports, shard: sharding.Shard) -> P
         if shard.is_chief:  # shares differ by at most one photo: the chief's progress is the job's
             reporter.progress(done / max(total, 1))
 
-    part, embedded, skipped = embed_share(paths[start:stop], scorer, known, args.batch_size, report, args.workers,
-                                          args.decode_pool)
+    with find.kept_on_interrupt(known, output):  # each rank's rows (concurrent saves keep every row)
+        part, embedded, skipped = embed_share(paths[start:stop], scorer, known, args.batch_size, report,
+                                              args.workers, args.decode_pool)
     for s in skipped:
         log.warning("skipped %s: %s", s["path"], s["reason"])
     log.info("rank %d: embedded %d of its %d photos, %d skipped", shard.rank, embedded, stop - start, len(skipped))

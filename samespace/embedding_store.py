@@ -40,7 +40,7 @@ from typing import BinaryIO
 import filelock
 import numpy as np
 
-from samespace import content_keys, outputs, store_format
+from samespace import content_keys, interrupts, outputs, store_format
 from samespace.store_rows import RowBlocks
 
 LOCK_NAME = ".samespace-embeddings.lock"  # one per folder: embed.py's part files leave no lock files behind
@@ -149,13 +149,13 @@ class EmbeddingStore:
             if problem:
                 raise store_format.StoreError(f"{self._where()}: cannot add rows: {problem}")
             prepared[name] = rows
-        for name, rows in prepared.items():
-            self._shapes[name] = rows.shape[1:]
-        start = self._data.append(prepared)
-        for i, k in enumerate(new):
-            self._row[keys[k]] = start + i
-            self._fresh_keys.append(keys[k])
-        self.changed = True
+        with interrupts.deferred_interrupts():  # all the rows or none: a store saved on Ctrl-C stays whole
+            self._shapes.update((name, rows.shape[1:]) for name, rows in prepared.items())
+            start = self._data.append(prepared)
+            for i, k in enumerate(new):
+                self._row[keys[k]] = start + i
+                self._fresh_keys.append(keys[k])
+            self.changed = True
 
     def get_field(self, name: str, keys: Sequence[str]) -> np.ndarray:
         """The rows of field ``name`` of ``keys`` (all present), in the order of ``keys``."""

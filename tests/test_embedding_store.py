@@ -1,17 +1,20 @@
 """The embedding store (embedding_store.py) and what find_duplicates.py does with it: --no-cache, --store,
---embeddings, --against."""
+--embeddings, --against, and the rows an interrupted run keeps."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from samespace import cli, embedding_store, scorers, store_format, store_identity
+import samespace
+from samespace import cli, embedding_store, run_memory, scorers, store_format, store_identity
 from samespace.commands import find
 
 
@@ -163,3 +166,54 @@ def test_embeddings_store_alone_groups_without_opening_photos(library: Path, tmp
     assert document["summary"]["embedded"] == 0 and document["summary"]["skipped"] == 0
     assert _groups(document, library.resolve()) == _groups(first, library)
     assert find.main(["--embeddings", str(tmp_path / "missing.npz"), "--method", "phash"]) == cli.EXIT_ERROR
+
+
+def _ctrl_c_after_the_second_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real SIGINT right after the finder adds its second batch of rows to the store."""
+    batches: list[int] = []
+
+    def then_interrupt(store: embedding_store.EmbeddingStore) -> None:
+        batches.append(len(store))
+        if len(batches) == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(run_memory, "save_early", then_interrupt)
+
+
+@pytest.mark.parametrize("how", ["find", "embed", "api"])
+def test_ctrl_c_keeps_the_rows_embedded_so_far_and_the_next_run_goes_on_from_them(
+        library: Path, tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "store.npz"
+    _ctrl_c_after_the_second_batch(monkeypatch)
+    kept = f"kept 8 embeddings in {store}: the next run goes on from them"
+    if how == "api":
+        with pytest.raises(KeyboardInterrupt):
+            samespace.find_duplicates(library, method="phash", batch_size=4, progress=False, store=store)
+        assert capsys.readouterr().err.splitlines()[-1] == kept
+    else:
+        argv = [how, str(library), "--method", "phash", "--batch-size", "4", "--store", str(store)]
+        assert cli.main(argv + (["--no-progress"] if how == "find" else [])) == cli.EXIT_INTERRUPTED
+        assert capsys.readouterr().err.splitlines()[-2:] == [kept, "interrupted"]
+    monkeypatch.undo()
+    reference = _cli([str(library), "--no-cache"], tmp_path, "ref.json")
+    resumed = _cli([str(library), "--store", str(store)], tmp_path)
+    assert resumed["summary"]["from_store"] == 8
+    assert resumed["summary"]["embedded"] == reference["summary"]["images"] - 8
+    assert _groups(resumed, library) == _groups(reference, library)
+
+
+def test_ctrl_c_inside_add_acts_once_every_row_is_added(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = embedding_store.EmbeddingStore("f" * 64, "cosine", {"vectors": "float32"})
+    real = store._data.append
+
+    def interrupt_then_append(fields: dict[str, np.ndarray]) -> int:
+        os.kill(os.getpid(), signal.SIGINT)
+        return real(fields)
+
+    monkeypatch.setattr(store._data, "append", interrupt_then_append)
+    keys = [f"{k:032x}" for k in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        store.add(keys, {"vectors": np.eye(3, 5, dtype=np.float32)})
+    assert len(store) == 3 and store.changed
+    np.testing.assert_array_equal(store.get(keys)["vectors"], np.eye(3, 5, dtype=np.float32))

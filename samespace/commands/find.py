@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import textwrap
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -235,6 +236,19 @@ def save_store(store: embedding_store.EmbeddingStore | None, path: Path | None) 
     return True
 
 
+@contextlib.contextmanager
+def kept_on_interrupt(store: embedding_store.EmbeddingStore | None, path: Path | None) -> Iterator[None]:
+    """On Ctrl-C in the block, save the store's rows embedded so far (save_store), so that the next run goes on
+    from them instead of decoding every photo again; then the interrupt goes on."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if save_store(store, path):
+            print(f"kept {cli.counted(len(store), 'embedding')} in {outputs.printable_name(str(path))}: the next "
+                  "run goes on from them", file=sys.stderr)
+        raise
+
+
 # What each output file is, for the closing lines ("" : its name says it).
 OUTPUT_KINDS = {"json": "", "csv": "", "html": "HTML review page"}
 
@@ -361,7 +375,8 @@ def _run(args: argparse.Namespace) -> int:
     store, store_path = open_store_for(args, scorer)
     if store is not None and not args.embeddings:  # --embeddings is an input: never rewritten
         store.save_to = store_path
-    result = run(args, scorer, threshold, store)
+    with kept_on_interrupt(store, None if args.embeddings else store_path):
+        result = run(args, scorer, threshold, store)
     saved = save_store(store, None if args.embeddings else store_path)  # --embeddings is an input: never rewritten
     saved = saved or (store is not None and store.saved and not args.embeddings)  # saved early (run_memory)
     result.summary["store"] = str(store_path) if store_path else None
