@@ -13,8 +13,11 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
+from samespace import interrupts
+
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM: stopped by kill, timeout or a container stopping
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -148,11 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(args[:1] or ["--help"])  # prints the help, the version or the error, and exits
     name, rest = args[0], args[1:]
     module_name, _, leading = COMMANDS[name]
+    terminated = False
     try:
-        module = importlib.import_module(module_name)
-        return module.main([*leading, *rest], prog=f"samespace {name}" if not leading else "samespace")
-    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; atomic_write has removed its temporary file
-        pass
+        with interrupts.terminate_as_interrupt():
+            module = importlib.import_module(module_name)
+            return module.main([*leading, *rest], prog=f"samespace {name}" if not leading else "samespace")
+    except KeyboardInterrupt as exc:  # Ctrl-C or kill: one line, not a traceback; atomic_write removed its temporary
+        terminated = isinstance(exc, interrupts.Terminated)
     # After the except block, which held the frames: a progress bar in them has closed its line by now.
-    print("interrupted", file=sys.stderr)
-    return EXIT_INTERRUPTED
+    print("terminated" if terminated else "interrupted", file=sys.stderr)
+    return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED

@@ -128,6 +128,7 @@ def run(args: argparse.Namespace, reporter: Reports, shard: sharding.Shard) -> P
     start, stop = shard.bounds(len(paths))
     store_format.check_replaceable(output, scorer.name, args.overwrite)
     known = embedding_store.open_store(output, fingerprint, scorer.name, scorer.fields)
+    before = len(known)  # this rank embeds into known itself: what it adds counts from here
     t0 = time.perf_counter()
 
     def report(done: int, total: int) -> None:
@@ -148,7 +149,6 @@ def run(args: argparse.Namespace, reporter: Reports, shard: sharding.Shard) -> P
         parts = [part_path(output, sharding.Shard(r, shard.size)) for r in range(shard.size)]
         try:
             merged = embedding_store.merge_files(parts, fingerprint, scorer.name, scorer.fields)
-            before = len(known)
             known.merge(merged)
             try:
                 known.save(output)

@@ -226,31 +226,32 @@ def _stream_embed(
     (:func:`decode_path_keyed`) and hand each batch to it before embedding (the store files rows by those keys)."""
     bad: list[tuple[int, str]] = []
     flat: list[int] = []
-    # nothing to embed (every photo came from the store): no empty "0img" bar
-    bar = tqdm(total=len(paths), desc=f"embed ({scorer.name})", unit="img", disable=not progress or len(paths) == 0,
-               file=sys.stderr)
-    batches = batch_decoding.decoded_batches(paths, batch_size, decode_workers, keyed=on_read is not None,
-                                             pool=decode_pool, then=scorer.photo_work)
-    while True:
-        t = time.perf_counter()
-        batch = next(batches, None)
-        timings["decode_wait"] = timings.get("decode_wait", 0.0) + time.perf_counter() - t
-        if batch is None:
-            break
-        if on_read is not None:
-            on_read(batch)
-        t = time.perf_counter()
-        is_flat = blank.is_blank(batch.images) if batch.indices else np.zeros(0, bool)
-        flat.extend(k for k, f in zip(batch.indices, is_flat, strict=True) if f)
-        if not is_flat.all():
-            detailed = [k for k, f in zip(batch.indices, is_flat, strict=True) if not f]
-            prepared = [w for w, f in zip(batch.prepared, is_flat, strict=True) if not f] if batch.prepared else None
-            sink(detailed, scorer.embed(batch.images[~is_flat], batch.aspects[~is_flat], prepared))
-        timings["embed"] = timings.get("embed", 0.0) + time.perf_counter() - t
-        bad.extend(batch.skipped)
-        bar.update(len(batch.indices) + len(batch.skipped))
-        del batch
-    bar.close()
+    # No empty "0img" bar when every photo came from the store; closed on an interrupt too, so that a message
+    # after it starts on its own line.
+    with tqdm(total=len(paths), desc=f"embed ({scorer.name})", unit="img", disable=not progress or len(paths) == 0,
+              file=sys.stderr) as bar:
+        batches = batch_decoding.decoded_batches(paths, batch_size, decode_workers, keyed=on_read is not None,
+                                                 pool=decode_pool, then=scorer.photo_work)
+        while True:
+            t = time.perf_counter()
+            batch = next(batches, None)
+            timings["decode_wait"] = timings.get("decode_wait", 0.0) + time.perf_counter() - t
+            if batch is None:
+                break
+            if on_read is not None:
+                on_read(batch)
+            t = time.perf_counter()
+            is_flat = blank.is_blank(batch.images) if batch.indices else np.zeros(0, bool)
+            flat.extend(k for k, f in zip(batch.indices, is_flat, strict=True) if f)
+            if not is_flat.all():
+                detailed = [k for k, f in zip(batch.indices, is_flat, strict=True) if not f]
+                prepared = ([w for w, f in zip(batch.prepared, is_flat, strict=True) if not f] if batch.prepared
+                            else None)
+                sink(detailed, scorer.embed(batch.images[~is_flat], batch.aspects[~is_flat], prepared))
+            timings["embed"] = timings.get("embed", 0.0) + time.perf_counter() - t
+            bad.extend(batch.skipped)
+            bar.update(len(batch.indices) + len(batch.skipped))
+            del batch
     return bad, flat
 
 

@@ -102,32 +102,36 @@ def test_the_folders_of_a_stores_photos(paths: list[str], folders: list[str]) ->
     assert find.photo_folders(paths) == folders
 
 
-def _interrupt_after_the_first_move(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Press Ctrl-C (a real SIGINT) right after act's first file move, before anything else runs."""
+def _interrupt_after_the_first_move(monkeypatch: pytest.MonkeyPatch, signum: int = signal.SIGINT) -> list[str]:
+    """Press Ctrl-C (a real SIGINT; or send ``signum``) right after act's first file move, before anything else
+    runs."""
     real, moved = actions.move_file, []
 
     def move_then_interrupt(src: str, dst: str, sha: str) -> None:
         real(src, dst, sha)
         moved.append(str(dst))
         if len(moved) == 1:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(actions, "move_file", move_then_interrupt)
     return moved
 
 
-@pytest.mark.parametrize("how", ["--move-to", "--hardlink"])
+@pytest.mark.parametrize("how, signum", [("--move-to", signal.SIGINT), ("--hardlink", signal.SIGINT),
+                                         ("--move-to", signal.SIGTERM)])
 def test_ctrl_c_during_a_step_stops_after_it_is_recorded_and_undo_restores_everything(
-        scene: tuple[Path, Path], tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch,
+        scene: tuple[Path, Path], tmp_path: Path, how: str, signum: int, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     photos, result = scene
     before = checksums(photos)
     manifest = tmp_path / "m.json"
-    moved = _interrupt_after_the_first_move(monkeypatch)
+    moved = _interrupt_after_the_first_move(monkeypatch, signum)
     where = [how, str(tmp_path / "dups")] if how == "--move-to" else [how]
-    assert cli.main(["act", str(result), *where, "--manifest", str(manifest), "--apply"]) == cli.EXIT_INTERRUPTED
+    code, last = (cli.EXIT_INTERRUPTED, "interrupted") if signum == signal.SIGINT else (cli.EXIT_TERMINATED,
+                                                                                       "terminated")
+    assert cli.main(["act", str(result), *where, "--manifest", str(manifest), "--apply"]) == code
     assert capsys.readouterr().err.splitlines()[-2:] == [
-        f"stopped after 1 file; undo with: samespace undo {manifest}", "interrupted"]
+        f"stopped after 1 file; undo with: samespace undo {manifest}", last]
     steps = json.loads(manifest.read_text())["steps"]
     assert [s["moved_to"] for s in steps] == moved  # the one file moved is recorded, and no other moved
     assert steps[0]["link"] == (None if how == "--move-to" else "hardlink")  # a link step is finished, not cut
@@ -181,3 +185,12 @@ def test_held_signals_act_once_each_when_the_block_ends_and_their_handlers_come_
         os.kill(os.getpid(), signal.SIGINT)
         came.append(0)  # still runs: Ctrl-C waits for the end of the block
     assert came == [signal.SIGTERM, 0]
+
+
+def test_kill_raises_terminated_inside_the_block_only() -> None:
+    with pytest.raises(interrupts.Terminated), interrupts.terminate_as_interrupt():
+        os.kill(os.getpid(), signal.SIGTERM)
+        signal.sigtimedwait([], 0)  # any call: the handler runs between bytecodes, before the block ends
+        pytest.fail("SIGTERM did not stop the block")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert issubclass(interrupts.Terminated, KeyboardInterrupt)  # every Ctrl-C cleanup runs for it

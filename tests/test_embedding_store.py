@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -168,14 +169,14 @@ def test_embeddings_store_alone_groups_without_opening_photos(library: Path, tmp
     assert find.main(["--embeddings", str(tmp_path / "missing.npz"), "--method", "phash"]) == cli.EXIT_ERROR
 
 
-def _ctrl_c_after_the_second_batch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A real SIGINT right after the finder adds its second batch of rows to the store."""
+def _ctrl_c_after_the_second_batch(monkeypatch: pytest.MonkeyPatch, signum: int = signal.SIGINT) -> None:
+    """A real SIGINT (or ``signum``) right after the finder adds its second batch of rows to the store."""
     batches: list[int] = []
 
     def then_interrupt(store: embedding_store.EmbeddingStore) -> None:
         batches.append(len(store))
         if len(batches) == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
 
     monkeypatch.setattr(run_memory, "save_early", then_interrupt)
 
@@ -217,3 +218,28 @@ def test_ctrl_c_inside_add_acts_once_every_row_is_added(monkeypatch: pytest.Monk
         store.add(keys, {"vectors": np.eye(3, 5, dtype=np.float32)})
     assert len(store) == 3 and store.changed
     np.testing.assert_array_equal(store.get(keys)["vectors"], np.eye(3, 5, dtype=np.float32))
+
+
+def test_embed_counts_the_photos_it_embedded_and_a_second_run_none(library: Path, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    store, n = tmp_path / "store.npz", len(list(library.rglob("*.jpg")))
+    with caplog.at_level(logging.INFO, logger="samespace.embed"):
+        for _ in range(2):
+            assert cli.main(["embed", str(library), "--method", "phash", "--store", str(store)]) == 0
+    assert [r.getMessage() for r in caplog.records if "distinct contents" in r.getMessage()] == [
+        f"{store}: {n} photos, {n} distinct contents, {n} new", f"{store}: {n} photos, {n} distinct contents, 0 new"]
+
+
+@pytest.mark.parametrize("how", ["find", "embed"])
+def test_kill_keeps_the_rows_as_ctrl_c_does_and_exits_143(library: Path, tmp_path: Path, how: str,
+                                                          monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "store.npz"
+    _ctrl_c_after_the_second_batch(monkeypatch, signal.SIGTERM)
+    argv = [how, str(library), "--method", "phash", "--batch-size", "4", "--store", str(store)]
+    assert cli.main(argv) == cli.EXIT_TERMINATED == 143
+    assert capsys.readouterr().err.splitlines()[-2:] == [
+        f"kept 8 embeddings in {store}: the next run goes on from them", "terminated"]
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the command's handler is gone with it
+    monkeypatch.undo()
+    assert _cli([str(library), "--store", str(store)], tmp_path)["summary"]["from_store"] == 8

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from samespace import cli, errors, outputs, photo_files, scoring_methods, store_format
+from samespace import cli, errors, interrupts, outputs, photo_files, scoring_methods, store_format
 
 LOG_FORMAT = "%(levelname)s: [%(process)s] %(name)s: %(message)s"  # Determined's, so cluster logs read alike
 EXAMPLES = """examples:
@@ -88,7 +88,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "embed.py") -> int:
     distributed = embedding_job.start_process_group()
     shard = sharding.Shard()
     try:
-        with cli.clean_warnings(), embedding_job.reports(distributed) as reporter:
+        # SIGTERM (a cluster stopping the task) as Ctrl-C: each process saves what it embedded (kept_on_interrupt)
+        with interrupts.terminate_as_interrupt(), cli.clean_warnings(), embedding_job.reports(distributed) as reporter:
             shard = sharding.current()
             output = embedding_job.run(args, reporter, shard)
     except (errors.FindDuplicatesError, store_format.StoreError, ValueError, OSError) as exc:
