@@ -243,7 +243,7 @@ def kept_on_interrupt(store: embedding_store.EmbeddingStore | None, path: Path |
     try:
         yield
     except KeyboardInterrupt:
-        if save_store(store, path):
+        if save_store(store, path) and len(store):  # (a store of content keys only still spares their hashing)
             print(f"kept {cli.counted(len(store), 'embedding')} in {outputs.printable_name(str(path))}: the next "
                   "run goes on from them", file=sys.stderr)
         raise
