@@ -13,6 +13,7 @@ A split directory (``Training Data/`` or ``Test Data/``) holds room-type folders
 
 import sys
 
+from samespace import cli
 from samespace.commands.dataset import main
 from samespace.devsets.sample_set import write_sample_dataset
 from samespace.kaggle_data import dataset_root, download_data
@@ -23,4 +24,4 @@ __all__ = ["SPLITS", "DataError", "DuplicateImageDataset", "dataset_root", "down
            "write_sample_dataset"]
 
 if __name__ == "__main__":
-    sys.exit(main(prog="data.py"))
+    sys.exit(cli.run_stoppably(lambda: main(prog="data.py")))

@@ -2,7 +2,8 @@
 
 import sys
 
+from samespace import cli
 from samespace.commands.embed import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run_stoppably(main))

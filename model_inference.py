@@ -11,10 +11,11 @@ checkpoint, where the duplicate finder reads it.
 
 import sys
 
+from samespace import cli
 from samespace.commands.evaluate import main
 from samespace.evaluation import evaluate
 
 __all__ = ["evaluate", "main"]
 
 if __name__ == "__main__":
-    sys.exit(main(prog="model_inference.py"))
+    sys.exit(cli.run_stoppably(lambda: main(prog="model_inference.py")))

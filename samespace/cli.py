@@ -151,11 +151,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.parse_args(args[:1] or ["--help"])  # prints the help, the version or the error, and exits
     name, rest = args[0], args[1:]
     module_name, _, leading = COMMANDS[name]
+
+    def run() -> int:
+        module = importlib.import_module(module_name)
+        return module.main([*leading, *rest], prog=f"samespace {name}" if not leading else "samespace")
+
+    return run_stoppably(run)
+
+
+def run_stoppably(run: Callable[[], int]) -> int:
+    """Run a command's main (a ``samespace`` command or a root script): Ctrl-C is one ``interrupted`` line and exit
+    status 130, SIGTERM one ``terminated`` line and 143, each after the command's own cleanup, not a traceback."""
     terminated = False
     try:
         with interrupts.terminate_as_interrupt():
-            module = importlib.import_module(module_name)
-            return module.main([*leading, *rest], prog=f"samespace {name}" if not leading else "samespace")
+            return run()
     except KeyboardInterrupt as exc:  # Ctrl-C or kill: one line, not a traceback; atomic_write removed its temporary
         terminated = isinstance(exc, interrupts.Terminated)
     # After the except block, which held the frames: a progress bar in them has closed its line by now.

@@ -1,8 +1,12 @@
-"""The command lines' short messages: Ctrl-C is one line and exit 130, a bad number names its option."""
+"""The command lines' short messages: Ctrl-C is one line and exit 130 (SIGTERM 143, the root scripts too), a bad
+number names its option."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,8 @@ from test_actions import write_scene
 
 from samespace import cli, outputs, report, scorer_choice, scoring_methods
 from samespace.commands import find
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _interrupt(*args: object, **kwargs: object) -> None:
@@ -23,6 +29,35 @@ def test_ctrl_c_is_one_line_and_exit_130(command: str, monkeypatch: pytest.Monke
     monkeypatch.setattr(module, "main", _interrupt)
     assert cli.main([command, "x"]) == cli.EXIT_INTERRUPTED == 130
     assert capsys.readouterr() == ("", "interrupted\n")
+
+
+# Runs a root script as `python SCRIPT ARGS` does, after making the finder's second stored batch send SIGTERM.
+KILLED_AT_THE_SECOND_BATCH = """
+import os, runpy, signal, sys
+from samespace import run_memory
+batches = []
+def then_kill(store):
+    batches.append(1)
+    if len(batches) == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+run_memory.save_early = then_kill
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("script", ["find_duplicates.py", "embed.py"])
+def test_a_root_script_stopped_by_sigterm_keeps_its_rows_and_says_one_line(script: str, tmp_path: Path) -> None:
+    photos, store = tmp_path / "photos", tmp_path / "store.npz"
+    write_scene(photos)
+    run = subprocess.run([sys.executable, "-c", KILLED_AT_THE_SECOND_BATCH, str(REPO / script), str(photos),
+                          "--method", "phash", "--batch-size", "2", "--store", str(store)],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert run.returncode == cli.EXIT_TERMINATED, run.stderr
+    assert run.stderr.splitlines()[-2:] == [f"kept 4 embeddings in {store}: the next run goes on from them",
+                                            "terminated"]
+    assert "Traceback" not in run.stderr
 
 
 def test_ctrl_c_while_writing_leaves_no_partial_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -54,7 +89,6 @@ def test_a_number_out_of_range_names_its_option(option: str, value: str, capsys:
     assert capsys.readouterr().err == f"error: {option} {value}: must be positive (see find_duplicates.py --help)\n"
 
 
-REPO = Path(__file__).resolve().parent.parent
 
 
 def test_the_docs_and_help_name_what_the_command_line_takes(capsys: pytest.CaptureFixture[str]) -> None:
