@@ -30,7 +30,7 @@ def _raise_terminated(signum: int, frame: FrameType | None) -> None:
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread; elsewhere, or
-    where SIGTERM is ignored (``nohup``-like launchers), nothing changes.
+    where SIGTERM is ignored (a launcher set SIG_IGN on purpose), nothing changes.
 
     >>> with terminate_as_interrupt():
     ...     pass
