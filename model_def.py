@@ -334,6 +334,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if local_runs.reports_errors() or not recorded:
             print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a local run stopped before training (_main names a checkpoint once it trains)
+        if det.get_cluster_info() is not None:
+            raise
+        if local_runs.reports_errors():
+            print("interrupted", file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
 
 
 def _main(argv: Sequence[str]) -> int:
@@ -352,6 +358,7 @@ def _main(argv: Sequence[str]) -> int:
         local_runs.seed_everything(plan.seed)  # on a cluster pytorch.init() seeds from the trial seed
     # Locally, run in this folder: local checkpoints copy the working directory as their code.
     folder = contextlib.nullcontext() if plan.on_cluster else local_runs.in_folder(REPO)
+    trial = None
     try:
         with folder, local_runs.storage_notice_hidden(plan.checkpoint_storage), pytorch.init(
             hparams=plan.hparams, exp_conf=plan.exp_conf, distributed=distributed,
@@ -380,6 +387,12 @@ def _main(argv: Sequence[str]) -> int:
                 latest_checkpoint=plan.latest_checkpoint,
             )
             rank = context.distributed.rank
+    except KeyboardInterrupt:  # Ctrl-C on a local run: name the checkpoint to go on from (a cluster has its own)
+        if plan.on_cluster:
+            raise
+        if local_runs.reports_errors():
+            print(local_runs.interrupted_line(trial.run_log if trial is not None else None), file=sys.stderr)
+        return cli.EXIT_INTERRUPTED
     finally:
         if distributed is not None and dist.is_initialized():
             dist.destroy_process_group()  # orderly gloo teardown: a rank exiting with it alive can abort (SIGABRT)

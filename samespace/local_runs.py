@@ -114,6 +114,18 @@ def final_line(plan: RunPlan, run_log: trial_parts.RunLog, rank: int) -> str | N
     return run_log.checkpoint_uuid if plan.print_uuid else run_log.checkpoint_dir
 
 
+def interrupted_line(run_log: trial_parts.RunLog | None) -> str:
+    """What a local run stopped by Ctrl-C prints: the last checkpoint it wrote, which ``--resume`` goes on from.
+
+    >>> interrupted_line(None)
+    'interrupted before the first checkpoint'
+    """
+    last = run_log.checkpoint_dir if run_log is not None else None
+    if last is None:
+        return "interrupted before the first checkpoint"
+    return f"interrupted; the last checkpoint is {last}: the same command with --resume {last} goes on from it"
+
+
 def local_distributed() -> core.DistributedContext | None:
     """Under ``torchrun`` (several processes, no cluster): a gloo/NCCL process group and its context.
 

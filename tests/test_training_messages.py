@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import types
@@ -332,6 +333,36 @@ def test_a_run_with_a_checkpoint_dir_does_not_report_determineds_default_storage
     assert f"storing checkpoints in {checkpoints}" in messages
     assert not [m for m in messages if "no storage_manager provided" in m], messages
     assert not logging.getLogger("determined.core").filters  # the filter ends with the run
+
+
+def test_ctrl_c_on_a_local_run_names_its_last_checkpoint_to_resume_from(
+        tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    write_end = trial_parts.RunLog.on_checkpoint_write_end
+
+    def written_then_ctrl_c(self: trial_parts.RunLog, checkpoint_dir: str) -> None:
+        write_end(self, checkpoint_dir)
+        os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, right after the checkpoint is written
+
+    monkeypatch.setattr(trial_parts.RunLog, "on_checkpoint_write_end", written_then_ctrl_c)
+    options = ["--data-dir", str(tiny), "--batches", "2", "--cache-dir", "none", "--hparam", "backbone_weights=none",
+               "--checkpoint-dir", str(tmp_path / "checkpoints")]
+    assert model_def.main(options) == 130
+    out, err = capsys.readouterr()
+    last = err.splitlines()[-1]
+    assert last.startswith("interrupted; the last checkpoint is ") and out == ""
+    checkpoint = Path(last.removeprefix("interrupted; the last checkpoint is ").partition(":")[0])
+    assert last.endswith(f": the same command with --resume {checkpoint} goes on from it")
+    assert checkpoint.parent == tmp_path / "checkpoints" and (checkpoint / "state_dict.pth").is_file()
+
+
+def test_ctrl_c_before_training_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(local_runs, "check_inputs", interrupt)
+    assert model_def.main(["--data-dir", str(tmp_path), "--batches", "1"]) == 130
+    assert capsys.readouterr() == ("", "interrupted\n")
 
 
 # --------------------------------------------------------------------------------------------
