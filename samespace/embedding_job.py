@@ -9,8 +9,9 @@ embeds the photos of its share that ``--store`` does not already hold, with the 
 would use for the same options. Each rank writes its new rows to ``<output>.part-<rank>-of-<size>``; after a
 barrier the chief merges the parts into ``--store`` (atomically) and deletes them. Rows are stored sorted by
 content key, so the merged store does not depend on the number of processes. Progress goes to the
-Determined master (``core_context.train.report_progress``) on a cluster, to the log locally. The last line
-on stdout is the store's path. Then:
+Determined master (``core_context.train.report_progress``) on a cluster, to the log locally. A paused or
+preempted job (``core_context.preempt``, each rank asking the master) saves each rank's rows into the store and
+exits; when it resumes, it embeds only the rest. The last line on stdout is the store's path. Then:
 
     python find_duplicates.py --embeddings STORE.npz [--method ... | --checkpoint DIR] [--json groups.json]
 """
@@ -60,10 +61,12 @@ def start_process_group() -> bool:
 
 @dataclass
 class Reports:
-    """Where a run reports its progress (a fraction) and its final counts: the Determined master on a cluster."""
+    """Where a run reports its progress (a fraction) and its final counts, and whether it must stop now (the job
+    paused or preempted): the Determined master on a cluster."""
 
     progress: Callable[[float], None]
     metrics: Callable[[int, dict[str, int]], None]
+    should_stop: Callable[[], bool] = lambda: False
 
 
 @contextlib.contextmanager
@@ -76,10 +79,13 @@ def reports(distributed: bool) -> Iterator[Reports]:
         yield Reports(lambda fraction: None, lambda steps, metrics: log.info("metrics: %s", metrics))
         return
     context = core.DistributedContext.from_torch_distributed() if distributed else None
-    with core.init(distributed=context) as core_context:
+    # Each rank asks the master itself: ranks report after their own chunks, not in step (WorkersAskChief would
+    # need every rank to ask at the same point).
+    with core.init(distributed=context, preempt_mode=core.PreemptMode.WorkersAskMaster) as core_context:
         yield Reports(core_context.train.report_progress,
                       lambda steps, metrics: core_context.train.report_validation_metrics(
-                          steps_completed=steps, metrics=metrics))
+                          steps_completed=steps, metrics=metrics),
+                      core_context.preempt.should_preempt)
 
 
 def part_path(output: Path, shard: sharding.Shard) -> Path:
@@ -92,12 +98,13 @@ def embed_share(
     scorer: scorers.PairScorer,
     known: EmbeddingStore,
     batch_size: int,
-    report: Callable[[int, int], None],
+    report: Callable[[int, int], bool],
     decode_workers: int | None = None,
     decode_pool: str = batch_decoding.DEFAULT_POOL,
 ) -> tuple[EmbeddingStore, int, list[dict[str, str]]]:
     """Embed the photos of ``paths`` that ``known`` lacks. Returns (a store of this share's new rows and stat
-    entries, photos embedded, skipped files). ``report(done, total)`` is called after every chunk."""
+    entries, photos embedded, skipped files). ``report(done, total)`` is called after every chunk; when it returns
+    False the share stops there (what is embedded so far is returned)."""
     part = EmbeddingStore(known.fingerprint, known.method, scorer.fields)
     skipped: list[dict[str, str]] = []
     embedded = 0
@@ -112,7 +119,8 @@ def embed_share(
             entry = known.stat_entry(path)
             if entry is not None and entry[2] in known:
                 part.record(path, *entry)
-        report(start + len(chunk_paths), len(paths))
+        if not report(start + len(chunk_paths), len(paths)):
+            break
     new_keys = sorted({entry.key for entry in part.stat_entries().values()})
     if new_keys:
         part.add(new_keys, known.get(new_keys))
@@ -131,14 +139,25 @@ def run(args: argparse.Namespace, reporter: Reports, shard: sharding.Shard) -> P
     before = len(known)  # this rank embeds into known itself: what it adds counts from here
     t0 = time.perf_counter()
 
-    def report(done: int, total: int) -> None:
+    stopped = False
+
+    def report(done: int, total: int) -> bool:
+        nonlocal stopped
         log.info("rank %d: %d / %d photos (%.0f s)", shard.rank, done, total, time.perf_counter() - t0)
         if shard.is_chief:  # shares differ by at most one photo: the chief's progress is the job's
             reporter.progress(done / max(total, 1))
+        stopped = done < total and reporter.should_stop()
+        return not stopped
 
     with find.kept_on_interrupt(known, output):  # each rank's rows (concurrent saves keep every row)
         part, embedded, skipped = embed_share(paths[start:stop], scorer, known, args.batch_size, report,
                                               args.workers, args.decode_pool)
+    if stopped:  # no barrier and no merge: the other ranks stop on their own; concurrent saves keep every row
+        output.parent.mkdir(parents=True, exist_ok=True)
+        known.save(output)
+        log.info("rank %d: stopped by the master; %d embeddings saved in %s, a resumed job goes on from them",
+                 shard.rank, len(known) - before, output)
+        return output
     for s in skipped:
         log.warning("skipped %s: %s", s["path"], s["reason"])
     log.info("rank %d: embedded %d of its %d photos, %d skipped", shard.rank, embedded, stop - start, len(skipped))

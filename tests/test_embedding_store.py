@@ -3,19 +3,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import signal
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import samespace
-from samespace import cli, embedding_store, run_memory, scorers, store_format, store_identity
+from samespace import cli, embedding_job, embedding_store, run_memory, scorers, store_format, store_identity
 from samespace.commands import find
 
 
@@ -243,3 +245,33 @@ def test_kill_keeps_the_rows_as_ctrl_c_does_and_exits_143(library: Path, tmp_pat
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the command's handler is gone with it
     monkeypatch.undo()
     assert _cli([str(library), "--store", str(store)], tmp_path)["summary"]["from_store"] == 8
+
+
+def test_a_paused_embed_job_saves_its_rows_and_the_resumed_job_embeds_the_rest(
+        library: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    store, n = tmp_path / "store.npz", len(list(library.rglob("*.jpg")))
+    asked: list[int] = []
+
+    def pause_now() -> bool:  # the master pauses the job at once
+        asked.append(1)
+        return True
+
+    @contextlib.contextmanager
+    def paused_master(distributed: bool) -> Iterator[embedding_job.Reports]:
+        yield embedding_job.Reports(lambda fraction: None, lambda steps, metrics: None, pause_now)
+
+    monkeypatch.setattr(embedding_job, "reports", paused_master)
+    argv = ["embed", str(library), "--method", "phash", "--batch-size", "2", "--store", str(store)]
+    with caplog.at_level(logging.INFO, logger="samespace.embed"):
+        assert cli.main(argv) == 0  # a pause is no failure: the master restarts the job when it resumes
+    assert capsys.readouterr().out.splitlines()[-1] == str(store)
+    chunk = embedding_job.CHUNK_BATCHES * 2
+    assert n > chunk and asked == [1]  # asked after the first chunk, and stopped there
+    assert f"rank 0: stopped by the master; {chunk} embeddings saved in {store}, a resumed job goes on from them" in [
+        r.getMessage() for r in caplog.records]
+    monkeypatch.undo()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="samespace.embed"):
+        assert cli.main(argv) == 0
+    assert f"{store}: {n} photos, {n} distinct contents, {n - chunk} new" in [r.getMessage() for r in caplog.records]
