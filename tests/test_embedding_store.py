@@ -17,7 +17,16 @@ import numpy as np
 import pytest
 
 import samespace
-from samespace import cli, embedding_job, embedding_store, run_memory, scorers, store_format, store_identity
+from samespace import (
+    cli,
+    embedding_job,
+    embedding_store,
+    run_memory,
+    scorers,
+    store_format,
+    store_identity,
+    store_rows,
+)
 from samespace.commands import find
 
 
@@ -208,13 +217,13 @@ def test_ctrl_c_keeps_the_rows_embedded_so_far_and_the_next_run_goes_on_from_the
 
 def test_ctrl_c_inside_add_acts_once_every_row_is_added(monkeypatch: pytest.MonkeyPatch) -> None:
     store = embedding_store.EmbeddingStore("f" * 64, "cosine", {"vectors": "float32"})
-    real = store._data.append
+    real = store_rows.RowBlocks.append
 
-    def interrupt_then_append(fields: dict[str, np.ndarray]) -> int:
-        os.kill(os.getpid(), signal.SIGINT)
-        return real(fields)
+    def interrupt_then_append(self: store_rows.RowBlocks, rows: dict[str, np.ndarray]) -> int:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C after the checks, before the store holds a row
+        return real(self, rows)
 
-    monkeypatch.setattr(store._data, "append", interrupt_then_append)
+    monkeypatch.setattr(store_rows.RowBlocks, "append", interrupt_then_append)
     keys = [f"{k:032x}" for k in range(3)]
     with pytest.raises(KeyboardInterrupt):
         store.add(keys, {"vectors": np.eye(3, 5, dtype=np.float32)})
