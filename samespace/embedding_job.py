@@ -11,7 +11,8 @@ barrier the chief merges the parts into ``--store`` (atomically) and deletes the
 content key, so the merged store does not depend on the number of processes. Progress goes to the
 Determined master (``core_context.train.report_progress``) on a cluster, to the log locally. A paused or
 preempted job (``core_context.preempt``, each rank asking the master) saves each rank's rows into the store and
-exits; when it resumes, it embeds only the rest. The last line on stdout is the store's path. Then:
+exits, ranks that had already finished their share included; when it resumes, it embeds only the rest. The last
+line on stdout is the store's path. Then:
 
     python find_duplicates.py --embeddings STORE.npz [--method ... | --checkpoint DIR] [--json groups.json]
 """
@@ -152,11 +153,15 @@ def run(args: argparse.Namespace, reporter: Reports, shard: sharding.Shard) -> P
     with find.kept_on_interrupt(known, output):  # each rank's rows (concurrent saves keep every row)
         part, embedded, skipped = embed_share(paths[start:stop], scorer, known, args.batch_size, report,
                                               args.workers, args.decode_pool)
-    if stopped:  # no barrier and no merge: the other ranks stop on their own; concurrent saves keep every row
+    # Every rank asks here whether all finished their share: a rank that finished just before the others were
+    # stopped would otherwise wait for them at the merge's barrier, its rows only in its part file
+    if not sharding.all_true(not stopped, shard):  # no merge: each rank saves its rows (concurrent saves keep all)
+        added = len(known) - before  # counted before the save, which also reads in the rows other ranks saved
         output.parent.mkdir(parents=True, exist_ok=True)
         known.save(output)
-        log.info("rank %d: stopped by the master; %d embeddings saved in %s, a resumed job goes on from them",
-                 shard.rank, len(known) - before, output)
+        why = "stopped by the master" if stopped else "finished its share, another rank was stopped by the master"
+        log.info("rank %d: %s; %d embeddings saved in %s, a resumed job goes on from them", shard.rank, why, added,
+                 output)
         return output
     for s in skipped:
         log.warning("skipped %s: %s", s["path"], s["reason"])

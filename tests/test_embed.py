@@ -56,3 +56,46 @@ def test_two_processes_give_the_store_and_groups_of_one(test_dir: Path, tmp_path
         assert document["summary"]["embedded"] == 0
         groups.append([g["members"] for g in document["groups"]])
     assert groups[0] == groups[1] and len(groups[0]) >= 2
+
+
+PAUSED_ON_RANK_1 = '''
+import contextlib, os, sys
+from samespace import cli, embedding_job
+from samespace.commands import embed
+
+
+@contextlib.contextmanager
+def reports(distributed):  # the master pauses the job as rank 1 asks after its first chunk; rank 0 never asks in time
+    rank = int(os.environ["RANK"])
+    yield embedding_job.Reports(lambda fraction: None, lambda steps, metrics: None, lambda: rank == 1)
+
+
+embedding_job.reports = reports
+sys.exit(cli.run_stoppably(embed.main))
+'''
+
+
+def test_a_rank_that_finished_when_another_is_paused_saves_its_rows_and_exits(test_dir: Path,
+                                                                               tmp_path: Path) -> None:
+    script, store = tmp_path / "paused_embed.py", tmp_path / "store.npz"
+    script.write_text(PAUSED_ON_RANK_1)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # before, rank 0 waited at the merge for rank 1, which had left: an error or a hang, its rows only in a part file
+    paused = subprocess.run([*torchrun, str(script), str(test_dir), "--store", str(store), "--method", "whash",
+                             "--batch-size", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+                            check=False)
+    assert paused.returncode == 0, paused.stderr[-3000:]
+    n, chunk = len(list(test_dir.rglob("*.jpg"))), 8  # embedding_job.CHUNK_BATCHES batches of 1
+    share = n // 2
+    assert n % 2 == 0 and share > chunk
+    assert (f"rank 1: stopped by the master; {chunk} embeddings saved in {store}, a resumed job goes on from them"
+            in paused.stderr)
+    assert (f"rank 0: finished its share, another rank was stopped by the master; {share} embeddings saved in "
+            f"{store}, a resumed job goes on from them" in paused.stderr)
+    assert not list(tmp_path.glob("*.part-*"))
+    assert len(_load(store).stat_entries()) == share + chunk  # both ranks' rows are in the store
+    resumed = _embed([sys.executable, str(REPO / "embed.py"), str(test_dir), "--store", str(store), "--method",
+                      "whash", "--batch-size", "1"], REPO)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"{store}: {n} photos" in resumed.stderr and f", {n - share - chunk} new" in resumed.stderr
