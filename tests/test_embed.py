@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samespace import embedding_store
+from samespace import embedding_job, embedding_store
 from samespace.commands import find
 
 pytestmark = pytest.mark.slow  # trains, runs several processes or installs packages
@@ -65,7 +65,7 @@ from samespace.commands import embed
 
 
 @contextlib.contextmanager
-def reports(distributed):  # the master pauses the job as rank 1 asks after its first chunk; rank 0 never asks in time
+def reports(distributed):  # a stand-in master: it pauses the job when rank 1 asks; rank 0 is never told, and finishes
     rank = int(os.environ["RANK"])
     yield embedding_job.Reports(lambda fraction: None, lambda steps, metrics: None, lambda: rank == 1)
 
@@ -81,12 +81,12 @@ def test_a_rank_that_finished_when_another_is_paused_saves_its_rows_and_exits(te
     script.write_text(PAUSED_ON_RANK_1)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    # before, rank 0 waited at the merge for rank 1, which had left: an error or a hang, its rows only in a part file
+    # rank 0 must not wait at the merge for rank 1, which has left: an error or a hang, its rows only in a part file
     paused = subprocess.run([*torchrun, str(script), str(test_dir), "--store", str(store), "--method", "whash",
                              "--batch-size", "1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
                             check=False)
     assert paused.returncode == 0, paused.stderr[-3000:]
-    n, chunk = len(list(test_dir.rglob("*.jpg"))), 8  # embedding_job.CHUNK_BATCHES batches of 1
+    n, chunk = len(list(test_dir.rglob("*.jpg"))), embedding_job.CHUNK_BATCHES  # rank 1 stops after one chunk
     share = n // 2
     assert n % 2 == 0 and share > chunk
     assert (f"rank 1: stopped by the master; {chunk} embeddings saved in {store}, a resumed job goes on from them"
